@@ -1,0 +1,453 @@
+"""One error hierarchy shared by node, client, CLI and chaos suite.
+
+Every error that crosses the wire has a stable UPPER_SNAKE ``code`` (never reused, never renamed), an HTTP
+status, and three flags that drive client behaviour:
+
+* ``retriable``: the same request may succeed later (after a backoff, maybe on another broker).
+* ``refresh_metadata``: the client's view of leaders/topics is probably stale; refresh before retrying.
+* ``definite``: the operation certainly did NOT take effect. ``definite=False`` means the outcome is
+  unknown (a timeout, a leader change after the entry was proposed): the record may or may not be stored.
+  The producer reports such sends as ``unknown``, never as ``failed``, and the chaos checker treats them
+  the same way (Jepsen's ``info``).
+
+The node sends ``{"error": {"code", "message", "details"}}``; the client rebuilds the same class with
+:func:`error_from_wire`. Details are plain fields (numbers, strings) so they survive msgpack and JSON.
+
+No I/O here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class RaftMQError(Exception):
+    """Base of every raftmq error. Subclasses set the class attributes; instances carry a message and details."""
+
+    code: ClassVar[str] = "INTERNAL_ERROR"
+    http_status: ClassVar[int] = 500
+    retriable: ClassVar[bool] = False
+    refresh_metadata: ClassVar[bool] = False
+    definite: ClassVar[bool] = True
+    hint: ClassVar[str] = ""  # what the user should do next; shown by the CLI
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        self.message = message or self.__class__.__doc__ or self.code
+        self.details: dict[str, Any] = details
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+_REGISTRY: dict[str, type[RaftMQError]] = {}
+
+
+def _register(cls: type[RaftMQError]) -> type[RaftMQError]:
+    if cls.code in _REGISTRY:
+        raise AssertionError(f"error code {cls.code} registered twice")
+    _REGISTRY[cls.code] = cls
+    return cls
+
+
+def error_class_for(code: str) -> type[RaftMQError]:
+    """The class for a wire code; unknown codes (a newer broker) map to the base class."""
+    return _REGISTRY.get(code, RaftMQError)
+
+
+def error_from_wire(payload: Any, http_status: int | None = None) -> RaftMQError:
+    """Rebuild an error from a decoded ``{"error": {...}}`` body (or its inner dict)."""
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        payload = payload["error"]
+    if not isinstance(payload, dict) or not isinstance(payload.get("code"), str):
+        return UnexpectedResponse(f"error response without a code (HTTP {http_status})", http_status=http_status)
+    cls = error_class_for(payload["code"])
+    details = payload.get("details") or {}
+    if not isinstance(details, dict):
+        details = {"details": details}
+    err = cls(str(payload.get("message") or ""), **details)
+    if cls is RaftMQError:
+        # Keep the unknown code visible instead of pretending it is INTERNAL_ERROR.
+        err.code = payload["code"]  # type: ignore[misc]
+    return err
+
+
+def all_error_classes() -> list[type[RaftMQError]]:
+    return list(_REGISTRY.values())
+
+
+# --- request shape ------------------------------------------------------------------------------
+
+
+@_register
+class MalformedBody(RaftMQError):
+    """The request body could not be decoded (not msgpack/JSON, or not an object)."""
+
+    code = "MALFORMED_BODY"
+    http_status = 400
+    hint = "send a msgpack or JSON object with the Content-Type that names it"
+
+
+@_register
+class InvalidRequest(RaftMQError):
+    """A field is missing, has the wrong type, or is out of range."""
+
+    code = "INVALID_REQUEST"
+    http_status = 400
+    hint = "check the field named in details against docs/api.md"
+
+
+@_register
+class UnsupportedMediaType(RaftMQError):
+    """The Content-Type is neither application/msgpack nor application/json."""
+
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    http_status = 415
+
+
+@_register
+class RouteNotFound(RaftMQError):
+    """No such endpoint."""
+
+    code = "ROUTE_NOT_FOUND"
+    http_status = 404
+
+
+@_register
+class MethodNotAllowed(RaftMQError):
+    """The endpoint exists but not for this HTTP method."""
+
+    code = "METHOD_NOT_ALLOWED"
+    http_status = 405
+
+
+@_register
+class InvalidAcks(RaftMQError):
+    """acks must be 0, 1 or "all" (-1 is accepted as an alias of "all")."""
+
+    code = "INVALID_ACKS"
+    http_status = 400
+    hint = "use acks=0, acks=1 or acks=all"
+
+
+@_register
+class InvalidOffset(RaftMQError):
+    """An offset or timestamp argument is negative or not an integer."""
+
+    code = "INVALID_OFFSET"
+    http_status = 400
+
+
+@_register
+class RequestTooLarge(RaftMQError):
+    """The HTTP request body is larger than the broker accepts."""
+
+    code = "REQUEST_TOO_LARGE"
+    http_status = 413
+
+
+# --- topics and config --------------------------------------------------------------------------
+
+
+@_register
+class UnknownTopicOrPartition(RaftMQError):
+    """The topic or partition does not exist (or this broker has not learned of it yet)."""
+
+    code = "UNKNOWN_TOPIC_OR_PARTITION"
+    http_status = 404
+    retriable = True
+    refresh_metadata = True
+    hint = "create the topic first (raftmq topic create NAME), or check the partition number"
+
+
+@_register
+class TopicAlreadyExists(RaftMQError):
+    """A topic with this name exists."""
+
+    code = "TOPIC_ALREADY_EXISTS"
+    http_status = 409
+
+
+@_register
+class InvalidTopic(RaftMQError):
+    """Topic names are 1-249 characters of [a-zA-Z0-9._-] and not '.' or '..'."""
+
+    code = "INVALID_TOPIC"
+    http_status = 400
+
+
+@_register
+class InvalidConfig(RaftMQError):
+    """A topic or node setting has an invalid value."""
+
+    code = "INVALID_CONFIG"
+    http_status = 400
+
+
+@_register
+class InvalidReplicationFactor(RaftMQError):
+    """The replication factor is larger than the number of brokers, or below 1."""
+
+    code = "INVALID_REPLICATION_FACTOR"
+    http_status = 400
+
+
+@_register
+class InvalidPartitions(RaftMQError):
+    """The partition count is out of range."""
+
+    code = "INVALID_PARTITIONS"
+    http_status = 400
+
+
+# --- records ------------------------------------------------------------------------------------
+
+
+@_register
+class RecordTooLarge(RaftMQError):
+    """One record (key + value + headers) is larger than the broker accepts."""
+
+    code = "RECORD_TOO_LARGE"
+    http_status = 413
+    hint = "split the value, or raise record_bytes_max on the topic"
+
+
+@_register
+class BatchTooLarge(RaftMQError):
+    """A record batch is larger than batch_bytes_max or holds too many records."""
+
+    code = "BATCH_TOO_LARGE"
+    http_status = 413
+    hint = "send smaller batches (the client library splits them for you)"
+
+
+@_register
+class CorruptBatch(RaftMQError):
+    """A record batch failed its CRC or header checks."""
+
+    code = "CORRUPT_BATCH"
+    http_status = 400
+
+
+# --- leadership and replication -----------------------------------------------------------------
+
+
+@_register
+class NotLeader(RaftMQError):
+    """This broker is not the leader of the partition; details name the leader if known."""
+
+    code = "NOT_LEADER"
+    http_status = 421
+    retriable = True
+    refresh_metadata = True
+
+
+@_register
+class LeaderNotAvailable(RaftMQError):
+    """The partition has no leader right now (an election is in progress)."""
+
+    code = "LEADER_NOT_AVAILABLE"
+    http_status = 503
+    retriable = True
+    refresh_metadata = True
+
+
+@_register
+class NotEnoughReplicas(RaftMQError):
+    """Fewer in-sync replicas than min_insync_replicas: the batch was NOT appended."""
+
+    code = "NOT_ENOUGH_REPLICAS"
+    http_status = 503
+    retriable = True
+    hint = "wait for brokers to come back, or lower min_insync_replicas"
+
+
+@_register
+class NotEnoughReplicasAfterAppend(RaftMQError):
+    """The batch was committed by a majority, but fewer than min_insync_replicas confirmed it in time."""
+
+    code = "NOT_ENOUGH_REPLICAS_AFTER_APPEND"
+    http_status = 503
+    retriable = True
+    definite = False  # it IS stored; retrying with idempotence returns the original offset
+
+
+@_register
+class RequestTimedOut(RaftMQError):
+    """The broker gave up waiting; the batch may or may not be committed (unknown outcome)."""
+
+    code = "REQUEST_TIMED_OUT"
+    http_status = 504
+    retriable = True
+    refresh_metadata = True
+    definite = False
+
+
+@_register
+class OutcomeUnknown(RaftMQError):
+    """Leadership changed after the batch was proposed; it may or may not be committed."""
+
+    code = "OUTCOME_UNKNOWN"
+    http_status = 503
+    retriable = True
+    refresh_metadata = True
+    definite = False
+
+
+@_register
+class BufferFull(RaftMQError):
+    """Too much data is waiting for replication on this partition; nothing was appended."""
+
+    code = "BUFFER_FULL"
+    http_status = 503
+    retriable = True
+
+
+@_register
+class BrokerShuttingDown(RaftMQError):
+    """The broker is stopping."""
+
+    code = "BROKER_SHUTTING_DOWN"
+    http_status = 503
+    retriable = True
+    refresh_metadata = True
+
+
+@_register
+class BrokerNotReady(RaftMQError):
+    """The broker is starting and has not caught up with the metadata group yet."""
+
+    code = "BROKER_NOT_READY"
+    http_status = 503
+    retriable = True
+
+
+# --- idempotent producer ------------------------------------------------------------------------
+
+
+@_register
+class OutOfOrderSequence(RaftMQError):
+    """The batch's sequence leaves a gap after the last one stored for this producer: rejected."""
+
+    code = "OUT_OF_ORDER_SEQUENCE"
+    http_status = 409
+
+
+@_register
+class DuplicateSequence(RaftMQError):
+    """The batch is older than the broker's duplicate window: it was stored before, its offset is gone."""
+
+    code = "DUPLICATE_SEQUENCE"
+    http_status = 409
+
+
+@_register
+class UnknownProducerId(RaftMQError):
+    """The broker has no state for this producer id (expired or never allocated)."""
+
+    code = "UNKNOWN_PRODUCER_ID"
+    http_status = 409
+    hint = "start a new producer session"
+
+
+# --- fetch --------------------------------------------------------------------------------------
+
+
+@_register
+class OffsetOutOfRange(RaftMQError):
+    """The offset is below the log start or above the log end; details give both."""
+
+    code = "OFFSET_OUT_OF_RANGE"
+    http_status = 416
+    hint = "seek to a value between log_start_offset and log_end_offset"
+
+
+# --- broker-side failures -----------------------------------------------------------------------
+
+
+@_register
+class StorageError(RaftMQError):
+    """The broker could not read or write its log (disk full, I/O error)."""
+
+    code = "STORAGE_ERROR"
+    http_status = 500
+    retriable = True
+    refresh_metadata = True
+
+
+@_register
+class InternalError(RaftMQError):
+    """An unexpected error inside the broker; see its log."""
+
+    code = "INTERNAL_ERROR"
+    http_status = 500
+
+
+# --- client-side only (never sent by a broker) --------------------------------------------------
+
+
+@_register
+class ConnectionFailed(RaftMQError):
+    """The client could not reach a broker, or the connection dropped (outcome unknown if sent)."""
+
+    code = "CONNECTION_FAILED"
+    http_status = 503
+    retriable = True
+    refresh_metadata = True
+    definite = False
+    hint = "check that the brokers are running (raftmq cluster status)"
+
+
+@_register
+class ClientTimeout(RaftMQError):
+    """The client's own deadline passed (outcome unknown if the request was sent)."""
+
+    code = "CLIENT_TIMEOUT"
+    http_status = 504
+    retriable = True
+    refresh_metadata = True
+    definite = False
+
+
+@_register
+class ProducerClosed(RaftMQError):
+    """send() after the producer was closed."""
+
+    code = "PRODUCER_CLOSED"
+    http_status = 400
+
+
+@_register
+class BufferExhausted(RaftMQError):
+    """The producer's bounded buffer stayed full until the send deadline."""
+
+    code = "BUFFER_EXHAUSTED"
+    http_status = 503
+    retriable = True
+
+
+@_register
+class UnexpectedResponse(RaftMQError):
+    """The broker answered with something that is not a valid raftmq response."""
+
+    code = "UNEXPECTED_RESPONSE"
+    http_status = 502
+    retriable = True
+    definite = False
+
+
+@_register
+class InvariantViolation(RaftMQError):
+    """An internal invariant failed: a bug. The process should stop rather than continue."""
+
+    code = "INVARIANT_VIOLATION"
+    http_status = 500
+
+
+def invariant(condition: bool, message: str) -> None:
+    """Assert that stays on under ``python -O``; raises InvariantViolation with the reason."""
+    if not condition:
+        raise InvariantViolation(message)

@@ -1,0 +1,125 @@
+"""Every limit and default timeout in one place, units last in the name, with the reason beside it.
+
+Relations between limits are asserted at import time so that a bad edit fails at once, not under load.
+Node and topic settings may override the defaults named ``*_default``; the ``*_max`` values are hard caps
+that protect the broker's memory and the shared Raft thread.
+
+No I/O here.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+KIB: Final = 1024
+MIB: Final = 1024 * KIB
+
+# --- records and batches ------------------------------------------------------------------------
+
+# One record's key + value + header bytes. Kafka's default message.max.bytes is ~1 MiB.
+record_bytes_max: Final = 1 * MIB
+# One record batch as it travels in a produce request and as one Raft entry. A Raft entry at or above
+# pysyncobj's appendEntriesBatchSizeBytes takes its broken chunked path (fact sheet §6), so the Raft
+# batch size below must stay strictly larger than this.
+batch_bytes_max: Final = 1 * MIB + 4 * KIB
+# Records in one batch: bounds the per-batch validation work on the broker.
+batch_records_max: Final = 100_000
+# Header keys are short identifiers; values are bytes counted in record_bytes_max.
+header_key_chars_max: Final = 256
+headers_per_record_max: Final = 64
+# An HTTP request body: one batch plus envelope.
+request_bytes_max: Final = batch_bytes_max + 64 * KIB
+
+# --- Raft (pysyncobj) ---------------------------------------------------------------------------
+
+raft_append_entries_bytes_max: Final = 2 * MIB  # pysyncobj appendEntriesBatchSizeBytes
+# Bytes proposed to a partition group but not yet committed; above it produce answers BUFFER_FULL
+# (fact sheet §14: more than ~1-3 MB in flight per group makes pysyncobj resend and stall).
+raft_uncommitted_bytes_max: Final = 4 * MIB
+raft_uncommitted_entries_max: Final = 256
+# One peer-link frame (a Raft message of one group). Anything larger is a protocol error.
+peer_frame_bytes_max: Final = raft_append_entries_bytes_max + 256 * KIB
+# Bytes queued for one peer link before the link is cut (the peer is too slow or gone). Raft resends.
+peer_send_buffer_bytes_max: Final = 64 * MIB
+# Snapshot stream chunk (pysyncobj logCompactionBatchSize): one frame of a follower catch-up.
+snapshot_chunk_bytes: Final = 256 * KIB
+# Journal compaction: a snapshot is taken after this many entries or bytes since the last one.
+raft_compaction_entries: Final = 20_000
+raft_compaction_bytes: Final = 128 * MIB
+raft_compaction_interval_s: Final = 120.0
+# Journal entries kept in memory (the tail the leader is still sending); older ones are read from disk.
+journal_cache_bytes_max: Final = 8 * MIB
+# pysyncobj's command queue per group (commands waiting for the tick thread).
+raft_command_queue_max: Final = 10_000
+
+# Raft timers (seconds). pysyncobj validate() requires min > 3 * append period, max > min,
+# connection timeout >= max, fallback > append period; we also assert them here because
+# pysyncobj's checks are `assert`s that vanish under `python -O`.
+raft_election_timeout_min_s: Final = 0.6
+raft_election_timeout_max_s: Final = 1.2
+raft_heartbeat_period_s: Final = 0.1
+raft_connection_timeout_s: Final = 3.0
+raft_leader_fallback_timeout_s: Final = 2.5
+peer_connect_retry_s: Final = 0.5
+peer_handshake_timeout_s: Final = 3.0
+# A follower counts as in sync if it answered the leader within this window.
+replica_lag_time_max_s: Final = 2.0
+
+# --- produce / fetch ----------------------------------------------------------------------------
+
+produce_timeout_ms_default: Final = 10_000
+produce_timeout_ms_max: Final = 120_000
+fetch_bytes_max_default: Final = 1 * MIB
+fetch_bytes_max: Final = 8 * MIB
+fetch_wait_ms_max: Final = 30_000
+# Long-poll fetches waiting at once on one broker; beyond it fetches answer at once (empty).
+fetch_waiters_max: Final = 1024
+
+# --- idempotent producer ------------------------------------------------------------------------
+
+# Batches remembered per producer per partition for duplicate detection (Kafka keeps 5).
+producer_batches_remembered: Final = 5
+# Producers remembered per partition; the least recently active is forgotten first.
+producers_per_partition_max: Final = 10_000
+# A producer idle (by record timestamps in the log) for longer than this is forgotten.
+producer_idle_ms_max: Final = 7 * 24 * 3600 * 1000
+
+# --- topics -------------------------------------------------------------------------------------
+
+topic_name_chars_max: Final = 249
+partitions_per_topic_max: Final = 256
+topics_max: Final = 1_000
+segment_bytes_default: Final = 64 * MIB
+segment_bytes_min: Final = 64 * KIB
+segment_ms_default: Final = 7 * 24 * 3600 * 1000
+retention_ms_default: Final = 7 * 24 * 3600 * 1000
+retention_bytes_default: Final = -1  # unlimited, as in Kafka
+index_interval_bytes_default: Final = 4 * KIB
+retention_check_interval_s: Final = 5.0
+
+# --- client -------------------------------------------------------------------------------------
+
+client_request_timeout_ms_default: Final = 15_000
+client_linger_ms_default: Final = 5
+client_batch_bytes_default: Final = 256 * KIB
+client_buffer_bytes_default: Final = 32 * MIB
+client_delivery_timeout_ms_default: Final = 60_000
+client_retry_backoff_ms_default: Final = 100
+client_retry_backoff_ms_max: Final = 2_000
+client_metadata_max_age_ms: Final = 30_000
+client_fetch_prefetch_bytes_max: Final = 16 * MIB
+
+# --- relations ----------------------------------------------------------------------------------
+
+assert batch_bytes_max < raft_append_entries_bytes_max, "entries must never take pysyncobj's chunked path"
+assert record_bytes_max < batch_bytes_max
+assert request_bytes_max > batch_bytes_max
+assert peer_frame_bytes_max > raft_append_entries_bytes_max
+assert raft_uncommitted_bytes_max >= 2 * batch_bytes_max, "two full batches must fit in flight"
+assert raft_election_timeout_min_s > 3 * raft_heartbeat_period_s
+assert raft_election_timeout_max_s > raft_election_timeout_min_s
+assert raft_connection_timeout_s >= raft_election_timeout_max_s
+assert raft_leader_fallback_timeout_s > raft_heartbeat_period_s
+assert replica_lag_time_max_s > raft_heartbeat_period_s * 3
+assert fetch_bytes_max >= batch_bytes_max, "a fetch must be able to return the largest batch"
+assert client_batch_bytes_default <= batch_bytes_max
