@@ -1,0 +1,443 @@
+"""The Raft journal of one group: pysyncobj's ``Journal`` interface on a checksummed, fsync-able file.
+
+pysyncobj's own ``FileJournal`` writes through mmap, never fsyncs, has no checksums, keeps every command
+in memory and rewrites itself in place on compaction (fact sheet §5). This one:
+
+* appends records ``[u32 payload length][u32 crc32(payload)][u64 index][u64 term][command]`` with one
+  ``os.writev`` each, and cuts a torn or corrupt tail when it is opened;
+* keeps only ``(term, file position, length)`` per entry in memory plus a bounded cache of the newest
+  commands (``journal_cache_bytes_max``); older commands are read back with ``pread`` when pysyncobj asks
+  (a lagging follower, replay at start), through lazy slices so a large range never sits in memory;
+* makes durability explicit: ``sync()`` fdatasyncs what was appended, and the replication loop decides when
+  (group commit before acknowledging under the ``always`` policy); term and vote are written with
+  tmp + fsync + rename before pysyncobj sends the vote that depends on them;
+* compacts atomically (new file + fsync + rename), and on open finishes a compaction that a crash
+  interrupted between writing the snapshot and rewriting the journal (the crash window of §5.2), so
+  pysyncobj never throws away entries that follow its snapshot.
+
+Raft indexes in a journal are contiguous, so entry ``i`` (position in the journal) has index
+``first_index + i``. Thread use: only the replication thread touches a journal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from array import array
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from pysyncobj.journal import Journal
+
+from cluster import limits
+from cluster.errors import invariant
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"RMQJRNL1"
+_RECORD_HEAD = struct.Struct(">IIQQ")  # payload length, crc, index, term
+_RECORD_HEAD_BYTES = _RECORD_HEAD.size  # 24
+_LEN_CRC = struct.Struct(">II")
+_INDEX_TERM = struct.Struct(">QQ")
+_LAZY_SLICE_ENTRIES = 64  # slices longer than this are returned lazily
+
+Entry = tuple[bytes, int, int]  # (command, index, term), pysyncobj's shape
+
+
+def fsync_directory(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomically(path: Path, data: bytes, *, durable: bool) -> None:
+    """tmp + (fsync) + rename (+ directory fsync): the file is either old or new, never torn."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if durable:
+        fsync_directory(path.parent)
+
+
+class _LazyEntries:
+    """A read-only sequence of journal entries materialised on access (pysyncobj slices and iterates)."""
+
+    def __init__(self, journal: DurableJournal, start: int, stop: int) -> None:
+        self._journal = journal
+        self._start = start
+        self._stop = stop
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def __bool__(self) -> bool:
+        return self._stop > self._start
+
+    def __iter__(self) -> Iterator[Entry]:
+        for position in range(self._start, self._stop):
+            yield self._journal._entry_at(position)
+
+    def __getitem__(self, item: int | slice) -> Any:
+        length = self._stop - self._start
+        if isinstance(item, slice):
+            start, stop, step = item.indices(length)
+            invariant(step == 1, "journal slices have step 1")
+            return self._journal._slice(self._start + start, self._start + max(start, stop))
+        if item < 0:
+            item += length
+        if not 0 <= item < length:
+            raise IndexError(item)
+        return self._journal._entry_at(self._start + item)
+
+
+class DurableJournal(Journal):
+    """See the module docstring. ``durable`` False means: never fsync (the ``never`` policy)."""
+
+    def __init__(self, path: Path, *, durable: bool, snapshot_entries: tuple[Entry, Entry] | None = None,
+                 cache_bytes_max: int = limits.journal_cache_bytes_max) -> None:
+        self.path = path
+        self.durable = durable
+        self._meta_path = path.with_name(path.name + ".meta")
+        self._cache_bytes_max = cache_bytes_max
+        self._first_index = 0
+        self._terms = array("Q")
+        self._positions = array("Q")
+        self._lengths = array("I")  # command lengths
+        # Newest commands, keyed by position; always holds at least the last entry.
+        self._cache: dict[int, bytes] = {}
+        self._cache_bytes = 0
+        self._cache_start = 0
+        self._end_position = len(_MAGIC)
+        self._unsynced = False
+        self._meta: dict[str, Any] = {}
+        self._meta_dirty = False
+        self.truncated_tail_bytes = 0
+        self.on_append: Callable[[bytes, int, int], None] | None = None
+        self._fd = self._open_file()
+        self._load_meta()
+        self._scan()
+        if snapshot_entries is not None:
+            self._finish_interrupted_compaction(snapshot_entries)
+
+    # --- opening ------------------------------------------------------------------------------
+
+    def _open_file(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if os.fstat(fd).st_size < len(_MAGIC):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _MAGIC, 0)
+            if self.durable:
+                os.fsync(fd)
+                fsync_directory(self.path.parent)
+        elif os.pread(fd, len(_MAGIC), 0) != _MAGIC:
+            os.close(fd)
+            raise OSError(f"{self.path} is not a raftmq journal (bad magic)")
+        return fd
+
+    def _load_meta(self) -> None:
+        try:
+            raw = self._meta_path.read_bytes()
+        except FileNotFoundError:
+            return
+        try:
+            meta = msgpack.unpackb(raw, raw=False)
+            if isinstance(meta, dict):
+                self._meta = meta
+        except Exception:  # noqa: BLE001 - a torn meta file (only possible without fsync) reads as empty
+            log.warning("journal meta %s is unreadable; starting with term 0", self._meta_path)
+
+    def _scan(self) -> None:
+        """Read every record header, verify CRCs, cut the tail at the first bad record."""
+        size = os.fstat(self._fd).st_size
+        position = len(_MAGIC)
+        expected_index = None
+        reason = None
+        while position < size:
+            head = os.pread(self._fd, _RECORD_HEAD_BYTES, position)
+            if len(head) < _RECORD_HEAD_BYTES:
+                reason = "torn record header"
+                break
+            length, crc, index, term = _RECORD_HEAD.unpack(head)
+            if length < 16 or position + 8 + length > size:
+                reason = "record length runs past the end of the file"
+                break
+            payload = os.pread(self._fd, length, position + 8)
+            if zlib.crc32(payload) != crc:
+                reason = "record CRC mismatch"
+                break
+            if expected_index is not None and index != expected_index:
+                reason = f"index {index} does not follow {expected_index - 1}"
+                break
+            if expected_index is None:
+                self._first_index = index
+            self._terms.append(term)
+            self._positions.append(position)
+            self._lengths.append(length - 16)
+            expected_index = index + 1
+            position += 8 + length
+        if position < size:
+            self.truncated_tail_bytes = size - position
+            log.warning("journal %s: cut %d bytes at offset %d (%s)", self.path, size - position, position, reason)
+            os.ftruncate(self._fd, position)
+            if self.durable:
+                os.fsync(self._fd)
+        self._end_position = position
+        self._cache_start = len(self._terms)
+        self._refill_cache_tail()
+
+    def _refill_cache_tail(self) -> None:
+        """After open or truncation: cache the newest commands up to the byte budget."""
+        self._cache.clear()
+        self._cache_bytes = 0
+        count = len(self._terms)
+        start = count
+        budget = self._cache_bytes_max
+        while start > 0 and (start == count or self._lengths[start - 1] <= budget):
+            budget -= self._lengths[start - 1]
+            start -= 1
+        for position in range(start, count):
+            command = self._read_command(position)
+            self._cache[position] = command
+            self._cache_bytes += len(command)
+        self._cache_start = start
+
+    def _finish_interrupted_compaction(self, snapshot_entries: tuple[Entry, Entry]) -> None:
+        """pysyncobj replaces the whole journal by the snapshot's two entries when the journal's first two
+        entries differ from them. If a crash hit after the snapshot was written but before the journal was
+        compacted, drop the prefix here instead so the entries after the snapshot survive."""
+        prev_entry, last_entry = snapshot_entries
+        prev_index = prev_entry[1]
+        position = prev_index - self._first_index
+        if len(self) < 2 or position <= 0 or position + 1 >= len(self):
+            return
+        if self[position] == tuple(prev_entry) and self[position + 1] == tuple(last_entry):
+            log.info("journal %s: finishing an interrupted compaction up to index %d", self.path, prev_index)
+            self.deleteEntriesTo(position)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def _read_command(self, position: int) -> bytes:
+        length = self._lengths[position]
+        command = os.pread(self._fd, length, self._positions[position] + _RECORD_HEAD_BYTES)
+        invariant(len(command) == length, f"short read of journal entry at position {position}")
+        return command
+
+    def _entry_at(self, position: int) -> Entry:
+        command = self._cache.get(position)
+        if command is None:
+            command = self._read_command(position)
+        return (command, self._first_index + position, self._terms[position])
+
+    def _slice(self, start: int, stop: int) -> list[Entry] | _LazyEntries:
+        if stop - start > _LAZY_SLICE_ENTRIES:
+            return _LazyEntries(self, start, stop)
+        return [self._entry_at(position) for position in range(start, stop)]
+
+    def __getitem__(self, item: int | slice) -> Any:
+        count = len(self._terms)
+        if isinstance(item, slice):
+            start, stop, step = item.indices(count)
+            invariant(step == 1, "journal slices have step 1")
+            return self._slice(start, max(start, stop))
+        if item < 0:
+            item += count
+        if not 0 <= item < count:
+            raise IndexError(item)
+        return self._entry_at(item)
+
+    def __len__(self) -> int:
+        return len(self._terms)
+
+    @property
+    def first_index(self) -> int | None:
+        return self._first_index if self._terms else None
+
+    @property
+    def last_index(self) -> int | None:
+        return self._first_index + len(self._terms) - 1 if self._terms else None
+
+    def term_at(self, index: int) -> int | None:
+        position = index - self._first_index
+        if 0 <= position < len(self._terms):
+            return int(self._terms[position])
+        return None
+
+    @property
+    def size_bytes(self) -> int:
+        return self._end_position
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        if self._terms:
+            invariant(idx == self._first_index + len(self._terms),
+                      f"journal append of index {idx} after {self._first_index + len(self._terms) - 1}")
+        else:
+            self._first_index = idx
+        command = bytes(command)
+        index_term = _INDEX_TERM.pack(idx, term)
+        crc = zlib.crc32(command, zlib.crc32(index_term))
+        head = _LEN_CRC.pack(16 + len(command), crc) + index_term
+        written = os.pwritev(self._fd, [head, command], self._end_position)
+        invariant(written == len(head) + len(command), "short journal write")
+        position = len(self._terms)
+        self._terms.append(term)
+        self._positions.append(self._end_position)
+        self._lengths.append(len(command))
+        self._end_position += written
+        self._unsynced = True
+        self._cache[position] = command
+        self._cache_bytes += len(command)
+        self._evict_cache()
+        if self.on_append is not None:
+            self.on_append(command, idx, term)
+
+    def _evict_cache(self) -> None:
+        last = len(self._terms) - 1
+        while self._cache_bytes > self._cache_bytes_max and self._cache_start < last:
+            command = self._cache.pop(self._cache_start, None)
+            if command is not None:
+                self._cache_bytes -= len(command)
+            self._cache_start += 1
+
+    def clear(self) -> None:
+        os.ftruncate(self._fd, len(_MAGIC))
+        self._terms = array("Q")
+        self._positions = array("Q")
+        self._lengths = array("I")
+        self._cache.clear()
+        self._cache_bytes = 0
+        self._cache_start = 0
+        self._end_position = len(_MAGIC)
+        self._unsynced = True
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802 - pysyncobj's name
+        """Drop entries at positions >= entryFrom (a follower resolving a conflict with its leader)."""
+        if entryFrom >= len(self._terms):
+            return
+        entry_from = max(entryFrom, 0)
+        self._end_position = self._positions[entry_from] if entry_from < len(self._positions) else self._end_position
+        os.ftruncate(self._fd, self._end_position)
+        del self._terms[entry_from:]
+        del self._positions[entry_from:]
+        del self._lengths[entry_from:]
+        for position in [p for p in self._cache if p >= entry_from]:
+            self._cache_bytes -= len(self._cache.pop(position))
+        if self._cache_start > len(self._terms) or (self._terms and len(self._terms) - 1 not in self._cache):
+            self._refill_cache_tail()
+        self._unsynced = True
+
+    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802 - pysyncobj's name
+        """Drop entries at positions < entryTo (after a snapshot): write the rest to a new file and rename
+        it over the old one, so a crash leaves either the old or the new journal, never a mix."""
+        if entryTo <= 0:
+            return
+        entry_to = min(entryTo, len(self._terms))
+        keep_from = self._positions[entry_to] if entry_to < len(self._positions) else self._end_position
+        tmp = self.path.with_name(self.path.name + ".compact")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, _MAGIC)
+            copied = 0
+            remaining = self._end_position - keep_from
+            while copied < remaining:
+                chunk = os.pread(self._fd, min(remaining - copied, 4 * limits.MIB), keep_from + copied)
+                invariant(len(chunk) > 0, "journal shrank during compaction")
+                os.write(fd, chunk)
+                copied += len(chunk)
+            if self.durable:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.replace(tmp, self.path)
+        if self.durable:
+            fsync_directory(self.path.parent)
+        os.close(self._fd)
+        self._fd = fd
+        shift = keep_from - len(_MAGIC)
+        self._first_index += entry_to
+        self._terms = self._terms[entry_to:]
+        self._lengths = self._lengths[entry_to:]
+        self._positions = array("Q", (p - shift for p in self._positions[entry_to:]))
+        self._end_position -= shift
+        self._cache = {p - entry_to: c for p, c in self._cache.items() if p >= entry_to}
+        self._cache_bytes = sum(len(c) for c in self._cache.values())
+        self._cache_start = max(0, self._cache_start - entry_to)
+        if self._terms and len(self._terms) - 1 not in self._cache:
+            self._refill_cache_tail()
+
+    # --- durability ---------------------------------------------------------------------------
+
+    @property
+    def unsynced(self) -> bool:
+        return self._unsynced
+
+    def sync(self) -> None:
+        """fdatasync what was appended since the last sync (group commit: many appends, one sync)."""
+        if self._unsynced:
+            if self.durable:
+                os.fdatasync(self._fd)
+            self._unsynced = False
+
+    def flush(self) -> None:
+        self.sync()
+        self._store_meta(durable=self.durable)
+
+    def _store_meta(self, *, durable: bool) -> None:
+        write_file_atomically(self._meta_path, msgpack.packb(self._meta, use_bin_type=True), durable=durable)
+        self._meta_dirty = False
+
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802,N803
+        # Stored at most once a second (onOneSecondTimer): the commit index is a hint, Raft re-learns it.
+        if self._meta.get("commit_index") != raftCommitIndex:
+            self._meta["commit_index"] = raftCommitIndex
+            self._meta_dirty = True
+
+    def getRaftCommitIndex(self) -> int:  # noqa: N802
+        return int(self._meta.get("commit_index", 1))
+
+    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:  # noqa: N802,N803
+        # Raft: currentTerm and votedFor must be durable before any message that reflects them is sent.
+        self._meta["term"] = term
+        self._meta["voted_for"] = votedForNodeId
+        self._store_meta(durable=self.durable)
+
+    def getCurrentTerm(self) -> int:  # noqa: N802
+        return int(self._meta.get("term", 0))
+
+    def getVotedForNodeId(self) -> Any:  # noqa: N802
+        return self._meta.get("voted_for")
+
+    def onOneSecondTimer(self) -> None:  # noqa: N802
+        if self._meta_dirty:
+            self._store_meta(durable=False)
+
+    def _destroy(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            self.flush()
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+    def close(self) -> None:
+        self._destroy()

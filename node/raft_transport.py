@@ -1,0 +1,626 @@
+"""One peer port per broker, one TCP connection per broker pair, every Raft group multiplexed over it.
+
+pysyncobj's stock transport opens a port and a connection per group and a thread per group; a broker with
+many partitions would need many ports and threads, and the chaos proxies could not sit on one link per
+broker pair. Here:
+
+* ``PeerNetwork`` owns the listening socket and one ``PeerLink`` per peer. It is driven by the replication
+  thread (``poll()``), never by a thread of its own, so Raft messages are handled on the thread that ticks
+  the groups, with no hand-off and no locks (fact sheet §4.3, §14).
+* Who dials: the broker with the larger id dials the smaller one, always at the peer's *dial address*
+  (a chaos proxy, or its canonical peer address). Identity is the broker id carried in the handshake,
+  never the TCP address, so routing a link through a proxy never changes who is who (fact sheet §4.2).
+* Handshake: the acceptor sends a random challenge; the dialer answers with cluster id, its id, the id it
+  wants, and (if a cluster secret is set) an HMAC of the challenge; the acceptor welcomes it. A link is
+  "up" only after the welcome, so a black-holed link never counts as connected and an isolated broker
+  does not campaign (pysyncobj campaigns only when it sees a connected peer).
+* Frames: ``[u32 length][msgpack payload]``, payload ``[kind, ...]``; Raft messages are
+  ``[KIND_RAFT, group_id, message]`` where message is pysyncobj's dict (ints, strs, bools, bytes, lists):
+  msgpack, not pickle, so a peer cannot make us execute code by sending a frame.
+* Limits: a frame above ``peer_frame_bytes_max`` is a protocol error (link closed); a link whose send
+  buffer grows past ``peer_send_buffer_bytes_max`` is cut (Raft resends); above the soft limit Raft
+  AppendEntries are dropped (Raft recovers from loss) while every other message is kept.
+* Liveness: pings when idle; a link that received nothing for ``connection_timeout_s`` is closed and,
+  on the dialing side, redialled every ``connect_retry_s``.
+
+``GroupTransport`` is the pysyncobj ``Transport`` one group sees. It raises pysyncobj's events on the
+replication thread and, under the ``always`` durability policy, holds back a follower's AppendEntries
+acknowledgement (``next_node_idx``) until the group's journal has been fsynced (group commit).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import hmac
+import logging
+import os
+import selectors
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from pysyncobj.node import Node
+from pysyncobj.transport import Transport
+
+from cluster import limits
+from cluster.errors import invariant
+
+log = logging.getLogger(__name__)
+
+KIND_CHALLENGE = 1
+KIND_HELLO = 2
+KIND_WELCOME = 3
+KIND_RAFT = 4
+KIND_PING = 5
+KIND_REJECT = 6
+
+PROTOCOL_VERSION = 1
+_LENGTH = struct.Struct(">I")
+_RECV_BYTES = 256 * limits.KIB
+_RECV_BUDGET_BYTES = 4 * limits.MIB  # per link per poll, so one busy link cannot starve the others
+_SEND_CHUNK_BUFFERS = 64
+_PING_INTERVAL_S = 0.5
+# Above this many queued bytes a link drops Raft AppendEntries instead of queueing more.
+SEND_BUFFER_SOFT_BYTES = 8 * limits.MIB
+_SOCKET_BUFFER_BYTES = 4 * limits.MIB
+
+
+class BrokerNode(Node):
+    """A pysyncobj node identified by broker id (pysyncobj needs a str id)."""
+
+    def __init__(self, broker_id: int) -> None:
+        super().__init__(str(broker_id))
+        self.broker_id = broker_id
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> PeerAddress:
+        host, _, port = text.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"peer address must be host:port, got {text!r}")
+        return cls(host, int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _encode_frame(payload: Any) -> bytes:
+    body = msgpack.packb(payload, use_bin_type=True)
+    return _LENGTH.pack(len(body)) + body
+
+
+def _mac(secret: bytes, challenge: bytes, cluster_id: str, from_id: int, to_id: int) -> bytes:
+    text = b"|".join([challenge, cluster_id.encode(), str(from_id).encode(), str(to_id).encode()])
+    return hmac.new(secret, text, hashlib.sha256).digest()
+
+
+class PeerLink:
+    """One TCP connection to one peer: framing, buffers, handshake state. Owned by PeerNetwork."""
+
+    CONNECTING = "connecting"
+    HANDSHAKE = "handshake"
+    UP = "up"
+    CLOSED = "closed"
+
+    def __init__(self, sock: socket.socket, *, dialer: bool, peer_id: int | None, now: float) -> None:
+        self.sock = sock
+        self.dialer = dialer
+        self.peer_id = peer_id
+        self.state = PeerLink.CONNECTING if dialer else PeerLink.HANDSHAKE
+        self.challenge = b""
+        self.created_at = now
+        self.last_recv = now
+        self.last_send = now
+        self._in = bytearray()
+        self._in_pos = 0
+        self._out: deque[memoryview] = deque()
+        self.out_bytes = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def queue(self, frame: bytes) -> None:
+        self._out.append(memoryview(frame))
+        self.out_bytes += len(frame)
+
+    def flush(self, now: float) -> bool:
+        """Write what the socket takes. Returns True when everything queued was written."""
+        while self._out:
+            buffers = [self._out[i] for i in range(min(len(self._out), _SEND_CHUNK_BUFFERS))]
+            try:
+                sent = self.sock.sendmsg(buffers)
+            except (BlockingIOError, InterruptedError):
+                return False
+            if sent <= 0:
+                return False
+            self.bytes_sent += sent
+            self.out_bytes -= sent
+            self.last_send = now
+            while sent:
+                head = self._out[0]
+                if len(head) <= sent:
+                    sent -= len(head)
+                    self._out.popleft()
+                else:
+                    self._out[0] = head[sent:]
+                    sent = 0
+        return True
+
+    def receive(self, now: float) -> bool:
+        """Read what is available (bounded). Returns False on EOF."""
+        budget = _RECV_BUDGET_BYTES
+        while budget > 0:
+            try:
+                chunk = self.sock.recv(_RECV_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return True
+            if not chunk:
+                return False
+            self._in += chunk
+            self.bytes_received += len(chunk)
+            self.last_recv = now
+            budget -= len(chunk)
+        return True
+
+    def frames(self) -> list[Any]:
+        """Complete frames decoded from the input buffer. Raises ValueError on a protocol error."""
+        out = []
+        buffer = self._in
+        position = self._in_pos
+        while len(buffer) - position >= 4:
+            (length,) = _LENGTH.unpack_from(buffer, position)
+            if length > limits.peer_frame_bytes_max:
+                raise ValueError(f"frame of {length} bytes exceeds peer_frame_bytes_max")
+            if len(buffer) - position - 4 < length:
+                break
+            body = bytes(buffer[position + 4:position + 4 + length])
+            position += 4 + length
+            out.append(msgpack.unpackb(body, raw=False, use_list=False, strict_map_key=False,
+                                       max_bin_len=limits.peer_frame_bytes_max))
+        # Compact lazily: deleting a prefix of a bytearray moves the rest.
+        if position and (position == len(buffer) or position > len(buffer) // 2):
+            del buffer[:position]
+            position = 0
+        self._in_pos = position
+        return out
+
+
+class NetworkListener:
+    """What PeerNetwork tells its owner (the replication loop)."""
+
+    def on_peer_up(self, peer_id: int) -> None: ...
+
+    def on_peer_down(self, peer_id: int) -> None: ...
+
+    def on_raft_message(self, peer_id: int, group_id: str, message: dict[str, Any]) -> None: ...
+
+
+class PeerNetwork:
+    """The broker's one peer port and its links. Single-threaded: every method runs on the replication
+    thread (``start`` may run before that thread exists)."""
+
+    def __init__(self, *, self_id: int, cluster_id: str, listen: PeerAddress, peers: dict[int, PeerAddress],
+                 listener: NetworkListener, secret: str = "",
+                 connection_timeout_s: float = limits.raft_connection_timeout_s,
+                 connect_retry_s: float = limits.peer_connect_retry_s,
+                 handshake_timeout_s: float = limits.peer_handshake_timeout_s) -> None:
+        invariant(self_id not in peers, "a broker is not its own peer")
+        self.self_id = self_id
+        self.cluster_id = cluster_id
+        self.listen_address = listen
+        self.peers = dict(peers)  # peer id -> dial address
+        self.listener = listener
+        self._secret = secret.encode()
+        self.connection_timeout_s = connection_timeout_s
+        self.connect_retry_s = connect_retry_s
+        self.handshake_timeout_s = handshake_timeout_s
+        self.selector = selectors.DefaultSelector()
+        self._server: socket.socket | None = None
+        self._links: dict[int, PeerLink] = {}      # peer id -> link that is up
+        self._pending: set[PeerLink] = set()       # links still connecting or in handshake
+        self._next_dial: dict[int, float] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._dirty_links: set[PeerLink] = set()
+        self.stats = {"links_opened": 0, "links_closed": 0, "frames_dropped": 0, "links_cut_overflow": 0}
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        server = socket.socket(socket.AF_INET6 if ":" in self.listen_address.host else socket.AF_INET,
+                               socket.SOCK_STREAM)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((self.listen_address.host, self.listen_address.port))
+        server.listen(64)
+        server.setblocking(False)
+        self._server = server
+        self.selector.register(server, selectors.EVENT_READ, None)
+        log.info("peer port listening on %s", self.listen_address)
+
+    @property
+    def bound_port(self) -> int:
+        invariant(self._server is not None, "network not started")
+        return int(self._server.getsockname()[1])  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        for link in list(self._links.values()) + list(self._pending):
+            self._close(link, "shutdown")
+        if self._server is not None:
+            self.selector.unregister(self._server)
+            self._server.close()
+            self._server = None
+        self.selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def wake(self) -> None:
+        """Interrupt a poll() in progress (any thread)."""
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # already signalled
+        except OSError:
+            pass  # closed during shutdown
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def is_up(self, peer_id: int) -> bool:
+        return peer_id in self._links
+
+    def up_peers(self) -> list[int]:
+        return list(self._links)
+
+    def queued_bytes(self, peer_id: int) -> int:
+        link = self._links.get(peer_id)
+        return link.out_bytes if link is not None else 0
+
+    def link_stats(self) -> dict[int, dict[str, Any]]:
+        return {peer_id: {"state": link.state, "dialer": link.dialer, "bytes_sent": link.bytes_sent,
+                          "bytes_received": link.bytes_received, "queued_bytes": link.out_bytes}
+                for peer_id, link in self._links.items()}
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def send_raft(self, peer_id: int, group_id: str, message: dict[str, Any]) -> bool:
+        """Queue a Raft message. False when the link is down (pysyncobj then treats it as lost)."""
+        link = self._links.get(peer_id)
+        if link is None:
+            return False
+        if link.out_bytes > SEND_BUFFER_SOFT_BYTES and message.get("type") == "append_entries" \
+                and message.get("entries"):
+            # Raft tolerates a lost AppendEntries: the follower answers with its next index and the leader
+            # resends from there. Queueing without bound would instead cost memory and latency.
+            self.stats["frames_dropped"] += 1
+            return False
+        frame = _encode_frame([KIND_RAFT, group_id, message])
+        if link.out_bytes + len(frame) > limits.peer_send_buffer_bytes_max:
+            self.stats["links_cut_overflow"] += 1
+            self._close(link, f"send buffer above {limits.peer_send_buffer_bytes_max} bytes")
+            return False
+        link.queue(frame)
+        self._dirty_links.add(link)
+        return True
+
+    def flush(self) -> None:
+        """Write queued frames (end of a replication pass)."""
+        now = time.monotonic()
+        for link in list(self._dirty_links):
+            self._flush_link(link, now)
+        self._dirty_links.clear()
+
+    def _flush_link(self, link: PeerLink, now: float) -> None:
+        if link.state == PeerLink.CLOSED or link.state == PeerLink.CONNECTING:
+            return
+        try:
+            done = link.flush(now)
+        except OSError as exc:
+            self._close(link, f"send failed: {exc}")
+            return
+        events = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
+        try:
+            self.selector.modify(link.sock, events, link)
+        except (KeyError, ValueError):
+            pass
+
+    # --- the poll step ------------------------------------------------------------------------
+
+    def poll(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for socket events and handle them (accept, connect, read, write)."""
+        for key, events in self.selector.select(max(0.0, timeout_s)):
+            if key.data is None:
+                if key.fileobj is self._server:
+                    self._accept()
+                else:
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                continue
+            link: PeerLink = key.data
+            if link.state == PeerLink.CLOSED:
+                continue
+            if link.state == PeerLink.CONNECTING and events & selectors.EVENT_WRITE:
+                self._finish_connect(link)
+                continue
+            if events & selectors.EVENT_WRITE:
+                self._flush_link(link, time.monotonic())
+            if events & selectors.EVENT_READ and link.state != PeerLink.CLOSED:
+                self._read(link)
+
+    def maintain(self) -> None:
+        """Timers: dial missing links, time out handshakes and silent links, ping idle ones."""
+        now = time.monotonic()
+        for peer_id, address in self.peers.items():
+            if peer_id < self.self_id and peer_id not in self._links \
+                    and not any(p.peer_id == peer_id for p in self._pending) \
+                    and now >= self._next_dial.get(peer_id, 0.0):
+                self._next_dial[peer_id] = now + self.connect_retry_s
+                self._dial(peer_id, address, now)
+        for link in list(self._pending):
+            if now - link.created_at > self.handshake_timeout_s:
+                self._close(link, "handshake timed out")
+        for link in list(self._links.values()):
+            if now - link.last_recv > self.connection_timeout_s:
+                self._close(link, f"nothing received for {self.connection_timeout_s:.1f} s")
+            elif now - link.last_send > _PING_INTERVAL_S and link.out_bytes == 0:
+                link.queue(_encode_frame([KIND_PING]))
+                self._dirty_links.add(link)
+
+    # --- connection setup ---------------------------------------------------------------------
+
+    def _configure(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def _dial(self, peer_id: int, address: PeerAddress, now: float) -> None:
+        try:
+            sock = socket.socket(socket.AF_INET6 if ":" in address.host else socket.AF_INET, socket.SOCK_STREAM)
+            self._configure(sock)
+            code = sock.connect_ex((address.host, address.port))
+        except OSError as exc:
+            log.debug("dial %s (%s) failed: %s", peer_id, address, exc)
+            return
+        if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            sock.close()
+            return
+        link = PeerLink(sock, dialer=True, peer_id=peer_id, now=now)
+        self._pending.add(link)
+        self.selector.register(sock, selectors.EVENT_WRITE, link)
+
+    def _finish_connect(self, link: PeerLink) -> None:
+        code = link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code != 0:
+            self._close(link, f"connect failed: {os.strerror(code)}", quiet=True)
+            return
+        link.state = PeerLink.HANDSHAKE
+        self.selector.modify(link.sock, selectors.EVENT_READ, link)
+
+    def _accept(self) -> None:
+        invariant(self._server is not None, "accept without a server socket")
+        for _ in range(16):
+            try:
+                sock, _address = self._server.accept()  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                return
+            self._configure(sock)
+            link = PeerLink(sock, dialer=False, peer_id=None, now=time.monotonic())
+            link.challenge = os.urandom(16)
+            link.queue(_encode_frame([KIND_CHALLENGE, link.challenge]))
+            self._pending.add(link)
+            self.selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, link)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def _read(self, link: PeerLink) -> None:
+        try:
+            alive = link.receive(time.monotonic())
+        except OSError as exc:
+            self._close(link, f"receive failed: {exc}")
+            return
+        try:
+            frames = link.frames()
+        except (ValueError, msgpack.UnpackException, msgpack.ExtraData) as exc:
+            self._close(link, f"protocol error: {exc}")
+            return
+        for frame in frames:
+            if link.state == PeerLink.CLOSED:
+                return
+            self._handle_frame(link, frame)
+        if not alive and link.state != PeerLink.CLOSED:
+            self._close(link, "peer closed the connection", quiet=True)
+
+    def _handle_frame(self, link: PeerLink, frame: Any) -> None:
+        if not isinstance(frame, tuple) or not frame:
+            self._close(link, "malformed frame")
+            return
+        kind = frame[0]
+        if link.state == PeerLink.UP:
+            if kind == KIND_RAFT and len(frame) == 3 and isinstance(frame[2], dict):
+                invariant(link.peer_id is not None, "an up link knows its peer")
+                self.listener.on_raft_message(link.peer_id, frame[1], frame[2])  # type: ignore[arg-type]
+            elif kind == KIND_PING:
+                pass
+            else:
+                self._close(link, f"unexpected frame kind {kind}")
+            return
+        if link.dialer and kind == KIND_CHALLENGE and len(frame) == 2 and isinstance(frame[1], bytes):
+            invariant(link.peer_id is not None, "a dialing link knows its peer")
+            mac = _mac(self._secret, frame[1], self.cluster_id, self.self_id, link.peer_id) if self._secret else b""
+            link.queue(_encode_frame([KIND_HELLO, {"v": PROTOCOL_VERSION, "cluster": self.cluster_id,
+                                                   "from": self.self_id, "to": link.peer_id, "mac": mac}]))
+            self._dirty_links.add(link)
+        elif not link.dialer and kind == KIND_HELLO and len(frame) == 2 and isinstance(frame[1], dict):
+            self._accept_hello(link, frame[1])
+        elif link.dialer and kind == KIND_WELCOME:
+            self._link_up(link)
+        elif kind == KIND_REJECT:
+            self._close(link, f"peer rejected the handshake: {frame[1] if len(frame) > 1 else '?'}")
+        else:
+            self._close(link, f"unexpected frame kind {kind} during handshake")
+
+    def _accept_hello(self, link: PeerLink, hello: dict[str, Any]) -> None:
+        from_id = hello.get("from")
+        reason = None
+        if hello.get("v") != PROTOCOL_VERSION:
+            reason = f"protocol version {hello.get('v')} != {PROTOCOL_VERSION}"
+        elif hello.get("cluster") != self.cluster_id:
+            reason = f"cluster id {hello.get('cluster')!r} != {self.cluster_id!r}"
+        elif hello.get("to") != self.self_id:
+            reason = f"dialed broker {hello.get('to')} but this is broker {self.self_id}"
+        elif not isinstance(from_id, int) or from_id not in self.peers or from_id < self.self_id:
+            reason = f"broker {from_id} is not a peer that dials this broker"
+        elif self._secret and not hmac.compare_digest(
+                bytes(hello.get("mac") or b""), _mac(self._secret, link.challenge, self.cluster_id, from_id, self.self_id)):
+            reason = "bad cluster secret"
+        if reason is not None:
+            log.warning("rejecting peer connection: %s", reason)
+            link.queue(_encode_frame([KIND_REJECT, reason]))
+            self._flush_link(link, time.monotonic())
+            self._close(link, reason, quiet=True)
+            return
+        old = self._links.get(from_id)
+        if old is not None:
+            # The dialer only dials when it has no link, so the old one is dead from its point of view.
+            self._close(old, "superseded by a new connection from the same broker")
+        link.peer_id = from_id
+        link.queue(_encode_frame([KIND_WELCOME, {"from": self.self_id}]))
+        self._dirty_links.add(link)
+        self._link_up(link)
+
+    def _link_up(self, link: PeerLink) -> None:
+        invariant(link.peer_id is not None, "link up without a peer id")
+        self._pending.discard(link)
+        link.state = PeerLink.UP
+        link.last_recv = time.monotonic()
+        self._links[link.peer_id] = link  # type: ignore[index]
+        self.stats["links_opened"] += 1
+        log.info("peer link to broker %s up (%s)", link.peer_id, "dialed" if link.dialer else "accepted")
+        self.listener.on_peer_up(link.peer_id)  # type: ignore[arg-type]
+
+    def _close(self, link: PeerLink, reason: str, *, quiet: bool = False) -> None:
+        if link.state == PeerLink.CLOSED:
+            return
+        was_up = link.state == PeerLink.UP
+        link.state = PeerLink.CLOSED
+        self._pending.discard(link)
+        self._dirty_links.discard(link)
+        try:
+            self.selector.unregister(link.sock)
+        except (KeyError, ValueError):
+            pass
+        try:
+            link.sock.close()
+        except OSError:
+            pass
+        if was_up and self._links.get(link.peer_id) is link:  # type: ignore[arg-type]
+            del self._links[link.peer_id]  # type: ignore[arg-type]
+            self.stats["links_closed"] += 1
+            log.info("peer link to broker %s down: %s", link.peer_id, reason)
+            self.listener.on_peer_down(link.peer_id)  # type: ignore[arg-type]
+        elif not quiet:
+            log.debug("peer connection closed before it was up: %s", reason)
+
+
+class GroupTransport(Transport):
+    """The pysyncobj Transport of one Raft group, over the shared PeerNetwork.
+
+    Built by pysyncobj inside ``SyncObj.__init__`` through a factory bound to the network and group id.
+    Events are raised on the replication thread: connection changes by ``PeerNetwork`` via the loop,
+    messages as they are read.
+    """
+
+    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any, *, network: PeerNetwork,  # noqa: N803
+                 group_id: str) -> None:
+        super().__init__(syncObj, selfNode, otherNodes)
+        self.network = network
+        self.group_id = group_id
+        self.nodes: dict[int, BrokerNode] = {node.broker_id: node for node in otherNodes}
+        # Under the `always` policy: acknowledgements waiting for the journal fsync.
+        self.hold_acks = False
+        self.has_unsynced_writes: Callable[[], bool] = lambda: False
+        self._held: list[tuple[int, dict[str, Any]]] = []
+        # Extra fields this replica attaches to its acknowledgements (e.g. its log end offset), and what
+        # peers attached to theirs: lets a leader start a snapshot stream where the follower's log ends.
+        self.local_annotations: dict[str, Any] = {}
+        self.peer_annotations: dict[int, dict[str, Any]] = {}
+
+    # pysyncobj Transport interface ---------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def tryGetReady(self) -> None:  # noqa: N802
+        return None
+
+    def waitReady(self) -> None:  # noqa: N802
+        return None
+
+    def addNode(self, node: Any) -> None:  # noqa: N802
+        raise NotImplementedError("membership changes are not supported (dynamicMembershipChange=False)")
+
+    def dropNode(self, node: Any) -> None:  # noqa: N802
+        raise NotImplementedError("membership changes are not supported (dynamicMembershipChange=False)")
+
+    def send(self, node: Any, message: Any) -> bool:
+        peer_id = node.broker_id
+        if message.get("type") == "next_node_idx":
+            if self.local_annotations:
+                message = {**message, **self.local_annotations}
+            if self.hold_acks and self.has_unsynced_writes():
+                # Group commit: the follower acknowledges an append only once it is on disk.
+                self._held.append((peer_id, message))
+                return True
+        return self.network.send_raft(peer_id, self.group_id, message)
+
+    def destroy(self) -> None:
+        self._held.clear()
+
+    # driven by the replication loop --------------------------------------------------------------
+
+    def release_held(self) -> None:
+        held, self._held = self._held, []
+        for peer_id, message in held:
+            self.network.send_raft(peer_id, self.group_id, message)
+
+    def deliver(self, peer_id: int, message: dict[str, Any]) -> None:
+        node = self.nodes.get(peer_id)
+        if node is None:
+            return  # a broker that is not a replica of this group
+        if message.get("type") == "next_node_idx":
+            extra = {k: v for k, v in message.items() if k.startswith("rmq_")}
+            if extra:
+                self.peer_annotations[peer_id] = extra
+        self._onMessageReceived(node, message)
+
+    def peer_up(self, peer_id: int) -> None:
+        node = self.nodes.get(peer_id)
+        if node is not None:
+            self._onNodeConnected(node)
+
+    def peer_down(self, peer_id: int) -> None:
+        node = self.nodes.get(peer_id)
+        if node is not None:
+            self._onNodeDisconnected(node)

@@ -1,0 +1,208 @@
+"""Raft groups over the multiplexed peer transport, in one process: three ReplicationLoops (three peer ports on
+loopback, real sockets and pysyncobj), several groups sharing one connection per broker pair.
+
+Goal: leaders are elected for every group, committed commands are applied on every replica in the same order,
+a restarted replica replays its journal without applying anything twice, and a replica that missed a compaction
+catches up through a snapshot. Method: a tiny list-appending state machine per group."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgpack
+import pytest
+
+from cluster import commands
+from deploy.local_cluster import find_free_ports
+from node.raft_transport import NetworkListener, PeerAddress, PeerNetwork
+from node.replication import Durability, RaftGroup, RaftTimers, ReplicationLoop
+from tests.conftest import wait_for_condition
+
+TIMERS = RaftTimers()
+
+
+class ListMachine:
+    """Appends each command's payload to a list; snapshots carry the whole list."""
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+        self.applied_index = 0
+        self.applied_twice = 0
+        self.lock = threading.Lock()
+
+    def apply(self, index: int, term: int, command: bytes) -> Any:
+        if index <= self.applied_index:
+            self.applied_twice += 1
+            return None
+        self.applied_index = index
+        with self.lock:
+            self.items.append(bytes(commands.decode(command).payload))
+        return len(self.items)
+
+    def restore(self, state: bytes | None) -> None:
+        if state is not None:
+            data = msgpack.unpackb(state)
+            self.items, self.applied_index = list(data[0]), data[1]
+
+    def snapshot(self) -> bytes:
+        return msgpack.packb([self.items, self.applied_index])
+
+    def open_snapshot_stream(self, state: bytes, peer_hint: dict[str, Any]) -> BinaryIO | None:
+        return None
+
+    def install(self, state: bytes, payload: BinaryIO) -> None:
+        self.restore(state)
+
+    def on_progress(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def snapshot_items(self) -> list[bytes]:
+        with self.lock:
+            return list(self.items)
+
+
+class Node:
+    def __init__(self, broker_id: int, ports: dict[int, int], root: Path, loop: asyncio.AbstractEventLoop) -> None:
+        self.broker_id = broker_id
+        self.ports = ports
+        self.root = root
+        self.loop = loop
+        self.machines: dict[str, ListMachine] = {}
+        self.replication: ReplicationLoop | None = None
+        self.groups: dict[str, RaftGroup] = {}
+
+    def start(self, group_ids: list[str]) -> None:
+        peers = {b: PeerAddress("127.0.0.1", p) for b, p in self.ports.items() if b != self.broker_id}
+
+        def factory(listener: NetworkListener) -> PeerNetwork:
+            return PeerNetwork(self_id=self.broker_id, cluster_id="test", listen=PeerAddress("127.0.0.1", self.ports[self.broker_id]),
+                               peers=peers, listener=listener)
+
+        self.replication = ReplicationLoop(network_factory=factory, durability=Durability.ALWAYS, asyncio_loop=self.loop)
+        self.replication.start()
+        for group_id in group_ids:
+            machine = self.machines[group_id] = ListMachine()
+
+            def make(group_id: str = group_id, machine: ListMachine = machine) -> RaftGroup:
+                assert self.replication is not None
+                group = RaftGroup(group_id=group_id, directory=self.root / f"n{self.broker_id}" / group_id,
+                                  self_id=self.broker_id, replica_ids=sorted(self.ports), state_machine=machine,
+                                  loop=self.replication, timers=TIMERS)
+                self.replication.add_group(group)
+                return group
+
+            self.groups[group_id] = self.replication.call(make).result(timeout=10)
+
+    def stop(self) -> None:
+        if self.replication is not None:
+            self.replication.stop()
+            self.replication = None
+
+
+def _submit(group: RaftGroup, payload: bytes, proposal_id: int) -> asyncio.Future[Any]:
+    return group.submit(commands.encode(1, proposal_id, 0, payload))
+
+
+async def _leader(nodes: dict[int, Node], group_id: str) -> Node:
+    def find() -> Node | None:
+        for node in nodes.values():
+            if node.replication is not None and node.groups[group_id].status.is_leader:
+                return node
+        return None
+
+    return await wait_for_condition(find, timeout_s=15, what=f"a leader of {group_id}")
+
+
+@pytest.fixture
+def ports() -> dict[int, int]:
+    chosen = find_free_ports(3)
+    return {1: chosen[0], 2: chosen[1], 3: chosen[2]}
+
+
+async def test_groups_share_links_and_replicate(tmp_path: Path, ports: dict[int, int]) -> None:
+    loop = asyncio.get_running_loop()
+    group_ids = [f"g{i}" for i in range(5)]
+    nodes = {b: Node(b, ports, tmp_path, loop) for b in ports}
+    try:
+        for node in nodes.values():
+            node.start(group_ids)
+        for group_id in group_ids:
+            leader = await _leader(nodes, group_id)
+            results = await asyncio.wait_for(asyncio.gather(*[
+                _submit(leader.groups[group_id], f"{group_id}-{i}".encode(), i) for i in range(50)]), 20)
+            assert sorted(results) == list(range(1, 51))
+        for group_id in group_ids:
+            expected = [f"{group_id}-{i}".encode() for i in range(50)]
+            await wait_for_condition(lambda g=group_id, e=expected: all(  # type: ignore[misc]
+                n.machines[g].snapshot_items() == e for n in nodes.values()), timeout_s=10, what=f"{group_id} applied everywhere")
+        # One connection per broker pair, whatever the number of groups.
+        for node in nodes.values():
+            assert node.replication is not None
+            assert len(node.replication.network.up_peers()) == 2
+            assert node.replication.network.stats["links_opened"] <= 4
+        assert threading.active_count() < 40
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+async def test_restart_replays_without_double_apply(tmp_path: Path, ports: dict[int, int]) -> None:
+    loop = asyncio.get_running_loop()
+    nodes = {b: Node(b, ports, tmp_path, loop) for b in ports}
+    try:
+        for node in nodes.values():
+            node.start(["g"])
+        leader = await _leader(nodes, "g")
+        await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"a%d" % i, i) for i in range(30)]), 20)
+        follower = next(n for n in nodes.values() if n is not leader)
+        await wait_for_condition(lambda: len(follower.machines["g"].snapshot_items()) == 30, timeout_s=10,
+                                 what="follower applied 30")
+        follower.stop()
+        await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"b%d" % i, 100 + i) for i in range(30)]), 20)
+        # The restarted follower has a fresh (empty) state machine: the journal is replayed through it.
+        restarted = Node(follower.broker_id, ports, tmp_path, loop)
+        nodes[follower.broker_id] = restarted
+        restarted.start(["g"])
+        expected = [b"a%d" % i for i in range(30)] + [b"b%d" % i for i in range(30)]
+        await wait_for_condition(lambda: restarted.machines["g"].snapshot_items() == expected, timeout_s=15,
+                                 what="restarted follower caught up")
+        assert restarted.machines["g"].applied_twice == 0
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+async def test_follower_catches_up_through_a_snapshot(tmp_path: Path, ports: dict[int, int]) -> None:
+    loop = asyncio.get_running_loop()
+    nodes = {b: Node(b, ports, tmp_path, loop) for b in ports}
+    try:
+        for node in nodes.values():
+            node.start(["g"])
+        leader = await _leader(nodes, "g")
+        follower = next(n for n in nodes.values() if n is not leader)
+        follower.stop()
+        await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"c%d" % i, i) for i in range(40)]), 20)
+        for node in nodes.values():
+            if node is not follower:
+                group = node.groups["g"]
+                assert node.replication is not None
+                node.replication.call(group.raft.forceLogCompaction).result(timeout=5)
+                await wait_for_condition(lambda g=group: g.snapshotter.snapshots_taken > 0, timeout_s=10,  # type: ignore[misc]
+                                         what="a snapshot on the leader side")
+        await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"d%d" % i, 100 + i) for i in range(5)]), 20)
+        restarted = Node(follower.broker_id, ports, tmp_path, loop)
+        nodes[follower.broker_id] = restarted
+        restarted.start(["g"])
+        expected = [b"c%d" % i for i in range(40)] + [b"d%d" % i for i in range(5)]
+        await wait_for_condition(lambda: restarted.machines["g"].snapshot_items() == expected, timeout_s=20,
+                                 what="follower caught up through a snapshot")
+        assert restarted.groups["g"].snapshotter.snapshots_installed >= 1
+    finally:
+        for node in nodes.values():
+            node.stop()
