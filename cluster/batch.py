@@ -18,7 +18,7 @@ Layout (big-endian; offsets in bytes)::
     43  u32  crc                CRC-32 of bytes [47, end): written by the producer, checked by the
                                 leader before it proposes and by every reader
     47  u32  record_count
-    51  i64  first_timestamp_ms
+    51  i64  first_timestamp_ms  the smallest record timestamp (records store deltas from it)
     59  i64  max_timestamp_ms
     67  i64  producer_id        -1 when the producer is not idempotent
     75  i32  base_sequence      -1 when the producer is not idempotent; else the sequence of the first record
@@ -128,7 +128,9 @@ def encode_batch(
                             record_count_max=limits.batch_records_max)
     if (producer_id == NO_PRODUCER_ID) != (base_sequence == NO_SEQUENCE):
         raise ValueError("producer_id and base_sequence are set together or not at all")
-    first_ts = items[0][3]
+    # Timestamps are stored as non-negative deltas from the smallest one, so records keep their own
+    # timestamps even when they are not in time order.
+    first_ts = min(item[3] for item in items)
     max_ts = first_ts
     body_records = []
     for key, value, headers, timestamp_ms in items:

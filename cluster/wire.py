@@ -173,10 +173,7 @@ def records_to_batch(records: Any, *, now_ms: int | None = None) -> bytes:
             raise InvalidRequest(f"records[{index}].timestamp_ms must be a non-negative integer",
                                  field=f"records[{index}].timestamp_ms")
         items.append((key, value, headers, timestamp))
-    # A batch stores timestamps as non-negative deltas from its first record: a later record with an
-    # earlier timestamp is clamped to the first record's timestamp.
-    base = items[0][3]
-    return batches.encode_batch([(k, v, h, max(t, base)) for k, v, h, t in items])
+    return batches.encode_batch(items)
 
 
 def text_or_b64(value: bytes | None, name: str) -> dict[str, Any]:

@@ -1,0 +1,44 @@
+# Two entry points (README "Quick start"): `make demo` and `make test`. Both create .venv if needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test test-fast chaos-matrix bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "raftmq needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+# Install, start a local three-node cluster, run a short acks=all produce/consume demo (with a leader kill).
+demo: $(VENV)/.installed
+	$(BIN)/raftmq demo
+
+# Install and run every test (unit, real-process cluster tests, the short chaos suite).
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q
+
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q tests/unit
+
+# The full chaos matrix: every scenario x acks 0,1,all (about 15 minutes).
+chaos-matrix: $(VENV)/.installed
+	$(BIN)/raftmq chaos run all --acks 0,1,all --seed 1 --duration 30s --report-dir reports/chaos
+
+bench: $(VENV)/.installed
+	$(BIN)/raftmq bench produce --records 200000 --record-bytes 100 --acks all --report reports/bench.json
+
+lint: $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/ruff check cluster node client chaos deploy tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache reports

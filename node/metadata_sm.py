@@ -1,0 +1,77 @@
+"""The metadata group's state machine on a broker: ``cluster.metadata.MetadataState`` behind the
+``StateMachine`` protocol of ``node.replication``.
+
+The state is small and lives in memory; snapshots carry all of it. Readers on the asyncio thread use
+``view`` (an immutable mapping swapped atomically after each change), never the live state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, BinaryIO
+
+import msgpack
+
+from cluster import commands
+from cluster.errors import InternalError
+from cluster.metadata import MetadataState, Topic
+
+log = logging.getLogger(__name__)
+
+METADATA_GROUP_ID = "meta"
+
+
+class MetadataStateMachine:
+    def __init__(self) -> None:
+        self.state = MetadataState()
+        self.applied_index = 0
+        self.view: Mapping[str, Topic] = MappingProxyType({})
+        self.on_topics_changed: Callable[[], None] | None = None
+        self._announced_version = -1
+
+    def apply(self, index: int, term: int, command: bytes) -> Any:
+        if index <= self.applied_index:
+            return None
+        self.applied_index = index
+        try:
+            decoded = commands.decode(command)
+            payload = msgpack.unpackb(decoded.payload, raw=False) if decoded.payload else {}
+        except ValueError:
+            return InternalError("metadata entry is not a raftmq command")
+        if not isinstance(payload, dict):
+            return InternalError("metadata payload is not a map")
+        version = self.state.topics_version
+        result = self.state.apply(index, decoded.op, decoded.time_ms, payload)
+        if self.state.topics_version != version:
+            self.view = MappingProxyType(dict(self.state.topics))
+        return result
+
+    def restore(self, state: bytes | None) -> None:
+        if state is None:
+            return
+        data = msgpack.unpackb(state, raw=False)
+        self.state = MetadataState.from_bytes(data["state"])
+        self.applied_index = int(data["applied_index"])
+        self.view = MappingProxyType(dict(self.state.topics))
+
+    def snapshot(self) -> bytes:
+        return msgpack.packb({"applied_index": self.applied_index, "state": self.state.to_bytes()},
+                             use_bin_type=True)
+
+    def open_snapshot_stream(self, state: bytes, peer_hint: dict[str, Any]) -> BinaryIO | None:
+        return None  # the state travels whole inside the snapshot
+
+    def install(self, state: bytes, payload: BinaryIO) -> None:
+        self.restore(state)
+        log.info("metadata: installed a snapshot at index %d (%d topics)", self.applied_index, len(self.view))
+
+    def on_progress(self) -> Callable[[], None] | None:
+        if self.state.topics_version == self._announced_version:
+            return None
+        self._announced_version = self.state.topics_version
+        return self.on_topics_changed
+
+    def close(self) -> None:
+        return None

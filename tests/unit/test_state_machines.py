@@ -1,0 +1,128 @@
+"""Pure state machines: the idempotent-producer table and the metadata state.
+
+Method: hand-made cases for each verdict, a property test that a table rebuilt from the appended batches
+(what a restarted replica does) equals the live one, and metadata validation cases."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cluster.commands import MetadataOp
+from cluster.errors import (
+    InvalidConfig,
+    InvalidPartitions,
+    InvalidReplicationFactor,
+    InvalidRequest,
+    InvalidTopic,
+    TopicAlreadyExists,
+    UnknownTopicOrPartition,
+)
+from cluster.metadata import MetadataState, Topic, assign_replicas, parse_create_topic
+from cluster.producer_state import ProducerTable, Verdict
+
+
+def test_producer_verdicts() -> None:
+    table = ProducerTable()
+    assert table.check(7, 0, 3).verdict is Verdict.APPEND
+    assert table.check(7, 5, 3).verdict is Verdict.UNKNOWN_PRODUCER
+    table.record(7, 0, 3, base_offset=100, append_time_ms=1)
+    duplicate = table.check(7, 0, 3)
+    assert duplicate.verdict is Verdict.DUPLICATE and duplicate.base_offset == 100
+    assert table.check(7, 3, 2).verdict is Verdict.APPEND
+    gap = table.check(7, 4, 1)
+    assert gap.verdict is Verdict.OUT_OF_ORDER and gap.expected_sequence == 3
+    assert table.check(7, 1, 1).verdict is Verdict.OUT_OF_ORDER  # overlaps a batch inconsistently
+    offset = 103
+    for sequence in range(3, 3 + 6 * 2, 2):  # six more batches: the first one leaves the window of 5
+        table.record(7, sequence, 2, base_offset=offset, append_time_ms=2)
+        offset += 2
+    assert table.check(7, 0, 3).verdict is Verdict.DUPLICATE_OLD
+    assert table.check(7, 13, 2).verdict is Verdict.DUPLICATE
+
+
+def test_producers_are_forgotten_by_count_and_idle_time() -> None:
+    table = ProducerTable(producers_max=3, idle_ms_max=1000)
+    for producer_id in range(4):
+        table.record(producer_id, 0, 1, base_offset=producer_id, append_time_ms=10)
+    assert len(table) == 3 and table.check(0, 1, 1).verdict is Verdict.UNKNOWN_PRODUCER
+    table.record(9, 0, 1, base_offset=9, append_time_ms=5000)  # the others are now idle for > 1000 ms
+    assert len(table) == 1
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(1, 5), st.booleans()), max_size=60),
+       st.integers(0, 60))
+def test_rebuilt_table_equals_live_table(batches: list[tuple[int, int, bool]], split: int) -> None:
+    """A replica that restarts loads the table from its snapshot and replays the batches after it: it must
+    make the same decisions as a replica that never stopped."""
+    live = ProducerTable(producers_max=3, idle_ms_max=50)
+    appended: list[tuple[int, int, int, int, int]] = []
+    sequences: dict[int, int] = {}
+    offset = 0
+    for step, (producer_id, count, retry) in enumerate(batches):
+        sequence = sequences.get(producer_id, 0)
+        if retry and sequence >= count:
+            sequence -= count  # resend something old-ish
+        decision = live.check(producer_id, sequence, count)
+        if decision.verdict is Verdict.APPEND:
+            live.record(producer_id, sequence, count, offset, step * 10)
+            appended.append((producer_id, sequence, count, offset, step * 10))
+            sequences[producer_id] = sequence + count
+            offset += count
+    cut = min(split, len(appended))
+    snapshot = ProducerTable(producers_max=3, idle_ms_max=50)
+    for item in appended[:cut]:
+        snapshot.record(*item)
+    restored = ProducerTable.from_state(snapshot.to_state(), producers_max=3, idle_ms_max=50)
+    for item in appended[cut:]:
+        restored.record(*item)
+    assert restored.to_state() == live.to_state()
+
+
+BROKERS = [1, 2, 3]
+
+
+def test_parse_create_topic_defaults() -> None:
+    payload = parse_create_topic({"name": "orders", "partitions": 2}, BROKERS)
+    assert payload["replication_factor"] == 3
+    assert payload["config"]["min_insync_replicas"] == 2
+    assert payload["replicas"] == [[1, 2, 3], [2, 3, 1]]
+
+
+@pytest.mark.parametrize("body,error", [
+    ({}, InvalidTopic), ({"name": "a/b"}, InvalidTopic), ({"name": ".."}, InvalidTopic),
+    ({"name": "x" * 250}, InvalidTopic), ({"name": 5}, InvalidTopic),
+    ({"name": "t", "partitions": 0}, InvalidPartitions), ({"name": "t", "partitions": 10_000}, InvalidPartitions),
+    ({"name": "t", "partitions": "3"}, InvalidRequest), ({"name": "t", "replication_factor": 2}, InvalidReplicationFactor),
+    ({"name": "t", "config": {"bogus": 1}}, InvalidConfig), ({"name": "t", "config": {"retention_ms": 0}}, InvalidConfig),
+    ({"name": "t", "config": {"min_insync_replicas": 1}}, InvalidConfig),
+    ({"name": "t", "config": {"min_insync_replicas": 4}}, InvalidConfig),
+    ({"name": "t", "config": {"segment_bytes": 10}}, InvalidConfig), ({"name": "t", "config": []}, InvalidConfig),
+    ({"name": "t", "extra": 1}, InvalidRequest),
+])
+def test_parse_create_topic_rejects(body: dict, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        parse_create_topic(body, BROKERS)
+
+
+def test_metadata_state_machine() -> None:
+    state = MetadataState()
+    payload = parse_create_topic({"name": "t", "partitions": 3}, BROKERS)
+    topic = state.apply(10, MetadataOp.CREATE_TOPIC, 1234, payload)
+    assert isinstance(topic, Topic) and topic.topic_id == 10 and topic.created_ms == 1234
+    assert isinstance(state.apply(11, MetadataOp.CREATE_TOPIC, 1, payload), TopicAlreadyExists)
+    assert state.apply(12, MetadataOp.ALLOCATE_PRODUCER_ID, 1, {}) == {"producer_id": 1}
+    assert state.apply(13, MetadataOp.ALLOCATE_PRODUCER_ID, 1, {}) == {"producer_id": 2}
+    again = MetadataState.from_bytes(state.to_bytes())
+    assert again == state
+    assert state.apply(14, MetadataOp.DELETE_TOPIC, 1, {"name": "t"})["deleted"] == "t"
+    assert isinstance(state.apply(15, MetadataOp.DELETE_TOPIC, 1, {"name": "t"}), UnknownTopicOrPartition)
+    recreated = state.apply(16, MetadataOp.CREATE_TOPIC, 1, payload)
+    assert recreated.topic_id == 16  # a new incarnation, a new id
+    assert isinstance(state.apply(17, 250, 1, {}), InvalidRequest)
+
+
+def test_assign_replicas_rotates_preferred_leader() -> None:
+    assert assign_replicas(4, [3, 1, 2]) == ((1, 2, 3), (2, 3, 1), (3, 1, 2), (1, 2, 3))
