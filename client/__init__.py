@@ -1,0 +1,80 @@
+"""raftmq's Python client: asyncio ``Producer``, ``Consumer``, ``Admin``, and blocking ``Sync*`` wrappers.
+
+The client depends only on ``cluster/`` (errors, batch format, routing, limits), never on ``node/``.
+Every error a call can raise is a :class:`RaftMQError` (re-exported here); ``error.definite`` False means
+the operation may or may not have happened (timeouts, dropped connections, ``OUTCOME_UNKNOWN``).
+
+    async with Producer(["http://127.0.0.1:9101"]) as producer:
+        report = await producer.send_and_wait("orders", b"hello", key=b"user-1")
+
+    async with Consumer(["http://127.0.0.1:9101"]) as consumer:
+        consumer.assign([("orders", 0)])
+        records = await consumer.poll(timeout_ms=1000)
+"""
+
+from __future__ import annotations
+
+from client.admin import Admin
+from client.connection import Connection, MetadataFetcher
+from client.consumer import Consumer
+from client.metadata import BrokerInfo, ClusterMetadata, ClusterView, PartitionInfo, TopicInfo
+from client.producer import Producer
+from client.sync import SyncAdmin, SyncConsumer, SyncProducer
+from client.types import (
+    ConsumerRecord,
+    DeliveryReport,
+    DeliveryStatus,
+    HealthInfo,
+    OffsetInfo,
+    ProducerCounters,
+    TopicPartition,
+)
+from cluster.errors import (
+    BufferExhausted,
+    ClientTimeout,
+    ConnectionFailed,
+    CorruptBatch,
+    NotLeader,
+    OffsetOutOfRange,
+    ProducerClosed,
+    RaftMQError,
+    RecordTooLarge,
+    UnexpectedResponse,
+    UnknownTopicOrPartition,
+    error_from_wire,
+)
+
+__all__ = [
+    "Admin",
+    "BrokerInfo",
+    "BufferExhausted",
+    "ClientTimeout",
+    "ClusterMetadata",
+    "ClusterView",
+    "Connection",
+    "ConnectionFailed",
+    "Consumer",
+    "ConsumerRecord",
+    "CorruptBatch",
+    "DeliveryReport",
+    "DeliveryStatus",
+    "HealthInfo",
+    "MetadataFetcher",
+    "NotLeader",
+    "OffsetInfo",
+    "OffsetOutOfRange",
+    "PartitionInfo",
+    "Producer",
+    "ProducerClosed",
+    "ProducerCounters",
+    "RaftMQError",
+    "RecordTooLarge",
+    "SyncAdmin",
+    "SyncConsumer",
+    "SyncProducer",
+    "TopicInfo",
+    "TopicPartition",
+    "UnexpectedResponse",
+    "UnknownTopicOrPartition",
+    "error_from_wire",
+]

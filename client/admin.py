@@ -1,0 +1,229 @@
+"""Cluster administration: topics, metadata, health.
+
+Where requests go: topic changes go to the controller (the metadata group leader, from ``/v1/metadata``)
+when it is known, else to any broker; a ``NOT_LEADER`` answer whose details name another broker
+(``leader_url``/``leader_id``) is followed once. Reads (list/describe/metadata) go to any broker.
+
+Retries: an admin call moves to the next broker only when the previous one certainly did not act (a
+connect failure, or a retriable definite error such as ``BROKER_NOT_READY``). A timeout on
+``create_topic``/``delete_topic`` is raised as is (``ClientTimeout``, outcome unknown): retrying a create
+blindly could answer ``TOPIC_ALREADY_EXISTS`` for the caller's own topic. Use ``describe_topic`` to learn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+from client.connection import Connection, MetadataFetcher, backoff_s
+from client.metadata import (
+    ClusterMetadata,
+    ClusterView,
+    TopicInfo,
+    normalize_url,
+    parse_metadata,
+    parse_topic,
+)
+from client.types import HealthInfo
+from cluster import limits
+from cluster.errors import ClientTimeout, NotLeader, RaftMQError, UnexpectedResponse, UnknownTopicOrPartition
+
+__all__ = ["Admin", "TopicInfo", "ClusterMetadata", "HealthInfo"]
+
+
+class Admin:
+    """Admin client. ``async with Admin([...]) as admin:`` or ``start()``/``stop()``.
+
+    Args:
+        bootstrap_urls: one or more broker client URLs.
+        request_timeout_ms: default deadline of each call (overridable per call with ``timeout_s``).
+        retry_backoff_ms: first backoff of :meth:`wait_for_topic` polls.
+    """
+
+    def __init__(self, bootstrap_urls: str | Iterable[str], *,
+                 request_timeout_ms: int = limits.client_request_timeout_ms_default,
+                 retry_backoff_ms: int = limits.client_retry_backoff_ms_default,
+                 rng: random.Random | None = None) -> None:
+        if isinstance(bootstrap_urls, str):
+            bootstrap_urls = [bootstrap_urls]
+        self.request_timeout_s = request_timeout_ms / 1000.0
+        self.retry_backoff_ms = retry_backoff_ms
+        self._rng = rng if rng is not None else random.Random()
+        self._view = ClusterView(list(bootstrap_urls))
+        self._conn = Connection(request_timeout_ms=request_timeout_ms)
+        self._fetcher = MetadataFetcher(self._conn, self._view)
+
+    async def start(self) -> None:
+        """Nothing to connect eagerly; present for symmetry with Producer/Consumer (idempotent)."""
+
+    async def stop(self) -> None:
+        """Close connections. Idempotent."""
+        await self._conn.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    @property
+    def cluster(self) -> ClusterView:
+        return self._view
+
+    def _timeout(self, timeout_s: float | None) -> float:
+        return self.request_timeout_s if timeout_s is None else timeout_s
+
+    # --- topics ------------------------------------------------------------------------------------------
+
+    async def create_topic(self, name: str, partitions: int = 1, replication_factor: int | None = None,
+                           config: Mapping[str, Any] | None = None, *, timeout_s: float | None = None
+                           ) -> TopicInfo:
+        """``POST /v1/topics``. ``replication_factor`` None = the number of brokers (broker default);
+        ``config`` keys: ``retention_ms``, ``retention_bytes``, ``segment_bytes``, ``segment_ms``,
+        ``min_insync_replicas``. Returns the created topic as the broker reported it (its partitions may
+        not have leaders yet: see :meth:`wait_for_topic`).
+
+        Raises:
+            TopicAlreadyExists, InvalidTopic, InvalidPartitions, InvalidReplicationFactor, InvalidConfig,
+            InvalidRequest; ClientTimeout / ConnectionFailed (outcome unknown unless ``sent=False``).
+        """
+        body: dict[str, Any] = {"name": name, "partitions": partitions}
+        if replication_factor is not None:
+            body["replication_factor"] = replication_factor
+        if config:
+            body["config"] = dict(config)
+        response = await self._controller_request("POST", "/v1/topics", body, self._timeout(timeout_s))
+        self._view.mark_stale()
+        return parse_topic(response.get("topic"))
+
+    async def delete_topic(self, name: str, *, timeout_s: float | None = None) -> None:
+        """``DELETE /v1/topics/{name}``.
+
+        Raises: UnknownTopicOrPartition; ClientTimeout / ConnectionFailed (outcome unknown unless sent=False).
+        """
+        response = await self._controller_request("DELETE", f"/v1/topics/{quote(name, safe='')}", None,
+                                                  self._timeout(timeout_s))
+        if response.get("deleted") not in (name, None):
+            raise UnexpectedResponse("delete answered for another topic", deleted=response.get("deleted"))
+        self._view.forget_topics([name])
+        self._view.mark_stale()
+
+    async def list_topics(self, *, timeout_s: float | None = None) -> list[TopicInfo]:
+        """``GET /v1/topics``: every topic, sorted by name. Raises: ConnectionFailed, ClientTimeout."""
+        response = await self._fetcher.any_broker_request("GET", "/v1/topics",
+                                                          timeout_s=self._timeout(timeout_s))
+        topics = response.get("topics")
+        if not isinstance(topics, list):
+            raise UnexpectedResponse("GET /v1/topics answer without a topics list")
+        return sorted((parse_topic(t) for t in topics), key=lambda t: t.name)
+
+    async def describe_topic(self, name: str, *, timeout_s: float | None = None) -> TopicInfo:
+        """``GET /v1/topics/{name}``. Raises: UnknownTopicOrPartition, ConnectionFailed, ClientTimeout."""
+        response = await self._fetcher.any_broker_request("GET", f"/v1/topics/{quote(name, safe='')}",
+                                                          timeout_s=self._timeout(timeout_s))
+        return parse_topic(response.get("topic"))
+
+    async def wait_for_topic(self, name: str, *, timeout_s: float = 10.0) -> TopicInfo:
+        """Poll ``/v1/metadata`` (with backoff) until ``name`` exists and every partition has a leader whose
+        URL is known. Returns the topic as last seen.
+
+        Raises:
+            ClientTimeout: not ready within ``timeout_s`` (the last error is chained).
+        """
+        deadline = time.monotonic() + timeout_s
+        attempt = 0
+        last_error: RaftMQError | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ClientTimeout(f"topic {name!r} not ready after {timeout_s} s",
+                                    topic=name) from last_error
+            try:
+                await self._fetcher.refresh(timeout_s=min(remaining, self.request_timeout_s))
+                info = self._view.topic(name)
+                if info is not None and info.partitions and all(
+                        self._view.leader_url(name, p.partition) is not None for p in info.partitions):
+                    return info
+                last_error = UnknownTopicOrPartition(f"topic {name!r} has no leaders yet", topic=name)
+            except RaftMQError as exc:
+                last_error = exc
+            attempt += 1
+            pause = backoff_s(attempt, base_ms=max(1, self.retry_backoff_ms // 4), max_ms=500, rng=self._rng)
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))  # poll interval
+
+    # --- cluster -------------------------------------------------------------------------------------------
+
+    async def metadata(self, *, url: str | None = None, timeout_s: float | None = None) -> ClusterMetadata:
+        """``GET /v1/metadata`` from ``url`` (default: the best broker that answers), i.e. the cluster as
+        THAT broker sees it. Also refreshes this client's view.
+
+        Raises: ConnectionFailed, ClientTimeout, UnexpectedResponse.
+        """
+        timeout = self._timeout(timeout_s)
+        if url is None:
+            response = await self._fetcher.any_broker_request("GET", "/v1/metadata", timeout_s=timeout)
+        else:
+            url = normalize_url(url)
+            response = await self._conn.request("GET", url + "/v1/metadata", timeout_s=timeout)
+        parsed = parse_metadata(response)
+        with contextlib.suppress(RaftMQError):
+            self._view.update(response, now_s=time.monotonic(), source_url=url)
+        return parsed
+
+    async def health(self, url: str | None = None, *, timeout_s: float | None = None) -> HealthInfo:
+        """``GET /v1/health`` of one broker (default: the first bootstrap URL).
+
+        Raises: ConnectionFailed, ClientTimeout, UnexpectedResponse.
+        """
+        url = normalize_url(url) if url is not None else self._view.bootstrap_urls[0]
+        response = await self._conn.request("GET", url + "/v1/health", timeout_s=self._timeout(timeout_s))
+        status, broker_id = response.get("status"), response.get("broker_id")
+        if not isinstance(status, str):
+            raise UnexpectedResponse("health answer without a status", url=url)
+        return HealthInfo(url, status, broker_id if type(broker_id) is int else None,
+                          bool(response.get("ready")))
+
+    # --- internals ------------------------------------------------------------------------------------------
+
+    async def _controller_request(self, method: str, path: str, body: Mapping[str, Any] | None,
+                                  timeout_s: float) -> dict[str, Any]:
+        """Send to the controller (else any broker); follow one NOT_LEADER redirect; move on to the next
+        broker only when the previous one certainly did not act. Raises the last error."""
+        deadline = time.monotonic() + timeout_s
+        if self._view.is_stale(time.monotonic()):
+            with contextlib.suppress(RaftMQError):
+                await self._fetcher.refresh(timeout_s=min(timeout_s, self.request_timeout_s) / 2)
+        controller = self._view.controller_url()
+        urls = list(dict.fromkeys(([controller] if controller else []) + self._view.candidate_urls()))
+        followed = False
+        last_error: RaftMQError | None = None
+        index = 0
+        while index < len(urls):
+            url = urls[index]
+            index += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                return await self._conn.request(method, url + path, body=body, timeout_s=remaining)
+            except NotLeader as exc:
+                last_error = exc
+                target = exc.details.get("leader_url")
+                if not isinstance(target, str) and type(exc.details.get("leader_id")) is int:
+                    target = self._view.broker_url(exc.details["leader_id"])
+                if isinstance(target, str) and not followed:
+                    followed = True
+                    urls.insert(index, normalize_url(target))
+            except RaftMQError as exc:
+                if not (exc.details.get("sent") is False or (exc.retriable and exc.definite)):
+                    raise
+                last_error = exc
+        raise last_error or ClientTimeout(f"{method} {path}: deadline passed", sent=False)

@@ -1,0 +1,838 @@
+"""The producer: batching, ordered delivery per partition, retries, idempotence, and honest outcomes.
+
+Data path::
+
+    send() --(bounded byte buffer, waits up to the delivery deadline)--> per-partition accumulator
+        open batch (linger_ms / batch_bytes) -> sealed batches -> ONE request in flight per partition
+
+* ``send()`` does little per record: normalise the bytes, pick the partition, reserve buffer bytes,
+  append a tuple and create one future. No task per record; a batch is encoded once (``encode_batch``)
+  when its partition's sender takes it, and resent as the same bytes on every retry.
+* Each partition used gets one sender task (started on first use, cancelled and awaited by ``stop()``).
+  It keeps ONE produce request in flight: HTTP has no per-connection ordering, so this is what keeps a
+  partition's records in send order. While a request is in flight the next batch keeps filling, so batches
+  grow with latency (adaptive batching); linger only applies while the partition is idle.
+* Partition choice: explicit ``partition``; else ``partition_for(key)`` for keyed records (murmur2, as the
+  broker and Kafka); else "sticky": keyless records go to one partition per topic until its batch is
+  sealed or taken, then to the next (round robin over batches, not records).
+
+Outcomes (every send future resolves exactly once, with a :class:`DeliveryReport`):
+
+* ``ok`` on a success answer, or on ``DUPLICATE_SEQUENCE`` (stored earlier; ``offset`` None).
+* ``unknown`` when ANY attempt of the batch ended with an indefinite error (``definite=False``: timeouts,
+  dropped connections, ``OUTCOME_UNKNOWN``, ``NOT_ENOUGH_REPLICAS_AFTER_APPEND`` ...) and no later attempt
+  succeeded, even if a later attempt got a definite error.
+* ``failed`` otherwise: every attempt got a definite error, or the batch was never sent (its delivery
+  deadline passed in the queue, or the producer stopped first). A connect failure (``sent=False``) is
+  definite: the request never left the client.
+
+Retries: only errors flagged ``retriable``, with capped exponential backoff and jitter
+(``retry_backoff_ms`` .. ``limits.client_retry_backoff_ms_max``), until the batch's delivery deadline
+(``delivery_timeout_ms`` after its first record's ``send()``). ``NOT_LEADER`` re-routes at once to the
+leader its details name; errors flagged ``refresh_metadata`` refresh the cluster view first.
+
+Idempotence (default on): ``start()`` gets a producer id (``POST /v1/producers``). Each partition numbers
+its records from 0 (``base_sequence`` = records this producer id sent to the partition before); a retry
+resends the same bytes, so the broker stores the batch once (a ``duplicate: true`` answer carries the
+original offset). Partition "sessions" are reset, i.e. the partition moves to the producer's newest id
+(allocating a new one if it already uses the newest) and restarts its sequence at 0:
+
+* after an encoded batch of that partition ended ``failed`` or ``unknown``: its sequence numbers may or
+  may not be stored, so continuing would answer ``OUT_OF_ORDER_SEQUENCE`` or hide a gap. The reset
+  happens lazily, when the partition's next batch is encoded.
+* on ``OUT_OF_ORDER_SEQUENCE`` or ``UNKNOWN_PRODUCER_ID``: if every attempt of the batch so far was
+  definite (so it is certainly not stored) the batch is re-encoded under the new id with sequence 0 and
+  retried (new bytes, but nothing to duplicate). Otherwise it ends ``unknown`` and the next batch resets.
+* when a partition's sequence would overflow int32.
+
+What happens to in-flight batches on a reset: nothing. A partition has at most one batch in flight, and
+it is the one that caused the reset; batches of OTHER partitions keep their producer id, sequences and
+bytes (ids are per partition state, so a reset on one partition never renumbers another's batches).
+Queued batches of the reset partition are not encoded yet and simply get numbers under the new id.
+
+Idempotence works with every ``acks`` setting (the broker dedups at apply time). With ``acks=0``/``1`` an
+``ok`` report carries no offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Final, Self
+from urllib.parse import quote
+
+from client.connection import ByteBudget, Connection, MetadataFetcher, attempt_was_definite, backoff_s
+from client.metadata import ClusterView
+from client.types import AcksSetting, DeliveryReport, ProducerCounters
+from cluster import limits
+from cluster.batch import HEADER_BYTES, encode_batch
+from cluster.errors import (
+    BufferExhausted,
+    ClientTimeout,
+    DuplicateSequence,
+    InvalidAcks,
+    LeaderNotAvailable,
+    NotLeader,
+    OutOfOrderSequence,
+    ProducerClosed,
+    RaftMQError,
+    RecordTooLarge,
+    UnexpectedResponse,
+    UnknownProducerId,
+    UnknownTopicOrPartition,
+)
+from cluster.routing import partition_for
+
+__all__ = ["Producer", "DeliveryReport", "ProducerCounters"]
+
+log = logging.getLogger("raftmq.client.producer")
+
+_SEQUENCE_MAX: Final = 2**31 - 1
+# Keys whose partition is remembered (cleared when full); bounds the memory of the cache below.
+_KEY_PARTITION_CACHE_MAX: Final = 65_536
+# An attempt needs at least this much of the delivery deadline left; less cannot complete a round trip.
+_ATTEMPT_S_MIN: Final = 0.005
+# Upper bound of the msgpack overhead of one record in a batch body: fixarray(1) + int delta(9) + key and
+# value bin headers (5 + 5) + headers array header (5); each header adds fixarray(1) + str(5) + bin(5).
+_RECORD_OVERHEAD_BYTES: Final = 25
+_HEADER_OVERHEAD_BYTES: Final = 11
+# Batch body array header (5) + fixed batch header.
+_BATCH_OVERHEAD_BYTES: Final = HEADER_BYTES + 5
+
+HeadersArg = Mapping[str, bytes | str | None] | Iterable[tuple[str, bytes | str | None]] | None
+_Record = tuple[bytes | None, bytes | None, tuple[tuple[str, bytes | None], ...], int]
+
+
+def _to_bytes(value: Any, what: str) -> bytes | None:
+    if value is None or type(value) is bytes:
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes, str or None, not {type(value).__name__}")
+
+
+def _to_headers(headers: HeadersArg) -> tuple[tuple[str, bytes | None], ...]:
+    if not headers:
+        return ()
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    out = []
+    for name, value in items:
+        if not isinstance(name, str):
+            raise TypeError("header names must be str")
+        out.append((name, _to_bytes(value, "header value")))
+    if len(out) > limits.headers_per_record_max:
+        raise RecordTooLarge("too many headers", headers=len(out), headers_max=limits.headers_per_record_max)
+    return tuple(out)
+
+
+def _normalize_acks(acks: AcksSetting | str) -> int | str:
+    if acks in ("all", -1, "-1"):
+        return "all"
+    if acks in (0, 1, "0", "1"):
+        return int(acks)
+    raise InvalidAcks(f"acks must be 0, 1 or 'all', not {acks!r}")
+
+
+class _Batch:
+    """Records for one partition, sent together. Mutable; owned by the producer's event loop."""
+
+    __slots__ = (
+        "topic", "partition", "records", "futures", "size_bytes", "first_timestamp_ms", "created_s",
+        "deadline_s", "encoded", "producer_id", "base_sequence", "attempts", "indefinite_error", "in_flight",
+        "resolved", "done",
+    )
+
+    def __init__(self, topic: str, partition: int, timestamp_ms: int, now_s: float, deadline_s: float,
+                 done: asyncio.Future[None]) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.records: list[_Record] = []
+        self.futures: list[asyncio.Future[DeliveryReport]] = []
+        self.size_bytes = _BATCH_OVERHEAD_BYTES
+        self.first_timestamp_ms = timestamp_ms
+        self.created_s = now_s
+        self.deadline_s = deadline_s
+        self.encoded: bytes | None = None
+        self.producer_id = -1
+        self.base_sequence = -1
+        self.attempts = 0
+        self.indefinite_error: RaftMQError | None = None
+        self.in_flight = False
+        self.resolved = False
+        self.done = done
+
+
+class _PartitionState:
+    """Accumulator, sender task and idempotence state of one partition."""
+
+    __slots__ = ("topic", "partition", "open", "sealed", "in_flight", "wake", "task", "producer_id",
+                 "next_sequence", "needs_reset")
+
+    def __init__(self, topic: str, partition: int, producer_id: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.open: _Batch | None = None
+        self.sealed: collections.deque[_Batch] = collections.deque()
+        self.in_flight: _Batch | None = None
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.producer_id = producer_id
+        self.next_sequence = 0
+        self.needs_reset = False
+
+    def unresolved(self) -> list[_Batch]:
+        batches = [b for b in (self.in_flight, *self.sealed, self.open) if b is not None and not b.resolved]
+        return batches
+
+
+class Producer:
+    """An asyncio producer. Use ``async with Producer([...]) as p:`` or ``start()``/``stop()``.
+
+    Args:
+        bootstrap_urls: one or more broker client URLs (``http://host:port``).
+        acks: ``"all"`` (default; offsets in reports), ``1`` or ``0`` (no offsets; see docs/api.md).
+        idempotent: number batches so retries are stored once (default True; any acks).
+        linger_ms: how long an idle partition's first record waits for company before sending.
+        batch_bytes: seal a batch at this estimated size (<= ``limits.batch_bytes_max``).
+        buffer_bytes: records waiting or in flight, in estimated bytes; ``send()`` waits for room.
+        request_timeout_ms: deadline of one produce request (the broker's ``timeout_ms`` is a bit less).
+        delivery_timeout_ms: deadline of a send, from ``send()`` to its report, retries included.
+        retry_backoff_ms: first retry backoff; doubles per retry up to ``limits.client_retry_backoff_ms_max``.
+        metadata_max_age_ms: refresh the cluster view when older than this.
+        rng: randomness for jitter and the first sticky partition (inject a seeded one in tests).
+
+    Raises:
+        ValueError: an option is out of range. InvalidAcks: bad ``acks``.
+    """
+
+    def __init__(
+        self,
+        bootstrap_urls: str | Iterable[str],
+        *,
+        acks: AcksSetting | str = "all",
+        idempotent: bool = True,
+        linger_ms: float = limits.client_linger_ms_default,
+        batch_bytes: int = limits.client_batch_bytes_default,
+        buffer_bytes: int = limits.client_buffer_bytes_default,
+        request_timeout_ms: int = limits.client_request_timeout_ms_default,
+        delivery_timeout_ms: int = limits.client_delivery_timeout_ms_default,
+        retry_backoff_ms: int = limits.client_retry_backoff_ms_default,
+        retry_backoff_ms_max: int = limits.client_retry_backoff_ms_max,
+        metadata_max_age_ms: int = limits.client_metadata_max_age_ms,
+        rng: random.Random | None = None,
+    ) -> None:
+        if isinstance(bootstrap_urls, str):
+            bootstrap_urls = [bootstrap_urls]
+        if linger_ms < 0:
+            raise ValueError("linger_ms must be >= 0")
+        if not _BATCH_OVERHEAD_BYTES < batch_bytes <= limits.batch_bytes_max:
+            raise ValueError(f"batch_bytes must be in ({_BATCH_OVERHEAD_BYTES}, {limits.batch_bytes_max}]")
+        if buffer_bytes < batch_bytes:
+            raise ValueError("buffer_bytes must be >= batch_bytes")
+        if delivery_timeout_ms <= 0 or request_timeout_ms <= 0 or retry_backoff_ms < 0:
+            raise ValueError("timeouts must be > 0 and retry_backoff_ms >= 0")
+        self.acks = _normalize_acks(acks)
+        self.idempotent = idempotent
+        self.linger_s = linger_ms / 1000.0
+        self.batch_bytes = batch_bytes
+        self.buffer_bytes = buffer_bytes
+        self.request_timeout_s = request_timeout_ms / 1000.0
+        self.delivery_timeout_s = delivery_timeout_ms / 1000.0
+        self.retry_backoff_ms = retry_backoff_ms
+        self.retry_backoff_ms_max = max(retry_backoff_ms, retry_backoff_ms_max)
+        self._rng = rng if rng is not None else random.Random()
+        self._view = ClusterView(list(bootstrap_urls), max_age_ms=metadata_max_age_ms)
+        self._conn = Connection(request_timeout_ms=request_timeout_ms)
+        self._fetcher = MetadataFetcher(self._conn, self._view)
+        self._buffer = ByteBudget(buffer_bytes)
+        self._partitions: dict[tuple[str, int], _PartitionState] = {}
+        self._sticky: dict[str, int] = {}
+        self._key_partitions: dict[tuple[bytes, int], int] = {}
+        self._producer_id = -1
+        self._pid_lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._closing = False
+        self._closed = False
+        self._stopped: asyncio.Future[None] | None = None
+        self._flushing = 0
+        # counters
+        self._sent = self._acked = self._failed = self._unknown = 0
+        self._retries = self._batches = self._requests = self._resets = 0
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Fetch metadata and (idempotent) a producer id. Deadline: ``request_timeout_ms``.
+
+        Raises:
+            ConnectionFailed / ClientTimeout: no bootstrap broker answered in time.
+            ProducerClosed: the producer was stopped before.
+            RaftMQError: a broker refused to allocate a producer id.
+        """
+        if self._closing or self._closed:
+            raise ProducerClosed("producer was stopped; create a new one")
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self._fetcher.refresh(timeout_s=self.request_timeout_s)
+            if self.idempotent:
+                deadline = time.monotonic() + self.request_timeout_s
+                self._producer_id = await self._allocate_producer_id(deadline)
+        except BaseException:
+            await self._conn.close()
+            self._closed = True
+            raise
+        self._started = True
+
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Flush, then fail what is left, then close. Idempotent.
+
+        Waits up to ``timeout_s`` (default ``delivery_timeout_ms``; every batch ends by its own delivery
+        deadline anyway) for queued and in-flight batches. After that, sender tasks are cancelled: a batch
+        with a request in flight (or an earlier indefinite attempt) resolves ``unknown``; every other
+        batch resolves ``failed`` with ``ProducerClosed``. Concurrent ``send()`` calls waiting for buffer
+        space raise ``ProducerClosed``. When ``stop()`` returns, every future ``send()`` returned is done.
+        """
+        if self._closed:
+            return
+        if self._stopped is not None:  # another stop() is running: wait for it
+            await asyncio.shield(self._stopped)
+            return
+        self._stopped = asyncio.get_running_loop().create_future()
+        try:
+            await self._stop(timeout_s)
+        finally:
+            self._closed = True
+            self._stopped.set_result(None)
+
+    async def _stop(self, timeout_s: float | None) -> None:
+        self._closing = True
+        self._buffer.close(ProducerClosed("producer stopped while waiting for buffer space"))
+        timeout_s = self.delivery_timeout_s if timeout_s is None else timeout_s
+        tasks = [st.task for st in self._partitions.values() if st.task is not None]
+        for st in self._partitions.values():
+            st.wake.set()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, timeout_s))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for task in tasks:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("producer sender task failed", exc_info=task.exception())
+        closed = ProducerClosed("producer stopped before the batch was sent")
+        for st in self._partitions.values():
+            for batch in st.unresolved():
+                self._finish(st, batch, "unknown" if batch.indefinite_error else "failed",
+                             batch.indefinite_error or closed)
+        await self._conn.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    # --- observability ------------------------------------------------------------------------------
+
+    @property
+    def counters(self) -> ProducerCounters:
+        return ProducerCounters(self._sent, self._acked, self._failed, self._unknown, self._retries,
+                                self._batches, self._requests, self._resets, self._buffer.used_bytes)
+
+    @property
+    def producer_id(self) -> int:
+        """The newest producer id (-1 when not idempotent). Partitions may still use older ones."""
+        return self._producer_id
+
+    @property
+    def cluster(self) -> ClusterView:
+        return self._view
+
+    # --- sending ------------------------------------------------------------------------------------
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | str | None,
+        *,
+        key: bytes | str | None = None,
+        headers: HeadersArg = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> asyncio.Future[DeliveryReport]:
+        """Queue one record; return a future that resolves to its :class:`DeliveryReport` (never raises).
+
+        Waits (up to the delivery deadline) only for buffer space, or for the topic's metadata the first
+        time a topic is used (up to ``request_timeout_ms``). ``str`` keys, values and header values are
+        UTF-8 encoded. ``timestamp_ms`` defaults to the wall clock.
+
+        Raises (nothing was queued):
+            ProducerClosed: not started, or stopping.
+            BufferExhausted: the buffer stayed full until the delivery deadline.
+            RecordTooLarge: key + value + headers exceed ``limits.record_bytes_max`` (or the buffer).
+            UnknownTopicOrPartition: the topic is not known after refreshing metadata, or ``partition``
+                is out of range.
+            TypeError: a key/value/header is not bytes, str or None.
+        """
+        if not self._started or self._closing:
+            raise ProducerClosed("producer is not running" if not self._started else "producer is stopping")
+        key_b = key if key is None or type(key) is bytes else _to_bytes(key, "key")
+        value_b = value if value is None or type(value) is bytes else _to_bytes(value, "value")
+        hdrs = _to_headers(headers) if headers else ()
+        if timestamp_ms is None:
+            timestamp_ms = int(time.time() * 1000)
+        elif type(timestamp_ms) is not int or timestamp_ms < 0:
+            raise ValueError("timestamp_ms must be a non-negative int")
+        size = (len(key_b) if key_b is not None else 0) + (len(value_b) if value_b is not None else 0)
+        if hdrs:
+            size += sum(len(n) + (len(v) if v is not None else 0) for n, v in hdrs)
+        if size > limits.record_bytes_max:
+            raise RecordTooLarge("record too large", size_bytes=size, size_bytes_max=limits.record_bytes_max)
+        size += _RECORD_OVERHEAD_BYTES + _HEADER_OVERHEAD_BYTES * len(hdrs)
+        now = time.monotonic()
+        deadline = now + self.delivery_timeout_s
+
+        count = self._view.partition_count(topic)
+        if count is None:
+            count = await self._await_topic(topic, min(deadline, now + self.request_timeout_s))
+        if partition is None:
+            if key_b is not None:
+                cache = self._key_partitions
+                partition = cache.get((key_b, count))
+                if partition is None:
+                    # murmur2 is pure Python (~µs per key); most workloads repeat keys, so remember them.
+                    if len(cache) >= _KEY_PARTITION_CACHE_MAX:
+                        cache.clear()
+                    partition = cache[(key_b, count)] = partition_for(key_b, count)
+            else:
+                partition = self._sticky.get(topic)
+                if partition is None or partition >= count:
+                    partition = self._sticky[topic] = self._rng.randrange(count)
+        elif not 0 <= partition < count:
+            raise UnknownTopicOrPartition(f"{topic} has {count} partitions; no partition {partition}",
+                                          topic=topic, partition=partition)
+
+        if not self._buffer.try_acquire(size):
+            if size + _BATCH_OVERHEAD_BYTES > self.buffer_bytes:
+                raise RecordTooLarge("record larger than the producer buffer", size_bytes=size,
+                                     buffer_bytes=self.buffer_bytes)
+            try:
+                await self._buffer.acquire(size, deadline - time.monotonic())
+            except TimeoutError:
+                raise BufferExhausted("producer buffer full until the delivery deadline",
+                                      buffer_bytes=self.buffer_bytes, topic=topic) from None
+
+        if self._closing:  # stop() began while this send() awaited metadata or buffer space
+            self._buffer.release(size)
+            raise ProducerClosed("producer is stopping")
+        # No await from here on: stop() cannot interleave and miss this record.
+        st = self._partitions.get((topic, partition))
+        if st is None:
+            st = self._new_partition(topic, partition)
+        assert self._loop is not None
+        future: asyncio.Future[DeliveryReport] = self._loop.create_future()
+        batch = st.open
+        if (batch is None or batch.size_bytes + size > self.batch_bytes
+                or timestamp_ms < batch.first_timestamp_ms or len(batch.records) >= limits.batch_records_max):
+            # A batch's first record must have its smallest timestamp (the format stores deltas >= 0).
+            if batch is not None:
+                self._seal(st)
+            batch = _Batch(topic, partition, timestamp_ms, now, deadline, self._loop.create_future())
+            st.open = batch
+            st.wake.set()
+        batch.records.append((key_b, value_b, hdrs, timestamp_ms))
+        batch.futures.append(future)
+        batch.size_bytes += size
+        self._sent += 1
+        if batch.size_bytes >= self.batch_bytes:
+            self._seal(st)
+            st.wake.set()
+        return future
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | str | None,
+        *,
+        key: bytes | str | None = None,
+        headers: HeadersArg = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> DeliveryReport:
+        """``send()`` and wait for the report (bounded by the delivery deadline).
+
+        Raises:
+            what ``send()`` raises; the report's ``error`` unless its status is ok (check
+            ``error.definite`` / catch ``ClientTimeout``: an unknown outcome is not a failure).
+        """
+        future = await self.send(topic, value, key=key, headers=headers, partition=partition,
+                                 timestamp_ms=timestamp_ms)
+        report = await future
+        return report.raise_for_status()
+
+    async def flush(self, timeout_s: float | None = None) -> None:
+        """Send everything queued now without waiting for linger; return when those sends resolved.
+
+        Raises:
+            ClientTimeout: not all of them resolved within ``timeout_s`` (default: the delivery timeout
+                plus one second, by when every batch has ended).
+        """
+        timeout_s = self.delivery_timeout_s + 1.0 if timeout_s is None else timeout_s
+        waiting = [b.done for st in self._partitions.values() for b in st.unresolved()]
+        if not waiting:
+            return
+        self._flushing += 1
+        try:
+            for st in self._partitions.values():
+                st.wake.set()
+            _, pending = await asyncio.wait(waiting, timeout=max(0.0, timeout_s))
+        finally:
+            self._flushing -= 1
+        if pending:
+            raise ClientTimeout("flush timed out", batches_pending=len(pending), timeout_s=timeout_s)
+
+    # --- internals: accumulation ---------------------------------------------------------------------
+
+    def _new_partition(self, topic: str, partition: int) -> _PartitionState:
+        st = _PartitionState(topic, partition, self._producer_id)
+        self._partitions[(topic, partition)] = st
+        st.task = asyncio.get_running_loop().create_task(
+            self._run_partition(st), name=f"raftmq-producer-{topic}-{partition}"
+        )
+        return st
+
+    def _seal(self, st: _PartitionState) -> None:
+        batch = st.open
+        if batch is None:
+            return
+        st.open = None
+        st.sealed.append(batch)
+        self._advance_sticky(st)
+
+    def _advance_sticky(self, st: _PartitionState) -> None:
+        if self._sticky.get(st.topic) == st.partition:
+            count = self._view.partition_count(st.topic) or 1
+            self._sticky[st.topic] = (st.partition + 1) % count
+
+    async def _await_topic(self, topic: str, deadline_s: float) -> int:
+        attempt = 0
+        last_error: RaftMQError | None = None
+        while True:
+            try:
+                await self._fetcher.refresh(timeout_s=max(0.001, deadline_s - time.monotonic()))
+            except RaftMQError as exc:
+                last_error = exc
+            count = self._view.partition_count(topic)
+            if count:
+                return count
+            if self._closing:
+                raise ProducerClosed("producer is stopping")
+            attempt += 1
+            pause = backoff_s(attempt, base_ms=self.retry_backoff_ms, max_ms=self.retry_backoff_ms_max,
+                              rng=self._rng)
+            if time.monotonic() + pause >= deadline_s:
+                raise UnknownTopicOrPartition(f"topic {topic!r} is not in the cluster metadata",
+                                              topic=topic) from last_error
+            await asyncio.sleep(pause)  # retry backoff, not synchronisation
+
+    # --- internals: the per-partition sender ---------------------------------------------------------
+
+    async def _run_partition(self, st: _PartitionState) -> None:
+        while True:
+            batch = await self._next_batch(st)
+            if batch is None:
+                return
+            st.in_flight = batch
+            try:
+                await self._deliver(st, batch)
+            except Exception as exc:  # noqa: BLE001 - a bug must not strand the partition's later sends
+                log.exception("producer bug while delivering %s/%s", st.topic, st.partition)
+                if not batch.resolved:
+                    error = UnexpectedResponse(f"client error while delivering: {exc!r}")
+                    self._finish(st, batch, "unknown" if batch.attempts else "failed", error)
+            finally:
+                st.in_flight = None
+
+    async def _next_batch(self, st: _PartitionState) -> _Batch | None:
+        while True:
+            if st.sealed:
+                return st.sealed.popleft()
+            batch = st.open
+            wait_s: float | None = None
+            if batch is not None:
+                wait_s = batch.created_s + self.linger_s - time.monotonic()
+                if wait_s <= 0 or self._closing or self._flushing:
+                    st.open = None
+                    self._advance_sticky(st)
+                    return batch
+            elif self._closing:
+                return None
+            st.wake.clear()
+            if wait_s is None:
+                await st.wake.wait()  # idle: woken by send() or stop(), cancelled by stop()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await st.wake.wait()
+
+    async def _deliver(self, st: _PartitionState, batch: _Batch) -> None:
+        """Send ``batch`` until it resolves. Cancellation (stop) resolves it: unknown if a request may have
+        reached the broker, failed otherwise."""
+        try:
+            await self._attempts(st, batch)
+        finally:
+            if not batch.resolved:
+                if batch.in_flight or batch.indefinite_error is not None:
+                    error = batch.indefinite_error or ClientTimeout(
+                        "producer stopped while the request was in flight")
+                    self._finish(st, batch, "unknown", error)
+                else:
+                    closed = ProducerClosed("producer stopped before the batch was sent")
+                    self._finish(st, batch, "failed", closed)
+
+    async def _attempts(self, st: _PartitionState, batch: _Batch) -> None:
+        topic, partition = batch.topic, batch.partition
+        path = f"/v1/topics/{quote(topic, safe='')}/partitions/{partition}/records"
+        last_error: RaftMQError | None = None
+        retry = 0  # retries so far (drives the backoff)
+        reroute_url: str | None = None
+        not_leader_streak = 0
+        renumbered = 0  # times this batch was re-encoded under a new producer id
+        while True:
+            now = time.monotonic()
+            remaining = batch.deadline_s - now
+            if remaining <= 0:
+                if last_error is None:
+                    last_error = ClientTimeout("delivery timeout expired before the batch was sent",
+                                               sent=False)
+                self._finish_error(st, batch, last_error)
+                return
+            # 1. where to
+            url = reroute_url
+            reroute_url = None
+            if url is None:
+                url = self._view.leader_url(topic, partition)
+                refresh_error: RaftMQError | None = None
+                if url is None or self._view.is_stale(now):
+                    try:
+                        await self._fetcher.refresh(timeout_s=min(remaining, self.request_timeout_s),
+                                                    force=url is None)
+                    except RaftMQError as exc:
+                        refresh_error = exc
+                    url = self._view.leader_url(topic, partition)
+                if url is None:
+                    # Not sent because of it, so definite for this batch (earlier attempts still count).
+                    reason = f" (metadata refresh failed: {refresh_error})" if refresh_error else ""
+                    last_error = LeaderNotAvailable(f"no known leader for {topic}/{partition}{reason}",
+                                                    topic=topic, partition=partition)
+                    retry += 1
+                    await self._backoff(retry, batch)
+                    continue
+            # 2. what (encode once; re-encode only after a producer id reset of a certainly-unstored batch)
+            if batch.encoded is None:
+                try:
+                    await self._encode(st, batch)
+                except RaftMQError as exc:
+                    self._finish_error(st, batch, exc)
+                    return
+            # 3. send
+            timeout_s = min(self.request_timeout_s, batch.deadline_s - time.monotonic())
+            if timeout_s < _ATTEMPT_S_MIN:
+                batch.deadline_s = time.monotonic()  # too little time left to be worth a request
+                continue
+            body = {"acks": self.acks, "timeout_ms": max(1, min(limits.produce_timeout_ms_max,
+                                                                int(timeout_s * 900))),
+                    "batch": batch.encoded}
+            if batch.attempts == 0:
+                self._batches += 1
+            else:
+                self._retries += 1
+            batch.attempts += 1
+            self._requests += 1
+            batch.in_flight = True
+            try:
+                response = await self._conn.request("POST", url + path, body=body, timeout_s=timeout_s)
+                self._finish_ok(st, batch, response, url)
+                return
+            except DuplicateSequence:
+                batch.in_flight = False
+                self._finish_ok(st, batch, None, url)
+                return
+            except RaftMQError as exc:
+                batch.in_flight = False
+                last_error = exc
+                if not attempt_was_definite(exc):
+                    batch.indefinite_error = exc
+                error = exc
+            # 4. what next
+            if isinstance(error, NotLeader):
+                not_leader_streak += 1
+                new_url = self._view.apply_not_leader(topic, partition, error.details, failed_url=url)
+                if new_url is not None and new_url != url and not_leader_streak == 1:
+                    reroute_url = new_url
+                    continue  # re-route at once, once; then back off
+                reroute_url = new_url
+            else:
+                not_leader_streak = 0
+                if error.refresh_metadata:
+                    self._view.mark_stale()
+            if self.idempotent and isinstance(error, OutOfOrderSequence | UnknownProducerId):
+                if batch.indefinite_error is not None:
+                    self._finish_error(st, batch, error)  # maybe stored under the old numbering: unknown
+                    return
+                # Certainly not stored: renumber under a fresh producer id and retry (at once the first
+                # time; with backoff if the broker keeps refusing).
+                batch.encoded = None
+                st.needs_reset = True
+                renumbered += 1
+                if renumbered > 1:
+                    retry += 1
+                    await self._backoff(retry, batch)
+                continue
+            if not error.retriable:
+                self._finish_error(st, batch, error)
+                return
+            retry += 1
+            await self._backoff(retry, batch)
+
+    async def _backoff(self, retry: int, batch: _Batch) -> None:
+        pause = backoff_s(retry, base_ms=self.retry_backoff_ms, max_ms=self.retry_backoff_ms_max,
+                          rng=self._rng)
+        pause = min(pause, max(0.0, batch.deadline_s - time.monotonic()))
+        if pause > 0:
+            await asyncio.sleep(pause)  # retry backoff, not synchronisation
+
+    async def _encode(self, st: _PartitionState, batch: _Batch) -> None:
+        count = len(batch.records)
+        if self.idempotent:
+            if st.needs_reset or st.producer_id < 0 or st.next_sequence + count - 1 > _SEQUENCE_MAX:
+                await self._reset_partition(st, batch.deadline_s)
+            batch.producer_id = st.producer_id
+            batch.base_sequence = st.next_sequence
+            st.next_sequence += count
+            batch.encoded = encode_batch(batch.records, producer_id=batch.producer_id,
+                                         base_sequence=batch.base_sequence)
+        else:
+            batch.encoded = encode_batch(batch.records)
+
+    async def _reset_partition(self, st: _PartitionState, deadline_s: float) -> None:
+        """Move ``st`` to the newest producer id (allocating one if ``st`` already uses it), sequence 0."""
+        old = st.producer_id
+        try:
+            async with asyncio.timeout(max(0.0, deadline_s - time.monotonic())):
+                async with self._pid_lock:
+                    if self._producer_id == old or self._producer_id < 0:
+                        self._producer_id = await self._allocate_producer_id(deadline_s)
+        except TimeoutError:
+            raise ClientTimeout("timed out getting a new producer id", sent=False) from None
+        st.producer_id = self._producer_id
+        st.next_sequence = 0
+        st.needs_reset = False
+        self._resets += 1
+
+    async def _allocate_producer_id(self, deadline_s: float) -> int:
+        """``POST /v1/producers`` on any broker, retrying retriable errors until ``deadline_s``.
+
+        Raises: the last error (ClientTimeout, ConnectionFailed, ...) or UnexpectedResponse.
+        """
+        retry = 0
+        while True:
+            remaining = deadline_s - time.monotonic()
+            try:
+                response = await self._fetcher.any_broker_request("POST", "/v1/producers",
+                                                                  timeout_s=max(0.001, remaining))
+            except RaftMQError as exc:
+                retry += 1
+                pause = backoff_s(retry, base_ms=self.retry_backoff_ms, max_ms=self.retry_backoff_ms_max,
+                                  rng=self._rng)
+                if not exc.retriable or time.monotonic() + pause >= deadline_s:
+                    raise
+                await asyncio.sleep(pause)  # retry backoff, not synchronisation
+                continue
+            producer_id = response.get("producer_id")
+            if type(producer_id) is not int or producer_id < 0:
+                raise UnexpectedResponse("POST /v1/producers answered without a producer_id")
+            return producer_id
+
+    # --- internals: outcomes ---------------------------------------------------------------------------
+
+    def _finish_ok(self, st: _PartitionState, batch: _Batch, response: dict[str, Any] | None,
+                   url: str) -> None:
+        """Resolve a stored batch. ``response`` None = DUPLICATE_SEQUENCE (stored before, offset unknown).
+
+        Raises UnexpectedResponse (before resolving anything) when the answer is malformed."""
+        count = len(batch.futures)
+        base_offset: int | None = None
+        leader_epoch: int | None = None
+        duplicate = response is None
+        leader_id: int | None = self._view.broker_id_for_url(url)
+        if response is not None:
+            raw_offset = response.get("base_offset")
+            raw_count = response.get("record_count")
+            raw_epoch = response.get("leader_epoch")
+            if raw_count is not None and raw_count != count:
+                raise UnexpectedResponse("produce answer has another record_count", record_count=raw_count,
+                                         expected=count)
+            if self.acks == "all":
+                if type(raw_offset) is not int or raw_offset < 0:
+                    raise UnexpectedResponse("acks=all produce answer without a base_offset")
+                base_offset = raw_offset
+            leader_epoch = raw_epoch if type(raw_epoch) is int else None
+            duplicate = bool(response.get("duplicate", False))
+            raw_broker = response.get("broker_id")
+            if type(raw_broker) is int:
+                leader_id = raw_broker
+        topic, partition = batch.topic, batch.partition
+        for index, future in enumerate(batch.futures):
+            if not future.done():
+                future.set_result(DeliveryReport(
+                    "ok", topic, partition, None if base_offset is None else base_offset + index, None,
+                    leader_id, leader_epoch, duplicate))
+        self._acked += count
+        self._resolved(batch)
+
+    def _finish_error(self, st: _PartitionState, batch: _Batch, error: RaftMQError) -> None:
+        if batch.indefinite_error is not None:
+            # Report the last error if it is indefinite, else the indefinite one that makes this "unknown".
+            reported = error if not attempt_was_definite(error) else batch.indefinite_error
+            self._finish(st, batch, "unknown", reported)
+        else:
+            self._finish(st, batch, "failed", error)
+
+    def _finish(self, st: _PartitionState, batch: _Batch, status: str, error: RaftMQError) -> None:
+        if batch.resolved:
+            return
+        report = DeliveryReport(status, batch.topic, batch.partition, None, error)  # type: ignore[arg-type]
+        for future in batch.futures:
+            if not future.done():
+                future.set_result(report)
+        if status == "unknown":
+            self._unknown += len(batch.futures)
+        else:
+            self._failed += len(batch.futures)
+        if self.idempotent and batch.encoded is not None:
+            st.needs_reset = True  # its sequence numbers may or may not be stored
+        self._resolved(batch)
+
+    def _resolved(self, batch: _Batch) -> None:
+        batch.resolved = True
+        batch.in_flight = False
+        self._buffer.release(batch.size_bytes - _BATCH_OVERHEAD_BYTES)
+        batch.records = []
+        batch.encoded = None
+        if not batch.done.done():
+            batch.done.set_result(None)
+

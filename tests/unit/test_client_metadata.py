@@ -1,0 +1,223 @@
+"""Client pure parts: ClusterView (canned /v1/metadata answers), error mapping, backoff, ByteBudget.
+
+Method: no network. ClusterView is fed dicts shaped like docs/api.md; time is passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from client.connection import ByteBudget, attempt_was_definite, backoff_s
+from client.metadata import ClusterView, parse_metadata
+from cluster import errors
+from cluster.errors import (
+    ClientTimeout,
+    ConnectionFailed,
+    NotEnoughReplicas,
+    NotLeader,
+    OutcomeUnknown,
+    ProducerClosed,
+    RaftMQError,
+    UnexpectedResponse,
+    error_from_wire,
+)
+from tests.unit.fake_broker import wait_until
+
+B1, B2, B3 = "http://127.0.0.1:9101", "http://127.0.0.1:9102", "http://127.0.0.1:9103"
+
+
+def metadata(leader: int | None = 1, epoch: int = 4, topic_id: int = 7, partitions: int = 2) -> dict:
+    return {
+        "cluster_id": "raftmq-local", "broker_id": 1, "controller_id": 2,
+        "brokers": [{"id": 1, "url": B1, "peer": "x"}, {"id": 2, "url": B2 + "/"}, {"id": 3, "url": B3}],
+        "topics": [{"name": "orders", "topic_id": topic_id, "replication_factor": 3,
+                    "config": {"min_insync_replicas": 2},
+                    "partitions": [{"partition": p, "leader_id": leader, "leader_epoch": epoch,
+                                    "replicas": [1, 2, 3], "isr": [1, 2, 3]} for p in range(partitions)]}],
+    }
+
+
+def test_update_builds_brokers_topics_and_leaders() -> None:
+    view = ClusterView([B1 + "/"])
+    assert view.is_stale(0.0)
+    view.update(metadata(), now_s=10.0)
+    assert view.brokers == {1: B1, 2: B2, 3: B3}  # trailing slash normalised
+    assert view.partition_count("orders") == 2
+    assert view.partition_count("nope") is None
+    assert view.leader_url("orders", 1) == B1
+    assert view.leader_url("orders", 5) is None
+    assert view.controller_url() == B2
+    assert view.broker_id_for_url(B3) == 3
+    assert view.replica_urls("orders", 0) == [B1, B2, B3]
+    assert not view.is_stale(10.0)
+
+
+def test_max_age_and_mark_stale() -> None:
+    view = ClusterView([B1], max_age_ms=1000)
+    view.update(metadata(), now_s=10.0)
+    assert not view.is_stale(10.9)
+    assert view.is_stale(11.0)
+    view.update(metadata(), now_s=20.0)
+    view.mark_stale()
+    assert view.is_stale(20.0)
+
+
+def test_older_epoch_does_not_replace_leader() -> None:
+    view = ClusterView([B1])
+    view.update(metadata(leader=2, epoch=5), now_s=0.0)
+    view.update(metadata(leader=1, epoch=4), now_s=1.0)  # a lagging broker's view
+    assert view.leader_id("orders", 0) == 2
+    view.update(metadata(leader=3, epoch=6), now_s=2.0)
+    assert view.leader_id("orders", 0) == 3
+    # A re-created topic (new topic_id) takes the new answer whatever the epochs.
+    view.update(metadata(leader=1, epoch=1, topic_id=8), now_s=3.0)
+    assert view.leader_id("orders", 0) == 1
+
+
+@given(st.lists(st.tuples(st.sampled_from([1, 2, 3]), st.integers(0, 20)), min_size=1, max_size=30))
+def test_leader_follows_the_newest_epoch_seen(updates: list[tuple[int, int]]) -> None:
+    # Whatever order answers arrive in, the view holds a leader of the highest epoch seen, and the
+    # last answer among those of that epoch (an equal epoch may repeat, never go back).
+    view = ClusterView([B1])
+    for now, (leader, epoch) in enumerate(updates):
+        view.update(metadata(leader=leader, epoch=epoch), now_s=float(now))
+    top = max(epoch for _, epoch in updates)
+    part = view.partition("orders", 0)
+    assert part is not None and part.leader_epoch == top
+    assert view.leader_id("orders", 0) == [leader for leader, epoch in updates if epoch == top][-1]
+
+
+def test_topics_missing_from_answer_are_dropped() -> None:
+    view = ClusterView([B1])
+    view.update(metadata(), now_s=0.0)
+    answer = metadata()
+    answer["topics"] = []
+    view.update(answer, now_s=1.0)
+    assert view.partition_count("orders") is None
+
+
+def test_not_leader_details_update_at_once() -> None:
+    view = ClusterView([B1])
+    view.update(metadata(leader=1, epoch=4), now_s=0.0)
+    details = {"leader_id": 2, "leader_url": B2, "leader_epoch": 5}
+    url = view.apply_not_leader("orders", 0, details, failed_url=B1)
+    assert url == B2
+    assert view.leader_id("orders", 0) == 2
+    assert view.leader_id("orders", 1) == 1  # other partitions untouched
+    assert view.is_stale(0.0)
+    # Unknown broker in the details: learned from leader_url.
+    url = view.apply_not_leader("orders", 1, {"leader_id": 9, "leader_url": "http://h:1", "leader_epoch": 6})
+    assert url == "http://h:1" and view.broker_url(9) == "http://h:1"
+    # No leader known: None, and the broker that said "not me" is no longer the leader.
+    assert view.apply_not_leader("orders", 0, {"leader_id": None, "leader_epoch": 7}) is None
+    assert view.leader_url("orders", 0) is None
+
+
+def test_stale_not_leader_details_ignored_but_failed_leader_forgotten() -> None:
+    view = ClusterView([B1])
+    view.update(metadata(leader=1, epoch=9), now_s=0.0)
+    assert view.apply_not_leader("orders", 0, {"leader_id": 3, "leader_url": B3, "leader_epoch": 2},
+                                 failed_url=B1) is None
+    assert view.leader_id("orders", 0) is None
+
+
+def test_candidate_urls_prefer_last_answer_then_brokers_then_bootstrap() -> None:
+    view = ClusterView(["http://boot:1", B2])
+    assert view.candidate_urls() == ["http://boot:1", B2]
+    view.update(metadata(), now_s=0.0, source_url=B3)
+    assert view.candidate_urls() == [B3, B1, B2, "http://boot:1"]
+
+
+@pytest.mark.parametrize("bad", [
+    None, [], {"brokers": "x"}, {"brokers": [{"id": "1", "url": B1}], "topics": []},
+    {"brokers": [], "topics": [{"name": "t", "partitions": [{"partition": 1, "replicas": []}]}]},
+    {"brokers": [{"id": 1, "url": "ftp://x"}], "topics": []},
+])
+def test_malformed_metadata_is_unexpected_response(bad: object) -> None:
+    view = ClusterView([B1])
+    with pytest.raises(UnexpectedResponse):
+        view.update(bad, now_s=0.0)
+    assert view.version == 0
+
+
+def test_parse_metadata_keeps_local_partition_fields() -> None:
+    raw = metadata()
+    raw["topics"][0]["partitions"][0].update(high_watermark=50, log_start_offset=3, role="leader")
+    parsed = parse_metadata(raw)
+    part = parsed.topics[0].partitions[0]
+    assert (part.high_watermark, part.log_start_offset, part.role, part.isr) == (50, 3, "leader", (1, 2, 3))
+    assert parsed.controller_id == 2 and parsed.topics[0].config["min_insync_replicas"] == 2
+
+
+def test_bootstrap_validation() -> None:
+    with pytest.raises(ValueError):
+        ClusterView([])
+    with pytest.raises(ValueError):
+        ClusterView(["localhost:9101"])
+
+
+# --- errors -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", errors.all_error_classes())
+def test_error_from_wire_round_trips_every_code(cls: type[RaftMQError]) -> None:
+    original = cls("boom", leader_id=2, leader_url=B2)
+    rebuilt = error_from_wire({"error": original.to_wire()}, cls.http_status)
+    assert type(rebuilt) is cls
+    assert rebuilt.details == {"leader_id": 2, "leader_url": B2}
+    assert (rebuilt.retriable, rebuilt.refresh_metadata, rebuilt.definite) == (
+        cls.retriable, cls.refresh_metadata, cls.definite)
+
+
+def test_error_from_wire_unknown_code_and_garbage() -> None:
+    err = error_from_wire({"error": {"code": "FROM_THE_FUTURE", "message": "m"}}, 500)
+    assert type(err) is RaftMQError and err.code == "FROM_THE_FUTURE"
+    assert isinstance(error_from_wire("nope", 502), UnexpectedResponse)
+
+
+def test_attempt_was_definite() -> None:
+    assert attempt_was_definite(NotEnoughReplicas())
+    assert attempt_was_definite(NotLeader())
+    assert not attempt_was_definite(OutcomeUnknown())
+    assert not attempt_was_definite(ClientTimeout())
+    assert not attempt_was_definite(ConnectionFailed())
+    assert attempt_was_definite(ConnectionFailed("refused", sent=False))
+
+
+# --- backoff and the byte budget --------------------------------------------------------------------------
+
+
+def test_backoff_grows_capped_with_jitter() -> None:
+    rng = random.Random(7)
+    values = [backoff_s(n, base_ms=100, max_ms=2000, rng=rng) for n in range(1, 12)]
+    assert 0.05 <= values[0] <= 0.1
+    assert 0.1 <= values[1] <= 0.2
+    assert all(1.0 <= v <= 2.0 for v in values[6:])  # capped: within [max/2, max]
+
+
+async def test_byte_budget_fifo_timeout_and_close() -> None:
+    budget = ByteBudget(100)
+    assert budget.try_acquire(60)
+    assert not budget.try_acquire(60)
+    first = asyncio.create_task(budget.acquire(50, 5.0))
+    second = asyncio.create_task(budget.acquire(10, 5.0))
+    await wait_until(lambda: budget.waiting == 2, what="two waiters")
+    assert not budget.try_acquire(10)  # no barging past waiters
+    budget.release(60)
+    await asyncio.wait_for(asyncio.gather(first, second), 1.0)
+    assert budget.used_bytes == 60
+    with pytest.raises(TimeoutError):
+        await budget.acquire(50, 0.01)
+    assert budget.waiting == 0 and budget.used_bytes == 60
+    waiter = asyncio.create_task(budget.acquire(90, 5.0))
+    await wait_until(lambda: budget.waiting == 1, what="one waiter")
+    budget.close(ProducerClosed("closed"))
+    with pytest.raises(ProducerClosed):
+        await asyncio.wait_for(waiter, 1.0)
+    with pytest.raises(ValueError):
+        await ByteBudget(10).acquire(11, 1.0)
