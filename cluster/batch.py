@@ -139,7 +139,7 @@ def encode_batch(
             raise RecordTooLarge("record too large", size_bytes=size, size_bytes_max=limits.record_bytes_max)
         if timestamp_ms > max_ts:
             max_ts = timestamp_ms
-        body_records.append([timestamp_ms - first_ts, key, value, [list(h) for h in headers]])
+        body_records.append([timestamp_ms - first_ts, key, value, [list(h) for h in headers] if headers else []])
     body = msgpack.packb(body_records, use_bin_type=True)
     tail = struct.pack(">Iqqqi", len(items), first_ts, max_ts, producer_id, base_sequence) + body
     crc = zlib.crc32(tail)

@@ -205,7 +205,11 @@ async def list_offsets(request: web.Request) -> web.Response:
     at = request.query.get("at", "latest")
     if at not in ("earliest", "latest"):
         query_int(request.query, "at", offset=True)  # validates a timestamp
-    result = request.app[BROKER].list_offset(request.match_info["topic"], _partition_arg(request), at)
+    replica = request.query.get("replica", "leader")
+    if replica not in ("leader", "any"):
+        raise InvalidRequest("replica must be 'leader' or 'any'", field="replica")
+    result = request.app[BROKER].list_offset(request.match_info["topic"], _partition_arg(request), at,
+                                             any_replica=replica == "any")
     return _respond(request, result)
 
 

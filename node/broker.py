@@ -432,7 +432,8 @@ class Broker:
         future = handle.group.submit(command, resolve_on_append=acks is Acks.LEADER)
         future.add_done_callback(release)
         future.add_done_callback(_consume_exception)
-        response: dict[str, Any] = {"topic": topic_name, "partition": partition, "acks": acks.wire,
+        response: dict[str, Any] = {"topic": topic_name, "partition": partition, "broker_id": self.broker_id,
+                                    "acks": acks.wire,
                                     "base_offset": None, "record_count": header.record_count,
                                     "leader_epoch": status.term, "raft_index": None, "duplicate": False,
                                     "log_append_time_ms": now_ms}
@@ -486,6 +487,11 @@ class Broker:
         deadline = time.monotonic() + max_wait_ms / 1000
         while True:
             start, end = partition_log.log_start_offset, partition_log.log_end_offset
+            if offset > end and not any_replica and not handle.group.status.caught_up:
+                # A new leader applies the entries of earlier terms only once its own first entry commits;
+                # until then its high watermark can be below what the previous leader served.
+                raise LeaderNotAvailable(f"the new leader of {topic_name}-{partition} is still catching up",
+                                         topic=topic_name, partition=partition)
             if offset < start or offset > end:
                 raise OffsetOutOfRange(f"offset {offset} is outside [{start}, {end}]", offset=offset,
                                        log_start_offset=start, log_end_offset=end)
@@ -503,8 +509,15 @@ class Broker:
             except TimeoutError:
                 return handle, b""
 
-    def list_offset(self, topic_name: str, partition: int, at: str) -> dict[str, Any]:
+    def list_offset(self, topic_name: str, partition: int, at: str, *, any_replica: bool) -> dict[str, Any]:
         handle = self.handle(topic_name, partition)
+        if not any_replica:
+            status = handle.group.status
+            if not status.is_leader:
+                raise self._not_leader(handle)
+            if not status.caught_up:
+                raise LeaderNotAvailable(f"the new leader of {topic_name}-{partition} is still catching up",
+                                         topic=topic_name, partition=partition)
         partition_log = handle.state_machine.log
         if at == "earliest":
             offset: int | None = partition_log.log_start_offset
@@ -550,6 +563,7 @@ class Broker:
                          "commit_index": meta_status.commit_index if meta_status else None,
                          "applied_index": meta_status.applied_index if meta_status else None,
                          "ready": self.metadata_ready},
+            "peer_links": self.replication.published_links if self.replication is not None else [],
             "brokers": [{"id": entry.broker_id, "url": entry.url, "peer": str(entry.peer),
                          "connected": entry.broker_id == self.broker_id or (
                              self.replication is not None and self.replication.network.is_up(entry.broker_id))}

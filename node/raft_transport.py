@@ -113,8 +113,9 @@ class PeerLink:
     UP = "up"
     CLOSED = "closed"
 
-    def __init__(self, sock: socket.socket, *, dialer: bool, peer_id: int | None, now: float) -> None:
+    def __init__(self, sock: socket.socket, *, dialer: bool, peer_id: int | None, now: float, remote: str) -> None:
         self.sock = sock
+        self.remote = remote  # dialer: the address it dialed (peer or proxy); acceptor: the TCP peer
         self.dialer = dialer
         self.peer_id = peer_id
         self.state = PeerLink.CONNECTING if dialer else PeerLink.HANDSHAKE
@@ -289,10 +290,11 @@ class PeerNetwork:
         link = self._links.get(peer_id)
         return link.out_bytes if link is not None else 0
 
-    def link_stats(self) -> dict[int, dict[str, Any]]:
-        return {peer_id: {"state": link.state, "dialer": link.dialer, "bytes_sent": link.bytes_sent,
-                          "bytes_received": link.bytes_received, "queued_bytes": link.out_bytes}
-                for peer_id, link in self._links.items()}
+    def link_stats(self) -> list[dict[str, Any]]:
+        """One row per link that is up (replication thread; the loop publishes a copy for other threads)."""
+        return [{"peer_id": peer_id, "dialer": link.dialer, "remote": link.remote, "bytes_sent": link.bytes_sent,
+                 "bytes_received": link.bytes_received, "queued_bytes": link.out_bytes}
+                for peer_id, link in sorted(self._links.items())]
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -402,7 +404,7 @@ class PeerNetwork:
         if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             sock.close()
             return
-        link = PeerLink(sock, dialer=True, peer_id=peer_id, now=now)
+        link = PeerLink(sock, dialer=True, peer_id=peer_id, now=now, remote=str(address))
         self._pending.add(link)
         self.selector.register(sock, selectors.EVENT_WRITE, link)
 
@@ -418,14 +420,14 @@ class PeerNetwork:
         invariant(self._server is not None, "accept without a server socket")
         for _ in range(16):
             try:
-                sock, _address = self._server.accept()  # type: ignore[union-attr]
+                sock, address = self._server.accept()  # type: ignore[union-attr]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 log.warning("accept failed: %s", exc)
                 return
             self._configure(sock)
-            link = PeerLink(sock, dialer=False, peer_id=None, now=time.monotonic())
+            link = PeerLink(sock, dialer=False, peer_id=None, now=time.monotonic(), remote=f"{address[0]}:{address[1]}")
             link.challenge = os.urandom(16)
             link.queue(_encode_frame([KIND_CHALLENGE, link.challenge]))
             self._pending.add(link)

@@ -177,6 +177,9 @@ class GroupStatus:
     match_index: dict[int, int] = field(default_factory=dict)  # leader only
     connected: tuple[int, ...] = ()
     journal_bytes: int = 0
+    # Leader only: it has applied everything up to its own term's first entry, so its applied state
+    # (e.g. a partition's high watermark) is at least what any earlier leader acknowledged.
+    caught_up: bool = False
 
     @property
     def is_leader(self) -> bool:
@@ -584,11 +587,13 @@ class RaftGroup:
                 node.broker_id for node, seen in responses.items()
                 if seen > deadline and node.broker_id in connected]))
         last_index = self.journal.last_index or 0
+        noop_index = raft._SyncObj__noopIDx  # type: ignore[attr-defined]
+        caught_up = role == "leader" and noop_index is not None and raft.raftLastApplied >= noop_index
         self.status = GroupStatus(
             group_id=self.group_id, role=role, leader_id=leader.broker_id if leader is not None else None,
             term=raft.raftCurrentTerm, commit_index=raft.raftCommitIndex, applied_index=raft.raftLastApplied,
             last_index=last_index, in_sync=in_sync, match_index=match_index, connected=connected,
-            journal_bytes=self.journal.size_bytes)
+            journal_bytes=self.journal.size_bytes, caught_up=caught_up)
 
     def maybe_force_compaction(self) -> None:
         if self.journal.size_bytes > limits.raft_compaction_bytes:
@@ -637,6 +642,7 @@ class ReplicationLoop(NetworkListener):
         self.pass_count = 0
         self.fsync_count = 0
         self.failure: BaseException | None = None
+        self.published_links: list[dict[str, Any]] = []  # peer links as of the last housekeeping
 
     # lifecycle (asyncio thread) ------------------------------------------------------------------
 
@@ -786,6 +792,7 @@ class ReplicationLoop(NetworkListener):
             self._deliver(progress)
             if now >= self._next_housekeeping:
                 self._next_housekeeping = now + _HOUSEKEEPING_INTERVAL_S
+                self.published_links = self.network.link_stats()
                 for group in self.groups.values():
                     group.maybe_force_compaction()
                 for callback in self._housekeeping:
