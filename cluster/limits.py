@@ -37,8 +37,10 @@ raft_append_entries_bytes_max: Final = 2 * MIB  # pysyncobj appendEntriesBatchSi
 # (fact sheet §14: more than ~1-3 MB in flight per group makes pysyncobj resend and stall).
 raft_uncommitted_bytes_max: Final = 4 * MIB
 raft_uncommitted_entries_max: Final = 256
-# One peer-link frame (a Raft message of one group). Anything larger is a protocol error.
-peer_frame_bytes_max: Final = raft_append_entries_bytes_max + 256 * KIB
+# One peer-link frame (a Raft message of one group). Anything larger is a protocol error. pysyncobj fills an
+# AppendEntries up to appendEntriesBatchSizeBytes and then adds the entry that crosses it, so a frame can
+# hold the batch size plus one whole entry.
+peer_frame_bytes_max: Final = raft_append_entries_bytes_max + batch_bytes_max + 256 * KIB
 # Bytes queued for one peer link before the link is cut (the peer is too slow or gone). Raft resends.
 peer_send_buffer_bytes_max: Final = 64 * MIB
 # Snapshot stream chunk (pysyncobj logCompactionBatchSize): one frame of a follower catch-up.
@@ -114,7 +116,7 @@ client_fetch_prefetch_bytes_max: Final = 16 * MIB
 assert batch_bytes_max < raft_append_entries_bytes_max, "entries must never take pysyncobj's chunked path"
 assert record_bytes_max < batch_bytes_max
 assert request_bytes_max > batch_bytes_max
-assert peer_frame_bytes_max > raft_append_entries_bytes_max
+assert peer_frame_bytes_max > raft_append_entries_bytes_max + batch_bytes_max
 assert raft_uncommitted_bytes_max >= 2 * batch_bytes_max, "two full batches must fit in flight"
 assert raft_election_timeout_min_s > 3 * raft_heartbeat_period_s
 assert raft_election_timeout_max_s > raft_election_timeout_min_s
