@@ -145,19 +145,18 @@ class _Batch:
     """Records for one partition, sent together. Mutable; owned by the producer's event loop."""
 
     __slots__ = (
-        "topic", "partition", "records", "futures", "size_bytes", "first_timestamp_ms", "created_s",
+        "topic", "partition", "records", "futures", "size_bytes", "created_s",
         "deadline_s", "encoded", "producer_id", "base_sequence", "attempts", "indefinite_error", "in_flight",
         "resolved", "done",
     )
 
-    def __init__(self, topic: str, partition: int, timestamp_ms: int, now_s: float, deadline_s: float,
+    def __init__(self, topic: str, partition: int, now_s: float, deadline_s: float,
                  done: asyncio.Future[None]) -> None:
         self.topic = topic
         self.partition = partition
         self.records: list[_Record] = []
         self.futures: list[asyncio.Future[DeliveryReport]] = []
         self.size_bytes = _BATCH_OVERHEAD_BYTES
-        self.first_timestamp_ms = timestamp_ms
         self.created_s = now_s
         self.deadline_s = deadline_s
         self.encoded: bytes | None = None
@@ -446,11 +445,10 @@ class Producer:
         future: asyncio.Future[DeliveryReport] = self._loop.create_future()
         batch = st.open
         if (batch is None or batch.size_bytes + size > self.batch_bytes
-                or timestamp_ms < batch.first_timestamp_ms or len(batch.records) >= limits.batch_records_max):
-            # A batch's first record must have its smallest timestamp (the format stores deltas >= 0).
+                or len(batch.records) >= limits.batch_records_max):
             if batch is not None:
                 self._seal(st)
-            batch = _Batch(topic, partition, timestamp_ms, now, deadline, self._loop.create_future())
+            batch = _Batch(topic, partition, now, deadline, self._loop.create_future())
             st.open = batch
             st.wake.set()
         batch.records.append((key_b, value_b, hdrs, timestamp_ms))
@@ -724,9 +722,9 @@ class Producer:
             batch.base_sequence = st.next_sequence
             st.next_sequence += count
             batch.encoded = encode_batch(batch.records, producer_id=batch.producer_id,
-                                         base_sequence=batch.base_sequence)
+                                         base_sequence=batch.base_sequence, sizes_checked=True)
         else:
-            batch.encoded = encode_batch(batch.records)
+            batch.encoded = encode_batch(batch.records, sizes_checked=True)
 
     async def _reset_partition(self, st: _PartitionState, deadline_s: float) -> None:
         """Move ``st`` to the newest producer id (allocating one if ``st`` already uses it), sequence 0."""

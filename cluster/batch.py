@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final, NamedTuple
 
 import msgpack
@@ -111,16 +111,19 @@ def _record_size(key: bytes | None, value: bytes | None, headers: Sequence[Any])
 
 
 def encode_batch(
-    records: Iterable[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes | None]], int]],
+    records: Sequence[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes | None]], int]],
     *,
     producer_id: int = NO_PRODUCER_ID,
     base_sequence: int = NO_SEQUENCE,
+    sizes_checked: bool = False,
 ) -> bytes:
     """Build a batch from ``(key, value, headers, timestamp_ms)`` tuples (the producer side).
 
     Raises RecordTooLarge / BatchTooLarge before anything is sent, so the caller fails fast.
+    ``sizes_checked``: the caller already checked every record against ``record_bytes_max`` (the producer
+    does so in ``send()``); the per-record check is then skipped on this hot path.
     """
-    items = list(records)
+    items = records if isinstance(records, list | tuple) else list(records)
     if not items:
         raise BatchTooLarge("a batch needs at least one record", record_count=0)
     if len(items) > limits.batch_records_max:
@@ -128,19 +131,18 @@ def encode_batch(
                             record_count_max=limits.batch_records_max)
     if (producer_id == NO_PRODUCER_ID) != (base_sequence == NO_SEQUENCE):
         raise ValueError("producer_id and base_sequence are set together or not at all")
+    if not sizes_checked:
+        for key, value, headers, _timestamp_ms in items:
+            size = _record_size(key, value, headers)
+            if size > limits.record_bytes_max:
+                raise RecordTooLarge("record too large", size_bytes=size, size_bytes_max=limits.record_bytes_max)
     # Timestamps are stored as non-negative deltas from the smallest one, so records keep their own
     # timestamps even when they are not in time order.
-    first_ts = min(item[3] for item in items)
-    max_ts = first_ts
-    body_records = []
-    for key, value, headers, timestamp_ms in items:
-        size = _record_size(key, value, headers)
-        if size > limits.record_bytes_max:
-            raise RecordTooLarge("record too large", size_bytes=size, size_bytes_max=limits.record_bytes_max)
-        if timestamp_ms > max_ts:
-            max_ts = timestamp_ms
-        body_records.append([timestamp_ms - first_ts, key, value, [list(h) for h in headers] if headers else []])
-    body = msgpack.packb(body_records, use_bin_type=True)
+    timestamps = [item[3] for item in items]
+    first_ts = min(timestamps)
+    max_ts = max(timestamps)
+    body = msgpack.packb([[timestamp_ms - first_ts, key, value, [list(h) for h in headers] if headers else []]
+                          for key, value, headers, timestamp_ms in items], use_bin_type=True)
     tail = struct.pack(">Iqqqi", len(items), first_ts, max_ts, producer_id, base_sequence) + body
     crc = zlib.crc32(tail)
     total = HEADER_BYTES + len(body)

@@ -126,13 +126,14 @@ class LocalCluster:
 
     def __init__(self, root: Path, *, nodes: int = 3, base_port: int | None = None, durability: str = "always",
                  cluster_id: str = "raftmq-local", log_level: str = "info", timers: RaftTimers | None = None,
-                 python: str = sys.executable) -> None:
+                 leader_rebalance: bool = True, python: str = sys.executable) -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         self.root = root.resolve()
         self.cluster_id = cluster_id
         self.durability = Durability(durability)
         self.log_level = log_level
+        self.leader_rebalance = leader_rebalance
         self.timers = timers or RaftTimers()
         self.python = python
         if base_port is not None:
@@ -164,7 +165,7 @@ class LocalCluster:
         return NodeConfig(broker_id=broker_id, cluster_id=self.cluster_id, data_dir=node.data_dir,
                           client_listen=PeerAddress(HOST, node.client_port), peer_listen=PeerAddress(HOST, node.peer_port),
                           advertised_url=node.advertised_url, brokers=brokers, durability=self.durability,
-                          log_level=self.log_level, timers=self.timers)
+                          log_level=self.log_level, leader_rebalance=self.leader_rebalance, timers=self.timers)
 
     def write_configs(self) -> None:
         for broker_id, node in self.nodes.items():

@@ -192,6 +192,8 @@ class Broker:
         assert self.replication is not None
         now_ms = int(time.time() * 1000)
         for group in list(self.replication.groups.values()):
+            if self.config.leader_rebalance:
+                group.maybe_transfer_to_preferred(now)
             state_machine = group.state_machine
             if isinstance(state_machine, PartitionStateMachine):
                 deleted = state_machine.log.apply_retention(now_ms)
@@ -274,7 +276,7 @@ class Broker:
         def make_group() -> RaftGroup:
             group = RaftGroup(group_id=_partition_group_id(topic, partition), directory=directory,
                               self_id=self.broker_id, replica_ids=replica_ids, state_machine=state_machine,
-                              loop=replication, timers=self.config.timers)
+                              loop=replication, timers=self.config.timers, preferred_replica=replica_ids[0])
             assert group.transport is not None
             state_machine.transport_annotations = group.transport.local_annotations
             state_machine.on_progress()

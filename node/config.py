@@ -41,6 +41,7 @@ class NodeConfig:
     flush_interval_ms: int = 100
     cluster_secret: str = ""
     log_level: str = "info"
+    leader_rebalance: bool = True
     timers: RaftTimers = field(default_factory=RaftTimers)
 
     @property
@@ -79,7 +80,7 @@ def _address(text: str, key: str) -> PeerAddress:
 def parse_config(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> NodeConfig:
     """Build and validate a NodeConfig from a parsed TOML document."""
     known = {"broker_id", "cluster_id", "data_dir", "client_listen", "peer_listen", "advertised_url", "durability",
-             "flush_interval_ms", "cluster_secret", "log_level", "brokers", "raft"}
+             "flush_interval_ms", "cluster_secret", "log_level", "leader_rebalance", "brokers", "raft"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise InvalidConfig(f"unknown keys: {', '.join(unknown)}", keys=unknown)
@@ -145,10 +146,11 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Nod
     if problems:
         raise InvalidConfig("; ".join(problems), key="raft")
     cluster_secret = _get(raw, "cluster_secret", str, "")
+    leader_rebalance = _get(raw, "leader_rebalance", bool, True)
     return NodeConfig(broker_id=broker_id, cluster_id=cluster_id, data_dir=data_dir, client_listen=client_listen,
                       peer_listen=peer_listen, advertised_url=advertised_url, brokers=tuple(brokers),
                       durability=durability, flush_interval_ms=flush_interval_ms, cluster_secret=cluster_secret,
-                      log_level=log_level, timers=timers)
+                      log_level=log_level, leader_rebalance=leader_rebalance, timers=timers)
 
 
 def load_config(path: Path) -> NodeConfig:
@@ -173,6 +175,7 @@ def render_config(config: NodeConfig) -> str:
         f'durability = "{config.durability.value}"',
         f"flush_interval_ms = {config.flush_interval_ms}",
         f'log_level = "{config.log_level}"',
+        f"leader_rebalance = {'true' if config.leader_rebalance else 'false'}",
     ]
     if config.cluster_secret:
         lines.append(f'cluster_secret = "{config.cluster_secret}"')

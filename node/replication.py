@@ -452,9 +452,11 @@ class RaftGroup:
     """
 
     def __init__(self, *, group_id: str, directory: Path, self_id: int, replica_ids: list[int],
-                 state_machine: StateMachine, loop: ReplicationLoop, timers: RaftTimers) -> None:
+                 state_machine: StateMachine, loop: ReplicationLoop, timers: RaftTimers,
+                 preferred_replica: int | None = None) -> None:
         invariant(self_id in replica_ids, f"broker {self_id} is not a replica of {group_id}")
         self.group_id = group_id
+        self.preferred_replica = preferred_replica
         self.directory = directory
         self.self_id = self_id
         self.replica_ids = sorted(replica_ids)
@@ -484,13 +486,23 @@ class RaftGroup:
 
         self_node = BrokerNode(self_id)
         other_nodes = [BrokerNode(b) for b in self.replica_ids if b != self_id]
+        # The preferred replica draws its election timeout from the lower third of the range, the others
+        # from the rest: when it is alive and up to date it usually wins, so leaders spread as assigned.
+        # The worst case for everyone else is unchanged.
+        election_min_s, election_max_s = timers.election_timeout_min_s, timers.election_timeout_max_s
+        if preferred_replica is not None:
+            split_s = election_min_s + (election_max_s - election_min_s) / 3
+            if preferred_replica == self_id:
+                election_max_s = split_s
+            else:
+                election_min_s = split_s
         conf = SyncObjConf(
             autoTick=False,
             appendEntriesUseBatch=False,
             appendEntriesBatchSizeBytes=limits.raft_append_entries_bytes_max,
             appendEntriesPeriod=timers.heartbeat_period_s,
-            raftMinTimeout=timers.election_timeout_min_s,
-            raftMaxTimeout=timers.election_timeout_max_s,
+            raftMinTimeout=election_min_s,
+            raftMaxTimeout=election_max_s,
             connectionTimeout=timers.connection_timeout_s,
             leaderFallbackTimeout=timers.leader_fallback_timeout_s,
             commandsQueueSize=limits.raft_command_queue_max,
@@ -527,6 +539,8 @@ class RaftGroup:
         self.raft._SyncObj__serializer = self.snapshotter  # type: ignore[attr-defined]
         self.raft._poller = _NullPoller()
         self.last_tick = 0.0
+        self.leader_since: float | None = None  # monotonic time this replica last became leader
+        self._last_transfer_attempt = 0.0
         self.status = GroupStatus(group_id=group_id)
         self.closed = False
 
@@ -574,6 +588,10 @@ class RaftGroup:
     def publish_status(self, now: float) -> None:
         raft = self.raft
         role = _ROLES.get(raft._SyncObj__raftState, "follower")  # type: ignore[attr-defined]
+        if role == "leader" and self.leader_since is None:
+            self.leader_since = now
+        elif role != "leader":
+            self.leader_since = None
         leader = raft._getLeader()
         connected = tuple(sorted(b for b in self.replica_ids if b != self.self_id and self.loop.network.is_up(b)))
         in_sync: tuple[int, ...] = ()
@@ -594,6 +612,22 @@ class RaftGroup:
             term=raft.raftCurrentTerm, commit_index=raft.raftCommitIndex, applied_index=raft.raftLastApplied,
             last_index=last_index, in_sync=in_sync, match_index=match_index, connected=connected,
             journal_bytes=self.journal.size_bytes, caught_up=caught_up)
+
+    def maybe_transfer_to_preferred(self, now: float, *, stable_s: float = 5.0, retry_s: float = 10.0) -> bool:
+        """Leader balance (Kafka's preferred leader election): the first replica in the assignment should
+        lead. A leader that is not it hands leadership over once it has led for ``stable_s`` and the
+        preferred replica is connected and fully caught up (pysyncobj's transferLeadership checks the
+        latter itself and refuses otherwise; we retry every ``retry_s``)."""
+        preferred = self.preferred_replica
+        status = self.status
+        if (preferred is None or preferred == self.self_id or not status.is_leader or self.leader_since is None
+                or now - self.leader_since < stable_s or now - self._last_transfer_attempt < retry_s
+                or preferred not in status.connected or status.match_index.get(preferred) != status.last_index):
+            return False
+        self._last_transfer_attempt = now
+        self.raft.transferLeadership(BrokerNode(preferred))
+        log.info("%s: handing leadership to preferred replica %d", self.group_id, preferred)
+        return True
 
     def maybe_force_compaction(self) -> None:
         if self.journal.size_bytes > limits.raft_compaction_bytes:

@@ -13,6 +13,9 @@ from deploy.local_cluster import LocalCluster
 
 
 def start_cluster(root: Path, nodes: int = 3, **kwargs: object) -> LocalCluster:
+    # Tests that pick "the leader" and then act on it must not see leadership move to the preferred
+    # replica underneath them; the rebalance has its own test.
+    kwargs.setdefault("leader_rebalance", False)
     cluster = LocalCluster(root, nodes=nodes, python=sys.executable, **kwargs)  # type: ignore[arg-type]
     cluster.start()
     try:

@@ -364,3 +364,19 @@ def test_data_survives_a_clean_restart(tmp_path: Path) -> None:
         assert asyncio.run(read()) == [b"k%d" % i for i in range(20)]
     finally:
         cluster.stop()
+
+
+def test_leadership_moves_to_the_preferred_replica(tmp_path: Path) -> None:
+    """Leader balance: each partition's first replica leads once it is caught up (Kafka's preferred leader)."""
+    from tests.integration.conftest import start_cluster
+
+    cluster = start_cluster(tmp_path / "c", leader_rebalance=True)
+    try:
+        asyncio.run(_create_topic(cluster, "balanced", partitions=3))
+        replicas = {p["partition"]: p["replicas"] for p in next(
+            t for t in cluster.metadata(1)["topics"] if t["name"] == "balanced")["partitions"]}
+        wait_until(lambda: all(cluster.leader_of("balanced", p) == replicas[p][0] for p in range(3)),
+                   timeout_s=40, what="every partition led by its preferred replica")
+        assert sorted(replicas[p][0] for p in range(3)) == [1, 2, 3]  # one leader per broker
+    finally:
+        cluster.stop()
