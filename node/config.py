@@ -144,7 +144,7 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Nod
                                        int(defaults.leader_fallback_timeout_s * 1000)) / 1000)
     problems = timers.validate()
     if problems:
-        raise InvalidConfig("; ".join(problems), key="raft")
+        raise InvalidConfig("[raft] " + "; ".join(problems), key="raft")
     cluster_secret = _get(raw, "cluster_secret", str, "")
     leader_rebalance = _get(raw, "leader_rebalance", bool, True)
     return NodeConfig(broker_id=broker_id, cluster_id=cluster_id, data_dir=data_dir, client_listen=client_listen,
