@@ -189,7 +189,7 @@ class InvalidConfig(RaftMQError):
 
 @_register
 class InvalidReplicationFactor(RaftMQError):
-    """The replication factor is larger than the number of brokers, or below 1."""
+    """The replication factor is not allowed (for now it must equal the number of brokers)."""
 
     code = "INVALID_REPLICATION_FACTOR"
     http_status = 400
