@@ -35,6 +35,7 @@ from pysyncobj.journal import Journal
 
 from cluster import limits
 from cluster.errors import invariant
+from node.fsutil import fsync_directory, write_file_atomically
 
 log = logging.getLogger(__name__)
 
@@ -46,33 +47,6 @@ _INDEX_TERM = struct.Struct(">QQ")
 _LAZY_SLICE_ENTRIES = 64  # slices longer than this are returned lazily
 
 Entry = tuple[bytes, int, int]  # (command, index, term), pysyncobj's shape
-
-
-def fsync_directory(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_atomically(path: Path, data: bytes, *, durable: bool) -> None:
-    """tmp + (fsync) + rename (+ directory fsync): the file is either old or new, never torn."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if durable:
-        fsync_directory(path.parent)
 
 
 class _LazyEntries:

@@ -50,15 +50,14 @@ from cluster import batch as batches
 from cluster import limits
 from cluster.batch import BatchHeader
 from cluster.errors import CorruptBatch, InvalidConfig, OffsetOutOfRange, StorageError, invariant
+from node.fsutil import fsync_directory, write_file_atomically
 from node.segment import (
     INDEX_SUFFIX,
     LOG_SUFFIX,
     TIME_INDEX_SUFFIX,
     U32_MAX,
     Segment,
-    fsync_directory,
     parse_segment_file_name,
-    write_file_atomically,
 )
 
 RECOVERY_POINT_FILE: Final = "recovery-point"
@@ -302,7 +301,6 @@ class PartitionLog:
 
     def _write_recovery_point(self, offset: int) -> None:
         write_file_atomically(self.directory / RECOVERY_POINT_FILE, _encode_recovery_point(offset))
-        fsync_directory(self.directory)
         self._recovery_point = offset
 
     def _recover(self) -> None:

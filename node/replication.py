@@ -61,7 +61,8 @@ from cluster.errors import (
     RaftMQError,
     invariant,
 )
-from node.journal import DurableJournal, fsync_directory, write_file_atomically
+from node.fsutil import write_file_atomically
+from node.journal import DurableJournal
 from node.raft_transport import BrokerNode, GroupTransport, NetworkListener, PeerNetwork
 
 log = logging.getLogger(__name__)
@@ -893,5 +894,4 @@ __all__ = [
     "ReplicationLoop",
     "StateMachine",
     "error_for_fail_reason",
-    "fsync_directory",
 ]

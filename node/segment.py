@@ -42,6 +42,7 @@ from cluster import batch as batches
 from cluster import limits
 from cluster.batch import BatchHeader
 from cluster.errors import CorruptBatch, InvariantViolation, StorageError, invariant
+from node.fsutil import write_all, write_file_atomically
 
 LOG_SUFFIX: Final = ".log"
 INDEX_SUFFIX: Final = ".index"
@@ -82,39 +83,6 @@ def pread_exact(fd: int, size: int, position: int, path: Path) -> bytes:
         raise StorageError(f"{path}: expected {size} bytes at position {position}, the file ends before them",
                            path=str(path), position=position, size_bytes=size)
     return data
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """os.write until done. Regular files write everything at once unless the disk is full, which then
-    raises on the next call, so this loop ends."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def write_file_atomically(path: Path, data: bytes) -> None:
-    """tmp + fsync + rename: readers and crashes see the old or the new file, never a torn one.
-
-    The caller fsyncs the directory when the rename itself must survive a power loss.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def fsync_directory(path: Path) -> None:
-    """Make file creations, renames and deletions in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _big_endian(column: array[int]) -> bytes:
