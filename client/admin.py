@@ -17,11 +17,10 @@ import contextlib
 import random
 import time
 from collections.abc import Iterable, Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 
-from client.connection import Connection, MetadataFetcher, backoff_s
+from client.connection import AsyncLifecycle, Connection, MetadataFetcher, backoff_s
 from client.metadata import (
     ClusterMetadata,
     ClusterView,
@@ -37,7 +36,7 @@ from cluster.errors import ClientTimeout, NotLeader, RaftMQError, UnexpectedResp
 __all__ = ["Admin", "TopicInfo", "ClusterMetadata", "HealthInfo"]
 
 
-class Admin:
+class Admin(AsyncLifecycle):
     """Admin client. ``async with Admin([...]) as admin:`` or ``start()``/``stop()``.
 
     Args:
@@ -65,14 +64,6 @@ class Admin:
     async def stop(self) -> None:
         """Close connections. Idempotent."""
         await self._conn.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
 
     @property
     def cluster(self) -> ClusterView:

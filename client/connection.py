@@ -37,7 +37,8 @@ import json
 import random
 import time
 from collections.abc import Mapping
-from typing import Any, Final
+from types import TracebackType
+from typing import Any, Final, Self
 
 import aiohttp
 import msgpack
@@ -68,6 +69,24 @@ client_pool_connections_max: Final = 256
 client_pool_connections_per_broker_max: Final = 64
 # Idle keep-alive connections are closed after this long.
 client_keepalive_timeout_s: Final = 30.0
+
+
+class AsyncLifecycle:
+    """``async with`` for the client objects: ``start()`` on entry, ``stop()`` on exit."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
 
 
 def attempt_was_definite(error: RaftMQError) -> bool:

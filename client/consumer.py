@@ -45,11 +45,10 @@ import logging
 import random
 import time
 from collections.abc import Iterable, Mapping
-from types import TracebackType
 from typing import Any, Final, Literal, Self
 from urllib.parse import quote
 
-from client.connection import ByteBudget, Connection, MetadataFetcher, backoff_s
+from client.connection import AsyncLifecycle, ByteBudget, Connection, MetadataFetcher, backoff_s
 from client.metadata import ClusterView
 from client.types import ConsumerRecord, OffsetInfo, TopicPartition
 from cluster import limits
@@ -110,7 +109,7 @@ class _PartitionFetch:
         self.above_end_since: float | None = None
 
 
-class Consumer:
+class Consumer(AsyncLifecycle):
     """An asyncio consumer with manual assignment. ``async with Consumer([...]) as c:``.
 
     Args:
@@ -223,14 +222,6 @@ class Consumer:
             self._clear_buffer(pf)
         self._data.set()  # wake a poll() in progress
         await self._conn.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
 
     @property
     def cluster(self) -> ClusterView:

@@ -63,11 +63,10 @@ import logging
 import random
 import time
 from collections.abc import Iterable, Mapping
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 from urllib.parse import quote
 
-from client.connection import ByteBudget, Connection, MetadataFetcher, attempt_was_definite, backoff_s
+from client.connection import AsyncLifecycle, ByteBudget, Connection, MetadataFetcher, attempt_was_definite, backoff_s
 from client.metadata import ClusterView
 from client.types import AcksSetting, DeliveryReport, ProducerCounters
 from cluster import limits
@@ -192,7 +191,7 @@ class _PartitionState:
         return batches
 
 
-class Producer:
+class Producer(AsyncLifecycle):
     """An asyncio producer. Use ``async with Producer([...]) as p:`` or ``start()``/``stop()``.
 
     Args:
@@ -335,14 +334,6 @@ class Producer:
                 self._finish(st, batch, "unknown" if batch.indefinite_error else "failed",
                              batch.indefinite_error or closed)
         await self._conn.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
 
     # --- observability ------------------------------------------------------------------------------
 
