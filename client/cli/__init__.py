@@ -1,0 +1,73 @@
+"""The ``raftmq`` command line (console script ``raftmq = client.cli:main``).
+
+    raftmq cluster up | status          a local cluster in the foreground; brokers and partitions
+    raftmq topic create | list | describe | delete
+    raftmq produce TOPIC                stdin lines or --count generated records; a summary at the end
+    raftmq consume TOPIC                print records (text or JSON lines), optionally --follow
+    raftmq node start --config FILE     run one broker (same as python -m node)
+    raftmq bench produce                producer throughput and latency, JSON report
+    raftmq demo                         a three-node cluster, a leader kill, and a correctness check
+    raftmq chaos ...                    fault-injection scenarios (when the chaos package provides them)
+
+Exit codes: 0 success; 1 a broker/cluster error or a failed check; 2 a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import click
+
+from client.cli.bench import bench
+from client.cli.cluster_cmd import cluster
+from client.cli.common import RaftMQGroup
+from client.cli.consume_cmd import consume
+from client.cli.demo import demo
+from client.cli.node_cmd import node
+from client.cli.produce_cmd import produce
+from client.cli.topic_cmd import topic
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("raftmq")
+    except metadata.PackageNotFoundError:  # running from a checkout without `pip install -e .`
+        try:
+            pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+            return str(tomllib.loads(pyproject.read_text())["project"]["version"]) + " (source checkout)"
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
+@click.group(cls=RaftMQGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(version=_version(), message="%(prog)s %(version)s")
+def cli() -> None:
+    """raftmq: a replicated message broker (Kafka's model, one Raft group per partition).
+
+    Commands that talk to a cluster take --bootstrap/-b (or RAFTMQ_BOOTSTRAP); `raftmq cluster up`
+    prints the value to use. Exit codes: 0 ok, 1 broker or cluster error, 2 usage or config error.
+    """
+
+
+for _command in (cluster, topic, produce, consume, node, bench, demo):
+    cli.add_command(_command)
+
+try:  # written separately; the CLI works without it
+    from client.cli.chaos_cmd import chaos
+
+    cli.add_command(chaos)
+except ImportError:
+    pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="raftmq")
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,5 @@
+"""``python -m client.cli ...`` is the same as ``raftmq ...``."""
+
+from client.cli import main
+
+main()

@@ -1,0 +1,730 @@
+"""``raftmq bench produce``: a producer benchmark in the spirit of kafka-producer-perf-test.
+
+One client process sends N records of S bytes with the async :class:`~client.producer.Producer`
+(idempotence on) to a fresh topic, either flat out or at a target rate. Latency is measured per record
+from its *scheduled* send time to its delivery report: with a target rate, record ``i`` is due at
+``t0 + i / rate`` and a late sender does not hide the queueing it caused (no coordinated omission); flat
+out, a record is "scheduled" when ``send()`` is called, so time spent waiting for buffer space counts.
+
+Unless ``--bootstrap`` is given, every (durability, direct/proxies) combination gets its own fresh cluster
+in a temporary folder, removed afterwards. Everything is bounded by ``--max-seconds``: when it passes, the
+run in progress stops sending, waits briefly for what is in flight, and the report says ``aborted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from client.admin import Admin
+from client.cli.common import (
+    EXIT_BROKER,
+    ConfigProblem,
+    RaftMQGroup,
+    bootstrap_option,
+    err,
+    errors_table,
+    fmt_int,
+    normalize_acks,
+    out,
+    parse_comma_choice,
+    safe,
+    stop_on_signals,
+)
+from client.producer import Producer
+from client.types import DeliveryReport
+from cluster import limits
+from cluster.errors import ClientTimeout, ProducerClosed, RaftMQError
+
+# In-flight work gets this long to finish after the deadline or Ctrl-C before the run is cut.
+_ABORT_GRACE_S = 5.0
+# A flat-out sender yields to the event loop every this many records so that batches go out meanwhile.
+_YIELD_EVERY = 64
+
+
+@click.group("bench", cls=RaftMQGroup)
+def bench() -> None:
+    """Benchmarks."""
+
+
+# --- one measured run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RunConfig:
+    acks: str
+    durability: str
+    via: str  # "direct", "proxies" or "external" (--bootstrap)
+    records: int
+    record_bytes: int
+    partitions: int
+    replication_factor: int | None
+    rate: float | None
+    linger_ms: float
+    batch_bytes: int
+    producers: int
+    nodes: int | None
+    warmup_records: int
+    idempotent: bool = True
+
+    @property
+    def label(self) -> str:
+        rate = f"{self.rate:,.0f}/s" if self.rate else "flat out"
+        return f"acks={self.acks} durability={self.durability} {self.via} {rate}"
+
+
+class _Recorder:
+    """Delivery callbacks: per-record latency (ok only), outcomes, errors by code."""
+
+    __slots__ = ("latencies", "ok", "failed", "unknown", "errors", "last_done")
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.ok = self.failed = self.unknown = 0
+        self.errors: dict[str, tuple[int, RaftMQError]] = {}
+        self.last_done = 0.0
+
+    @property
+    def resolved(self) -> int:
+        return self.ok + self.failed + self.unknown
+
+    def done(self, scheduled: float, future: asyncio.Future[DeliveryReport]) -> None:
+        now = time.perf_counter()
+        self.last_done = now
+        report = future.result()
+        if report.status == "ok":
+            self.ok += 1
+            self.latencies.append(now - scheduled)
+            return
+        if report.status == "failed":
+            self.failed += 1
+        else:
+            self.unknown += 1
+        if report.error is not None:
+            self.error(report.error)
+
+    def error(self, error: RaftMQError) -> None:
+        count, first = self.errors.get(error.code, (0, error))
+        self.errors[error.code] = (count + 1, first)
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
+    """Nearest-rank percentile of an ascending sequence (None when empty)."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def latency_summary(latencies_s: Sequence[float]) -> dict[str, float | None]:
+    values = sorted(latencies_s)
+    as_ms = (lambda v: None if v is None else round(v * 1000.0, 3))  # noqa: E731
+    return {
+        "p50_ms": as_ms(percentile(values, 0.50)),
+        "p95_ms": as_ms(percentile(values, 0.95)),
+        "p99_ms": as_ms(percentile(values, 0.99)),
+        "p999_ms": as_ms(percentile(values, 0.999)),
+        "max_ms": as_ms(values[-1] if values else None),
+        "mean_ms": as_ms(sum(values) / len(values) if values else None),
+    }
+
+
+@dataclass
+class RunResult:
+    attempted: int = 0
+    acked: int = 0
+    failed: int = 0
+    unknown: int = 0
+    elapsed_s: float = 0.0
+    records_per_s: float = 0.0
+    mb_per_s: float = 0.0
+    latency: dict[str, float | None] = field(default_factory=dict)
+    retries: int = 0
+    batches: int = 0
+    requests: int = 0
+    records_per_batch: float = 0.0
+    send_rate_per_s: float = 0.0
+    aborted: str | None = None
+    errors: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+async def _send_all(producers: Sequence[Producer], topic: str, count: int, value: bytes, rate: float | None,
+                    recorder: _Recorder, deadline: float,
+                    stop: asyncio.Event) -> tuple[int, float, float, str | None]:
+    """Send ``count`` records; returns (attempted, t0, sending finished, abort reason)."""
+    interval = 1.0 / rate if rate else 0.0
+    n_producers = len(producers)
+    t0 = time.perf_counter()
+    attempted = 0
+    reason: str | None = None
+    done = recorder.done
+    for index in range(count):
+        if rate:
+            scheduled = t0 + index * interval
+            now = time.perf_counter()
+            if scheduled > now:
+                await asyncio.sleep(scheduled - now)  # the rate limiter's schedule
+            elif index % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # behind schedule: still let the batches go out
+        else:
+            scheduled = time.perf_counter()
+            if index % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let the sender tasks and I/O run
+        if index % _YIELD_EVERY == 0:
+            if stop.is_set():
+                reason = "interrupted"
+                break
+            if time.perf_counter() > deadline:
+                reason = "deadline (--max-seconds) passed while sending"
+                break
+        attempted += 1
+        try:
+            future = await producers[index % n_producers].send(topic, value)
+        except ProducerClosed:
+            attempted -= 1
+            reason = reason or "producer closed"
+            break
+        except RaftMQError as exc:
+            recorder.failed += 1
+            recorder.error(exc)
+            continue
+        future.add_done_callback(functools.partial(done, scheduled))
+    return attempted, t0, time.perf_counter(), reason
+
+
+async def _ticker(progress: Progress, task: Any, recorder: _Recorder, t0: list[float]) -> None:
+    while True:
+        elapsed = time.perf_counter() - t0[0] if t0[0] else 0.0
+        rate = recorder.ok / elapsed if elapsed > 0 else 0.0
+        progress.update(task, completed=recorder.resolved,
+                        description=f"acked {recorder.ok:,} ({rate:,.0f}/s)  failed {recorder.failed:,}  "
+                                    f"unknown {recorder.unknown:,}")
+        await asyncio.sleep(0.25)  # display refresh period
+
+
+async def measure(urls: Sequence[str], topic: str, config: RunConfig, deadline: float,
+                  progress: Progress) -> RunResult:
+    value = (b"raftmq-bench-" * (config.record_bytes // 13 + 1))[:config.record_bytes]
+    producers = [Producer(urls, acks=normalize_acks(config.acks), idempotent=config.idempotent,
+                          linger_ms=config.linger_ms, batch_bytes=config.batch_bytes,
+                          buffer_bytes=max(limits.client_buffer_bytes_default, 2 * config.batch_bytes))
+                 for _ in range(config.producers)]
+    result = RunResult()
+    started: list[Producer] = []
+    try:
+        async with stop_on_signals() as stop:
+            for producer in producers:
+                await producer.start()
+                started.append(producer)
+            if config.warmup_records:
+                warm = _Recorder()
+                task = progress.add_task("warming up", total=config.warmup_records)
+                await _send_all(producers, topic, config.warmup_records, value, None, warm, deadline, stop)
+                await _flush(producers, deadline)
+                progress.update(task, completed=warm.resolved, description=f"warm-up: acked {warm.ok:,}")
+            before = [p.counters for p in producers]
+            recorder = _Recorder()
+            task = progress.add_task(config.label, total=config.records)
+            t0_box = [0.0]
+            ticker = asyncio.create_task(_ticker(progress, task, recorder, t0_box))
+            try:
+                t0_box[0] = time.perf_counter()
+                attempted, t0, sent_at, reason = await _send_all(producers, topic, config.records, value,
+                                                                config.rate, recorder, deadline, stop)
+                if reason is None:
+                    try:
+                        await _flush(producers, max(deadline, time.perf_counter()) if not stop.is_set()
+                                     else time.perf_counter() + _ABORT_GRACE_S, stop)
+                    except ClientTimeout:
+                        reason = "deadline (--max-seconds) passed while waiting for acknowledgements"
+                    if stop.is_set() and reason is None and recorder.resolved < attempted:
+                        reason = "interrupted"
+                if reason is not None:
+                    for producer in producers:
+                        await producer.stop(timeout_s=_ABORT_GRACE_S)
+            finally:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+            progress.update(task, completed=recorder.resolved,
+                            description=f"acked {recorder.ok:,}  failed {recorder.failed:,}  "
+                                        f"unknown {recorder.unknown:,}")
+    finally:
+        for producer in started:
+            await producer.stop(timeout_s=_ABORT_GRACE_S)
+    after = [p.counters for p in producers]
+    elapsed = max(recorder.last_done, sent_at) - t0
+    result.attempted = attempted
+    result.acked, result.failed, result.unknown = recorder.ok, recorder.failed, recorder.unknown
+    result.elapsed_s = round(elapsed, 4)
+    result.records_per_s = round(recorder.ok / elapsed, 1) if elapsed > 0 else 0.0
+    result.mb_per_s = round(recorder.ok * config.record_bytes / elapsed / 1e6, 3) if elapsed > 0 else 0.0
+    result.latency = latency_summary(recorder.latencies)
+    result.retries = sum(a.retries - b.retries for a, b in zip(after, before, strict=True))
+    result.batches = sum(a.batches - b.batches for a, b in zip(after, before, strict=True))
+    result.requests = sum(a.requests - b.requests for a, b in zip(after, before, strict=True))
+    result.records_per_batch = round(attempted / result.batches, 1) if result.batches else 0.0
+    result.send_rate_per_s = round(attempted / (sent_at - t0), 1) if sent_at > t0 else 0.0
+    result.aborted = reason
+    result.errors = {code: {"records": count, "message": error.message, "hint": error.hint}
+                     for code, (count, error) in recorder.errors.items()}
+    return result
+
+
+async def _flush(producers: Sequence[Producer], deadline: float, stop: asyncio.Event | None = None) -> None:
+    """Wait until everything sent resolved, until ``deadline`` (ClientTimeout) or ``stop`` (returns)."""
+    flush: asyncio.Future[list[None]] = asyncio.gather(
+        *(p.flush(timeout_s=max(0.0, deadline - time.perf_counter())) for p in producers))
+    if stop is None:
+        await flush
+        return
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([flush, stopped], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+    finally:
+        stopped.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopped
+    if flush.done():
+        flush.result()
+    else:
+        flush.cancel()
+        with contextlib.suppress(asyncio.CancelledError, RaftMQError):
+            await flush
+
+
+# --- clusters, topics, profiling ------------------------------------------------------------------------
+
+
+class _Target:
+    """Where a group of runs sends: an existing cluster, or one started (and stopped) here."""
+
+    def __init__(self, urls: list[str], local: Any = None, harness: Any = None, root: Path | None = None):
+        self.urls = urls
+        self.local = local
+        self.harness = harness
+        self.root = root
+
+    def pid_of(self, broker_id: int) -> int | None:
+        if self.local is None:
+            return None
+        node = self.local.nodes.get(broker_id)
+        return node.pid if node is not None else None
+
+
+@contextlib.contextmanager
+def _target(bootstrap: list[str] | None, via: str, nodes: int, durability: str,
+            deadline: float) -> Iterator[_Target]:
+    if bootstrap is not None:
+        yield _Target(bootstrap)
+        return
+    from deploy.local_cluster import LocalCluster
+
+    root = Path(tempfile.mkdtemp(prefix=f"raftmq-bench-{durability}-{via}-"))
+    harness: Any = None
+    local: Any = None
+    try:
+        ready_timeout = max(5.0, min(60.0, deadline - time.perf_counter()))
+        with err().status(f"starting a fresh {nodes}-node cluster ({via}, durability {durability}) ..."):
+            if via == "proxies":
+                try:
+                    from chaos.harness import ChaosCluster
+                except ImportError as exc:
+                    raise ConfigProblem(f"--via-proxies/--compare-proxies need chaos.harness: {exc}",
+                                        "run without them, or update your checkout") from None
+                harness = ChaosCluster(root, nodes=nodes, durability=durability)
+                local = harness.cluster
+                harness.start()
+                harness.wait_ready(timeout_s=ready_timeout)
+                urls = list(harness.client_urls)
+            else:
+                local = LocalCluster(root, nodes=nodes, durability=durability)
+                local.start()
+                local.wait_ready(timeout_s=ready_timeout)
+                urls = local.urls
+        yield _Target(urls, local, harness, root)
+    finally:
+        with err().status("stopping the benchmark cluster ..."):
+            if harness is not None:
+                with contextlib.suppress(Exception):
+                    harness.stop()
+            if local is not None:
+                local.stop(timeout_s=20.0)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _create_topic(urls: Sequence[str], name: str, config: RunConfig,
+                        timeout_s: float) -> dict[int, int | None]:
+    """Create the run's topic, wait for leaders; returns partition -> leader id."""
+    async with Admin(urls) as admin:
+        await admin.create_topic(name, config.partitions, config.replication_factor)
+        info = await admin.wait_for_topic(name, timeout_s=timeout_s)
+    return {p.partition: p.leader_id for p in info.partitions}
+
+
+async def _delete_topic(urls: Sequence[str], name: str) -> None:
+    async with Admin(urls) as admin:
+        await admin.delete_topic(name)
+
+
+def find_py_spy() -> str | None:
+    found = shutil.which("py-spy")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "py-spy"  # a virtualenv that is not activated
+    return str(beside) if beside.exists() else None
+
+
+class _Profiler:
+    """py-spy recording one broker for the duration of a run (stopped with SIGINT, which makes it write)."""
+
+    def __init__(self, py_spy: str, pid: int, output: Path) -> None:
+        self.output = output
+        self.pid = pid
+        self.stderr_path = output.with_suffix(output.suffix + ".log")
+        with open(self.stderr_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [py_spy, "record", "--pid", str(pid), "--rate", "100", "--nonblocking", "--format",
+                 "flamegraph", "--output", str(output)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def finish(self) -> dict[str, Any]:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        log = ""
+        if self.stderr_path.exists():
+            log = self.stderr_path.read_text(errors="replace").strip()[-2000:]
+        if self.output.exists() and self.output.stat().st_size > 0:
+            return {"pid": self.pid, "flamegraph": str(self.output), "log": str(self.stderr_path)}
+        return {"pid": self.pid, "error": f"py-spy wrote no profile (exit {self.process.returncode}): {log}",
+                "hint": "py-spy needs ptrace permission (root, or CAP_SYS_PTRACE in containers)"}
+
+
+# --- reporting ---------------------------------------------------------------------------------------------
+
+
+def machine_facts() -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "python_version": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                facts["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                facts["memory_bytes"] = int(line.split()[1]) * 1024
+                break
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=5, cwd=Path(__file__).resolve().parent, check=False).stdout.strip()
+        if commit:
+            facts["raftmq_commit"] = commit
+    return facts
+
+
+def result_table(config: RunConfig, result: RunResult) -> Table:
+    table = Table(title=config.label, title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    lat = result.latency
+
+    def ms(key: str) -> str:
+        value = lat.get(key)
+        return "-" if value is None else f"{value:,.2f} ms"
+
+    table.add_row("records",
+                  f"{config.records:,} x {config.record_bytes:,} B, {config.partitions} partition(s)")
+    table.add_row("throughput", f"{result.records_per_s:,.0f} records/s   {result.mb_per_s:,.2f} MB/s")
+    table.add_row("latency p50 / p95 / p99", f"{ms('p50_ms')} / {ms('p95_ms')} / {ms('p99_ms')}")
+    table.add_row("latency p99.9 / max", f"{ms('p999_ms')} / {ms('max_ms')}")
+    outcome = f"acked {result.acked:,}  failed {result.failed:,}  unknown {result.unknown:,}"
+    table.add_row("outcome", outcome if result.acked == config.records else f"[yellow]{outcome}[/]")
+    table.add_row("batches", f"{result.batches:,} ({result.records_per_batch:,.1f} records each), "
+                             f"{result.retries:,} retries")
+    table.add_row("elapsed", f"{result.elapsed_s:,.2f} s (sent at {result.send_rate_per_s:,.0f} records/s)")
+    if result.aborted:
+        table.add_row("aborted", f"[red]{safe(result.aborted)}[/]")
+    return table
+
+
+def compare_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_key: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for run in runs:
+        key = (run["config"]["acks"], run["config"]["durability"])
+        by_key.setdefault(key, {})[run["config"]["via"]] = run["results"]
+    rows = []
+    for (acks, durability), vias in by_key.items():
+        direct, proxied = vias.get("direct"), vias.get("proxies")
+        if direct is None or proxied is None:
+            continue
+
+        def added(key: str, d: dict[str, Any] = direct, p: dict[str, Any] = proxied) -> float | None:
+            a, b = d["latency"].get(key), p["latency"].get(key)
+            return None if a is None or b is None else round(b - a, 3)
+
+        base = direct["records_per_s"]
+        change = None if not base else round((proxied["records_per_s"] - base) / base * 100, 1)
+        rows.append({"acks": acks, "durability": durability,
+                     "direct_records_per_s": direct["records_per_s"],
+                     "proxies_records_per_s": proxied["records_per_s"], "throughput_change_pct": change,
+                     "p50_added_ms": added("p50_ms"), "p99_added_ms": added("p99_ms")})
+    return rows
+
+
+def compare_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="fault-proxy overhead (proxies vs direct)", title_justify="left")
+    for column in ("acks", "durability", "direct rec/s", "proxies rec/s", "throughput", "p50 added",
+                   "p99 added"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        change = row["throughput_change_pct"]
+        table.add_row(row["acks"], row["durability"], f"{row['direct_records_per_s']:,.0f}",
+                      f"{row['proxies_records_per_s']:,.0f}", "-" if change is None else f"{change:+.1f} %",
+                      "-" if row["p50_added_ms"] is None else f"{row['p50_added_ms']:+.2f} ms",
+                      "-" if row["p99_added_ms"] is None else f"{row['p99_added_ms']:+.2f} ms")
+    return table
+
+
+def summary_table(runs: list[dict[str, Any]]) -> Table:
+    table = Table(title="all runs", title_justify="left")
+    for column in ("acks", "durability", "via", "rate", "records/s", "MB/s", "p50", "p99", "p99.9", "max",
+                   "acked", "failed", "unknown"):
+        table.add_column(column, justify="right")
+    for run in runs:
+        c, r = run["config"], run["results"]
+        lat = r["latency"]
+
+        def ms(key: str, lat: dict[str, Any] = lat) -> str:
+            return "-" if lat.get(key) is None else f"{lat[key]:,.1f}"
+
+        table.add_row(c["acks"], c["durability"], c["via"], f"{c['rate']:,.0f}" if c["rate"] else "max",
+                      f"{r['records_per_s']:,.0f}", f"{r['mb_per_s']:,.2f}", ms("p50_ms"), ms("p99_ms"),
+                      ms("p999_ms"), ms("max_ms"), fmt_int(r["acked"]), fmt_int(r["failed"]),
+                      fmt_int(r["unknown"]))
+    return table
+
+
+# --- the command -------------------------------------------------------------------------------------------
+
+
+@bench.command("produce")
+@click.option("--records", type=click.IntRange(1), default=200_000, show_default=True,
+              help="Records per run.")
+@click.option("--record-bytes", type=click.IntRange(0, limits.record_bytes_max), default=100,
+              show_default=True)
+@click.option("--acks", "acks_text", default="all", show_default=True,
+              help="all, 1 or 0; a comma list runs once per level.")
+@click.option("--partitions", type=click.IntRange(1, limits.partitions_per_topic_max), default=3,
+              show_default=True)
+@click.option("--replication-factor", type=click.IntRange(1, 99), default=None,
+              help="[default: every broker]")
+@click.option("--rate", type=click.FloatRange(1, 10_000_000), default=None,
+              help="Target records/s (token-bucket schedule) [default: flat out].")
+@click.option("--linger-ms", type=click.FloatRange(0, 10_000), default=limits.client_linger_ms_default,
+              show_default=True)
+@click.option("--batch-bytes", type=click.IntRange(1024, limits.batch_bytes_max),
+              default=limits.client_batch_bytes_default, show_default=True)
+@click.option("--producers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Producer instances in this one process (records are dealt round robin).")
+@click.option("--durability", "durability_text", default=None,
+              help="always, interval or never (comma list: one cluster per level) [default: always].")
+@click.option("--nodes", type=click.IntRange(1, 99), default=3, show_default=True)
+@bootstrap_option(default=None, from_env=False,
+                  help_text="Use this existing cluster instead of starting one (not from RAFTMQ_BOOTSTRAP).")
+@click.option("--via-proxies", is_flag=True,
+              help="Start the cluster behind fault proxies (no faults injected).")
+@click.option("--compare-proxies", is_flag=True, help="Run every configuration direct AND through proxies.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON report file [default: reports/bench-<UTC time>.json].")
+@click.option("--warmup-records", type=click.IntRange(0), default=0, show_default=True,
+              help="Records sent (and not measured) before each run.")
+@click.option("--max-seconds", type=click.FloatRange(1, 86_400), default=300.0, show_default=True,
+              help="Deadline for the whole benchmark; a run in progress is aborted cleanly.")
+@click.option("--profile", is_flag=True, help="Record the leader of partition 0 with py-spy (flame graph).")
+@click.option("--no-idempotence", is_flag=True, help="Disable the idempotent producer.")
+def produce(records: int, record_bytes: int, acks_text: str, partitions: int, replication_factor: int | None,
+            rate: float | None, linger_ms: float, batch_bytes: int, producers: int,
+            durability_text: str | None,
+            nodes: int, bootstrap: list[str] | None, via_proxies: bool, compare_proxies: bool,
+            report_path: Path | None, warmup_records: int, max_seconds: float, profile: bool,
+            no_idempotence: bool) -> None:
+    """Measure producer throughput and per-record latency (send -> delivery report)."""
+    acks_list = parse_comma_choice(acks_text, ["0", "1", "all", "-1"], "--acks")
+    acks_list = list(dict.fromkeys("all" if a == "-1" else a for a in acks_list))
+    durabilities = parse_comma_choice(durability_text or "always", ["always", "interval", "never"],
+                                      "--durability")
+    if bootstrap is not None:
+        if durability_text is not None:
+            raise click.BadParameter("the durability of an existing cluster is set in its node configs; "
+                                     "drop --durability or --bootstrap", param_hint="'--durability'")
+        if via_proxies or compare_proxies:
+            raise click.BadParameter("--via-proxies/--compare-proxies start their own cluster; "
+                                     "drop --bootstrap", param_hint="'--bootstrap'")
+        durabilities = ["(existing cluster)"]
+    vias = ["direct", "proxies"] if compare_proxies else ["proxies"] if via_proxies else ["direct"]
+    if bootstrap is not None:
+        vias = ["external"]
+    if replication_factor is not None and bootstrap is None and replication_factor > nodes:
+        raise click.BadParameter(f"{replication_factor} > --nodes {nodes}",
+                                 param_hint="'--replication-factor'")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    report_path = report_path or Path("reports") / f"bench-{stamp}.json"
+    py_spy = find_py_spy() if profile else None
+    console = err()
+    if profile and py_spy is None:
+        console.print("[yellow]--profile: py-spy is not installed (pip install py-spy); running without a "
+                      "profile[/]")
+    if profile and bootstrap is not None:
+        console.print("[yellow]--profile needs a cluster started by the benchmark (its broker pids); "
+                      "running without a profile[/]")
+        py_spy = None
+
+    deadline = time.perf_counter() + max_seconds
+    report: dict[str, Any] = {
+        "tool": "raftmq bench produce",
+        "report_version": 1,
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": ["raftmq", *sys.argv[1:]] if sys.argv and "raftmq" in Path(sys.argv[0]).name else None,
+        "machine": machine_facts(),
+        "settings": {"records": records, "record_bytes": record_bytes, "acks": acks_list,
+                     "partitions": partitions,
+                     "replication_factor": replication_factor, "rate": rate, "linger_ms": linger_ms,
+                     "batch_bytes": batch_bytes, "producers": producers, "durability": durabilities,
+                     "nodes": nodes if bootstrap is None else None, "bootstrap": bootstrap, "vias": vias,
+                     "warmup_records": warmup_records, "max_seconds": max_seconds,
+                     "idempotent": not no_idempotence, "profile": profile},
+        "runs": [],
+        "aborted": None,
+    }
+    if profile and py_spy is None:
+        report["profile_skipped"] = ("py-spy is not installed" if bootstrap is None
+                                     else "--profile needs a cluster started by the benchmark")
+    stdout = out()
+    run_number = 0
+    try:
+        for durability in durabilities:
+            for via in vias:
+                if time.perf_counter() > deadline:
+                    report["aborted"] = "deadline (--max-seconds) passed"
+                    break
+                with _target(bootstrap, via, nodes, durability, deadline) as target:
+                    for acks in acks_list:
+                        if time.perf_counter() > deadline:
+                            report["aborted"] = "deadline (--max-seconds) passed"
+                            break
+                        run_number += 1
+                        config = RunConfig(acks=acks, durability=durability, via=via, records=records,
+                                           record_bytes=record_bytes, partitions=partitions,
+                                           replication_factor=replication_factor, rate=rate,
+                                           linger_ms=linger_ms,
+                                           batch_bytes=batch_bytes, producers=producers,
+                                           nodes=nodes if bootstrap is None else None,
+                                           warmup_records=warmup_records, idempotent=not no_idempotence)
+                        run = _one_run(target, config, run_number, stamp, deadline, py_spy, report_path)
+                        report["runs"].append(run)
+                        stdout.print(result_table(config, RunResult(**run["results"])))
+                        if run["results"]["errors"]:
+                            errors = {code: (e["records"], RaftMQError(e["message"])) for code, e in
+                                      run["results"]["errors"].items()}
+                            stdout.print(errors_table(errors, title="errors by code"))
+                        if run["results"]["aborted"]:
+                            report["aborted"] = run["results"]["aborted"]
+                            break
+                if report["aborted"]:
+                    break
+            if report["aborted"]:
+                break
+    except KeyboardInterrupt:
+        report["aborted"] = "interrupted"
+    finally:
+        if report["runs"]:
+            if len(report["runs"]) > 1:
+                stdout.print(summary_table(report["runs"]))
+            comparisons = compare_rows(report["runs"])
+            if comparisons:
+                report["comparisons"] = comparisons
+                stdout.print(compare_table(comparisons))
+        report["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report, indent=2) + "\n")
+        stdout.print(f"report written to {report_path}")
+    incomplete = [r for r in report["runs"] if r["results"]["acked"] != r["config"]["records"]]
+    if report["aborted"] or incomplete:
+        if report["aborted"]:
+            console.print(f"[red]benchmark aborted: {report['aborted']}[/]")
+        raise click.exceptions.Exit(EXIT_BROKER)
+
+
+def _one_run(target: _Target, config: RunConfig, number: int, stamp: str, deadline: float, py_spy: str | None,
+             report_path: Path) -> dict[str, Any]:
+    topic = f"bench-{stamp.lower()}-{number}-acks{config.acks}"
+    timeout = max(5.0, min(30.0, deadline - time.perf_counter()))
+    with err().status(f"creating topic {topic} ({config.partitions} partitions) ..."):
+        leaders = asyncio.run(_create_topic(target.urls, topic, config, timeout))
+    run: dict[str, Any] = {"config": asdict(config), "topic": topic, "leaders": leaders}
+    profiler: _Profiler | None = None
+    if py_spy is not None:
+        leader = leaders.get(0)
+        pid = target.pid_of(leader) if leader is not None else None
+        if pid is None:
+            run["profile"] = {"error": "could not find the pid of the leader of partition 0"}
+        else:
+            output = report_path.parent / f"{report_path.stem}.run{number}.broker{leader}.svg"
+            output.parent.mkdir(parents=True, exist_ok=True)
+            profiler = _Profiler(py_spy, pid, output.resolve())
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err())
+    try:
+        with progress:
+            result = asyncio.run(measure(target.urls, topic, config, deadline, progress))
+    finally:
+        if profiler is not None:
+            run["profile"] = profiler.finish()
+            if "error" in run["profile"]:
+                err().print(f"[yellow]profile: {safe(run['profile']['error'])}[/]")
+            else:
+                err().print(f"profile of broker {leaders.get(0)} written to {run['profile']['flamegraph']}")
+    run["results"] = asdict(result)
+    if target.local is None:  # an existing cluster: do not leave benchmark topics behind
+        with contextlib.suppress(RaftMQError):
+            asyncio.run(_delete_topic(target.urls, topic))
+    return run

@@ -1,0 +1,510 @@
+"""``raftmq cluster up`` (a local cluster in the foreground) and ``raftmq cluster status``.
+
+``status`` asks EVERY broker it can find (the bootstrap URLs plus the brokers they list) for
+``/v1/health`` and ``/v1/metadata``. Partition fields other than the replica list are each broker's local
+Raft view, so a partition row shows the view of the broker that says it leads the partition (the newest
+leader epoch wins if two claim it); a partition no reachable broker leads is shown in red.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from client.cli.common import (
+    EXIT_BROKER,
+    CommandFailed,
+    ConfigProblem,
+    RaftMQGroup,
+    bootstrap_option,
+    err,
+    fmt_bytes,
+    fmt_ids,
+    fmt_int,
+    out,
+    port_in_use,
+    safe,
+)
+from client.connection import Connection
+from client.metadata import normalize_url
+from cluster.errors import ConnectionFailed, RaftMQError
+
+# Deadline of each status request: a broker that does not answer within it is shown as unreachable.
+STATUS_TIMEOUT_S = 3.0
+LAYOUT_FILE = "cluster.json"
+
+
+@click.group("cluster", cls=RaftMQGroup)
+def cluster() -> None:
+    """Run a local cluster, or show the state of one."""
+
+
+# --- status: collection (shared with `topic describe`) ------------------------------------------------
+
+
+@dataclass
+class BrokerState:
+    url: str
+    broker_id: int | None = None
+    reachable: bool = False
+    ready: bool | None = None
+    error: RaftMQError | None = None
+    metadata: dict[str, Any] | None = None
+
+    @property
+    def controller_id(self) -> int | None:
+        value = (self.metadata or {}).get("controller_id")
+        return value if type(value) is int else None
+
+
+@dataclass
+class PartitionRow:
+    topic: str
+    partition: int
+    view: dict[str, Any]  # the raw partition object chosen
+    source_id: int | None  # broker whose view it is
+    has_leader: bool  # some reachable broker says it leads the partition
+    last_known_leader: int | None = None
+
+
+@dataclass
+class ClusterSnapshot:
+    brokers: list[BrokerState] = field(default_factory=list)
+    topics: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> raw topic (config etc.)
+    partitions: dict[str, list[PartitionRow]] = field(default_factory=dict)
+
+    @property
+    def reachable(self) -> list[BrokerState]:
+        return [b for b in self.brokers if b.reachable]
+
+
+async def _probe(conn: Connection, state: BrokerState, timeout_s: float) -> None:
+    answers: tuple[dict[str, Any] | BaseException, dict[str, Any] | BaseException] = await asyncio.gather(
+        conn.request("GET", state.url + "/v1/health", timeout_s=timeout_s),
+        conn.request("GET", state.url + "/v1/metadata", timeout_s=timeout_s),
+        return_exceptions=True)
+    health, metadata = answers
+    if isinstance(health, BaseException) and not isinstance(health, Exception):
+        raise health
+    if isinstance(metadata, BaseException) and not isinstance(metadata, Exception):
+        raise metadata
+    if isinstance(health, dict):
+        state.reachable = True
+        state.ready = bool(health.get("ready"))
+        if type(health.get("broker_id")) is int:
+            state.broker_id = health["broker_id"]
+    elif isinstance(health, RaftMQError):
+        state.error = health
+    if isinstance(metadata, dict):
+        state.reachable = True
+        state.metadata = metadata
+        if type(metadata.get("broker_id")) is int:
+            state.broker_id = metadata["broker_id"]
+    elif isinstance(metadata, RaftMQError) and state.error is None:
+        state.error = metadata
+
+
+def _pick_partitions(brokers: Sequence[BrokerState]) -> tuple[dict[str, dict[str, Any]],
+                                                               dict[str, list[PartitionRow]]]:
+    topics: dict[str, dict[str, Any]] = {}
+    views: dict[tuple[str, int], list[tuple[int | None, dict[str, Any]]]] = {}
+    for broker in brokers:
+        for topic in (broker.metadata or {}).get("topics") or []:
+            name = topic.get("name")
+            if not isinstance(name, str):
+                continue
+            topics.setdefault(name, topic)
+            for part in topic.get("partitions") or []:
+                if type(part.get("partition")) is int:
+                    views.setdefault((name, part["partition"]), []).append((broker.broker_id, part))
+
+    def epoch(item: tuple[int | None, dict[str, Any]]) -> int:
+        value = item[1].get("leader_epoch")
+        return value if type(value) is int else -1
+
+    rows: dict[str, list[PartitionRow]] = {name: [] for name in sorted(topics)}
+    for (name, index), candidates in sorted(views.items()):
+        leaders = [c for c in candidates if c[1].get("role") == "leader"]
+        if leaders:
+            source, view = max(leaders, key=epoch)
+            rows[name].append(PartitionRow(name, index, view, source, True))
+        else:
+            source, view = max(candidates, key=epoch)
+            last = view.get("leader_id")
+            rows[name].append(PartitionRow(name, index, view, source, False,
+                                           last if type(last) is int else None))
+    return topics, rows
+
+
+async def collect(bootstrap: Sequence[str], *, timeout_s: float = STATUS_TIMEOUT_S) -> ClusterSnapshot:
+    """Probe the bootstrap brokers, then any broker they list that was not probed yet."""
+    conn = Connection(request_timeout_ms=int(timeout_s * 1000), connect_timeout_ms=int(timeout_s * 1000))
+    states: dict[str, BrokerState] = {}
+    try:
+        pending = [normalize_url(u) for u in bootstrap]
+        for _round in range(2):
+            new = [BrokerState(url) for url in dict.fromkeys(pending) if url not in states]
+            if not new:
+                break
+            for state in new:
+                states[state.url] = state
+            await asyncio.gather(*(_probe(conn, s, timeout_s) for s in new))
+            pending = []
+            for state in list(states.values()):
+                for entry in (state.metadata or {}).get("brokers") or []:
+                    url = entry.get("url")
+                    if isinstance(url, str):
+                        try:
+                            pending.append(normalize_url(url))
+                        except ValueError:
+                            continue
+    finally:
+        await conn.close()
+    # Name unreachable brokers by the id other brokers list for their URL.
+    ids_by_url: dict[str, int] = {}
+    for state in states.values():
+        for entry in (state.metadata or {}).get("brokers") or []:
+            if isinstance(entry.get("url"), str) and type(entry.get("id")) is int:
+                ids_by_url[entry["url"].rstrip("/")] = entry["id"]
+    for state in states.values():
+        if state.broker_id is None:
+            state.broker_id = ids_by_url.get(state.url)
+    brokers = sorted(states.values(), key=lambda s: (s.broker_id is None, s.broker_id or 0, s.url))
+    topics, rows = _pick_partitions(brokers)
+    return ClusterSnapshot(brokers, topics, rows)
+
+
+# --- status: rendering ----------------------------------------------------------------------------------
+
+
+def brokers_table(snapshot: ClusterSnapshot) -> Table:
+    table = Table(title="brokers", title_justify="left")
+    table.add_column("id", justify="right")
+    table.add_column("URL")
+    table.add_column("reachable")
+    table.add_column("ready")
+    table.add_column("metadata role")
+    table.add_column("controller", justify="right")
+    table.add_column("metadata term", justify="right")
+    table.add_column("commit/applied", justify="right")
+    table.add_column("leads", justify="right")
+    for broker in snapshot.brokers:
+        bid = str(broker.broker_id) if broker.broker_id is not None else "?"
+        if not broker.reachable:
+            reason = broker.error.code if broker.error is not None else "no answer"
+            table.add_row(bid, broker.url, f"[red]no ({safe(reason)})[/]", "-", "-", "-", "-", "-", "-")
+            continue
+        meta = broker.metadata or {}
+        group = meta.get("metadata") or {}
+        controller = broker.controller_id
+        if controller is None:
+            role = "[yellow]no controller known[/]"
+        elif controller == broker.broker_id:
+            role = "[bold]controller (leader)[/]"
+        else:
+            role = "follower"
+        leads = sum(1 for t in meta.get("topics") or [] for p in t.get("partitions") or []
+                    if p.get("role") == "leader")
+        table.add_row(bid, broker.url, "[green]yes[/]",
+                      "[green]yes[/]" if broker.ready else "[yellow]no (replaying metadata)[/]",
+                      role, fmt_ids([controller]) if controller is not None else "-",
+                      fmt_int(group.get("term")),
+                      f"{fmt_int(group.get('commit_index'))}/{fmt_int(group.get('applied_index'))}",
+                      fmt_int(leads))
+    return table
+
+
+def partitions_table(name: str, rows: Iterable[PartitionRow], *, title: str | None = None) -> Table:
+    table = Table(title=title if title is not None else f"topic {name}", title_justify="left")
+    for column in ("partition", "leader", "replicas", "ISR", "term", "commit index", "applied index",
+                   "high watermark", "log start", "size"):
+        table.add_column(column, justify="left" if column in ("leader", "replicas", "ISR") else "right")
+    for row in rows:
+        view = row.view
+        if row.has_leader:
+            leader = str(row.source_id)
+            isr = fmt_ids(view.get("isr"))
+            replicas = set(view.get("replicas") or [])
+            if replicas and set(view.get("isr") or []) != replicas:
+                isr = f"[yellow]{isr}[/]"
+            cells = [leader, fmt_ids(view.get("replicas")), isr, fmt_int(view.get("leader_epoch")),
+                     fmt_int(view.get("commit_index")), fmt_int(view.get("applied_index")),
+                     fmt_int(view.get("high_watermark")), fmt_int(view.get("log_start_offset")),
+                     fmt_bytes(view.get("size_bytes"))]
+            table.add_row(str(row.partition), *cells)
+        else:
+            last = f" (last known {row.last_known_leader})" if row.last_known_leader is not None else ""
+            table.add_row(f"[red]{row.partition}[/]", f"[red]none{last}[/]", fmt_ids(view.get("replicas")),
+                          "[red]-[/]", f"[red]{fmt_int(view.get('leader_epoch'))}[/]",
+                          f"[red]{fmt_int(view.get('commit_index'))}[/]",
+                          f"[red]{fmt_int(view.get('applied_index'))}[/]",
+                          f"[red]{fmt_int(view.get('high_watermark'))}[/]",
+                          f"[red]{fmt_int(view.get('log_start_offset'))}[/]",
+                          f"[red]{fmt_bytes(view.get('size_bytes'))}[/]")
+    return table
+
+
+def render_status(snapshot: ClusterSnapshot) -> Group:
+    parts: list[Any] = [brokers_table(snapshot)]
+    if not snapshot.partitions:
+        parts.append(Text("no topics yet (create one with: raftmq topic create NAME --partitions 3)"))
+    for name, rows in snapshot.partitions.items():
+        parts.append(partitions_table(name, rows))
+    leaderless = [f"{r.topic}/{r.partition}" for rows in snapshot.partitions.values() for r in rows
+                  if not r.has_leader]
+    if leaderless:
+        parts.append(Text(f"{len(leaderless)} partition(s) without a reachable leader: "
+                          f"{', '.join(leaderless)} (an election may be running; a majority of each "
+                          "partition's replicas must be up)",
+                          style="red"))
+    return Group(*parts)
+
+
+@cluster.command("status")
+@bootstrap_option()
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 60), default=STATUS_TIMEOUT_S,
+              show_default=True, help="Seconds to wait for each broker's answer.")
+def status(bootstrap: list[str], timeout_s: float) -> None:
+    """Brokers (reachable, ready, metadata role) and every partition as its leader reports it."""
+    snapshot = asyncio.run(collect(bootstrap, timeout_s=timeout_s))
+    out().print(render_status(snapshot))
+    if not snapshot.reachable:
+        raise CommandFailed(ConnectionFailed.code, f"no broker answered at {', '.join(bootstrap)}",
+                            "start a cluster (raftmq cluster up) or pass the right --bootstrap / "
+                            "RAFTMQ_BOOTSTRAP")
+
+
+# --- up ----------------------------------------------------------------------------------------------------
+
+
+def _check_layout(directory: Path, nodes: int, base_port: int) -> dict[str, Any] | None:
+    """Refuse to reuse a folder that holds a cluster of another size (Raft membership is fixed)."""
+    path = directory / LAYOUT_FILE
+    if not path.exists():
+        return None
+    try:
+        layout = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if layout.get("nodes") != nodes:
+        raise ConfigProblem(f"{directory} holds a {layout.get('nodes')}-node cluster, not {nodes} nodes",
+                            f"run with --nodes {layout.get('nodes')}, or use another --dir for a new cluster")
+    return layout if isinstance(layout, dict) else None
+
+
+def _check_ports(nodes: int, base_port: int, previous: dict[str, Any] | None) -> None:
+    if base_port + 100 + nodes - 1 > 65535:
+        raise ConfigProblem(f"--base-port {base_port} leaves no room for {nodes} peer ports (base+100+i)",
+                            "pick a lower --base-port")
+    for index in range(nodes):
+        for port, what in ((base_port + index, f"client port of broker {index + 1}"),
+                           (base_port + 100 + index, f"peer port of broker {index + 1}")):
+            if port_in_use(port):
+                extra = ""
+                if previous is not None and previous.get("base_port") == base_port:
+                    extra = " (is this cluster already running? stop it with Ctrl-C in its terminal)"
+                raise ConfigProblem(
+                    f"port {port} ({what}) is already in use{extra}",
+                    f"free the port, or choose other ports with --base-port (needs {base_port}-"
+                    f"{base_port + nodes - 1} and {base_port + 100}-{base_port + 100 + nodes - 1} free)",
+                    code="PORT_IN_USE")
+
+
+class _Stopper:
+    """SIGINT/SIGTERM set an event instead of raising KeyboardInterrupt in the middle of things."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal_name = ""
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if not self.event.is_set():
+            self.signal_name = signal.Signals(signum).name
+        self.event.set()
+
+    def __enter__(self) -> _Stopper:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+def _nodes_table(local: Any, client_urls: Sequence[str]) -> Table:
+    proxied = any(url != node.url for url, node in zip(client_urls, local.nodes.values(), strict=True))
+    table = Table(title="brokers", title_justify="left")
+    columns = ["broker", "client URL", *(["direct URL"] if proxied else []), "peer address", "pid",
+               "data dir", "log file"]
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("broker", "pid") else "left")
+    for (broker_id, node), url in zip(local.nodes.items(), client_urls, strict=True):
+        table.add_row(str(broker_id), url, *([node.url] if proxied else []), f"127.0.0.1:{node.peer_port}",
+                      str(node.pid or "-"), str(node.data_dir), str(node.log_path))
+    return table
+
+
+def _proxies_table(toxiproxy_url: str, known: dict[str, Any]) -> Table:
+    from deploy.local_cluster import http_json
+
+    table = Table(title=f"fault proxies (API {toxiproxy_url})", title_justify="left")
+    for column in ("proxy", "kind", "listen", "upstream", "enabled", "toxics"):
+        table.add_column(column)
+    try:
+        status_code, body = http_json(toxiproxy_url.rstrip("/") + "/proxies", timeout_s=5.0)
+    except OSError as exc:
+        table.add_row(f"[red]proxy API did not answer: {safe(exc)}[/]", "", "", "", "", "")
+        return table
+    if status_code != 200 or not isinstance(body, dict):
+        table.add_row(f"[red]proxy API answered HTTP {status_code}[/]", "", "", "", "", "")
+        return table
+    for name, proxy in sorted(body.items()):
+        if not isinstance(proxy, dict):
+            continue
+        kind = getattr(known.get(name), "kind", "-")
+        table.add_row(safe(name), safe(kind), str(proxy.get("listen", "-")), str(proxy.get("upstream", "-")),
+                      "yes" if proxy.get("enabled", True) else "[red]no[/]",
+                      str(len(proxy.get("toxics") or [])))
+    return table
+
+
+def _usage_panel(bootstrap: str, directory: Path, restart: str, extra: str = "") -> Panel:
+    lines = [
+        "In another terminal:",
+        "",
+        f"  export RAFTMQ_BOOTSTRAP={bootstrap}",
+        "  raftmq cluster status",
+        "  raftmq topic create orders --partitions 3",
+        "  seq 1 1000 | raftmq produce orders --acks all",
+        "  raftmq consume orders --from-beginning",
+        "  raftmq bench produce --bootstrap $RAFTMQ_BOOTSTRAP --records 20000",
+    ]
+    if extra:
+        lines += ["", extra]
+    lines += ["", f"Data stays in {directory} (run `{restart}` again to reuse it).",
+              "Press Ctrl-C to stop every broker cleanly."]
+    return Panel("\n".join(lines), title="cluster is up", title_align="left", border_style="green",
+                 expand=False)
+
+
+@cluster.command("up")
+@click.option("--nodes", type=click.IntRange(1, 99), default=3, show_default=True, help="Number of brokers.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              default=Path(".raftmq/cluster"), show_default=True,
+              help="Folder for configs, data and logs (reused when it exists).")
+@click.option("--base-port", type=click.IntRange(1024, 65435), default=9101, show_default=True,
+              help="Client ports are base+i, peer ports base+100+i.")
+@click.option("--durability", type=click.Choice(["always", "interval", "never"]), default="always",
+              show_default=True, help="When brokers fsync their Raft log.")
+@click.option("--chaos", is_flag=True, help="Put a fault proxy in front of every link (chaos harness).")
+@click.option("--ready-timeout", type=click.FloatRange(1, 600), default=60.0, show_default=True,
+              help="Seconds to wait for every broker to be ready.")
+def up(nodes: int, directory: Path, base_port: int, durability: str, chaos: bool,
+       ready_timeout: float) -> None:
+    """Start a local cluster and keep it running in the foreground until Ctrl-C."""
+    from deploy.local_cluster import LocalCluster
+
+    directory = directory.resolve()
+    previous = _check_layout(directory, nodes, base_port)
+    _check_ports(nodes, base_port, previous)
+    harness: Any = None
+    if chaos:
+        try:
+            from chaos.harness import ChaosCluster
+        except ImportError as exc:
+            raise ConfigProblem(f"--chaos needs the chaos harness (chaos.harness): {exc}",
+                                "run without --chaos, or update your checkout") from None
+        harness = ChaosCluster(directory, nodes=nodes, base_port=base_port, durability=durability)
+        local = harness.cluster
+    else:
+        local = LocalCluster(directory, nodes=nodes, base_port=base_port, durability=durability)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / LAYOUT_FILE).write_text(json.dumps(
+        {"nodes": nodes, "base_port": base_port, "durability": durability, "chaos": chaos}, indent=2) + "\n")
+    console = err()
+    reused = previous is not None or any((node.data_dir).exists() for node in local.nodes.values())
+    with _Stopper() as stopper:
+        started = time.monotonic()
+        try:
+            with console.status(f"starting {nodes} broker(s) in {directory}"
+                                f"{' (reusing existing data)' if reused else ''} ..."):
+                if harness is not None:
+                    harness.start()
+                    harness.wait_ready(timeout_s=ready_timeout)
+                else:
+                    local.start()
+                    local.wait_ready(timeout_s=ready_timeout)
+        except (TimeoutError, RuntimeError, OSError, RaftMQError) as exc:
+            _shutdown(harness, local, console, quiet=True)
+            logs = "\n".join(f"  broker {b}: {n.log_path}" for b, n in local.nodes.items())
+            raise CommandFailed("CLUSTER_NOT_READY", f"the cluster did not become ready: {exc}",
+                                f"read the broker logs:\n{logs}") from None
+        if stopper.event.is_set():
+            _shutdown(harness, local, console)
+            return
+        client_urls = list(harness.client_urls) if harness is not None else local.urls
+        bootstrap = ",".join(client_urls)
+        stdout = out()
+        stdout.print(f"[green]{nodes} broker(s) ready in {time.monotonic() - started:.1f} s[/] "
+                     f"(durability {durability}{', through fault proxies' if chaos else ''})")
+        stdout.print(_nodes_table(local, client_urls))
+        extra = ""
+        if harness is not None:
+            stdout.print(_proxies_table(harness.toxiproxy_url, dict(getattr(harness, "proxies", {}))))
+            extra = f"Fault proxy API: {harness.toxiproxy_url}  (raftmq chaos ... drives it)"
+        restart = f"raftmq cluster up --dir {directory}"
+        restart += f" --nodes {nodes}" if nodes != 3 else ""
+        restart += f" --base-port {base_port}" if base_port != 9101 else ""
+        restart += " --chaos" if chaos else ""
+        stdout.print(_usage_panel(bootstrap, directory, restart, extra))
+        sys.stdout.flush()
+        reported: set[int] = set()
+        while not stopper.event.wait(0.5):  # wakes at once on a signal; polls the processes otherwise
+            for broker_id, node in local.nodes.items():
+                if broker_id not in reported and node.process is not None and node.process.poll() is not None:
+                    reported.add(broker_id)
+                    console.print(f"[red]broker {broker_id} exited with code {node.process.returncode}[/];"
+                                  f" see {node.log_path}")
+            if len(reported) == len(local.nodes):
+                console.print("[red]every broker has exited; stopping[/]")
+                _shutdown(harness, local, console)
+                raise click.exceptions.Exit(EXIT_BROKER)
+        console.print(f"{stopper.signal_name or 'signal'} received: stopping {nodes} broker(s)")
+        _shutdown(harness, local, console)
+
+
+def _shutdown(harness: Any, local: Any, console: Any, *, quiet: bool = False) -> None:
+    running = [b for b, n in local.nodes.items() if n.running]
+    started = time.monotonic()
+    with console.status("stopping brokers (SIGTERM, up to 20 s, then SIGKILL) ..."):
+        if harness is not None:
+            harness.stop()
+        local.stop(timeout_s=20.0)
+    if quiet:
+        return
+    killed = [b for b in running
+              if local.nodes[b].process is not None and local.nodes[b].process.returncode == -9]
+    clean = [b for b in running if b not in killed]
+    if clean:
+        console.print(f"[green]stopped broker(s) {fmt_ids(clean)} cleanly[/] in "
+                      f"{time.monotonic() - started:.1f} s")
+    if killed:
+        console.print(f"[yellow]broker(s) {fmt_ids(killed)} did not stop within 20 s and were killed "
+                      "(SIGKILL)[/]")
+    console.print("all brokers stopped.")

@@ -1,0 +1,161 @@
+"""``raftmq consume TOPIC``: print records as ``partition offset key value`` lines, or JSON lines.
+
+Without ``--follow`` it reads up to the high watermark each partition had when the command started (or
+``--max`` records) and exits; with ``--follow`` it keeps long-polling until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from client.admin import Admin
+from client.cli.common import CommandFailed, bootstrap_option, err, stop_on_signals
+from client.consumer import Consumer
+from client.types import ConsumerRecord, TopicPartition
+from cluster.errors import ClientTimeout, UnknownTopicOrPartition
+
+NULL_TEXT = "-"  # how a missing key/value is shown in text mode
+
+
+def _text_field(data: bytes | None) -> str:
+    if data is None:
+        return NULL_TEXT
+    return data.decode("utf-8", errors="backslashreplace")
+
+
+def format_text(record: ConsumerRecord) -> str:
+    return f"{record.partition} {record.offset} {_text_field(record.key)} {_text_field(record.value)}"
+
+
+def _json_field(obj: dict[str, Any], name: str, data: bytes | None) -> None:
+    if data is None:
+        obj[name] = None
+        return
+    try:
+        obj[name] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        obj[name] = None
+        obj[f"{name}_b64"] = base64.b64encode(data).decode()
+
+
+def format_json(record: ConsumerRecord) -> str:
+    obj: dict[str, Any] = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                           "timestamp_ms": record.timestamp_ms}
+    _json_field(obj, "key", record.key)
+    _json_field(obj, "value", record.value)
+    headers: list[list[Any]] = []
+    for name, value in record.headers:
+        if value is None:
+            headers.append([name, None])
+        else:
+            try:
+                headers.append([name, value.decode("utf-8")])
+            except UnicodeDecodeError:
+                headers.append([name, {"b64": base64.b64encode(value).decode()}])
+    obj["headers"] = headers
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+@click.command("consume")
+@click.argument("topic")
+@click.option("--partition", "-p", "partitions", type=click.IntRange(0), multiple=True,
+              help="Read only this partition (repeat for several; default: all).")
+@click.option("--from-beginning", "start", flag_value="beginning", help="Start at the log start [default].")
+@click.option("--from-end", "start", flag_value="end",
+              help="Start at the high watermark (only newer records).")
+@click.option("--offset", type=click.IntRange(0), default=None,
+              help="Start at this offset in each partition.")
+@click.option("--follow", "-f", is_flag=True, help="Keep waiting for new records until Ctrl-C.")
+@click.option("--max", "max_records", type=click.IntRange(1), default=None, help="Stop after N records.")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.option("--any-replica", is_flag=True,
+              help="Read a replica's committed copy (possibly behind the leader) instead of the leader's.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.5, 3600), default=30.0, show_default=True,
+              help="Without --follow: give up when no record arrives for this long.")
+@bootstrap_option()
+def consume(topic: str, partitions: tuple[int, ...], start: str | None, offset: int | None, follow: bool,
+            max_records: int | None, output_format: str, any_replica: bool, timeout_s: float,
+            bootstrap: list[str]) -> None:
+    """Print the records of TOPIC."""
+    if offset is not None and start is not None:
+        raise click.UsageError("use --offset or --from-beginning/--from-end, not both")
+    printed, parts = asyncio.run(_consume(topic, bootstrap, list(dict.fromkeys(partitions)),
+                                          start or "beginning", offset, follow, max_records, output_format,
+                                          any_replica, timeout_s))
+    err().print(f"[dim]{printed:,} record(s) from {parts} partition(s) of {topic}[/]")
+
+
+async def _consume(topic: str, bootstrap: list[str], partitions: list[int], start: str, offset: int | None,
+                   follow: bool, max_records: int | None, output_format: str, any_replica: bool,
+                   timeout_s: float) -> tuple[int, int]:
+    async with Admin(bootstrap) as admin:
+        info = await admin.describe_topic(topic)
+    bad = [p for p in partitions if p >= info.partition_count]
+    if bad:
+        raise UnknownTopicOrPartition(f"topic {topic!r} has {info.partition_count} partition(s); "
+                                      f"no partition {', '.join(map(str, bad))}", topic=topic)
+    chosen = [TopicPartition(topic, p) for p in (partitions or range(info.partition_count))]
+    fmt = format_json if output_format == "json" else format_text
+    stdout = sys.stdout
+    printed = 0
+    async with Consumer(bootstrap, read_from_any_replica=any_replica, max_wait_ms=1000 if follow else 200,
+                        auto_offset_reset="earliest") as consumer:
+        consumer.assign(chosen)
+        if offset is not None:
+            for tp in chosen:
+                consumer.seek(tp.topic, tp.partition, offset)
+        elif start == "end":
+            await consumer.seek_to_end()
+        else:
+            await consumer.seek_to_beginning()
+        ends: dict[TopicPartition, int] = {}
+        pending: set[TopicPartition] = set()
+        if not follow:
+            ends = await consumer.end_offsets(chosen)
+            for tp in chosen:
+                if await consumer.position(*tp) < ends[tp]:
+                    pending.add(tp)
+        last_progress = time.monotonic()
+        async with stop_on_signals() as interrupted:
+            while not interrupted.is_set() and (follow or pending):
+                if max_records is not None and printed >= max_records:
+                    break
+                records = await consumer.poll(timeout_ms=500)
+                lines = []
+                for record in records:
+                    tp = TopicPartition(record.topic, record.partition)
+                    if not follow and record.offset >= ends[tp]:
+                        continue
+                    lines.append(fmt(record))
+                    printed += 1
+                    if max_records is not None and printed >= max_records:
+                        break
+                if lines:
+                    last_progress = time.monotonic()
+                    try:
+                        stdout.write("\n".join(lines) + "\n")
+                        stdout.flush()
+                    except BrokenPipeError:
+                        break  # the reader went away (`| head`): stop quietly
+                if not follow:
+                    for tp in list(pending):
+                        if await consumer.position(*tp) >= ends[tp]:
+                            pending.discard(tp)
+                    if pending and time.monotonic() - last_progress > timeout_s:
+                        behind = ", ".join([
+                            f"{tp.partition} (at {await consumer.position(*tp)}, end {ends[tp]})"
+                            for tp in sorted(pending)])
+                        raise CommandFailed(ClientTimeout.code,
+                                            f"no record arrived for {timeout_s:.0f} s; partitions still "
+                                            f"behind: {behind}",
+                                            "check the partition leaders (raftmq cluster status), or raise "
+                                            "--timeout")
+    return printed, len(chosen)

@@ -1,0 +1,332 @@
+"""``raftmq produce TOPIC``: records from stdin (one per line) or ``--count N`` generated ones.
+
+Every record gets exactly one delivery report (ok / failed / unknown); the summary counts them, and the
+exit code is 0 only when every record was acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import AsyncGenerator
+from typing import IO, Any, Literal
+
+import click
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from client.admin import Admin
+from client.cli.common import (
+    ACKS_CHOICE,
+    EXIT_BROKER,
+    bootstrap_option,
+    err,
+    errors_table,
+    fmt_int,
+    fmt_seconds,
+    normalize_acks,
+    out,
+    stop_on_signals,
+)
+from client.producer import Producer
+from client.types import DeliveryReport
+from cluster import limits
+from cluster.errors import ProducerClosed, RaftMQError, UnknownTopicOrPartition
+
+# Most bytes read from stdin at once (a chunk of lines handed to the event loop).
+_STDIN_CHUNK_BYTES = 64 * 1024
+_STDIN_QUEUE_CHUNKS = 8
+
+
+class ProduceStats:
+    """Outcome counters fed by delivery reports (and by send() calls that raised)."""
+
+    def __init__(self) -> None:
+        self.attempted = 0
+        self.acked = 0
+        self.failed = 0
+        self.unknown = 0
+        self.bytes_acked = 0
+        self.errors: dict[str, tuple[int, RaftMQError]] = {}
+        self.started = time.monotonic()
+        self.finished: float | None = None
+
+    @property
+    def resolved(self) -> int:
+        return self.acked + self.failed + self.unknown
+
+    def add_error(self, error: RaftMQError, count: int = 1) -> None:
+        seen, first = self.errors.get(error.code, (0, error))
+        self.errors[error.code] = (seen + count, first)
+
+    def on_report(self, report: DeliveryReport, size: int) -> None:
+        if report.status == "ok":
+            self.acked += 1
+            self.bytes_acked += size
+            return
+        if report.status == "failed":
+            self.failed += 1
+        else:
+            self.unknown += 1
+        if report.error is not None:
+            self.add_error(report.error)
+
+    def send_raised(self, error: RaftMQError) -> None:
+        self.failed += 1
+        self.add_error(error)
+
+    @property
+    def elapsed_s(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    def describe(self) -> str:
+        return f"acked {self.acked:,}  failed {self.failed:,}  unknown {self.unknown:,}"
+
+
+def summary_table(stats: ProduceStats, *, retries: int, title: str = "produce summary") -> Table:
+    elapsed = max(stats.elapsed_s, 1e-9)
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("attempted", fmt_int(stats.attempted))
+    all_acked = stats.acked == stats.attempted
+    table.add_row("acked", f"[green]{stats.acked:,}[/]" if all_acked else fmt_int(stats.acked))
+    table.add_row("failed", f"[red]{stats.failed:,}[/]" if stats.failed else "0")
+    table.add_row("unknown (maybe stored)", f"[yellow]{stats.unknown:,}[/]" if stats.unknown else "0")
+    table.add_row("retries (requests)", fmt_int(retries))
+    table.add_row("elapsed", fmt_seconds(elapsed))
+    table.add_row("rate",
+                  f"{stats.acked / elapsed:,.0f} records/s, {stats.bytes_acked / elapsed / 1e6:,.2f} MB/s")
+    return table
+
+
+def produce_progress(*, disable: bool = False) -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err(), transient=False, disable=disable)
+
+
+async def _stdin_chunks(stream: IO[bytes], stop: threading.Event,
+                        interrupted: asyncio.Event) -> AsyncGenerator[list[bytes], None]:
+    """Lines of ``stream`` (without their newline), read in a thread so a slow writer never blocks the
+    event loop. ``read1`` returns what is available, so a line typed or piped slowly goes out at once and a
+    big file goes in 64 KiB chunks. Bounded queue: the reader waits while the producer is behind."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[list[bytes] | BaseException | None] = asyncio.Queue(maxsize=_STDIN_QUEUE_CHUNKS)
+
+    def hand_over(item: list[bytes] | BaseException | None) -> bool:
+        future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+        while not stop.is_set():
+            try:
+                future.result(timeout=0.5)  # wakes to notice `stop` (the reader may be abandoned)
+                return True
+            except TimeoutError:
+                continue
+        future.cancel()
+        return False
+
+    try:
+        # The raw descriptor: a thread blocked in BufferedReader.read1 would hold the buffer's lock and
+        # make interpreter shutdown abort after Ctrl-C; os.read holds no Python-level lock.
+        fd = stream.fileno()
+
+        def read(size: int) -> bytes:
+            return os.read(fd, size)
+    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's in-memory stdin)
+        read = getattr(stream, "read1", None) or stream.readline  # type: ignore[assignment]
+
+    def reader() -> None:
+        carry = b""
+        try:
+            while not stop.is_set():
+                data = read(_STDIN_CHUNK_BYTES)
+                if not data:
+                    break
+                lines = (carry + data).split(b"\n")
+                carry = lines.pop()
+                if lines and not hand_over(lines):
+                    return
+            if carry and not stop.is_set():
+                hand_over([carry])
+            hand_over(None)
+        except RuntimeError:
+            return  # the event loop is gone
+        except Exception as exc:  # noqa: BLE001 - handed to the loop and re-raised there
+            with contextlib.suppress(RuntimeError):
+                hand_over(exc)
+
+    thread = threading.Thread(target=reader, name="raftmq-stdin", daemon=True)
+    thread.start()
+    stopped = asyncio.ensure_future(interrupted.wait())
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait([getter, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():  # Ctrl-C while waiting for input
+                getter.cancel()
+                return
+            item = getter.result()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stopped.cancel()
+
+
+def _split(line: bytes, separator: bytes | None, default_key: bytes | None) -> tuple[bytes | None, bytes]:
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if separator is not None:
+        key, found, value = line.partition(separator)
+        if found:
+            return key, value
+    return default_key, line
+
+
+def generated_value(index: int, size: int) -> bytes:
+    """A record of exactly ``size`` bytes whose first bytes are its index (easy to check when read back)."""
+    head = b"%010d " % index
+    return (head + b"x" * max(0, size - len(head)))[:size]
+
+
+@click.command("produce")
+@click.argument("topic")
+@click.option("--acks", type=ACKS_CHOICE, default="all", show_default=True,
+              help="0: no wait; 1: leader has it; all: a majority has it (and offsets are reported).")
+@click.option("--key", default=None, help="Key of every record (else none, or from --key-separator).")
+@click.option("--key-separator", default=None,
+              help="Split each stdin line at the first SEP into key and value.")
+@click.option("--partition", type=click.IntRange(0), default=None,
+              help="Send every record to this partition (default: by key hash, sticky without key).")
+@click.option("--count", type=click.IntRange(1), default=None,
+              help="Send N generated records instead of stdin.")
+@click.option("--size", type=click.IntRange(0, limits.record_bytes_max), default=100, show_default=True,
+              help="Bytes per generated record (with --count).")
+@click.option("--no-idempotence", is_flag=True, help="Do not number batches (retries may store duplicates).")
+@click.option("--linger-ms", type=click.FloatRange(0, 10_000), default=limits.client_linger_ms_default,
+              show_default=True, help="How long a record waits for others to fill a batch.")
+@click.option("--batch-bytes", type=click.IntRange(1024, limits.batch_bytes_max),
+              default=limits.client_batch_bytes_default, show_default=True)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 3600), default=60.0, show_default=True,
+              help="Seconds each record may take to be acknowledged, retries included.")
+@bootstrap_option()
+def produce(topic: str, acks: str, key: str | None, key_separator: str | None, partition: int | None,
+            count: int | None, size: int, no_idempotence: bool, linger_ms: float, batch_bytes: int,
+            timeout_s: float, bootstrap: list[str]) -> None:
+    """Send records to TOPIC: one per stdin line, or --count generated ones of --size bytes."""
+    if count is None and key_separator == "":
+        raise click.BadParameter("must not be empty", param_hint="'--key-separator'")
+    stdin: IO[bytes] | None = getattr(sys.stdin, "buffer", None) if count is None else None
+    if count is None and stdin is None:
+        raise click.UsageError("stdin is not readable as bytes; use --count N instead")
+    stats = ProduceStats()
+    retries = asyncio.run(_produce(
+        topic, bootstrap, stats, acks=normalize_acks(acks), key=key.encode() if key is not None else None,
+        separator=key_separator.encode() if key_separator else None, partition=partition, count=count,
+        size=size, idempotent=not no_idempotence, linger_ms=linger_ms, batch_bytes=batch_bytes,
+        timeout_s=timeout_s, stdin=stdin))
+    console = out()
+    console.print(summary_table(stats, retries=retries))
+    if stats.errors:
+        console.print(errors_table(stats.errors, title="first errors by code"))
+    if stats.acked != stats.attempted:
+        raise click.exceptions.Exit(EXIT_BROKER)
+
+
+async def _produce(topic: str, bootstrap: list[str], stats: ProduceStats, *, acks: Literal[0, 1, "all"],
+                   key: bytes | None, separator: bytes | None, partition: int | None, count: int | None,
+                   size: int, idempotent: bool, linger_ms: float, batch_bytes: int, timeout_s: float,
+                   stdin: IO[bytes] | None) -> int:
+    async with Admin(bootstrap) as admin:
+        info = await admin.describe_topic(topic)
+    if partition is not None and partition >= info.partition_count:
+        raise UnknownTopicOrPartition(f"topic {topic!r} has {info.partition_count} partition(s); "
+                                      f"there is no partition {partition}", topic=topic, partition=partition)
+    delivery_ms = max(1, int(timeout_s * 1000))
+    producer = Producer(bootstrap, acks=acks, idempotent=idempotent, linger_ms=linger_ms,
+                        batch_bytes=batch_bytes,
+                        buffer_bytes=max(limits.client_buffer_bytes_default, batch_bytes),
+                        delivery_timeout_ms=delivery_ms,
+                        request_timeout_ms=min(limits.client_request_timeout_ms_default, delivery_ms))
+    reader_stop = threading.Event()
+    try:
+        typing = stdin is not None and stdin.isatty()  # a live bar would fight with the user's typing
+    except (AttributeError, ValueError):
+        typing = False
+    progress = produce_progress(disable=typing)
+    task = progress.add_task(f"producing to {topic}", total=count)
+    await producer.start()
+    try:
+        async with stop_on_signals() as interrupted:
+            with progress:
+                ticker = asyncio.create_task(_tick(progress, task, stats))
+                try:
+                    stats.started = time.monotonic()
+
+                    async def send(k: bytes | None, value: bytes) -> bool:
+                        stats.attempted += 1
+                        try:
+                            future = await producer.send(topic, value, key=k, partition=partition)
+                        except ProducerClosed:
+                            stats.attempted -= 1
+                            return False
+                        except RaftMQError as exc:
+                            stats.send_raised(exc)
+                            return True
+                        length = len(value) + (len(k) if k is not None else 0)
+                        future.add_done_callback(lambda f: stats.on_report(f.result(), length))
+                        return True
+
+                    if count is not None:
+                        for index in range(count):
+                            if interrupted.is_set() or not await send(key, generated_value(index, size)):
+                                break
+                    else:
+                        assert stdin is not None
+                        chunks = _stdin_chunks(stdin, reader_stop, interrupted)
+                        try:
+                            async for chunk in chunks:
+                                for line in chunk:
+                                    k, value = _split(line, separator, key)
+                                    if interrupted.is_set() or not await send(k, value):
+                                        break
+                                if interrupted.is_set():
+                                    break
+                        finally:
+                            reader_stop.set()
+                            await chunks.aclose()
+                    if interrupted.is_set():
+                        err().print(f"interrupted: waiting up to {timeout_s:.0f} s for the records "
+                                    "already sent")
+                    progress.update(task, total=stats.attempted)
+                    await producer.stop()
+                finally:
+                    ticker.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await ticker
+                    stats.finished = time.monotonic()
+                    progress.update(task, completed=stats.resolved, description=stats.describe())
+    finally:
+        reader_stop.set()
+        await producer.stop()
+    return producer.counters.retries
+
+
+async def _tick(progress: Progress, task: Any, stats: ProduceStats) -> None:
+    while True:
+        progress.update(task, completed=stats.resolved, description=stats.describe())
+        await asyncio.sleep(0.2)  # display refresh period
