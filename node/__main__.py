@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import logging
 import signal
 import sys
@@ -20,7 +21,12 @@ log = logging.getLogger("raftmq.node")
 _SHUTDOWN_TIMEOUT_S = 15.0
 
 
+_IO_THREADS = 2  # opening partition logs, deleting directories: bounded, whatever the partition count
+
+
 async def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=_IO_THREADS, thread_name_prefix="raftmq-io"))
     broker = Broker(config)
     await broker.start()
     runner = web.AppRunner(build_app(broker), access_log=None, handle_signals=False,
