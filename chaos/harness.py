@@ -1,0 +1,879 @@
+"""A local cluster wired through fault proxies, with named fault primitives (research: toxiproxy-api.md §9-§10).
+
+Wiring (``ChaosCluster.start``): the proxy server starts FIRST; then one proxy per broker pair on the pair's
+single peer connection (``link_A_B`` with A < B; upstream = the dialer B -> the acceptor A's peer port, since
+the broker with the larger id dials), and one proxy in front of every broker's client port (``http_nX``).
+Each dialer is configured to dial its peer through the pair's proxy (``LocalCluster.set_dial``) and each
+broker advertises its client proxy URL (``set_advertised_url``), so clients that follow metadata or
+NOT_LEADER redirects stay behind the proxies. Only then do the brokers start. Proxy ports are fixed ports
+outside the kernel's ephemeral range, so a disabled proxy's port is not handed to an outgoing connection.
+``verify_wiring`` proves nothing leaks around a proxy.
+
+Fault primitives return a ``FaultHandle``; ``undo(handle)`` reverts exactly that fault (proxies disabled by
+two overlapping faults come back only when both are undone), ``heal()`` reverts everything (``POST /reset``,
+SIGCONT, start whatever is down). Every fault and undo is logged with a timestamp (``events``) and confirmed
+through the proxy API (``ProxyClient`` re-reads each change). Peer-link faults never touch the client
+proxies unless asked (``clients=True``): Jepsen partitions nodes from each other, not from their clients.
+
+Refused vs silent: ``mode="refuse"`` disables the link proxies (connects refused, live connections closed:
+both brokers see the link drop at once); ``mode="blackhole"`` adds a ``timeout`` toxic with timeout 0 on both
+directions (connections stay open and every byte is dropped: the brokers notice only after their 3 s link
+timeout, and redials never complete their handshake). Removing a black hole closes its connections.
+
+Thread-safe (one lock around every primitive): the runner calls it from worker threads. All calls block;
+every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+from chaos.proxy_client import ProxyClient, ServerError, ToxiproxyError, ToxiproxyServerProcess
+from deploy.local_cluster import HOST, LocalCluster, find_free_ports, http_json, wait_until
+from node.raft_transport import PeerAddress
+
+log = logging.getLogger("raftmq.chaos.harness")
+
+# Metadata (and its peer_links) is published about once a second; allow a few publications.
+WIRING_DEADLINE_S: Final = 20.0
+CONTROL_TIMEOUT_S: Final = 1.0
+_PROXY_CREATE_ATTEMPTS: Final = 5
+_TCP_ESTABLISHED: Final = "01"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyInfo:
+    """One proxy of the wiring. ``kind`` "link": ``nodes`` = (acceptor, dialer); "client": ``nodes`` = (broker,)."""
+
+    name: str
+    kind: str
+    listen: str
+    upstream: str
+    nodes: tuple[int, ...]
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultEvent:
+    """One logged action: a fault applied, undone, a heal, a process signal."""
+
+    seq: int
+    mono_s: float  # time.monotonic() when the action completed (confirmed)
+    wall: str  # ISO-8601 UTC
+    action: str
+    target: str
+    detail: dict[str, Any]
+    handle: int | None = None
+    started_mono_s: float | None = None  # when the action began (proxy calls and signals take a moment)
+
+    def to_json(self, t0_mono_s: float | None = None) -> dict[str, Any]:
+        row = dataclasses.asdict(self)
+        if t0_mono_s is not None:
+            row["t_ms"] = round((self.mono_s - t0_mono_s) * 1000, 1)
+            if self.started_mono_s is not None:
+                row["started_t_ms"] = round((self.started_mono_s - t0_mono_s) * 1000, 1)
+        return row
+
+
+@dataclasses.dataclass
+class FaultHandle:
+    """What one fault changed, so that ``undo`` reverts exactly that."""
+
+    id: int
+    kind: str
+    target: str
+    disabled: list[str] = dataclasses.field(default_factory=list)
+    toxics: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (proxy, toxic name)
+    killed: list[int] = dataclasses.field(default_factory=list)
+    paused: list[int] = dataclasses.field(default_factory=list)
+    stopped: list[int] = dataclasses.field(default_factory=list)
+    applied_mono_s: float = 0.0
+    undone: bool = False
+
+
+class BrokerExited(RuntimeError):
+    """A broker process ended on its own (a crash) while the harness waited for the cluster."""
+
+
+def _wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str, interval_s: float = 0.2) -> None:
+    """Poll ``condition`` until true; TimeoutError naming ``what``. Unlike ``wait_until`` it lets the
+    condition's exceptions (BrokerExited) out at once."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.1f} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+class WiringError(AssertionError):
+    """The proxies are not where every byte goes (a leak around a proxy, or a link that never came up)."""
+
+
+class ChaosCluster:
+    """N real brokers (``LocalCluster``) whose peer links and client ports all go through fault proxies."""
+
+    def __init__(self, root: Path, *, nodes: int = 3, base_port: int | None = None, durability: str = "always",
+                 seed: int | None = None, proxy_executable: str | None = None,
+                 on_event: Callable[[FaultEvent], None] | None = None, **local_cluster_kwargs: Any) -> None:
+        self.root = Path(root).resolve()
+        self.seed = seed
+        self.cluster = LocalCluster(self.root, nodes=nodes, base_port=base_port, durability=durability,
+                                    **local_cluster_kwargs)
+        self.proxy_executable = proxy_executable
+        self.on_event = on_event
+        self.proxies: dict[str, ProxyInfo] = {}
+        self.events: list[FaultEvent] = []
+        self._server: ToxiproxyServerProcess | None = None
+        self._client: ProxyClient | None = None
+        self._handles: dict[int, FaultHandle] = {}
+        self._handle_ids = itertools.count(1)
+        self._disabled: Counter[str] = Counter()
+        # Processes the harness itself stopped or killed, and crashes already reported (by id; the dicts keep
+        # the Popen objects alive so an id cannot be reused).
+        self._expected_exits: dict[int, Any] = {}
+        self._reported_exits: dict[int, Any] = {}
+        self.crashes: list[dict[str, Any]] = []
+        self._crash_lock = threading.Lock()  # not the main lock: the metadata poller calls check_crashes
+        self._lock = threading.RLock()
+        self._started = False
+        self._stopped = False
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    @property
+    def node_ids(self) -> list[int]:
+        return sorted(self.cluster.nodes)
+
+    @property
+    def toxiproxy_url(self) -> str:
+        assert self._server is not None, "start() first"
+        return self._server.url
+
+    @property
+    def proxy_client(self) -> ProxyClient:
+        assert self._client is not None, "start() first"
+        return self._client
+
+    @property
+    def client_urls(self) -> list[str]:
+        """The brokers' client proxy URLs (what clients should bootstrap from)."""
+        return [self.cluster.nodes[n].advertised_url for n in self.node_ids]
+
+    @property
+    def direct_urls(self) -> list[str]:
+        """The brokers' own client ports (the control plane: metadata polling, drains)."""
+        return [self.cluster.nodes[n].url for n in self.node_ids]
+
+    def direct_url(self, broker_id: int) -> str:
+        return self.cluster.nodes[broker_id].url
+
+    def start(self) -> Self:
+        """Start the proxy server, create every proxy, point the brokers at them, start the brokers."""
+        assert not self._started, "already started"
+        self._started = True
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self._server = ToxiproxyServerProcess(executable=self.proxy_executable, seed=self.seed,
+                                                  log_path=self.root / "toxiproxy.log")
+            self._server.start()
+            self._client = self._server.client()
+            self._create_proxies()
+            self._record("wire", "cluster", {"proxies": {name: p.listen for name, p in self.proxies.items()},
+                                             "proxy_server": self._server.kind})
+            self.cluster.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _create_proxies(self) -> None:
+        assert self._client is not None
+        ids = self.node_ids
+        taken = {port for n in self.cluster.nodes.values() for port in (n.client_port, n.peer_port)}
+        wanted: list[tuple[str, str, str, tuple[int, ...]]] = []
+        for a in ids:
+            for b in ids:
+                if a < b:  # b (the larger id) dials a
+                    wanted.append((f"link_{a}_{b}", "link", f"{HOST}:{self.cluster.nodes[a].peer_port}", (a, b)))
+        for n in ids:
+            wanted.append((f"http_n{n}", "client", f"{HOST}:{self.cluster.nodes[n].client_port}", (n,)))
+        for name, kind, upstream, nodes in wanted:
+            state = None
+            for _attempt in range(_PROXY_CREATE_ATTEMPTS):
+                port = find_free_ports(1, avoid=taken)[0]
+                taken.add(port)
+                try:
+                    state = self._client.create(name, upstream, listen=f"{HOST}:{port}")
+                    break
+                except ServerError as exc:  # lost the race for the port: try another one
+                    log.warning("proxy %s could not listen on %s: %s", name, port, exc)
+            if state is None:
+                raise ToxiproxyError(f"could not create proxy {name} after {_PROXY_CREATE_ATTEMPTS} ports")
+            info = ProxyInfo(name, kind, state.listen, upstream, nodes)
+            self.proxies[name] = info
+            if kind == "link":
+                acceptor, dialer = nodes
+                self.cluster.set_dial(dialer, acceptor, PeerAddress(HOST, info.listen_port))
+            else:
+                self.cluster.set_advertised_url(nodes[0], f"http://{HOST}:{info.listen_port}")
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        self.cluster.wait_ready(timeout_s=timeout_s)
+
+    def stop(self) -> None:
+        """Always: reset the proxies, stop the brokers, stop the proxy server (each step even if one fails)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        with self._lock:
+            self.check_crashes()
+            for node in self.cluster.nodes:
+                self._expect_exit(node)
+            try:
+                if self._client is not None and self._server is not None and self._server.running:
+                    with contextlib.suppress(ToxiproxyError, OSError):
+                        self._client.reset()
+            finally:
+                try:
+                    self.cluster.stop()
+                finally:
+                    if self._server is not None:
+                        self._server.stop()
+
+    def __enter__(self) -> Self:
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # --- the event log ------------------------------------------------------------------------------
+
+    def _record(self, action: str, target: str, detail: dict[str, Any] | None = None, handle: int | None = None,
+                started: float | None = None) -> FaultEvent:
+        event = FaultEvent(seq=len(self.events), mono_s=time.monotonic(),
+                           wall=datetime.now(UTC).isoformat(timespec="milliseconds"), action=action,
+                           target=target, detail=dict(detail or {}), handle=handle, started_mono_s=started)
+        self.events.append(event)
+        log.info("chaos %s %s %s", action, target, event.detail)
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:  # noqa: BLE001 - a progress display must not break the fault log
+                log.exception("on_event callback failed")
+        return event
+
+    # --- wiring checks ------------------------------------------------------------------------------
+
+    def link_proxy(self, a: int, b: int) -> ProxyInfo:
+        if a == b:
+            raise ValueError(f"no link from broker {a} to itself")
+        name = f"link_{min(a, b)}_{max(a, b)}"
+        if name not in self.proxies:
+            raise ValueError(f"no link proxy {name} (brokers are {self.node_ids})")
+        return self.proxies[name]
+
+    def links_of(self, node: int) -> list[str]:
+        self._check_node(node)
+        return [name for name, p in self.proxies.items() if p.kind == "link" and node in p.nodes]
+
+    def _check_node(self, node: int) -> None:
+        if node not in self.cluster.nodes:
+            raise ValueError(f"no broker {node} (brokers are {self.node_ids})")
+
+    def _metadata(self, node: int, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any] | None:
+        try:
+            status, body = http_json(f"{self.direct_url(node)}/v1/metadata", timeout_s=timeout_s)
+        except OSError:
+            return None
+        return body if status == 200 and isinstance(body, dict) else None
+
+    def peer_links(self, node: int) -> list[dict[str, Any]] | None:
+        """The node's published peer links (None if it does not answer)."""
+        body = self._metadata(node)
+        return None if body is None else list(body.get("peer_links") or [])
+
+    def wiring_problems(self) -> list[str]:
+        """Everything that is wrong with the wiring right now (empty = every link up, through its proxy)."""
+        problems: list[str] = []
+        links = {n: self.peer_links(n) for n in self.node_ids}
+        for n, rows in links.items():
+            if rows is None:
+                problems.append(f"broker {n} does not answer /v1/metadata")
+                continue
+            for row in rows:
+                if row.get("dialer"):
+                    expected = self.link_proxy(n, int(row["peer_id"])).listen
+                    if row.get("remote") != expected:
+                        problems.append(f"broker {n} dialed broker {row['peer_id']} at {row.get('remote')}, "
+                                        f"not through its proxy {expected}")
+        for name, proxy in self.proxies.items():
+            if proxy.kind != "link":
+                continue
+            acceptor, dialer = proxy.nodes
+            dial_rows = [r for r in links.get(dialer) or [] if r.get("peer_id") == acceptor and r.get("dialer")]
+            accept_rows = [r for r in links.get(acceptor) or [] if r.get("peer_id") == dialer]
+            if not dial_rows:
+                problems.append(f"{name}: broker {dialer} has no link up to broker {acceptor}")
+            if not accept_rows:
+                problems.append(f"{name}: broker {acceptor} has no link up from broker {dialer}")
+            elif any(r.get("dialer") for r in accept_rows):
+                problems.append(f"{name}: broker {acceptor} dialed broker {dialer}; the larger id must dial")
+        socket_problems = self.socket_leaks()
+        if socket_problems:
+            problems.extend(socket_problems)
+        return problems
+
+    def verify_wiring(self, timeout_s: float = WIRING_DEADLINE_S) -> dict[str, Any]:
+        """Assert (waiting up to ``timeout_s`` for the once-a-second metadata) that every pair has its link up,
+        every dialer dialed its pair's proxy, and (where /proc is readable) no broker socket talks to another
+        broker's port directly and every accepted peer connection comes from the proxy server."""
+        last: list[str] = []
+
+        def clean() -> bool:
+            nonlocal last
+            last = self.wiring_problems()
+            return not last
+
+        try:
+            wait_until(clean, timeout_s=timeout_s, what="every peer link up through its proxy", interval_s=0.2)
+        except TimeoutError:
+            raise WiringError("wiring check failed: " + "; ".join(last)) from None
+        report = {"links": {name: p.listen for name, p in self.proxies.items() if p.kind == "link"},
+                  "clients": {name: p.listen for name, p in self.proxies.items() if p.kind == "client"},
+                  "socket_check": "skipped (no /proc)" if self.socket_leaks() is None else "ok"}
+        self._record("verify-wiring", "cluster", report)
+        return report
+
+    def socket_leaks(self) -> list[str] | None:
+        """Leaks seen in the kernel's socket table: a broker connected straight to another broker's peer or
+        client port, or an accepted peer connection that does not come from the proxy server. None when
+        /proc cannot be read (not Linux, or another user's processes)."""
+        if self._server is None or self._server.pid is None or not Path("/proc/net/tcp").exists():
+            return None
+        brokers = {n: node.pid for n, node in self.cluster.nodes.items() if node.pid is not None}
+        try:
+            owner = {inode: ("proxy", 0) for inode in _socket_inodes(self._server.pid)}
+            for n, pid in brokers.items():
+                owner.update({inode: ("broker", n) for inode in _socket_inodes(pid)})
+            connections = _tcp_connections()
+        except OSError:
+            return None
+        peer_ports = {node.peer_port: n for n, node in self.cluster.nodes.items()}
+        client_ports = {node.client_port: n for n, node in self.cluster.nodes.items()}
+        by_local = {(c[0], c[1]): c for c in connections}
+        problems = []
+        for _local_host, local_port, remote_host, remote_port, inode in connections:
+            who = owner.get(inode)
+            if who is None or who[0] != "broker":
+                continue
+            me = who[1]
+            if remote_port in peer_ports and peer_ports[remote_port] != me:
+                problems.append(f"broker {me} is connected straight to broker {peer_ports[remote_port]}'s peer port")
+            if remote_port in client_ports and client_ports[remote_port] != me:
+                problems.append(f"broker {me} is connected straight to broker {client_ports[remote_port]}'s "
+                                "client port")
+            if local_port == self.cluster.nodes[me].peer_port:
+                other = by_local.get((remote_host, remote_port))
+                if other is not None and owner.get(other[4], ("?", 0))[0] != "proxy":
+                    source = owner.get(other[4])
+                    problems.append(f"broker {me} accepted a peer connection from {source or 'an unknown process'},"
+                                    " not from the proxy server")
+        return problems
+
+    # --- fault primitives: network --------------------------------------------------------------------
+
+    def _new_handle(self, kind: str, target: str) -> FaultHandle:
+        handle = FaultHandle(id=next(self._handle_ids), kind=kind, target=target)
+        self._handles[handle.id] = handle
+        return handle
+
+    def _disable(self, handle: FaultHandle, proxy: str) -> None:
+        assert self._client is not None
+        if self._disabled[proxy] == 0:
+            self._client.disable(proxy)
+        self._disabled[proxy] += 1
+        handle.disabled.append(proxy)
+
+    def _add_toxic(self, handle: FaultHandle, proxy: str, kind: str, stream: str, attributes: dict[str, int]) -> None:
+        assert self._client is not None
+        name = f"{kind}_{stream}_f{handle.id}"
+        self._client.add_toxic(proxy, kind, stream=stream, name=name, attributes=attributes)
+        handle.toxics.append((proxy, name))
+
+    def _cut(self, handle: FaultHandle, proxies: Iterable[str], mode: str) -> None:
+        if mode not in ("refuse", "blackhole"):
+            raise ValueError(f"mode must be 'refuse' or 'blackhole', not {mode!r}")
+        for proxy in proxies:
+            if mode == "refuse":
+                self._disable(handle, proxy)
+            else:
+                for stream in ("upstream", "downstream"):
+                    self._add_toxic(handle, proxy, "timeout", stream, {"timeout": 0})
+
+    def _network_fault(self, kind: str, target: str, detail: dict[str, Any],
+                       apply: Callable[[FaultHandle], None]) -> FaultHandle:
+        with self._lock:
+            started = time.monotonic()
+            handle = self._new_handle(kind, target)
+            try:
+                apply(handle)
+            except BaseException:
+                self._undo_locked(handle, log_it=False)
+                raise
+            handle.applied_mono_s = time.monotonic()
+            self._record(kind, target, {**detail, "disabled": list(handle.disabled),
+                                        "toxics": [f"{p}/{t}" for p, t in handle.toxics]},
+                         handle=handle.id, started=started)
+            return handle
+
+    def isolate(self, node: int, mode: str = "refuse", *, clients: bool = False) -> FaultHandle:
+        """Cut every peer link of ``node`` (and its client proxy too if ``clients``)."""
+        proxies = self.links_of(node) + ([f"http_n{node}"] if clients else [])
+        return self._network_fault("isolate", f"n{node}", {"mode": mode, "clients": clients},
+                                   lambda h: self._cut(h, proxies, mode))
+
+    def partition(self, groups: Sequence[Iterable[int]], mode: str = "refuse") -> FaultHandle:
+        """Cut every link between nodes of different groups, e.g. ``[{1}, {2, 3}]``; groups must cover every node."""
+        sets = [set(g) for g in groups]
+        seen: set[int] = set()
+        for group in sets:
+            for node in group:
+                self._check_node(node)
+            if group & seen:
+                raise ValueError(f"groups overlap: {groups!r}")
+            seen |= group
+        if seen != set(self.node_ids):
+            raise ValueError(f"groups {groups!r} must cover every broker {self.node_ids}")
+        side = {node: index for index, group in enumerate(sets) for node in group}
+        cut = [name for name, p in self.proxies.items() if p.kind == "link" and side[p.nodes[0]] != side[p.nodes[1]]]
+        shape = " | ".join(",".join(f"n{n}" for n in sorted(g)) for g in sets)
+        return self._network_fault("partition", shape, {"mode": mode, "groups": [sorted(g) for g in sets]},
+                                   lambda h: self._cut(h, cut, mode))
+
+    def bridge(self, a: int, middle: int, b: int, mode: str = "refuse") -> FaultHandle:
+        """Cut ``a`` <-> ``b``; ``middle`` keeps its links to both (Jepsen's bridge)."""
+        if len({a, middle, b}) != 3:
+            raise ValueError(f"bridge needs three distinct brokers, got {a}, {middle}, {b}")
+        self._check_node(middle)
+        proxy = self.link_proxy(a, b).name
+        return self._network_fault("bridge", f"n{a} x n{b} (n{middle} bridges)",
+                                   {"mode": mode, "middle": middle, "cut": [a, b]},
+                                   lambda h: self._cut(h, [proxy], mode))
+
+    def cut_link(self, a: int, b: int, mode: str = "refuse") -> FaultHandle:
+        proxy = self.link_proxy(a, b).name
+        return self._network_fault("cut-link", proxy, {"mode": mode}, lambda h: self._cut(h, [proxy], mode))
+
+    def _stream(self, src: int, dst: int) -> tuple[str, str]:
+        """(proxy, stream) carrying src -> dst bytes: the proxy's upstream is dialer (larger id) -> acceptor."""
+        proxy = self.link_proxy(src, dst).name
+        return proxy, ("upstream" if src > dst else "downstream")
+
+    def one_way(self, src: int, dst: int | Iterable[int]) -> FaultHandle:
+        """Black-hole the ``src`` -> ``dst`` direction (of one link, or of several if ``dst`` is a list)."""
+        dsts = [dst] if isinstance(dst, int) else list(dst)
+        streams = [self._stream(src, d) for d in dsts]
+
+        def apply(handle: FaultHandle) -> None:
+            for proxy, stream in streams:
+                self._add_toxic(handle, proxy, "timeout", stream, {"timeout": 0})
+
+        return self._network_fault("one-way", f"n{src} -> " + ",".join(f"n{d}" for d in dsts),
+                                   {"src": src, "dst": dsts, "streams": [f"{p}/{s}" for p, s in streams]}, apply)
+
+    def _target_links(self, target: int | str | tuple[int, int]) -> list[str]:
+        if isinstance(target, int):
+            return self.links_of(target)
+        if isinstance(target, tuple):
+            return [self.link_proxy(*target).name]
+        if target in self.proxies and self.proxies[target].kind == "link":
+            return [target]
+        if target.startswith("link:"):
+            a, b = (int(x) for x in target[5:].split("-"))
+            return [self.link_proxy(a, b).name]
+        raise ValueError(f"not a node or a link: {target!r}")
+
+    def slow(self, target: int | str | tuple[int, int], latency_ms: int, jitter_ms: int = 0) -> FaultHandle:
+        """Latency (+- jitter) on both directions of a node's peer links or of one link."""
+        proxies = self._target_links(target)
+
+        def apply(handle: FaultHandle) -> None:
+            for proxy in proxies:
+                for stream in ("upstream", "downstream"):
+                    self._add_toxic(handle, proxy, "latency", stream, {"latency": latency_ms, "jitter": jitter_ms})
+
+        return self._network_fault("slow", ",".join(proxies), {"latency_ms": latency_ms, "jitter_ms": jitter_ms},
+                                   apply)
+
+    def bandwidth(self, target: int | str | tuple[int, int], kb_s: int) -> FaultHandle:
+        """Cap both directions of a node's peer links (or of one link) at ``kb_s`` KB/s."""
+        if kb_s <= 0:
+            raise ValueError("kb_s must be > 0")
+        proxies = self._target_links(target)
+
+        def apply(handle: FaultHandle) -> None:
+            for proxy in proxies:
+                for stream in ("upstream", "downstream"):
+                    self._add_toxic(handle, proxy, "bandwidth", stream, {"rate": kb_s})
+
+        return self._network_fault("bandwidth", ",".join(proxies), {"kb_s": kb_s}, apply)
+
+    def reset_peer(self, target: int | str | tuple[int, int], timeout_ms: int = 0) -> FaultHandle:
+        """TCP RST on the first bytes of every connection of the link(s) until undone (a reset storm)."""
+        proxies = self._target_links(target)
+
+        def apply(handle: FaultHandle) -> None:
+            for proxy in proxies:
+                for stream in ("upstream", "downstream"):
+                    self._add_toxic(handle, proxy, "reset_peer", stream, {"timeout": timeout_ms})
+
+        return self._network_fault("reset", ",".join(proxies), {"timeout_ms": timeout_ms}, apply)
+
+    # --- fault primitives: processes ------------------------------------------------------------------
+
+    def _process_fault(self, kind: str, nodes: Iterable[int], action: Callable[[int], None],
+                       field: str) -> FaultHandle:
+        targets = sorted(set(nodes))
+        for node in targets:
+            self._check_node(node)
+        with self._lock:
+            started = time.monotonic()
+            handle = self._new_handle(kind, ",".join(f"n{n}" for n in targets))
+            done: list[int] = getattr(handle, field)
+            pids = {}
+            for node in targets:
+                if self.cluster.nodes[node].running:
+                    pids[node] = self.cluster.nodes[node].pid
+                    action(node)
+                    done.append(node)
+            handle.applied_mono_s = time.monotonic()
+            skipped = [n for n in targets if n not in done]
+            self._record(kind, handle.target, {"nodes": done, "pids": pids, "not_running": skipped},
+                         handle=handle.id, started=started)
+            return handle
+
+    def _expect_exit(self, node: int) -> None:
+        process = self.cluster.nodes[node].process
+        if process is not None:
+            self._expected_exits[id(process)] = process
+
+    def kill(self, node: int | Iterable[int]) -> FaultHandle:
+        """SIGKILL (no shutdown code runs; the page cache keeps what was written)."""
+        nodes = [node] if isinstance(node, int) else list(node)
+
+        def kill_one(n: int) -> None:
+            self._expect_exit(n)
+            self.cluster.kill(n)
+
+        return self._process_fault("kill", nodes, kill_one, "killed")
+
+    def pause(self, node: int | Iterable[int]) -> FaultHandle:
+        """SIGSTOP; undo (or ``resume``) sends SIGCONT."""
+        nodes = [node] if isinstance(node, int) else list(node)
+        return self._process_fault("pause", nodes, self.cluster.pause, "paused")
+
+    def shutdown(self, node: int | Iterable[int]) -> FaultHandle:
+        """Graceful stop (SIGTERM, bounded wait); undo starts it again."""
+        nodes = [node] if isinstance(node, int) else list(node)
+        def stop_one(n: int) -> None:
+            self._expect_exit(n)
+            self.cluster.stop([n])
+
+        return self._process_fault("shutdown", nodes, stop_one, "stopped")
+
+    def resume(self, node: int) -> None:
+        self._check_node(node)
+        with self._lock:
+            self.cluster.resume(node)
+            for handle in self._handles.values():
+                if node in handle.paused:
+                    handle.paused.remove(node)
+            self._record("resume", f"n{node}")
+
+    def restart(self, node: int, *, graceful: bool = True) -> None:
+        """Start ``node`` (stopping it first, gracefully or with SIGKILL, if it is running)."""
+        self._check_node(node)
+        with self._lock:
+            started = time.monotonic()
+            was_running = self.cluster.nodes[node].running
+            if was_running:
+                self._expect_exit(node)
+                if graceful:
+                    self.cluster.stop([node])
+                else:
+                    self.cluster.kill(node)
+            self.cluster.start([node])
+            for handle in self._handles.values():
+                for field in (handle.killed, handle.stopped, handle.paused):
+                    if node in field:
+                        field.remove(node)
+            self._record("restart", f"n{node}", {"was_running": was_running, "graceful": graceful,
+                                                 "pid": self.cluster.nodes[node].pid}, started=started)
+
+    def rolling_restart(self, order: Sequence[int] | None = None, *, down_s: float = 1.0,
+                        ready_timeout_s: float = 30.0) -> None:
+        """Restart every broker in turn: graceful stop, ``down_s`` down, start, then wait (bounded) until it is
+        ready and its peer links are up before the next one."""
+        for node in order if order is not None else self.node_ids:
+            handle = self.shutdown(node)
+            time.sleep(down_s)  # the fault's shape (how long the node stays down), not synchronisation
+            self.undo(handle)
+            self.cluster.wait_ready([node], timeout_s=ready_timeout_s)
+            wait_until(functools.partial(self._all_links_up, node), timeout_s=ready_timeout_s,
+                       what=f"broker {node}'s peer links after its restart", interval_s=0.2)
+
+    def _all_links_up(self, node: int) -> bool:
+        return len(self.peer_links(node) or []) == len(self.node_ids) - 1
+
+    def check_crashes(self) -> list[dict[str, Any]]:
+        """Brokers whose process ended without the harness stopping or killing it (each reported once, as a
+        ``crash`` event with its exit code and log tail). Cheap: call it often."""
+        found = []
+        with self._crash_lock:
+            for n, node in self.cluster.nodes.items():
+                process = node.process
+                if process is None or process.poll() is None:
+                    continue
+                key = id(process)
+                if key in self._expected_exits or key in self._reported_exits:
+                    continue
+                self._reported_exits[key] = process
+                crash = {"node": n, "returncode": process.returncode, "log": str(node.log_path),
+                         "log_tail": self.cluster.tail_log(n, 12)}
+                self.crashes.append(crash)
+                found.append(crash)
+                self._record("crash", f"n{n}", {"returncode": process.returncode, "log": str(node.log_path)})
+        return found
+
+    # --- undo and heal ----------------------------------------------------------------------------------
+
+    def undo(self, handle: FaultHandle) -> None:
+        """Revert exactly what ``handle`` changed (idempotent)."""
+        with self._lock:
+            self._undo_locked(handle, log_it=True)
+
+    def _undo_locked(self, handle: FaultHandle, *, log_it: bool) -> None:
+        if handle.undone:
+            return
+        assert self._client is not None
+        started = time.monotonic()
+        errors: list[str] = []
+        for proxy, toxic in handle.toxics:
+            try:
+                self._client.remove_toxic(proxy, toxic)
+            except ToxiproxyError as exc:
+                errors.append(f"remove {proxy}/{toxic}: {exc}")
+        for proxy in handle.disabled:
+            self._disabled[proxy] -= 1
+            if self._disabled[proxy] <= 0:
+                del self._disabled[proxy]
+                try:
+                    self._client.enable(proxy)
+                except ToxiproxyError as exc:
+                    errors.append(f"enable {proxy}: {exc}")
+        for node in handle.paused:
+            self.cluster.resume(node)
+        restarted = [n for n in handle.killed + handle.stopped if not self.cluster.nodes[n].running]
+        if restarted:
+            self.cluster.start(restarted)
+        handle.undone = True
+        self._handles.pop(handle.id, None)
+        if log_it:
+            self._record("undo", handle.target, {"kind": handle.kind, "resumed": list(handle.paused),
+                                                 "started": restarted, "errors": errors},
+                         handle=handle.id, started=started)
+        if errors:
+            raise ToxiproxyError(f"undo of fault {handle.id} ({handle.kind}) failed: {'; '.join(errors)}")
+
+    def heal(self) -> None:
+        """Everything back: POST /reset (every proxy enabled, every toxic removed; confirmed), SIGCONT every
+        paused broker, start every broker that is down. Does not wait for the cluster to converge."""
+        with self._lock:
+            assert self._client is not None
+            started = time.monotonic()
+            self._client.reset()
+            self._disabled.clear()
+            self.check_crashes()
+            resumed = [n for n, node in self.cluster.nodes.items() if node.paused]
+            for node in resumed:
+                self.cluster.resume(node)
+            down = [n for n, node in self.cluster.nodes.items() if not node.running]
+            if down:
+                self.cluster.start(down)
+            for handle in self._handles.values():
+                handle.undone = True
+            self._handles.clear()
+            self._record("heal", "cluster", {"resumed": resumed, "started": down}, started=started)
+
+    @property
+    def active_faults(self) -> list[FaultHandle]:
+        with self._lock:
+            return [h for h in self._handles.values() if not h.undone]
+
+    # --- convergence ------------------------------------------------------------------------------------
+
+    def leader_claims(self, topic: str, *, timeout_s: float = 0.5) -> dict[int, list[tuple[int, int]]]:
+        """partition -> [(broker, term)] of the running, unpaused brokers that say they lead it."""
+        claims: dict[int, list[tuple[int, int]]] = {}
+        for n, node in self.cluster.nodes.items():
+            if not node.running or node.paused:
+                continue
+            body = self._metadata(n, timeout_s=timeout_s)
+            if body is None:
+                continue
+            for item in body.get("topics") or []:
+                if item.get("name") != topic:
+                    continue
+                for part in item.get("partitions") or []:
+                    if part.get("role") == "leader":
+                        claims.setdefault(int(part["partition"]), []).append((n, int(part.get("leader_epoch") or 0)))
+        return claims
+
+    def convergence_problems(self, topics: Iterable[str] | None = None) -> tuple[list[str], dict[str, Any]]:
+        """What keeps the cluster from being converged, and the per-partition view when it is."""
+        problems: list[str] = []
+        bodies: dict[int, dict[str, Any]] = {}
+        for n, node in self.cluster.nodes.items():
+            if not node.running or node.paused:
+                problems.append(f"broker {n} is {'paused' if node.paused else 'not running'}")
+                continue
+            body = self._metadata(n)
+            if body is None:
+                problems.append(f"broker {n} does not answer")
+                continue
+            if not (body.get("metadata") or {}).get("ready"):
+                problems.append(f"broker {n} is not ready")
+            for broker in body.get("brokers") or []:
+                if not broker.get("connected"):
+                    problems.append(f"broker {n} has no link to broker {broker.get('id')}")
+            bodies[n] = body
+        if problems:
+            return problems, {}
+        wanted = set(topics) if topics is not None else None
+        view: dict[str, Any] = {}
+        partitions: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
+        for n, body in bodies.items():
+            for item in body.get("topics") or []:
+                if wanted is not None and item["name"] not in wanted:
+                    continue
+                for part in item.get("partitions") or []:
+                    if n in (part.get("replicas") or [n]):
+                        partitions.setdefault((item["name"], int(part["partition"])), {})[n] = part
+        if wanted is not None:
+            for name in wanted:
+                if not any(t == name for t, _ in partitions):
+                    problems.append(f"topic {name} is not in the metadata")
+        for (topic, p), copies in sorted(partitions.items()):
+            key = f"{topic}/{p}"
+            leaders = [n for n, part in copies.items() if part.get("role") == "leader"]
+            if len(leaders) != 1:
+                problems.append(f"{key}: {len(leaders)} brokers say they lead it ({leaders})")
+                continue
+            leader = leaders[0]
+            term = copies[leader].get("leader_epoch")
+            named = {n: (part.get("leader_id"), part.get("leader_epoch")) for n, part in copies.items()}
+            if any(v != (leader, term) for v in named.values()):
+                problems.append(f"{key}: brokers disagree on (leader, term): {named}")
+            hws = {n: part.get("high_watermark") for n, part in copies.items()}
+            if len(set(hws.values())) != 1:
+                problems.append(f"{key}: high watermarks differ: {hws}")
+            commits = {n: (part.get("commit_index"), part.get("applied_index")) for n, part in copies.items()}
+            if any(c != a for c, a in commits.values()) or len({c for c, _ in commits.values()}) != 1:
+                problems.append(f"{key}: commit/applied indexes differ: {commits}")
+            view[key] = {"topic": topic, "partition": p, "leader": leader, "term": term,
+                         "high_watermark": hws[leader], "replicas": sorted(copies),
+                         "log_start_offsets": {n: part.get("log_start_offset") for n, part in copies.items()}}
+        return problems, view
+
+    def wait_converged(self, topics: Iterable[str] | None = None, *, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Wait (bounded) until every broker is ready and linked to every other, and every partition has exactly
+        one leader that all its replicas name in the same term, with equal high watermarks and commit indexes.
+        Returns ``{"topic/p": {leader, term, high_watermark, replicas, ...}}``; raises TimeoutError naming what
+        was still wrong."""
+        topic_list = list(topics) if topics is not None else None
+        started = time.monotonic()
+        last: list[str] = []
+        result: dict[str, Any] = {}
+
+        def converged() -> bool:
+            nonlocal last, result
+            self.check_crashes()
+            for n, node in self.cluster.nodes.items():
+                if node.process is not None and node.process.poll() is not None:
+                    raise BrokerExited(f"broker {n} exited with code {node.process.returncode} while the cluster "
+                                       f"was converging; {node.log_path} ends with:\n{self.cluster.tail_log(n, 3)}")
+            last, result = self.convergence_problems(topic_list)
+            return not last
+
+        try:
+            _wait_for(converged, timeout_s=timeout_s, what="the cluster to converge")
+        except TimeoutError:
+            raise TimeoutError(f"cluster did not converge within {timeout_s:.0f} s: " + "; ".join(last[:12])) from None
+        self._record("converged", "cluster", {"after_s": round(time.monotonic() - started, 2),
+                                              "partitions": {k: {"leader": v["leader"], "term": v["term"],
+                                                                 "high_watermark": v["high_watermark"]}
+                                                             for k, v in result.items()}}, started=started)
+        return result
+
+
+# --- /proc helpers ------------------------------------------------------------------------------------
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(f"{fd_dir}/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _hex_address(text: str) -> tuple[str, int]:
+    host_hex, port_hex = text.split(":")
+    if len(host_hex) == 8:
+        octets = bytes.fromhex(host_hex)[::-1]
+        host = ".".join(str(b) for b in octets)
+    else:
+        host = host_hex  # IPv6: compared as text only
+    return host, int(port_hex, 16)
+
+
+def _tcp_connections() -> list[tuple[str, int, str, int, int]]:
+    """Established TCP connections: (local host, local port, remote host, remote port, inode)."""
+    rows = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != _TCP_ESTABLISHED:
+                continue
+            local = _hex_address(fields[1])
+            remote = _hex_address(fields[2])
+            rows.append((local[0], local[1], remote[0], remote[1], int(fields[9])))
+    return rows

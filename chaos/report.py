@@ -1,0 +1,327 @@
+"""The chaos report: the scenario x ack-level matrix (rich), live progress, ``report.json`` and ``summary.md``.
+
+``report.json`` (format ``raftmq-chaos-report/1``): the configuration and seed, every scenario's schedule,
+the matrix rows, failover times, the overall verdict, and per run the timeline (faults, live-target
+resolutions, leader changes), the checker's full ``CheckResult.to_json()`` and the run's statistics.
+``summary.md``: the matrix, failover times against the 3 s target, and per scenario and ack level the
+findings labelled *expected* or **BUG**, where every lost record went (``LostRecord.describe()``), and the
+timeline. Every run's history, logs and data stay under ``<report dir>/<scenario>/acks-<a>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from chaos.nemesis import schedule_to_json
+from chaos.scenario import Scenario
+
+if TYPE_CHECKING:
+    from chaos.runner import RunResult, RunSettings
+
+REPORT_FORMAT: Final = "raftmq-chaos-report/1"
+FAILOVER_TARGET_MS: Final = 3000.0
+MATRIX_COLUMNS: Final = ("attempted", "acked", "lost", "duplicated", "unknown", "recovered", "reordered", "divergence")
+_TIMELINE_ROWS_MAX: Final = 250
+_LOST_SHOWN_MAX: Final = 20
+
+_EXPECTED_NOTE: Final = {
+    "all": "acks=all: nothing acknowledged may be lost while a majority lives; any loss is a bug.",
+    "1": "acks=1: the leader acknowledges before replicating; loss under leader failover is expected behaviour.",
+    "0": "acks=0: the broker acknowledges on receipt; loss under failover is expected behaviour.",
+}
+
+
+def overall_verdict(results: Sequence[RunResult]) -> str:
+    if not results:
+        return "NONE"
+    return "PASS" if all(r.verdict == "PASS" for r in results) else "FAIL"
+
+
+def matrix_row(result: RunResult) -> dict[str, Any]:
+    row: dict[str, Any] = {"scenario": result.scenario, "acks": result.acks}
+    summary = result.check.summary_row() if result.check is not None else {}
+    for column in MATRIX_COLUMNS:
+        row[column] = summary.get(column)
+    row["failover_ms"] = None if result.failover_max_ms is None else round(result.failover_max_ms, 1)
+    row["verdict"] = result.verdict
+    row["expected_loss"] = bool(result.check and result.check.lost and result.acks != "all")
+    return row
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1000:.2f} s"
+
+
+def _verdict_style(verdict: str) -> str:
+    return {"PASS": "bold green", "FAIL": "bold red", "ERROR": "bold red"}.get(verdict, "yellow")
+
+
+def matrix_table(results: Sequence[RunResult], title: str = "raftmq chaos matrix") -> Table:
+    table = Table(title=title, show_lines=False)
+    table.add_column("scenario")
+    table.add_column("acks")
+    for column in MATRIX_COLUMNS:
+        table.add_column(column, justify="right")
+    table.add_column("failover", justify="right")
+    table.add_column("verdict")
+    for result in results:
+        row = matrix_row(result)
+        cells = ["-" if row[c] is None else str(row[c]) for c in MATRIX_COLUMNS]
+        if row["expected_loss"]:
+            cells[MATRIX_COLUMNS.index("lost")] += " (expected)"
+        verdict = Text(result.verdict, style=_verdict_style(result.verdict))
+        table.add_row(result.scenario, result.acks, *cells, _fmt_ms(row["failover_ms"]), verdict)
+    return table
+
+
+def matrix_markdown(results: Sequence[RunResult]) -> str:
+    head = ["scenario", "acks", *MATRIX_COLUMNS, "failover", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for result in results:
+        row = matrix_row(result)
+        cells = ["-" if row[c] is None else str(row[c]) for c in MATRIX_COLUMNS]
+        if row["expected_loss"]:
+            cells[MATRIX_COLUMNS.index("lost")] += " (expected)"
+        verdict = result.verdict if result.verdict == "PASS" else f"**{result.verdict}**"
+        lines.append("| " + " | ".join([result.scenario, result.acks, *cells, _fmt_ms(row["failover_ms"]), verdict])
+                     + " |")
+    return "\n".join(lines)
+
+
+# --- live progress ---------------------------------------------------------------------------------
+
+
+class LiveProgress:
+    """Progress while the matrix runs: a live table on a terminal, a line every few seconds elsewhere."""
+
+    def __init__(self, console: Console | None = None, *, total_runs: int = 0, line_interval_s: float = 5.0) -> None:
+        self.console = console or Console(stderr=True)
+        self.total_runs = total_runs
+        self.results: list[RunResult] = []
+        self.status: dict[str, Any] = {}
+        self.line_interval_s = line_interval_s
+        self._last_line = 0.0
+        self._live: Live | None = None
+
+    def __enter__(self) -> LiveProgress:
+        if self.console.is_terminal:
+            # Transient: the caller prints the final matrix once the runs are over.
+            self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+
+    def __call__(self, snapshot: dict[str, Any]) -> None:
+        self.status = snapshot
+        if snapshot.get("phase") == "done" and snapshot.get("result") is not None:
+            self.results.append(snapshot["result"])
+            if self._live is None:
+                result = snapshot["result"]
+                row = matrix_row(result)
+                self.console.print(f"[{len(self.results)}/{self.total_runs}] {result.scenario} acks={result.acks}: "
+                                   f"{result.verdict} " + " ".join(f"{c}={row[c]}" for c in MATRIX_COLUMNS)
+                                   + f" failover={_fmt_ms(row['failover_ms'])}"
+                                   + (f" error={result.error}" if result.error else ""))
+        if self._live is not None:
+            self._live.update(self._render())
+        elif time.monotonic() - self._last_line >= self.line_interval_s and snapshot.get("phase") != "done":
+            self._last_line = time.monotonic()
+            self.console.print(self.status_line(), markup=False)
+
+    def status_line(self) -> str:
+        s = self.status
+        if not s:
+            return ""
+        counts = s.get("counts") or {}
+        leaders = s.get("leaders") or {}
+        lead = " ".join(f"p{p}=n{v[0]}/t{v[1]}" if v and v[0] is not None else f"p{p}=none"
+                        for p, v in leaders.items())
+        active = "; ".join(s.get("active") or []) or "none"
+        return (f"{s.get('scenario')} acks={s.get('acks')} [{s.get('phase')}] t={s.get('t_s', 0):.0f}/"
+                f"{s.get('duration_s', 0):.0f} s sent={counts.get('sent', 0)} ok={counts.get('ok', 0)} "
+                f"fail={counts.get('fail', 0)} unknown={counts.get('unknown', 0)} leaders: {lead or '-'} "
+                f"faults: {active} last: {s.get('last_event', '')}")
+
+    def _render(self, final: bool = False) -> Group:
+        done = len(self.results)
+        title = f"raftmq chaos matrix ({done}/{self.total_runs} runs)" if self.total_runs else "raftmq chaos matrix"
+        parts: list[Any] = [matrix_table(self.results, title=title)]
+        if not final and self.status and self.status.get("phase") != "done":
+            parts.append(Text(self.status_line()))
+        return Group(*parts)
+
+
+# --- files -----------------------------------------------------------------------------------------
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def build_report(scenarios: Sequence[Scenario], acks_levels: Sequence[str], settings: RunSettings,
+                 results: Sequence[RunResult], *, started_at: float) -> dict[str, Any]:
+    from chaos.nemesis import generate
+
+    failovers = []
+    for result in results:
+        for f in result.failovers:
+            failovers.append({"scenario": result.scenario, "acks": result.acks, **f.to_json(),
+                              "within_target": f.failover_ms is not None and f.failover_ms < FAILOVER_TARGET_MS})
+    all_ms = [f["failover_ms"] for f in failovers if f["acks"] == "all" and f["failover_ms"] is not None]
+    return {
+        "format": REPORT_FORMAT,
+        "started_at": _iso(started_at),
+        "written_at": _iso(time.time()),
+        "config": {"seed": settings.seed, "duration_s": settings.duration_s, "nodes": settings.nodes,
+                   "rate": settings.rate, "durability": settings.durability, "processes": settings.processes,
+                   "request_timeout_ms": settings.request_timeout_ms,
+                   "delivery_timeout_ms": settings.delivery_timeout_ms, "acks": list(acks_levels),
+                   "scenarios": [s.name for s in scenarios], "topic": {"partitions": 3, "replication_factor": 3,
+                                                                       "min_insync_replicas": 2}},
+        "seed": settings.seed,
+        "scenarios": {s.name: {"description": s.description, "faults": [asdict(f) for f in s.faults],
+                               "schedule": schedule_to_json(generate(s, duration_s=settings.duration_s,
+                                                                     seed=settings.seed, nodes=settings.nodes))}
+                      for s in scenarios},
+        "verdict": overall_verdict(results),
+        "matrix": [matrix_row(r) for r in results],
+        "failover": {"target_ms": FAILOVER_TARGET_MS, "max_ms_acks_all": max(all_ms) if all_ms else None,
+                     "measurements": failovers},
+        "runs": [r.to_json() for r in results],
+    }
+
+
+def _describe_timeline_row(row: dict[str, Any]) -> str:
+    kind = row.get("type")
+    if kind == "leader":
+        previous = row.get("previous") or [None, None]
+        changed = (previous[0], previous[1]) != (row.get("leader"), row.get("term"))
+        was = f" (was n{previous[0]} term {previous[1]})" if changed and previous[0] is not None else ""
+        if row.get("leader") is None:
+            return f"partition {row['partition']}: no broker claims leadership{was}"
+        claimants = row.get("claimants") or []
+        extra = f"; claimants {[f'n{c[0]}/t{c[1]}' for c in claimants]}" if len(claimants) > 1 else ""
+        return f"partition {row['partition']}: leader n{row['leader']} term {row['term']}{was}{extra}"
+    if kind == "resolve":
+        how = f" ({row['how']})" if row.get("how") and row["how"] != "leader" else ""
+        term = f" term {row['term']}" if row.get("term") is not None else ""
+        return (f"step {row['step']}: {row['selector']} (partition {row['partition']}) -> {row.get('resolved')}"
+                f"{term}{how}")
+    detail = row.get("detail") or {}
+    bits = []
+    for key in ("mode", "nodes", "groups", "disabled", "toxics", "started", "resumed", "errors", "after_s"):
+        value = detail.get(key)
+        if value not in (None, [], {}, ""):
+            bits.append(f"{key}={value}")
+    return f"**{row.get('action')}** {row.get('target')}" + (f" ({'; '.join(bits)})" if bits else "")
+
+
+def summary_markdown(report: dict[str, Any], results: Sequence[RunResult]) -> str:
+    cfg = report["config"]
+    lines = ["# raftmq chaos report", ""]
+    lines.append(f"Seed {cfg['seed']}, {cfg['duration_s']:g} s per run, {cfg['nodes']} brokers (durability "
+                 f"{cfg['durability']}), {cfg['rate']:g} sends/s from {cfg['processes']} producers (half idempotent), "
+                 f"topic with 3 partitions x 3 replicas, min.insync.replicas 2. Reproduce: `raftmq chaos run "
+                 f"{','.join(cfg['scenarios']) if len(cfg['scenarios']) < 4 else 'all'} --acks {','.join(cfg['acks'])} "
+                 f"--seed {cfg['seed']} --duration {cfg['duration_s']:g}s`.")
+    lines += ["", f"**Overall verdict: {report['verdict']}** ({len(results)} runs)", "", "## Matrix", "",
+              matrix_markdown(results), ""]
+    lines += ["Expected behaviour: " + " ".join(_EXPECTED_NOTE[a] for a in ("all", "1", "0")), ""]
+    measurements = report["failover"]["measurements"]
+    if measurements:
+        lines += ["## Failover", "",
+                  f"From the fault to the first ok send on the partition acknowledged by a different leader "
+                  f"(target: under {FAILOVER_TARGET_MS / 1000:g} s for acks=all). Election = first metadata poll "
+                  "showing another leader.", "",
+                  "| scenario | acks | step | fault | partition | old leader | new leader (term) | election "
+                  "| failover | target |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for m in measurements:
+            new = f"n{m['new_leader']} (t{m['new_term']})" if m["new_leader"] is not None else "-"
+            ok = "yes" if m["within_target"] else "**no**"
+            lines.append(f"| {m['scenario']} | {m['acks']} | {m['step']} | {m['kind']} | {m['partition']} | "
+                         f"n{m['old_leader']} (t{m['old_term']}) | {new} | {_fmt_ms(m['election_ms'])} | "
+                         f"{_fmt_ms(m['failover_ms'])} | {ok} |")
+        lines.append("")
+    by_scenario: dict[str, list[RunResult]] = {}
+    for result in results:
+        by_scenario.setdefault(result.scenario, []).append(result)
+    for name, runs in by_scenario.items():
+        info = report["scenarios"].get(name, {})
+        lines += [f"## {name}", "", info.get("description", ""), "", "Schedule (same for every ack level):", ""]
+        for step in info.get("schedule", []):
+            lines.append(f"- {step['at_s']:.2f} s -> {step['end_s']:.2f} s: {step['description']}")
+        lines.append("")
+        for result in runs:
+            lines += [f"### {name}, acks={result.acks}: {result.verdict}", ""]
+            lines.append(_EXPECTED_NOTE.get(result.acks, ""))
+            lines.append("")
+            if result.error:
+                lines += [f"Run error: `{result.error}` (see `{result.run_dir}/error.txt`).", ""]
+            counts = result.stats.get("counts") or {}
+            lines.append(f"Sends: {counts.get('sent', 0)} sent, {counts.get('ok', 0)} ok, {counts.get('fail', 0)} "
+                         f"failed, {counts.get('unknown', 0)} unknown; errors {result.stats.get('errors', {})}; "
+                         f"consumer polled {result.stats.get('polled', 0)} records. Data and logs: `{result.run_dir}`.")
+            lines.append("")
+            findings = []
+            if result.check is not None:
+                for finding in result.check.findings:
+                    label = "expected" if finding.expected else "**BUG**"
+                    findings.append(f"- [{label}] {finding.kind}: {finding.count}: {finding.explanation}")
+            for extra in result.extra_findings:
+                label = "expected" if extra["expected"] else "**BUG**"
+                findings.append(f"- [{label}] {extra['kind']}: {extra['count']}: {extra['explanation']}")
+            lines += (["Findings:", "", *findings, ""] if findings else ["Findings: none.", ""])
+            for f in result.failovers:
+                lines.append(f"- failover after step {f.step} ({f.kind} of n{f.old_leader}, partition {f.partition}): "
+                             f"{_fmt_ms(f.failover_ms)} (election seen after {_fmt_ms(f.election_ms)})")
+            if result.failovers:
+                lines.append("")
+            groups = result.stats.get("lost_by_ack") or []
+            if groups:
+                lines += ["Lost records by who acknowledged them:", ""]
+                for g in groups:
+                    who = f"broker {g['leader']}" if g["leader"] is not None else "an unknown broker"
+                    lines.append(f"- {g['count']} on partition {g['partition']}, acked by {who} in term {g['term']} "
+                                 f"between {g['first_ack_ms'] / 1000:.2f} s and {g['last_ack_ms'] / 1000:.2f} s")
+                lines.append("")
+            if result.check is not None and result.check.lost_records:
+                shown = result.check.lost_records[:_LOST_SHOWN_MAX]
+                lines += [f"Where the lost records went ({result.check.lost} lost, {len(shown)} shown):", ""]
+                lines += [f"- {record.describe()}" for record in shown]
+                lines.append("")
+            if result.timeline:
+                lines += ["Timeline (t = seconds since the workload started):", "", "| t (s) | event |", "|---|---|"]
+                for row in result.timeline[:_TIMELINE_ROWS_MAX]:
+                    lines.append(f"| {row['t_ms'] / 1000:.2f} | {_describe_timeline_row(row)} |")
+                if len(result.timeline) > _TIMELINE_ROWS_MAX:
+                    lines.append(f"| ... | {len(result.timeline) - _TIMELINE_ROWS_MAX} more rows in report.json |")
+                lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(report_dir: Path, scenarios: Sequence[Scenario], acks_levels: Sequence[str],
+                  settings: RunSettings, results: Sequence[RunResult], *, started_at: float) -> dict[str, Any]:
+    """Write ``report.json`` and ``summary.md`` (atomically: a temp file, then rename) and return the report."""
+    report = build_report(scenarios, acks_levels, settings, results, started_at=started_at)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (("report.json", json.dumps(report, indent=1, default=str)),
+                       ("summary.md", summary_markdown(report, results))):
+        temp = report_dir / f".{name}.tmp"
+        temp.write_text(text)
+        temp.replace(report_dir / name)
+    return report

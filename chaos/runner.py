@@ -1,0 +1,651 @@
+"""Run a scenario once per ack level with the same seed-derived fault schedule, and judge each run.
+
+One run (``run_once``):
+
+1. A fresh ``ChaosCluster`` (proxy server first, then brokers) under ``<report dir>/<scenario>/acks-<a>/cluster``
+   (kept for post-mortem: every broker's data directory and log, the proxy server's log); wiring verified.
+2. The topic (3 partitions, replication factor 3, min.insync.replicas 2) is created and every partition
+   has a leader. The run clock starts (t = 0).
+3. Concurrently: the workload (producers + consumer through the client proxies), the nemesis (the schedule's
+   steps applied and undone at their offsets; live targets such as "the leader of partition 0" resolved when
+   the step starts, the resolution logged), and a metadata poller (every ~200 ms, straight to each broker's
+   client port) that records leader changes and terms per partition.
+4. After ``duration``: stop sending, let outstanding sends resolve, heal everything, wait (bounded) until the
+   cluster converged (one leader per partition, replicas agree), drain (leaders and every replica).
+5. ``chaos.checker.check(history, acks=..., majority_alive=True)`` (every shipped scenario brings a majority
+   back before the drain, and durability "always" keeps logs across SIGKILL). Extra checks from the
+   timeline: at most one leader per term per partition. Failover time for every step that takes the leader
+   away: from the fault to the first ok send on that partition acknowledged by a DIFFERENT leader.
+
+``run_matrix`` runs scenarios x ack levels and writes the report after every run (``chaos.report``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import random
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+
+from chaos.checker import CheckResult, check
+from chaos.harness import BrokerExited, ChaosCluster, FaultEvent, FaultHandle
+from chaos.history import History, SendOp
+from chaos.nemesis import Step, generate
+from chaos.scenario import Scenario
+from chaos.workload import Workload, WorkloadConfig
+
+log = logging.getLogger("raftmq.chaos.runner")
+
+POLL_INTERVAL_S: Final = 0.2
+POLL_TIMEOUT_S: Final = 0.5
+FAILOVER_TARGET_MS: Final = 3000.0
+# How long a step waits for "the leader" to exist before falling back to a node drawn from its pick.
+LEADER_RESOLVE_DEADLINE_S: Final = 3.0
+CONVERGE_DEADLINE_S: Final = 60.0
+PROGRESS_INTERVAL_S: Final = 0.5
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunSettings:
+    duration_s: float = 60.0
+    seed: int = 1
+    nodes: int = 3
+    rate: float = 200.0
+    durability: str = "always"
+    converge_timeout_s: float = CONVERGE_DEADLINE_S
+    processes: int = 4
+    request_timeout_ms: int = 2_000
+    delivery_timeout_ms: int = 8_000
+    proxy_executable: str | None = None
+
+
+@dataclass
+class Failover:
+    step: int
+    kind: str
+    partition: int
+    old_leader: int
+    old_term: int | None
+    fault_ms: float
+    failover_ms: float | None  # to the first ok send acknowledged by another leader
+    new_leader: int | None
+    new_term: int | None
+    election_ms: float | None  # to the first poll that showed another broker leading (informational)
+    also_led: list[int] = field(default_factory=list)  # other partitions the victim led at the fault
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "kind": self.kind, "partition": self.partition, "old_leader": self.old_leader,
+                "old_term": self.old_term, "fault_ms": round(self.fault_ms, 1),
+                "failover_ms": None if self.failover_ms is None else round(self.failover_ms, 1),
+                "new_leader": self.new_leader, "new_term": self.new_term,
+                "election_ms": None if self.election_ms is None else round(self.election_ms, 1),
+                "also_led": self.also_led}
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    acks: str
+    seed: int
+    duration_s: float
+    schedule: list[Step]
+    run_dir: Path
+    verdict: str = "ERROR"  # PASS | FAIL | ERROR
+    check: CheckResult | None = None
+    error: str | None = None
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    leader_changes: list[dict[str, Any]] = field(default_factory=list)
+    failovers: list[Failover] = field(default_factory=list)
+    extra_findings: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    @property
+    def failover_max_ms(self) -> float | None:
+        values = [f.failover_ms for f in self.failovers if f.failover_ms is not None]
+        return max(values) if values else None
+
+    def to_json(self, *, with_check: bool = True) -> dict[str, Any]:
+        return {"scenario": self.scenario, "acks": self.acks, "seed": self.seed, "duration_s": self.duration_s,
+                "verdict": self.verdict, "error": self.error, "run_dir": str(self.run_dir),
+                "wall_s": round(self.wall_s, 1),
+                "summary": self.check.summary_row() if self.check else None,
+                "failover_max_ms": self.failover_max_ms,
+                "failovers": [f.to_json() for f in self.failovers],
+                "extra_findings": self.extra_findings, "stats": self.stats,
+                "leader_changes": self.leader_changes, "timeline": self.timeline,
+                "check": self.check.to_json() if (self.check and with_check) else None}
+
+
+# --- the leader timeline ----------------------------------------------------------------------------
+
+
+class LeaderTimeline:
+    """Polls every running broker's metadata (direct client ports) and records, per partition, who claims the
+    leadership in which term. Also flags two brokers claiming one term (a Raft safety violation)."""
+
+    def __init__(self, harness: ChaosCluster, topic: str, clock: Callable[[], float]) -> None:
+        self.harness = harness
+        self.topic = topic
+        self.clock = clock
+        self.changes: list[dict[str, Any]] = []
+        self.current: dict[int, tuple[int | None, int | None]] = {}  # partition -> (leader, term)
+        self.claimants: dict[int, list[tuple[int, int]]] = {}  # partition -> [(broker, term)] last seen
+        self.term_leaders: dict[tuple[int, int], set[int]] = {}
+        self.violations: list[dict[str, Any]] = []
+        self.polls = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        timeout = aiohttp.ClientTimeout(total=POLL_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while not stop.is_set():
+                started = time.monotonic()
+                await self.poll_once(session)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, POLL_INTERVAL_S - (time.monotonic() - started))):
+                        await stop.wait()
+
+    async def _fetch(self, session: aiohttp.ClientSession, node: int) -> tuple[int, dict[str, Any] | None]:
+        state = self.harness.cluster.nodes[node]
+        if not state.running or state.paused:
+            return node, None
+        try:
+            async with session.get(f"{state.url}/v1/metadata", headers={"Accept": "application/json"}) as response:
+                if response.status != 200:
+                    return node, None
+                return node, await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return node, None
+
+    async def poll_once(self, session: aiohttp.ClientSession) -> None:
+        self.harness.check_crashes()
+        answers = await asyncio.gather(*(self._fetch(session, n) for n in self.harness.node_ids))
+        t_ms = self.clock()
+        self.polls += 1
+        claims: dict[int, list[tuple[int, int]]] = {}
+        for node, body in answers:
+            if body is None:
+                continue
+            for item in body.get("topics") or []:
+                if item.get("name") != self.topic:
+                    continue
+                for part in item.get("partitions") or []:
+                    p = int(part["partition"])
+                    claims.setdefault(p, [])
+                    if part.get("role") == "leader":
+                        term = int(part.get("leader_epoch") or 0)
+                        claims[p].append((node, term))
+                        holders = self.term_leaders.setdefault((p, term), set())
+                        holders.add(node)
+                        if len(holders) > 1 and not any(v["partition"] == p and v["term"] == term
+                                                        for v in self.violations):
+                            self.violations.append({"t_ms": round(t_ms, 1), "partition": p, "term": term,
+                                                    "leaders": sorted(holders)})
+        for p, claimed in sorted(claims.items()):
+            claimed = sorted(claimed)
+            best = max(claimed, key=lambda c: c[1]) if claimed else (None, None)
+            if self.current.get(p) != best or self.claimants.get(p) != claimed:
+                previous = self.current.get(p)
+                self.current[p] = best
+                self.claimants[p] = claimed
+                self.changes.append({"t_ms": round(t_ms, 1), "partition": p, "leader": best[0], "term": best[1],
+                                     "previous": list(previous) if previous else None,
+                                     "claimants": [list(c) for c in claimed]})
+
+
+# --- executing the schedule ---------------------------------------------------------------------------
+
+
+class NemesisExecutor:
+    """Applies and undoes the schedule's steps at their offsets from ``t0`` (monotonic s)."""
+
+    def __init__(self, harness: ChaosCluster, schedule: list[Step], topic: str, clock: Callable[[], float]) -> None:
+        self.harness = harness
+        self.schedule = schedule
+        self.topic = topic
+        self.clock = clock
+        self.handles: dict[int, list[FaultHandle]] = {}
+        self.resolutions: list[dict[str, Any]] = []
+        self.probes: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.active: dict[int, str] = {}
+
+    async def run(self, t0: float) -> None:
+        actions: list[tuple[float, int, int, str, Step]] = []
+        for step in self.schedule:
+            actions.append((step.at_s, 1, step.index, "apply", step))
+            actions.append((step.end_s, 0, step.index, "undo", step))
+        actions.sort(key=lambda a: (a[0], a[1], a[2]))
+        for at_s, _order, _index, what, step in actions:
+            delay = t0 + at_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)  # the schedule is time-based by design
+            if what == "apply":
+                try:
+                    self.handles[step.index] = await asyncio.to_thread(self._apply, step)
+                    self.active[step.index] = step.describe()
+                except Exception as exc:  # noqa: BLE001 - report, keep executing the rest of the schedule
+                    log.exception("step %s failed", step.index)
+                    self.errors.append({"t_ms": round(self.clock(), 1), "step": step.index, "action": "apply",
+                                        "error": f"{type(exc).__name__}: {exc}"})
+            else:
+                self.active.pop(step.index, None)
+                for handle in self.handles.pop(step.index, []):
+                    try:
+                        await asyncio.to_thread(self.harness.undo, handle)
+                    except Exception as exc:  # noqa: BLE001 - the final heal resets everything anyway
+                        log.exception("undo of step %s failed", step.index)
+                        self.errors.append({"t_ms": round(self.clock(), 1), "step": step.index, "action": "undo",
+                                            "error": f"{type(exc).__name__}: {exc}"})
+
+    # -- live target resolution (worker thread) --
+
+    def _leader(self, partition: int, pick: float) -> tuple[int, int | None, dict[int, list[tuple[int, int]]], str]:
+        deadline = time.monotonic() + LEADER_RESOLVE_DEADLINE_S
+        while True:
+            claims = self.harness.leader_claims(self.topic)
+            if claims.get(partition):
+                node, term = max(claims[partition], key=lambda c: c[1])
+                return node, term, claims, "leader"
+            if time.monotonic() >= deadline:
+                ids = self.harness.node_ids
+                return ids[int(pick * len(ids)) % len(ids)], None, claims, "no leader found; node drawn from the pick"
+            time.sleep(0.1)  # polling for a condition with a deadline
+
+    def _apply(self, step: Step) -> list[FaultHandle]:
+        h = self.harness
+        ids = h.node_ids
+        rng = random.Random(step.pick)
+        started_ms = self.clock()
+        resolution: dict[str, Any] = {"t_ms": round(started_ms, 1), "step": step.index, "selector": step.target,
+                                      "partition": step.partition}
+        leader = term = None
+        claims: dict[int, list[tuple[int, int]]] = {}
+        nodes: list[int]
+        link: tuple[int, int] | None = None
+        if step.target in ("leader", "follower", "leader-link"):
+            leader, term, claims, how = self._leader(step.partition, step.pick)
+            resolution.update(leader=leader, term=term, how=how)
+            followers = [n for n in ids if n != leader]
+            follower = followers[int(step.pick * len(followers)) % len(followers)] if followers else leader
+            if step.target == "leader":
+                nodes = [leader]
+            elif step.target == "follower":
+                nodes = [follower]
+            else:
+                nodes = [leader, follower]
+                link = (leader, follower)
+        elif step.target.startswith("node:"):
+            nodes = [int(step.target[5:])]
+        elif step.target.startswith("nodes:"):
+            nodes = [int(x) for x in step.target[6:].split(",")]
+        elif step.target == "all":
+            nodes = list(ids)
+        elif step.target.startswith("link:"):
+            a, b = (int(x) for x in step.target[5:].split("-"))
+            nodes, link = [a, b], (a, b)
+        else:
+            raise ValueError(f"unknown target {step.target!r}")
+        resolution["resolved"] = nodes if link is None else f"link {link[0]}-{link[1]}"
+        self.resolutions.append(resolution)
+        kind = step.kind
+        node = nodes[0]
+        handles: list[FaultHandle]
+        if kind == "isolate":
+            handles = [h.isolate(node, step.param("mode", "refuse"))]
+        elif kind == "partition":
+            size = max(1, (len(ids) - 1) // 2)
+            rest = [n for n in ids if n != node]
+            minority = {node, *rng.sample(rest, size - 1)}
+            handles = [h.partition([minority, set(ids) - minority], step.param("mode", "refuse"))]
+        elif kind == "bridge":
+            rest = [n for n in ids if n != node]
+            if leader is not None and leader != node and leader in rest:
+                a = leader
+                b = next(n for n in rest if n != leader)
+            else:
+                a, b = sorted(rng.sample(rest, 2))
+            handles = [h.bridge(a, node, b, step.param("mode", "refuse"))]
+        elif kind == "one-way":
+            peers = [n for n in ids if n != node]
+            if step.param("direction", "out") == "out":
+                handles = [h.one_way(node, peers)]
+            else:
+                handles = [h.one_way(peer, node) for peer in peers]
+        elif kind == "cut-link":
+            assert link is not None, "cut-link needs a link target"
+            handles = [h.cut_link(*link, mode=step.param("mode", "refuse"))]
+        elif kind in ("slow", "bandwidth", "reset"):
+            target: int | tuple[int, int] = link if link is not None else node
+            if kind == "slow":
+                handles = [h.slow(target, int(step.param("latency_ms", 200)), int(step.param("jitter_ms", 0)))]
+            elif kind == "bandwidth":
+                handles = [h.bandwidth(target, int(step.param("kb_s", 64)))]
+            else:
+                handles = [h.reset_peer(target)]
+        elif kind == "kill":
+            handles = [h.kill(nodes)]
+        elif kind == "pause":
+            handles = [h.pause(nodes)]
+        elif kind == "restart":
+            handles = [h.shutdown(nodes)]
+        else:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        alone = sum(1 for other in self.schedule if other.group == step.group) == 1
+        if step.takes_leader_away and alone and leader is not None and term is not None:
+            event = next(e for e in reversed(h.events) if e.handle == handles[0].id)
+            fault_ms = self._ms(event.started_mono_s or event.mono_s)
+            also = sorted(p for p, claimed in claims.items() if p != step.partition and claimed
+                          and max(claimed, key=lambda c: c[1])[0] == leader)
+            self.probes.append({"step": step.index, "kind": kind, "partition": step.partition, "old_leader": leader,
+                                "old_term": term, "fault_ms": fault_ms, "also_led": also})
+        return handles
+
+    def _ms(self, mono_s: float) -> float:
+        return self.clock() - (time.monotonic() - mono_s) * 1000
+
+
+# --- one run --------------------------------------------------------------------------------------
+
+
+def run_dir_for(report_dir: Path, scenario: str, acks: str) -> Path:
+    return report_dir / scenario / f"acks-{acks}"
+
+
+def compute_failovers(probes: list[dict[str, Any]], history: History,
+                      changes: list[dict[str, Any]]) -> list[Failover]:
+    result = []
+    for probe in probes:
+        p, old, fault_ms = probe["partition"], probe["old_leader"], probe["fault_ms"]
+        firsts = [op for op in history.sends
+                  if op.outcome == "ok" and op.partition == p and op.leader_id is not None
+                  and op.leader_id != old and op.end_ms >= fault_ms]
+        first = min(firsts, key=lambda op: op.end_ms) if firsts else None
+        election = next((c for c in changes if c["partition"] == p and c["t_ms"] >= fault_ms
+                         and c["leader"] is not None and c["leader"] != old), None)
+        result.append(Failover(step=probe["step"], kind=probe["kind"], partition=p, old_leader=old,
+                               old_term=probe["old_term"], fault_ms=fault_ms,
+                               failover_ms=None if first is None else first.end_ms - fault_ms,
+                               new_leader=None if first is None else first.leader_id,
+                               new_term=None if first is None else first.leader_epoch,
+                               election_ms=None if election is None else election["t_ms"] - fault_ms,
+                               also_led=probe["also_led"]))
+    return result
+
+
+def lost_by_ack(history: History) -> list[dict[str, Any]]:
+    """Exact counts of acknowledged-but-not-drained sends per (partition, acknowledging broker, term), with the
+    time span of their acks: where the checker's capped examples come from."""
+    drained = {r.value for r in history.reads}
+    groups: dict[tuple[int | None, int | None, int | None], list[float]] = {}
+    for op in history.sends:
+        if op.outcome == "ok" and op.value not in drained:
+            groups.setdefault((op.partition, op.leader_id, op.leader_epoch), []).append(op.end_ms)
+    return [{"partition": p, "leader": leader, "term": term, "count": len(times),
+             "first_ack_ms": round(min(times), 1), "last_ack_ms": round(max(times), 1)}
+            for (p, leader, term), times in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
+
+
+def lost_before_a_kept_record(history: History, acks_levels: tuple[str, ...] = ("1", "all"), *,
+                              witnesses_min: int = 3) -> list[dict[str, Any]]:
+    """Acknowledged sends that Raft cannot have lost by failover: send e1 was acknowledged by leader L in term T,
+    and a send e2 on the same partition, started after e1's ack and acknowledged by the same L in the same T,
+    is in the drained log. Within one term a leader only appends, so e2 committed implies e1 committed (log
+    matching); e1 missing means it was committed and then not stored (rejected at apply time), not truncated.
+
+    By default only sends whose ack means "in the leader's log" qualify (acks=1 and acks=all); for acks=0 an ok
+    only means "handed to the leader" (queued in order), so the same evidence is weaker. A witness's drained
+    copy could in principle come from an earlier attempt of it at another leader (its report names the attempt
+    that answered ok), so ``witnesses_min`` independent witnesses are required. Returns one row per lost send
+    with its first witness."""
+    drained = {r.value for r in history.reads}
+    kept: dict[tuple[int | None, int | None, int | None], list[tuple[float, SendOp]]] = {}
+    for op in history.sends:
+        if op.outcome == "ok" and op.acks in acks_levels and op.value in drained and op.leader_id is not None:
+            kept.setdefault((op.partition, op.leader_id, op.leader_epoch), []).append((op.start_ms, op))
+    for rows in kept.values():
+        rows.sort(key=lambda row: row[0])
+    starts = {key: [start for start, _ in rows] for key, rows in kept.items()}
+    found = []
+    for op in history.sends:
+        if op.outcome != "ok" or op.acks not in acks_levels or op.value in drained or op.leader_id is None:
+            continue
+        key = (op.partition, op.leader_id, op.leader_epoch)
+        rows = kept.get(key, [])
+        index = bisect.bisect_right(starts.get(key, []), op.end_ms)
+        if len(rows) - index >= witnesses_min:
+            witness = rows[index][1]
+            found.append({"op_id": op.op_id, "value": op.value, "process": op.process, "idempotent": op.idempotent,
+                          "partition": op.partition, "leader": op.leader_id, "term": op.leader_epoch,
+                          "acked_ms": round(op.end_ms, 1), "witness_value": witness.value,
+                          "witness_process": witness.process, "witness_started_ms": round(witness.start_ms, 1),
+                          "witnesses": len(rows) - index})
+    return found
+
+
+def _event_row(event: FaultEvent, t0: float) -> dict[str, Any]:
+    row = {"t_ms": round((event.mono_s - t0) * 1000, 1), "type": "fault", "action": event.action,
+           "target": event.target, "detail": event.detail, "handle": event.handle, "wall": event.wall}
+    if event.started_mono_s is not None:
+        row["started_t_ms"] = round((event.started_mono_s - t0) * 1000, 1)
+    return row
+
+
+async def run_once(scenario: Scenario, acks: str, settings: RunSettings, report_dir: Path,
+                   progress: ProgressCallback | None = None) -> RunResult:
+    """One run of ``scenario`` at one ack level (see the module docstring). Never raises for a failed run:
+    the result's verdict is ERROR and ``error`` says why."""
+    schedule = generate(scenario, duration_s=settings.duration_s, seed=settings.seed, nodes=settings.nodes)
+    run_dir = run_dir_for(report_dir, scenario.name, acks)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    result = RunResult(scenario=scenario.name, acks=acks, seed=settings.seed, duration_s=settings.duration_s,
+                       schedule=schedule, run_dir=run_dir)
+    wall_start = time.monotonic()
+    status: dict[str, Any] = {"scenario": scenario.name, "acks": acks, "phase": "starting", "t_s": 0.0,
+                              "duration_s": settings.duration_s, "last_event": ""}
+    t0 = time.monotonic()
+
+    def clock() -> float:
+        return (time.monotonic() - t0) * 1000.0
+
+    def on_event(event: FaultEvent) -> None:
+        status["last_event"] = f"{event.action} {event.target}"
+
+    harness = ChaosCluster(run_dir / "cluster", nodes=settings.nodes, durability=settings.durability,
+                           seed=settings.seed, proxy_executable=settings.proxy_executable, on_event=on_event)
+    config = WorkloadConfig(acks=acks, rate=settings.rate, processes=settings.processes, seed=settings.seed,
+                            request_timeout_ms=settings.request_timeout_ms,
+                            delivery_timeout_ms=settings.delivery_timeout_ms)
+    workload: Workload | None = None
+    timeline: LeaderTimeline | None = None
+    executor: NemesisExecutor | None = None
+    stop_polling = asyncio.Event()
+    tasks: list[asyncio.Task[Any]] = []
+    progress_task: asyncio.Task[None] | None = None
+
+    async def report_progress() -> None:
+        while True:
+            if progress is not None:
+                if status["phase"] == "running":
+                    status["t_s"] = round(clock() / 1000, 1)
+                snapshot = dict(status)
+                if workload is not None:
+                    snapshot["counts"] = dict(workload.counts)
+                if timeline is not None:
+                    snapshot["leaders"] = {p: list(v) for p, v in sorted(timeline.current.items())}
+                if executor is not None:
+                    snapshot["active"] = list(executor.active.values())
+                with contextlib.suppress(Exception):
+                    progress(snapshot)
+            await asyncio.sleep(PROGRESS_INTERVAL_S)  # display refresh period
+
+    try:
+        progress_task = asyncio.create_task(report_progress())
+        await asyncio.to_thread(harness.start)
+        await asyncio.to_thread(harness.wait_ready, 30.0)
+        wiring = await asyncio.to_thread(harness.verify_wiring)
+        result.stats["wiring"] = wiring
+        status["phase"] = "setup"
+        workload = Workload(config, harness.client_urls, clock)
+        await workload.create_topic()
+        await asyncio.to_thread(harness.wait_converged, [config.topic], timeout_s=30.0)
+        t0 = time.monotonic()
+        status["phase"] = "running"
+        timeline = LeaderTimeline(harness, config.topic, clock)
+        executor = NemesisExecutor(harness, schedule, config.topic, clock)
+        tasks = [asyncio.create_task(timeline.run(stop_polling), name="chaos-timeline"),
+                 asyncio.create_task(executor.run(t0), name="chaos-nemesis")]
+        consumer_task = asyncio.create_task(workload.run_consumer(), name="chaos-consumer")
+        tasks.append(consumer_task)
+        await workload.run_producers(settings.duration_s)
+        status["phase"] = "healing"
+        nemesis_task = tasks[1]
+        if not nemesis_task.done():
+            try:
+                async with asyncio.timeout(30.0):
+                    await asyncio.shield(nemesis_task)
+            except TimeoutError:
+                nemesis_task.cancel()
+        await asyncio.to_thread(harness.heal)
+        try:
+            converged = await asyncio.to_thread(harness.wait_converged, [config.topic],
+                                                timeout_s=settings.converge_timeout_s)
+        except (TimeoutError, BrokerExited) as exc:
+            result.extra_findings.append({"kind": "no_convergence", "expected": False, "count": 1,
+                                          "explanation": f"after healing: {exc}"})
+            raise
+        status["phase"] = "draining"
+        workload.stop_consumer()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10.0):
+                await asyncio.gather(consumer_task, return_exceptions=True)
+        stop_polling.set()
+        leaders = {int(v["partition"]): int(v["leader"]) for v in converged.values()}
+
+        def leader_url(partition: int) -> str:
+            claims = harness.leader_claims(config.topic).get(partition)
+            if claims:
+                leaders[partition] = max(claims, key=lambda c: c[1])[0]
+            return harness.direct_url(leaders[partition])
+
+        replicas = {n: harness.direct_url(n) for n in harness.node_ids}
+        result.stats["drain"] = await asyncio.to_thread(workload.drain, leader_url, replicas)
+        result.stats["converged"] = {k: {"leader": v["leader"], "term": v["term"],
+                                         "high_watermark": v["high_watermark"]} for k, v in converged.items()}
+        status["phase"] = "checking"
+        history = workload.build()
+        (run_dir / "history.json").write_text(history.dumps())
+        result.check = await asyncio.to_thread(check, history, acks=acks, majority_alive=True)
+        result.failovers = compute_failovers(executor.probes, history, timeline.changes)
+        result.stats["lost_by_ack"] = lost_by_ack(history)
+        impossible = lost_before_a_kept_record(history, ("0", "1", "all"))
+        if impossible:
+            idempotent = sum(1 for row in impossible if row["idempotent"])
+            first = impossible[0]
+            result.stats["lost_before_a_kept_record"] = impossible[:50]
+            weak = " (acks=0: an ok only means queued at the leader, so this is a strong hint, not proof)"
+            result.extra_findings.append({
+                "kind": "lost_before_a_kept_record", "expected": acks == "0", "count": len(impossible),
+                "explanation": (
+                    f"{len(impossible)} acknowledged sends ({idempotent} from idempotent producers) are missing "
+                    "although a later send acknowledged by the same leader in the same term survived: not failover "
+                    "truncation (a leader only appends within a term), so they were committed and then not stored"
+                    f"{weak if acks == '0' else ''}. E.g. "
+                    f"{first['value']!r} acked by broker {first['leader']} in term {first['term']} on partition "
+                    f"{first['partition']} at {first['acked_ms'] / 1000:.2f} s, while {first['witness_value']!r} "
+                    f"(started {first['witness_started_ms'] / 1000:.2f} s, same leader and term) is in the log")})
+        result.verdict = result.check.verdict
+    except Exception as exc:  # noqa: BLE001 - a run that breaks is reported, the matrix goes on
+        log.exception("run %s acks=%s failed", scenario.name, acks)
+        result.error = f"{type(exc).__name__}: {exc}"
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        result.verdict = "ERROR"
+    finally:
+        stop_polling.set()
+        if workload is not None:
+            workload.stop()
+            workload.stop_consumer()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        status["phase"] = "stopping"
+        await asyncio.to_thread(harness.stop)
+        if progress_task is not None:
+            progress_task.cancel()
+            await asyncio.gather(progress_task, return_exceptions=True)
+    # timeline, findings, stats
+    for crash in harness.crashes:
+        tail = " | ".join(line.strip() for line in crash["log_tail"].splitlines()[-3:])
+        result.extra_findings.append({"kind": "broker_crashed", "expected": False, "count": 1,
+                                      "explanation": f"broker {crash['node']} exited on its own with code "
+                                                     f"{crash['returncode']} (see {crash['log']}): {tail}"})
+    if timeline is not None:
+        result.leader_changes = timeline.changes
+        for violation in timeline.violations:
+            result.extra_findings.append({"kind": "two_leaders_in_term", "expected": False, "count": 1,
+                                          "explanation": f"partition {violation['partition']}: brokers "
+                                                         f"{violation['leaders']} all claimed leadership in term "
+                                                         f"{violation['term']} (Raft allows one leader per term)"})
+    if executor is not None:
+        for error in executor.errors:
+            result.extra_findings.append({"kind": "nemesis_error", "expected": True, "count": 1,
+                                          "explanation": f"step {error['step']} {error['action']} at "
+                                                         f"{error['t_ms']} ms: {error['error']}"})
+    if any(not f["expected"] for f in result.extra_findings) and result.verdict == "PASS":
+        result.verdict = "FAIL"
+    rows = [_event_row(e, t0) for e in harness.events]
+    if executor is not None:
+        rows += [{**r, "type": "resolve"} for r in executor.resolutions]
+    rows += [{**c, "type": "leader"} for c in result.leader_changes]
+    result.timeline = sorted(rows, key=lambda r: r["t_ms"])
+    if workload is not None:
+        result.stats.update(counts=dict(workload.counts), errors=dict(workload.errors), polled=workload.polled,
+                            poll_errors=dict(workload.poll_errors))
+    if timeline is not None:
+        result.stats["metadata_polls"] = timeline.polls
+    result.wall_s = time.monotonic() - wall_start
+    (run_dir / "run.json").write_text(json.dumps(result.to_json(), indent=1, default=str))
+    if progress is not None:
+        with contextlib.suppress(Exception):
+            progress({**status, "phase": "done", "verdict": result.verdict, "result": result})
+    return result
+
+
+# --- the matrix -----------------------------------------------------------------------------------
+
+
+async def run_matrix(scenarios: Sequence[Scenario], acks_levels: Sequence[str], settings: RunSettings,
+                     report_dir: Path, progress: ProgressCallback | None = None,
+                     on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
+    """Every scenario at every ack level, one fresh cluster per run, the report rewritten after each run."""
+    from chaos.report import write_reports
+
+    await asyncio.to_thread(report_dir.mkdir, parents=True, exist_ok=True)
+    schedules = {s.name: generate(s, duration_s=settings.duration_s, seed=settings.seed, nodes=settings.nodes)
+                 for s in scenarios}  # fail fast on a duration too short for any scenario
+    del schedules
+    results: list[RunResult] = []
+    started = time.time()
+    for scenario in scenarios:
+        for acks in acks_levels:
+            result = await run_once(scenario, acks, settings, report_dir, progress)
+            results.append(result)
+            write_reports(report_dir, scenarios, acks_levels, settings, results, started_at=started)
+            if on_result is not None:
+                on_result(result)
+    return results

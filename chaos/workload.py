@@ -1,0 +1,365 @@
+"""The chaos workload: concurrent producers and a consumer through the client proxies, recorded as a history.
+
+* Producers: ``processes`` workers (the first half idempotent, the rest not), each with its own real
+  ``client.Producer`` bootstrapped from the client proxy URLs, all at the run's one ack level. Worker ``w``
+  sends unique values ``p{w}-{n}`` under a small key set chosen so every partition gets keys, at a bounded
+  rate (``rate`` sends/s in total) and bounded in count (``rate x duration x 1.5``) and in time, with at most
+  ``in_flight_max`` unresolved sends per worker (when the cluster stalls, the rate drops instead of the buffer
+  growing). Short client timeouts (request 2 s, delivery 8 s) make outcomes resolve during the run.
+* Every send is recorded (``HistoryBuilder.record_send``) when its report arrives: start/end in monotonic ms
+  since the run started, outcome ok / fail / unknown exactly as the ``DeliveryReport`` says (``unknown`` is
+  never turned into ``fail``), partition, offset (acks=all), acknowledging broker and term, error code.
+  A ``send()`` that raises queued nothing: a definite ``fail``.
+* A consumer polls every partition from offset 0 during the run (``PollOp`` per partition per poll).
+* After the faults (the runner heals and waits for convergence) ``drain`` reads every partition from its
+  leader, offset 0 up to the high watermark (``ReadRecord``), and every replica's own copy with ``replica=any``
+  straight from each broker's client port (``ReplicaLog``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, cast
+from urllib.parse import quote
+
+from chaos.history import Acks, History, HistoryBuilder, LogRecord, Outcome
+from client import Admin, Consumer, DeliveryReport, Producer
+from cluster.errors import RaftMQError, TopicAlreadyExists
+from cluster.routing import partition_for
+from deploy.local_cluster import http_json
+
+log = logging.getLogger("raftmq.chaos.workload")
+
+CONSUMER_PROCESS: Final = 1000
+_DRAIN_PAGE_BYTES: Final = 1024 * 1024
+_DRAIN_DEADLINE_S: Final = 60.0
+_SETUP_DEADLINE_S: Final = 30.0
+_OUTCOMES: Final[dict[str, Outcome]] = {"ok": "ok", "failed": "fail", "unknown": "unknown"}
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    acks: str = "all"
+    topic: str = "chaos"
+    partitions: int = 3
+    replication_factor: int = 3
+    min_insync_replicas: int = 2
+    processes: int = 4  # the first half idempotent
+    rate: float = 200.0  # sends per second, all workers together
+    keys_per_partition: int = 2
+    request_timeout_ms: int = 2_000
+    delivery_timeout_ms: int = 8_000
+    in_flight_max: int = 64  # unresolved sends per worker
+    linger_ms: float = 2.0
+    consumer: bool = True
+    seed: int = 0
+
+    @property
+    def idempotent_processes(self) -> int:
+        return self.processes - self.processes // 2
+
+
+def choose_keys(partitions: int, per_partition: int) -> list[str]:
+    """Keys k0, k1, ... picked (with the client's murmur2 routing) until every partition has ``per_partition``."""
+    keys: list[str] = []
+    counts = Counter[int]()
+    for index in range(100_000):
+        key = f"k{index}"
+        partition = partition_for(key.encode(), partitions)
+        if counts[partition] < per_partition:
+            counts[partition] += 1
+            keys.append(key)
+        if len(keys) == partitions * per_partition:
+            return keys
+    raise RuntimeError("could not find keys for every partition")
+
+
+def _text(data: bytes | str | None) -> str | None:
+    if data is None or isinstance(data, str):
+        return data
+    return data.decode("utf-8", errors="replace")
+
+
+class Workload:
+    """Producers + consumer for one run. ``clock()`` gives monotonic ms since the run started."""
+
+    def __init__(self, config: WorkloadConfig, client_urls: list[str], clock: Callable[[], float]) -> None:
+        self.config = config
+        self.urls = list(client_urls)
+        self.clock = clock
+        self.history = HistoryBuilder()
+        self.keys = choose_keys(config.partitions, config.keys_per_partition)
+        self.counts: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.last_ok: dict[int, tuple[float, int | None, int | None]] = {}  # partition -> (end_ms, leader, term)
+        self.polled = 0
+        self.poll_errors: Counter[str] = Counter()
+        self._stop_producing = asyncio.Event()
+        self._stop_consuming = asyncio.Event()
+
+    # --- setup ------------------------------------------------------------------------------------------
+
+    async def create_topic(self) -> None:
+        """Create the topic (replication factor 3, min.insync.replicas 2) and wait until every partition leads."""
+        cfg = self.config
+        async with Admin(self.urls, request_timeout_ms=5_000) as admin:
+            deadline = time.monotonic() + _SETUP_DEADLINE_S
+            while True:
+                try:
+                    await admin.create_topic(cfg.topic, cfg.partitions, cfg.replication_factor,
+                                             {"min_insync_replicas": cfg.min_insync_replicas})
+                    break
+                except TopicAlreadyExists:
+                    break
+                except RaftMQError as exc:
+                    if time.monotonic() >= deadline or (exc.definite and not exc.retriable):
+                        raise
+                    await asyncio.sleep(0.2)  # retry backoff while the metadata group elects
+            await admin.wait_for_topic(cfg.topic, timeout_s=max(1.0, deadline - time.monotonic()))
+
+    # --- the run ----------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop issuing new sends (outstanding ones still resolve)."""
+        self._stop_producing.set()
+
+    def stop_consumer(self) -> None:
+        self._stop_consuming.set()
+
+    async def run_producers(self, duration_s: float) -> None:
+        """Run every producer worker until ``duration_s`` has passed (or ``stop()``), then wait (bounded by the
+        delivery timeout) until every send has its report."""
+        end = time.monotonic() + duration_s
+        workers = [asyncio.create_task(self._producer(w, w < self.config.idempotent_processes, end, duration_s),
+                                       name=f"chaos-producer-{w}") for w in range(self.config.processes)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _start_producer(self, producer: Producer, end: float) -> bool:
+        while True:
+            try:
+                await producer.start()
+                return True
+            except RaftMQError as exc:
+                self.errors[f"producer start: {exc.code}"] += 1
+                if time.monotonic() >= end or self._stop_producing.is_set():
+                    return False
+                await asyncio.sleep(0.5)  # retry backoff: the cluster may be faulted right now
+
+    async def _producer(self, worker: int, idempotent: bool, end: float, duration_s: float) -> None:
+        cfg = self.config
+        rng = random.Random(f"{cfg.seed}:{worker}")
+        producer = Producer(self.urls, acks=cfg.acks, idempotent=idempotent, linger_ms=cfg.linger_ms,
+                            request_timeout_ms=cfg.request_timeout_ms, delivery_timeout_ms=cfg.delivery_timeout_ms,
+                            rng=random.Random(f"{cfg.seed}:{worker}:client"))
+        if not await self._start_producer(producer, end):
+            return
+        interval = cfg.processes / cfg.rate
+        count_max = int(cfg.rate / cfg.processes * duration_s * 1.5) + 10
+        slots = asyncio.Semaphore(cfg.in_flight_max)
+        next_at = time.monotonic()
+        try:
+            for n in range(count_max):
+                now = time.monotonic()
+                if now >= end or self._stop_producing.is_set():
+                    break
+                if next_at > now:
+                    await asyncio.sleep(next_at - now)  # rate pacing
+                next_at = max(next_at + interval, time.monotonic() - 1.0)
+                try:
+                    async with asyncio.timeout(max(0.0, end - time.monotonic())):
+                        await slots.acquire()
+                except TimeoutError:
+                    break
+                key = self.keys[rng.randrange(len(self.keys))]
+                value = f"p{worker}-{n}"
+                start_ms = self.clock()
+                self.counts["sent"] += 1
+                try:
+                    future = await producer.send(cfg.topic, value, key=key)
+                except RaftMQError as exc:  # nothing was queued: definitely not stored
+                    slots.release()
+                    self._record(worker, idempotent, key, value, start_ms, None, exc)
+                    continue
+                future.add_done_callback(functools.partial(self._on_done, slots, worker, idempotent, key, value,
+                                                           start_ms))
+        finally:
+            await producer.stop(timeout_s=cfg.delivery_timeout_ms / 1000 + 2.0)
+
+    def _on_done(self, slots: asyncio.Semaphore, worker: int, idempotent: bool, key: str, value: str,
+                 start_ms: float, future: asyncio.Future[DeliveryReport]) -> None:
+        slots.release()
+        self._on_report(worker, idempotent, key, value, start_ms, future)
+
+    def _on_report(self, worker: int, idempotent: bool, key: str, value: str, start_ms: float,
+                   future: asyncio.Future[DeliveryReport]) -> None:
+        if future.cancelled():
+            self._record(worker, idempotent, key, value, start_ms, None, None, unknown_reason="CANCELLED")
+            return
+        exc = future.exception()
+        if exc is not None:  # never happens by the Producer's contract; if it does, the outcome is unknown
+            self._record(worker, idempotent, key, value, start_ms, None, None, unknown_reason=repr(exc)[:80])
+            return
+        self._record(worker, idempotent, key, value, start_ms, future.result(), None)
+
+    def _record(self, worker: int, idempotent: bool, key: str, value: str, start_ms: float,
+                report: DeliveryReport | None, raised: RaftMQError | None, unknown_reason: str | None = None) -> None:
+        end_ms = max(self.clock(), start_ms)
+        cfg = self.config
+        outcome: Outcome
+        if report is None:
+            outcome = "unknown" if unknown_reason else "fail"
+            error = unknown_reason or (raised.code if raised is not None else None)
+            partition = offset = leader_id = leader_epoch = None
+        else:
+            outcome = _OUTCOMES[report.status]
+            error = report.error.code if report.error is not None else None
+            partition, offset = report.partition, report.offset
+            leader_id, leader_epoch = report.leader_id, report.leader_epoch
+        self.history.record_send(process=worker, idempotent=idempotent, acks=cast(Acks, cfg.acks), topic=cfg.topic,
+                                 key=key,
+                                 value=value, start_ms=start_ms, end_ms=end_ms, outcome=outcome,
+                                 partition=partition, offset=offset, leader_id=leader_id,
+                                 leader_epoch=leader_epoch, error=error)
+        self.counts[outcome] += 1
+        if error:
+            self.errors[error] += 1
+        if outcome == "ok" and partition is not None:
+            self.last_ok[partition] = (end_ms, leader_id, leader_epoch)
+
+    async def run_consumer(self) -> None:
+        """Poll every partition from offset 0 until ``stop_consumer()``; record each poll per partition."""
+        cfg = self.config
+        consumer = Consumer(self.urls, max_wait_ms=300, request_timeout_ms=cfg.request_timeout_ms,
+                            auto_offset_reset="earliest", rng=random.Random(f"{cfg.seed}:consumer"))
+        consumer.assign([(cfg.topic, p) for p in range(cfg.partitions)])
+        while not self._stop_consuming.is_set():
+            try:
+                await consumer.start()
+                break
+            except RaftMQError as exc:
+                self.poll_errors[exc.code] += 1
+                await asyncio.sleep(0.5)  # retry backoff
+        else:
+            return
+        try:
+            while not self._stop_consuming.is_set():
+                start_ms = self.clock()
+                try:
+                    records = await consumer.poll(timeout_ms=500)
+                except RaftMQError as exc:
+                    self.poll_errors[exc.code] += 1
+                    await asyncio.sleep(0.2)  # retry backoff after a paused partition's error
+                    continue
+                end_ms = self.clock()
+                by_partition: dict[int, list[LogRecord]] = {}
+                for record in records:
+                    by_partition.setdefault(record.partition, []).append(
+                        (record.offset, _text(record.key), _text(record.value)))
+                for partition, rows in sorted(by_partition.items()):
+                    self.history.record_poll(CONSUMER_PROCESS, cfg.topic, partition, start_ms, end_ms, rows)
+                self.polled += len(records)
+        finally:
+            await consumer.stop()
+
+    # --- after the faults -------------------------------------------------------------------------------
+
+    def drain(self, leader_url: Callable[[int], str], replicas: dict[int, str], *,
+              timeout_s: float = _DRAIN_DEADLINE_S) -> dict[str, Any]:
+        """Blocking (call from a thread). ``leader_url(partition)``: the current leader's direct URL (asked
+        again when leadership moves during the drain); ``replicas``: broker id -> direct URL. Records
+        ReadRecords and ReplicaLogs; returns counts."""
+        cfg = self.config
+        deadline = time.monotonic() + timeout_s
+        summary: dict[str, Any] = {"leader_records": {}, "replica_records": {}}
+        for partition in range(cfg.partitions):
+            _start, rows = read_partition(functools.partial(leader_url, partition), cfg.topic, partition,
+                                          replica=False, deadline=deadline)
+            for offset, key, value in rows:
+                self.history.record_read(cfg.topic, partition, offset, key, value)
+            summary["leader_records"][partition] = len(rows)
+        for broker_id, url in sorted(replicas.items()):
+            for partition in range(cfg.partitions):
+                start, rows = read_partition(functools.partial(str, url), cfg.topic, partition, replica=True,
+                                             deadline=deadline)
+                self.history.record_replica(broker_id, cfg.topic, partition, start, rows)
+                summary["replica_records"][f"{broker_id}/{partition}"] = len(rows)
+        return summary
+
+    def build(self) -> History:
+        return self.history.build()
+
+
+def read_partition(url_for: Callable[[], str], topic: str, partition: int, *, replica: bool, deadline: float
+                   ) -> tuple[int, list[LogRecord]]:
+    """Read one partition from its log start to the high watermark through the JSON fetch API, from
+    ``url_for()`` (asked again after NOT_LEADER / LEADER_NOT_AVAILABLE: leadership may move meanwhile).
+    Returns (log_start_offset, [(offset, key, value)]). Retries transient errors until ``deadline``."""
+    rows: list[LogRecord] = []
+    offset: int | None = None
+    log_start = 0
+    url = url_for()
+    last_problem = ""
+    while True:
+        path = f"{url}/v1/topics/{quote(topic, safe='')}/partitions/{partition}/records"
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"drain of {topic}/{partition} from {url} did not finish in time (at offset {offset};"
+                               f" last problem: {last_problem or 'none'})")
+        query = f"?offset={offset if offset is not None else 0}&max_bytes={_DRAIN_PAGE_BYTES}"
+        if replica:
+            query += "&replica=any"
+        try:
+            status, body = http_json(path + query, timeout_s=5.0)
+        except OSError as exc:
+            last_problem = f"{type(exc).__name__}: {exc}"
+            log.warning("drain %s: %s", path, exc)
+            time.sleep(0.2)  # retry backoff
+            url = url_for()
+            continue
+        if status != 200:
+            code = ((body or {}).get("error") or {}).get("code") if isinstance(body, dict) else None
+            if code == "OFFSET_OUT_OF_RANGE":
+                details = (body["error"].get("details") or {})
+                start = int(details.get("log_start_offset") or 0)
+                end = int(details.get("log_end_offset") or 0)
+                if offset is None or offset < start:
+                    offset = start
+                    log_start = start
+                    continue
+                if offset >= end:
+                    return log_start, rows
+            if code in ("LEADER_NOT_AVAILABLE", "BROKER_NOT_READY", "REQUEST_TIMED_OUT", "NOT_LEADER"):
+                last_problem = str(code)
+                time.sleep(0.2)  # retry backoff
+                url = url_for()
+                continue
+            raise RuntimeError(f"drain of {topic}/{partition} from {url}: HTTP {status} {body}")
+        if offset is None:
+            log_start = int(body.get("log_start_offset") or 0)
+            offset = max(0, log_start)
+            if offset > 0:
+                continue  # re-read from the log start
+        for record in body.get("records") or []:
+            if record["offset"] >= offset:
+                rows.append((int(record["offset"]), record.get("key"), record.get("value")))
+        next_offset = int(body.get("next_offset", offset))
+        high_watermark = int(body.get("high_watermark") or 0)
+        if next_offset <= offset:
+            if offset >= high_watermark:
+                return log_start, rows
+            raise RuntimeError(f"drain of {topic}/{partition} from {url} made no progress at offset {offset} "
+                               f"(high watermark {high_watermark})")
+        offset = next_offset
+        if offset >= high_watermark:
+            return log_start, rows
