@@ -283,7 +283,7 @@ class LocalCluster:
                 view = self.partition_view(broker_id, topic, partition)
             except (OSError, RuntimeError):
                 continue
-            if view is not None and view.get("role") == "leader":
+            if view is not None and view.get("role") == "leader" and view.get("quorum", True):
                 return broker_id
         return None
 

@@ -328,6 +328,11 @@ class Broker:
 
     def _not_leader(self, handle: PartitionHandle) -> RaftMQError:
         status = handle.group.status
+        if status.is_leader and not status.quorum:
+            return LeaderNotAvailable(
+                f"broker {self.broker_id} leads {handle.topic.name}-{handle.partition} but cannot reach a majority "
+                "of its replicas; nothing was appended (another broker is probably being elected)",
+                topic=handle.topic.name, partition=handle.partition, leader_epoch=status.term)
         if status.leader_id is None or status.role == "candidate":
             return LeaderNotAvailable(f"partition {handle.topic.name}-{handle.partition} has no leader right now",
                                       topic=handle.topic.name, partition=handle.partition, leader_epoch=status.term)
@@ -403,7 +408,9 @@ class Broker:
                       timeout_ms: int) -> dict[str, Any]:
         handle = self.handle(topic_name, partition)
         status = handle.group.status
-        if not status.is_leader:
+        if not status.is_leader or not status.quorum:
+            # CheckQuorum: a leader cut off from the majority could not commit, and acks=0/1 writes it took
+            # would be lost when the majority elects another leader; refuse them and send clients elsewhere.
             raise self._not_leader(handle)
         header = batches.validate_produced(batch)
         if acks is Acks.ALL:
@@ -540,7 +547,9 @@ class Broker:
         handle = self.partitions.get((topic.name, partition))
         if handle is not None and handle.topic.topic_id == topic.topic_id:
             status = handle.group.status
-            info.update(leader_id=status.leader_id, leader_epoch=status.term, role=status.role,
+            # A leader that cannot reach a majority does not advertise itself: clients look elsewhere.
+            leader_id = None if status.is_leader and not status.quorum else status.leader_id
+            info.update(leader_id=leader_id, leader_epoch=status.term, role=status.role, quorum=status.quorum,
                         isr=list(status.in_sync), commit_index=status.commit_index,
                         applied_index=status.applied_index, last_index=status.last_index,
                         match_index={str(k): v for k, v in status.match_index.items()},
