@@ -345,7 +345,8 @@ class Broker:
 
     # --- metadata operations ------------------------------------------------------------------
 
-    async def _metadata_call(self, op: MetadataOp, payload: dict[str, Any], timeout_s: float = _METADATA_TIMEOUT_S) -> Any:
+    async def _metadata_call(self, op: MetadataOp, payload: dict[str, Any],
+                             timeout_s: float = _METADATA_TIMEOUT_S) -> Any:
         self._check_running()
         assert self.meta_group is not None
         command = commands.encode(op, self._next_proposal_id(), int(time.time() * 1000),
@@ -471,7 +472,8 @@ class Broker:
                                           time.monotonic() + timeout_s)
         return response
 
-    async def _wait_for_replicas(self, handle: PartitionHandle, raft_index: int, required: int, deadline: float) -> None:
+    async def _wait_for_replicas(self, handle: PartitionHandle, raft_index: int, required: int,
+                                 deadline: float) -> None:
         """min_insync_replicas above a majority: Raft committed with a majority; wait until enough replicas
         hold the entry, or say so (the batch IS stored: NOT_ENOUGH_REPLICAS_AFTER_APPEND, not definite)."""
         while True:
@@ -579,7 +581,8 @@ class Broker:
                          "connected": entry.broker_id == self.broker_id or (
                              self.replication is not None and self.replication.network.is_up(entry.broker_id))}
                         for entry in self.config.brokers],
-            "topics": [self.describe_topic(topic) for topic in sorted(self.meta_sm.view.values(), key=lambda t: t.name)],
+            "topics": [self.describe_topic(topic)
+                       for topic in sorted(self.meta_sm.view.values(), key=lambda t: t.name)],
         }
 
     def health(self) -> dict[str, Any]:

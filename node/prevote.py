@@ -30,7 +30,8 @@ PREVOTE_REPLY = "rmq_prevote_reply"
 
 class PreVote:
     def __init__(self, *, raft: Any, transport: Any, self_id: int, replica_ids: list[int],
-                 election_timeout_min_s: float, election_timeout_max_s: float, rng: random.Random | None = None) -> None:
+                 election_timeout_min_s: float, election_timeout_max_s: float,
+                 rng: random.Random | None = None) -> None:
         self.raft = raft
         self.transport = transport
         self.self_id = self_id

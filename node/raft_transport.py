@@ -494,7 +494,8 @@ class PeerNetwork:
         elif not isinstance(from_id, int) or from_id not in self.peers or from_id < self.self_id:
             reason = f"broker {from_id} is not a peer that dials this broker"
         elif self._secret and not hmac.compare_digest(
-                bytes(hello.get("mac") or b""), _mac(self._secret, link.challenge, self.cluster_id, from_id, self.self_id)):
+                bytes(hello.get("mac") or b""),
+                _mac(self._secret, link.challenge, self.cluster_id, from_id, self.self_id)):
             reason = "bad cluster secret"
         if reason is not None:
             log.warning("rejecting peer connection: %s", reason)

@@ -81,10 +81,12 @@ class Node:
         peers = {b: PeerAddress("127.0.0.1", p) for b, p in self.ports.items() if b != self.broker_id}
 
         def factory(listener: NetworkListener) -> PeerNetwork:
-            return PeerNetwork(self_id=self.broker_id, cluster_id="test", listen=PeerAddress("127.0.0.1", self.ports[self.broker_id]),
-                               peers=peers, listener=listener)
+            return PeerNetwork(self_id=self.broker_id, cluster_id="test",
+                               listen=PeerAddress("127.0.0.1", self.ports[self.broker_id]), peers=peers,
+                               listener=listener)
 
-        self.replication = ReplicationLoop(network_factory=factory, durability=Durability.ALWAYS, asyncio_loop=self.loop)
+        self.replication = ReplicationLoop(network_factory=factory, durability=Durability.ALWAYS,
+                                           asyncio_loop=self.loop)
         self.replication.start()
         for group_id in group_ids:
             machine = self.machines[group_id] = ListMachine()
@@ -140,7 +142,8 @@ async def test_groups_share_links_and_replicate(tmp_path: Path, ports: dict[int,
         for group_id in group_ids:
             expected = [f"{group_id}-{i}".encode() for i in range(50)]
             await wait_for_condition(lambda g=group_id, e=expected: all(  # type: ignore[misc]
-                n.machines[g].snapshot_items() == e for n in nodes.values()), timeout_s=10, what=f"{group_id} applied everywhere")
+                n.machines[g].snapshot_items() == e for n in nodes.values()), timeout_s=10,
+                what=f"{group_id} applied everywhere")
         # One connection per broker pair, whatever the number of groups.
         for node in nodes.values():
             assert node.replication is not None
@@ -164,7 +167,8 @@ async def test_restart_replays_without_double_apply(tmp_path: Path, ports: dict[
         await wait_for_condition(lambda: len(follower.machines["g"].snapshot_items()) == 30, timeout_s=10,
                                  what="follower applied 30")
         follower.stop()
-        await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"b%d" % i, 100 + i) for i in range(30)]), 20)
+        await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"b%d" % i, 100 + i)
+                                                for i in range(30)]), 20)
         # The restarted follower has a fresh (empty) state machine: the journal is replayed through it.
         restarted = Node(follower.broker_id, ports, tmp_path, loop)
         nodes[follower.broker_id] = restarted
@@ -195,7 +199,8 @@ async def test_follower_catches_up_through_a_snapshot(tmp_path: Path, ports: dic
                 node.replication.call(group.raft.forceLogCompaction).result(timeout=5)
                 await wait_for_condition(lambda g=group: g.snapshotter.snapshots_taken > 0, timeout_s=10,  # type: ignore[misc]
                                          what="a snapshot on the leader side")
-        await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"d%d" % i, 100 + i) for i in range(5)]), 20)
+        await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"d%d" % i, 100 + i)
+                                                for i in range(5)]), 20)
         restarted = Node(follower.broker_id, ports, tmp_path, loop)
         nodes[follower.broker_id] = restarted
         restarted.start(["g"])
