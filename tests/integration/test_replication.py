@@ -211,3 +211,27 @@ async def test_follower_catches_up_through_a_snapshot(tmp_path: Path, ports: dic
     finally:
         for node in nodes.values():
             node.stop()
+
+
+async def test_follower_far_behind_catches_up_from_the_journal(tmp_path: Path, ports: dict[int, int]) -> None:
+    """A follower hundreds of entries behind (no snapshot in between) is sent long ranges of journal entries."""
+    loop = asyncio.get_running_loop()
+    nodes = {b: Node(b, ports, tmp_path, loop) for b in ports}
+    try:
+        for node in nodes.values():
+            node.start(["g"])
+        leader = await _leader(nodes, "g")
+        follower = next(n for n in nodes.values() if n is not leader)
+        follower.stop()
+        for i in range(300):  # one entry each: the follower will be 300 entries behind
+            await asyncio.wait_for(_submit(leader.groups["g"], b"e%d" % i, i), 10)
+        restarted = Node(follower.broker_id, ports, tmp_path, loop)
+        nodes[follower.broker_id] = restarted
+        restarted.start(["g"])
+        expected = [b"e%d" % i for i in range(300)]
+        await wait_for_condition(lambda: restarted.machines["g"].snapshot_items() == expected, timeout_s=20,
+                                 what="follower caught up from the journal")
+        assert all(n.replication is not None and n.replication.failure is None for n in nodes.values())
+    finally:
+        for node in nodes.values():
+            node.stop()
