@@ -41,6 +41,7 @@ from cluster.errors import (
     BrokerNotReady,
     BrokerShuttingDown,
     BufferFull,
+    InvalidAcks,
     InvalidConfig,
     LeaderNotAvailable,
     NotEnoughReplicas,
@@ -414,6 +415,11 @@ class Broker:
             # would be lost when the majority elects another leader; refuse them and send clients elsewhere.
             raise self._not_leader(handle)
         header = batches.validate_produced(batch)
+        if header.producer_id != batches.NO_PRODUCER_ID and acks is not Acks.ALL:
+            # The append/duplicate/gap decision is made at apply time, after commit: an acks=0/1 answer could
+            # not carry it, and a batch acknowledged that way might still be refused and never stored.
+            raise InvalidAcks("an idempotent batch (producer_id set) needs acks=all", acks=acks.wire,
+                              producer_id=header.producer_id)
         if acks is Acks.ALL:
             required = handle.topic.config.min_insync_replicas
             if len(status.in_sync) < required:

@@ -133,6 +133,8 @@ async def test_bad_input_is_rejected_with_stable_codes(api: tuple[Api, Api, Loca
     _expect(await leader.call("POST", produce, msgpack_body={"acks": "all", "batch": bytes(corrupt)}), 400,
             "CORRUPT_BATCH")
     _expect(await leader.call("POST", produce, msgpack_body={"acks": "all", "batch": batch[:40]}), 400, "CORRUPT_BATCH")
+    idempotent = batches.encode_batch([(b"k", b"v", [], 1)], producer_id=1, base_sequence=0)
+    _expect(await leader.call("POST", produce, msgpack_body={"acks": 1, "batch": idempotent}), 400, "INVALID_ACKS")
     big_value = "x" * (limits.record_bytes_max + 10)
     _expect(await leader.call("POST", produce, json_body={"acks": 1, "records": [{"value": big_value}]}), 413,
             "RECORD_TOO_LARGE")
