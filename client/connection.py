@@ -325,7 +325,12 @@ class MetadataFetcher:
             raise ClientTimeout("metadata refresh timed out", timeout_s=timeout_s) from None
 
     async def _refresh_locked(self, deadline: float) -> None:
+        """Ask brokers in turn; stop at the first answer in which every partition has a leader. A broker only
+        knows leaders from its own replicas' Raft view (an isolated old leader reports none), so when an
+        answer leaves partitions leaderless the next broker is asked too and the views are merged by
+        leader epoch (ClusterView.update keeps the newer one)."""
         last_error: RaftMQError | None = None
+        answered = False
         for url in self.view.candidate_urls():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -335,9 +340,13 @@ class MetadataFetcher:
                     "GET", url + "/v1/metadata", timeout_s=min(remaining, self.connection.request_timeout_s)
                 )
                 self.view.update(response, now_s=time.monotonic(), source_url=url)
-                return
+                answered = True
+                if not self.view.leaderless_partitions():
+                    return
             except RaftMQError as exc:
                 last_error = exc
+        if answered:
+            return
         error = ConnectionFailed("no broker answered /v1/metadata", sent=False,
                                  tried=self.view.candidate_urls())
         raise error from last_error

@@ -281,6 +281,10 @@ class ClusterView:
             return []
         return [url for url in (self._brokers.get(b) for b in part.replicas) if url is not None]
 
+    def leaderless_partitions(self) -> int:
+        """How many known partitions have no leader in this view (a refresh should ask another broker)."""
+        return sum(1 for topic in self._topics.values() for part in topic.partitions if part.leader_id is None)
+
     def candidate_urls(self) -> list[str]:
         """URLs to ask for metadata, best first: the last one that answered, known brokers, bootstrap."""
         urls: list[str] = []
@@ -319,7 +323,7 @@ class ClusterView:
         topics: dict[str, TopicInfo] = {}
         for new in parsed.topics:
             old = self._topics.get(new.name)
-            topics[new.name] = new if old is None else self._merge_topic(old, new)
+            topics[new.name] = new if old is None else self._merge_topic(old, new, parsed.broker_id)
         self._topics = topics
         self._updated_at_s = now_s
         self._stale = False
@@ -329,16 +333,25 @@ class ClusterView:
         return parsed
 
     @staticmethod
-    def _merge_topic(old: TopicInfo, new: TopicInfo) -> TopicInfo:
+    def _merge_topic(old: TopicInfo, new: TopicInfo, source_broker_id: int | None) -> TopicInfo:
+        """Keep the better leader of each partition: a newer epoch wins; at the same epoch a known leader
+        is kept over "no leader" unless the answer comes from that leader itself (it says "not me": a
+        leader that lost its majority stops advertising itself)."""
         if old.topic_id is not None and new.topic_id is not None and old.topic_id != new.topic_id:
             return new  # deleted and re-created: nothing of the old one applies
         if len(old.partitions) != len(new.partitions):
             return new
         merged = []
         for old_part, new_part in zip(old.partitions, new.partitions, strict=True):
-            if (old_part.leader_id is not None
-                    and not _newer_or_equal(new_part.leader_epoch, old_part.leader_epoch)):
-                new_part = replace(new_part, leader_id=old_part.leader_id, leader_epoch=old_part.leader_epoch)
+            if old_part.leader_id is not None:
+                if new_part.leader_id is None:
+                    strictly_newer = (new_part.leader_epoch is not None and old_part.leader_epoch is not None
+                                      and new_part.leader_epoch > old_part.leader_epoch)
+                    keep_old = not strictly_newer and old_part.leader_id != source_broker_id
+                else:
+                    keep_old = not _newer_or_equal(new_part.leader_epoch, old_part.leader_epoch)
+                if keep_old:
+                    new_part = replace(new_part, leader_id=old_part.leader_id, leader_epoch=old_part.leader_epoch)
             merged.append(new_part)
         return replace(new, partitions=tuple(merged))
 

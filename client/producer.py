@@ -50,8 +50,12 @@ it is the one that caused the reset; batches of OTHER partitions keep their prod
 bytes (ids are per partition state, so a reset on one partition never renumbers another's batches).
 Queued batches of the reset partition are not encoded yet and simply get numbers under the new id.
 
-Idempotence works with every ``acks`` setting (the broker dedups at apply time). With ``acks=0``/``1`` an
-``ok`` report carries no offset.
+Idempotence needs ``acks="all"`` (as in Kafka): the broker decides "append, duplicate or gap" when the
+entry is applied, after commit, so an acks=0/1 answer cannot tell the producer whether its sequence was
+accepted; a batch acked that way could still be refused at apply (e.g. after a lost predecessor) and never
+stored. ``idempotent=None`` (the default) means on for acks=all and off otherwise; asking for it with
+acks 0 or 1 is an error, and the broker refuses such batches too. With ``acks=0``/``1`` an ``ok`` report
+carries no offset.
 """
 
 from __future__ import annotations
@@ -197,7 +201,8 @@ class Producer(AsyncLifecycle):
     Args:
         bootstrap_urls: one or more broker client URLs (``http://host:port``).
         acks: ``"all"`` (default; offsets in reports), ``1`` or ``0`` (no offsets; see docs/api.md).
-        idempotent: number batches so retries are stored once (default True; any acks).
+        idempotent: number batches so retries are stored once. Default (None): on with acks="all", off
+            with acks 0 and 1; True with acks 0 or 1 raises ValueError (see the module docstring).
         linger_ms: how long an idle partition's first record waits for company before sending.
         batch_bytes: seal a batch at this estimated size (<= ``limits.batch_bytes_max``).
         buffer_bytes: records waiting or in flight, in estimated bytes; ``send()`` waits for room.
@@ -216,7 +221,7 @@ class Producer(AsyncLifecycle):
         bootstrap_urls: str | Iterable[str],
         *,
         acks: AcksSetting | str = "all",
-        idempotent: bool = True,
+        idempotent: bool | None = None,
         linger_ms: float = limits.client_linger_ms_default,
         batch_bytes: int = limits.client_batch_bytes_default,
         buffer_bytes: int = limits.client_buffer_bytes_default,
@@ -238,6 +243,11 @@ class Producer(AsyncLifecycle):
         if delivery_timeout_ms <= 0 or request_timeout_ms <= 0 or retry_backoff_ms < 0:
             raise ValueError("timeouts must be > 0 and retry_backoff_ms >= 0")
         self.acks = _normalize_acks(acks)
+        if idempotent is None:
+            idempotent = self.acks == "all"
+        elif idempotent and self.acks != "all":
+            raise ValueError("an idempotent producer needs acks='all': with acks 0 or 1 the broker answers before "
+                             "it decides whether the batch's sequence is accepted")
         self.idempotent = idempotent
         self.linger_s = linger_ms / 1000.0
         self.batch_bytes = batch_bytes

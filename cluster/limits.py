@@ -61,7 +61,10 @@ raft_election_timeout_min_s: Final = 0.6
 raft_election_timeout_max_s: Final = 1.2
 raft_heartbeat_period_s: Final = 0.1
 raft_connection_timeout_s: Final = 3.0
-raft_leader_fallback_timeout_s: Final = 2.5
+# A leader that hears from no majority for this long steps down (CheckQuorum); meanwhile the broker refuses
+# writes it could not commit anyway. Above the election timeout, so a leader is only deposed after a
+# follower could already have replaced it.
+raft_leader_fallback_timeout_s: Final = 1.5
 peer_connect_retry_s: Final = 0.5
 peer_handshake_timeout_s: Final = 3.0
 # A follower counts as in sync if it answered the leader within this window.

@@ -82,7 +82,8 @@ def http_json(url: str, *, method: str = "GET", body: Any = None, timeout_s: flo
         try:
             return error.code, json.loads(payload)
         except ValueError:
-            return error.code, {"error": {"code": "UNEXPECTED_RESPONSE", "message": payload[:200].decode(errors="replace")}}
+            text = payload[:200].decode(errors="replace")
+            return error.code, {"error": {"code": "UNEXPECTED_RESPONSE", "message": text}}
 
 
 @dataclass
@@ -163,7 +164,8 @@ class LocalCluster:
                                     url=other.advertised_url, dial=node.dial.get(other.broker_id))
                         for other in self.nodes.values())
         return NodeConfig(broker_id=broker_id, cluster_id=self.cluster_id, data_dir=node.data_dir,
-                          client_listen=PeerAddress(HOST, node.client_port), peer_listen=PeerAddress(HOST, node.peer_port),
+                          client_listen=PeerAddress(HOST, node.client_port),
+                          peer_listen=PeerAddress(HOST, node.peer_port),
                           advertised_url=node.advertised_url, brokers=brokers, durability=self.durability,
                           log_level=self.log_level, leader_rebalance=self.leader_rebalance, timers=self.timers)
 
@@ -283,7 +285,7 @@ class LocalCluster:
                 view = self.partition_view(broker_id, topic, partition)
             except (OSError, RuntimeError):
                 continue
-            if view is not None and view.get("role") == "leader":
+            if view is not None and view.get("role") == "leader" and view.get("quorum", True):
                 return broker_id
         return None
 

@@ -43,7 +43,7 @@ async def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
     log.info("broker %d serving clients on %s (advertised %s)", config.broker_id, config.client_listen,
              config.advertised_url)
     if ready_file is not None:
-        ready_file.write_text("ready\n")
+        await asyncio.to_thread(ready_file.write_text, "ready\n")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -41,6 +41,7 @@ from cluster.errors import (
     BrokerNotReady,
     BrokerShuttingDown,
     BufferFull,
+    InvalidAcks,
     InvalidConfig,
     LeaderNotAvailable,
     NotEnoughReplicas,
@@ -328,6 +329,11 @@ class Broker:
 
     def _not_leader(self, handle: PartitionHandle) -> RaftMQError:
         status = handle.group.status
+        if status.is_leader and not status.quorum:
+            return LeaderNotAvailable(
+                f"broker {self.broker_id} leads {handle.topic.name}-{handle.partition} but cannot reach a majority "
+                "of its replicas; nothing was appended (another broker is probably being elected)",
+                topic=handle.topic.name, partition=handle.partition, leader_epoch=status.term)
         if status.leader_id is None or status.role == "candidate":
             return LeaderNotAvailable(f"partition {handle.topic.name}-{handle.partition} has no leader right now",
                                       topic=handle.topic.name, partition=handle.partition, leader_epoch=status.term)
@@ -340,7 +346,8 @@ class Broker:
 
     # --- metadata operations ------------------------------------------------------------------
 
-    async def _metadata_call(self, op: MetadataOp, payload: dict[str, Any], timeout_s: float = _METADATA_TIMEOUT_S) -> Any:
+    async def _metadata_call(self, op: MetadataOp, payload: dict[str, Any],
+                             timeout_s: float = _METADATA_TIMEOUT_S) -> Any:
         self._check_running()
         assert self.meta_group is not None
         command = commands.encode(op, self._next_proposal_id(), int(time.time() * 1000),
@@ -403,9 +410,16 @@ class Broker:
                       timeout_ms: int) -> dict[str, Any]:
         handle = self.handle(topic_name, partition)
         status = handle.group.status
-        if not status.is_leader:
+        if not status.is_leader or not status.quorum:
+            # CheckQuorum: a leader cut off from the majority could not commit, and acks=0/1 writes it took
+            # would be lost when the majority elects another leader; refuse them and send clients elsewhere.
             raise self._not_leader(handle)
         header = batches.validate_produced(batch)
+        if header.producer_id != batches.NO_PRODUCER_ID and acks is not Acks.ALL:
+            # The append/duplicate/gap decision is made at apply time, after commit: an acks=0/1 answer could
+            # not carry it, and a batch acknowledged that way might still be refused and never stored.
+            raise InvalidAcks("an idempotent batch (producer_id set) needs acks=all", acks=acks.wire,
+                              producer_id=header.producer_id)
         if acks is Acks.ALL:
             required = handle.topic.config.min_insync_replicas
             if len(status.in_sync) < required:
@@ -464,7 +478,8 @@ class Broker:
                                           time.monotonic() + timeout_s)
         return response
 
-    async def _wait_for_replicas(self, handle: PartitionHandle, raft_index: int, required: int, deadline: float) -> None:
+    async def _wait_for_replicas(self, handle: PartitionHandle, raft_index: int, required: int,
+                                 deadline: float) -> None:
         """min_insync_replicas above a majority: Raft committed with a majority; wait until enough replicas
         hold the entry, or say so (the batch IS stored: NOT_ENOUGH_REPLICAS_AFTER_APPEND, not definite)."""
         while True:
@@ -540,7 +555,9 @@ class Broker:
         handle = self.partitions.get((topic.name, partition))
         if handle is not None and handle.topic.topic_id == topic.topic_id:
             status = handle.group.status
-            info.update(leader_id=status.leader_id, leader_epoch=status.term, role=status.role,
+            # A leader that cannot reach a majority does not advertise itself: clients look elsewhere.
+            leader_id = None if status.is_leader and not status.quorum else status.leader_id
+            info.update(leader_id=leader_id, leader_epoch=status.term, role=status.role, quorum=status.quorum,
                         isr=list(status.in_sync), commit_index=status.commit_index,
                         applied_index=status.applied_index, last_index=status.last_index,
                         match_index={str(k): v for k, v in status.match_index.items()},
@@ -570,7 +587,8 @@ class Broker:
                          "connected": entry.broker_id == self.broker_id or (
                              self.replication is not None and self.replication.network.is_up(entry.broker_id))}
                         for entry in self.config.brokers],
-            "topics": [self.describe_topic(topic) for topic in sorted(self.meta_sm.view.values(), key=lambda t: t.name)],
+            "topics": [self.describe_topic(topic)
+                       for topic in sorted(self.meta_sm.view.values(), key=lambda t: t.name)],
         }
 
     def health(self) -> dict[str, Any]:

@@ -70,9 +70,11 @@ class _LazyEntries:
     def __getitem__(self, item: int | slice) -> Any:
         length = self._stop - self._start
         if isinstance(item, slice):
+            # A slice of a lazy range is what pysyncobj sends or applies (it cuts the range to
+            # appendEntriesBatchSizeBytes first): always a real list, which the transport can encode.
             start, stop, step = item.indices(length)
             invariant(step == 1, "journal slices have step 1")
-            return self._journal._slice(self._start + start, self._start + max(start, stop))
+            return [self._journal._entry_at(self._start + position) for position in range(start, max(start, stop))]
         if item < 0:
             item += length
         if not 0 <= item < length:

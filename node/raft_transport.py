@@ -494,7 +494,8 @@ class PeerNetwork:
         elif not isinstance(from_id, int) or from_id not in self.peers or from_id < self.self_id:
             reason = f"broker {from_id} is not a peer that dials this broker"
         elif self._secret and not hmac.compare_digest(
-                bytes(hello.get("mac") or b""), _mac(self._secret, link.challenge, self.cluster_id, from_id, self.self_id)):
+                bytes(hello.get("mac") or b""),
+                _mac(self._secret, link.challenge, self.cluster_id, from_id, self.self_id)):
             reason = "bad cluster secret"
         if reason is not None:
             log.warning("rejecting peer connection: %s", reason)
@@ -567,6 +568,8 @@ class GroupTransport(Transport):
         # peers attached to theirs: lets a leader start a snapshot stream where the follower's log ends.
         self.local_annotations: dict[str, Any] = {}
         self.peer_annotations: dict[int, dict[str, Any]] = {}
+        # Pre-vote (node/prevote.py) sees every message first and consumes its own.
+        self.prevote: Any = None
 
     # pysyncobj Transport interface ---------------------------------------------------------------
 
@@ -602,6 +605,10 @@ class GroupTransport(Transport):
 
     # driven by the replication loop --------------------------------------------------------------
 
+    def send_control(self, peer_id: int, message: dict[str, Any]) -> bool:
+        """A raftmq message of this group that pysyncobj never sees (pre-vote)."""
+        return self.network.send_raft(peer_id, self.group_id, message)
+
     def release_held(self) -> None:
         held, self._held = self._held, []
         for peer_id, message in held:
@@ -611,6 +618,10 @@ class GroupTransport(Transport):
         node = self.nodes.get(peer_id)
         if node is None:
             return  # a broker that is not a replica of this group
+        if self.prevote is not None:
+            self.prevote.observe(message)
+            if self.prevote.handle(peer_id, message):
+                return
         if message.get("type") == "next_node_idx":
             extra = {k: v for k, v in message.items() if k.startswith("rmq_")}
             if extra:

@@ -51,6 +51,7 @@ import msgpack
 import pysyncobj.syncobj as _syncobj_module
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.config import SERIALIZER_STATE
+from pysyncobj.monotonic import monotonic as raft_clock  # pysyncobj's clock (CLOCK_MONOTONIC_RAW), not time.monotonic
 
 from cluster import commands, limits
 from cluster.errors import (
@@ -63,6 +64,7 @@ from cluster.errors import (
 )
 from node.fsutil import write_file_atomically
 from node.journal import DurableJournal
+from node.prevote import PreVote
 from node.raft_transport import BrokerNode, GroupTransport, NetworkListener, PeerNetwork
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,9 @@ class GroupStatus:
     # Leader only: it has applied everything up to its own term's first entry, so its applied state
     # (e.g. a partition's high watermark) is at least what any earlier leader acknowledged.
     caught_up: bool = False
+    # Leader only: a majority (itself included) is connected and answered within the leader fallback
+    # timeout. Without it nothing can commit; pysyncobj will step down when the timeout expires.
+    quorum: bool = False
 
     @property
     def is_leader(self) -> bool:
@@ -457,6 +462,7 @@ class RaftGroup:
                  preferred_replica: int | None = None) -> None:
         invariant(self_id in replica_ids, f"broker {self_id} is not a replica of {group_id}")
         self.group_id = group_id
+        self.timers = timers
         self.preferred_replica = preferred_replica
         self.directory = directory
         self.self_id = self_id
@@ -539,6 +545,9 @@ class RaftGroup:
         self.snapshotter = GroupSnapshotter(directory, state_machine, transport, loop.network, durable=durable)
         self.raft._SyncObj__serializer = self.snapshotter  # type: ignore[attr-defined]
         self.raft._poller = _NullPoller()
+        self.prevote = PreVote(raft=self.raft, transport=transport, self_id=self_id, replica_ids=self.replica_ids,
+                               election_timeout_min_s=election_min_s, election_timeout_max_s=election_max_s)
+        transport.prevote = self.prevote
         self.last_tick = 0.0
         self.leader_since: float | None = None  # monotonic time this replica last became leader
         self._last_transfer_attempt = 0.0
@@ -584,6 +593,7 @@ class RaftGroup:
 
     def tick(self, now: float) -> None:
         self.last_tick = now
+        self.prevote.gate()
         self.raft.doTick(0.0)
 
     def publish_status(self, now: float) -> None:
@@ -597,14 +607,20 @@ class RaftGroup:
         connected = tuple(sorted(b for b in self.replica_ids if b != self.self_id and self.loop.network.is_up(b)))
         in_sync: tuple[int, ...] = ()
         match_index: dict[int, int] = {}
+        quorum = False
         if role == "leader":
             responses = raft._SyncObj__lastResponseTime  # type: ignore[attr-defined]
             matches = raft._SyncObj__raftMatchIndex  # type: ignore[attr-defined]
-            deadline = now - limits.replica_lag_time_max_s
+            raft_now = raft_clock()  # pysyncobj stamps responses with its own clock
+            deadline = raft_now - limits.replica_lag_time_max_s
             match_index = {node.broker_id: int(index) for node, index in matches.items()}
             in_sync = tuple(sorted([self.self_id] + [
                 node.broker_id for node, seen in responses.items()
                 if seen > deadline and node.broker_id in connected]))
+            fallback_deadline = raft_now - self.timers.leader_fallback_timeout_s
+            answering = sum(1 for node, seen in responses.items()
+                            if seen > fallback_deadline and node.broker_id in connected)
+            quorum = 2 * (answering + 1) > len(self.replica_ids)
         last_index = self.journal.last_index or 0
         noop_index = raft._SyncObj__noopIDx  # type: ignore[attr-defined]
         caught_up = role == "leader" and noop_index is not None and raft.raftLastApplied >= noop_index
@@ -612,7 +628,7 @@ class RaftGroup:
             group_id=self.group_id, role=role, leader_id=leader.broker_id if leader is not None else None,
             term=raft.raftCurrentTerm, commit_index=raft.raftCommitIndex, applied_index=raft.raftLastApplied,
             last_index=last_index, in_sync=in_sync, match_index=match_index, connected=connected,
-            journal_bytes=self.journal.size_bytes, caught_up=caught_up)
+            journal_bytes=self.journal.size_bytes, caught_up=caught_up, quorum=quorum)
 
     def maybe_transfer_to_preferred(self, now: float, *, stable_s: float = 5.0, retry_s: float = 10.0) -> bool:
         """Leader balance (Kafka's preferred leader election): the first replica in the assignment should

@@ -92,7 +92,7 @@ class RunConfig:
     producers: int
     nodes: int | None
     warmup_records: int
-    idempotent: bool = True
+    idempotent: bool | None = None  # None: on for acks=all, off otherwise (the producer's default)
 
     @property
     def label(self) -> str:
@@ -580,7 +580,8 @@ def summary_table(runs: list[dict[str, Any]]) -> Table:
 @click.option("--max-seconds", type=click.FloatRange(1, 86_400), default=300.0, show_default=True,
               help="Deadline for the whole benchmark; a run in progress is aborted cleanly.")
 @click.option("--profile", is_flag=True, help="Record the leader of partition 0 with py-spy (flame graph).")
-@click.option("--no-idempotence", is_flag=True, help="Disable the idempotent producer.")
+@click.option("--no-idempotence", is_flag=True,
+              help="Disable the idempotent producer (it is on for acks=all, off for acks 0 and 1).")
 def produce(records: int, record_bytes: int, acks_text: str, partitions: int, replication_factor: int | None,
             rate: float | None, linger_ms: float, batch_bytes: int, producers: int,
             durability_text: str | None,
@@ -631,7 +632,7 @@ def produce(records: int, record_bytes: int, acks_text: str, partitions: int, re
                      "batch_bytes": batch_bytes, "producers": producers, "durability": durabilities,
                      "nodes": nodes if bootstrap is None else None, "bootstrap": bootstrap, "vias": vias,
                      "warmup_records": warmup_records, "max_seconds": max_seconds,
-                     "idempotent": not no_idempotence, "profile": profile},
+                     "idempotent": None if not no_idempotence else False, "profile": profile},
         "runs": [],
         "aborted": None,
     }
@@ -658,7 +659,8 @@ def produce(records: int, record_bytes: int, acks_text: str, partitions: int, re
                                            linger_ms=linger_ms,
                                            batch_bytes=batch_bytes, producers=producers,
                                            nodes=nodes if bootstrap is None else None,
-                                           warmup_records=warmup_records, idempotent=not no_idempotence)
+                                           warmup_records=warmup_records,
+                                           idempotent=None if not no_idempotence else False)
                         run = _one_run(target, config, run_number, stamp, deadline, py_spy, report_path)
                         report["runs"].append(run)
                         stdout.print(result_table(config, RunResult(**run["results"])))

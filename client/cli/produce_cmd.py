@@ -216,7 +216,9 @@ def generated_value(index: int, size: int) -> bytes:
               help="Send N generated records instead of stdin.")
 @click.option("--size", type=click.IntRange(0, limits.record_bytes_max), default=100, show_default=True,
               help="Bytes per generated record (with --count).")
-@click.option("--no-idempotence", is_flag=True, help="Do not number batches (retries may store duplicates).")
+@click.option("--no-idempotence", is_flag=True,
+              help="Do not number batches (retries may store duplicates). Idempotence needs acks=all; with "
+                   "acks 0 and 1 it is off anyway.")
 @click.option("--linger-ms", type=click.FloatRange(0, 10_000), default=limits.client_linger_ms_default,
               show_default=True, help="How long a record waits for others to fill a batch.")
 @click.option("--batch-bytes", type=click.IntRange(1024, limits.batch_bytes_max),
@@ -237,7 +239,7 @@ def produce(topic: str, acks: str, key: str | None, key_separator: str | None, p
     retries = asyncio.run(_produce(
         topic, bootstrap, stats, acks=normalize_acks(acks), key=key.encode() if key is not None else None,
         separator=key_separator.encode() if key_separator else None, partition=partition, count=count,
-        size=size, idempotent=not no_idempotence, linger_ms=linger_ms, batch_bytes=batch_bytes,
+        size=size, idempotent=None if not no_idempotence else False, linger_ms=linger_ms, batch_bytes=batch_bytes,
         timeout_s=timeout_s, stdin=stdin))
     console = out()
     console.print(summary_table(stats, retries=retries))
@@ -249,7 +251,7 @@ def produce(topic: str, acks: str, key: str | None, key_separator: str | None, p
 
 async def _produce(topic: str, bootstrap: list[str], stats: ProduceStats, *, acks: Literal[0, 1, "all"],
                    key: bytes | None, separator: bytes | None, partition: int | None, count: int | None,
-                   size: int, idempotent: bool, linger_ms: float, batch_bytes: int, timeout_s: float,
+                   size: int, idempotent: bool | None, linger_ms: float, batch_bytes: int, timeout_s: float,
                    stdin: IO[bytes] | None) -> int:
     async with Admin(bootstrap) as admin:
         info = await admin.describe_topic(topic)

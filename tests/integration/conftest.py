@@ -44,7 +44,8 @@ def own_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         yield cluster
     finally:
         cluster.stop()
-        failed = [b for b, n in cluster.nodes.items() if n.process is not None and n.process.returncode not in (0, -9, None)]
+        failed = [b for b, n in cluster.nodes.items()
+                  if n.process is not None and n.process.returncode not in (0, -9, None)]
         for broker_id in failed:
             print(f"--- broker {broker_id} exited with {cluster.nodes[broker_id].process.returncode} ---")  # type: ignore[union-attr]
             print(cluster.tail_log(broker_id, 60))

@@ -93,11 +93,13 @@ async def test_bad_input_is_rejected_with_stable_codes(api: tuple[Api, Api, Loca
             "UNSUPPORTED_MEDIA_TYPE")
     _expect(await first.call("POST", "/v1/topics", json_body={}), 400, "INVALID_TOPIC")
     _expect(await first.call("POST", "/v1/topics", json_body={"name": "bad/name"}), 400, "INVALID_TOPIC")
-    _expect(await first.call("POST", "/v1/topics", json_body={"name": "t1", "partitions": 0}), 400, "INVALID_PARTITIONS")
+    _expect(await first.call("POST", "/v1/topics", json_body={"name": "t1", "partitions": 0}), 400,
+            "INVALID_PARTITIONS")
     _expect(await first.call("POST", "/v1/topics", json_body={"name": "t1", "partitions": "2"}), 400, "INVALID_REQUEST")
     _expect(await first.call("POST", "/v1/topics", json_body={"name": "t1", "replication_factor": 2}), 400,
             "INVALID_REPLICATION_FACTOR")
-    _expect(await first.call("POST", "/v1/topics", json_body={"name": "t1", "config": {"nope": 1}}), 400, "INVALID_CONFIG")
+    _expect(await first.call("POST", "/v1/topics", json_body={"name": "t1", "config": {"nope": 1}}), 400,
+            "INVALID_CONFIG")
     _expect(await first.call("POST", "/v1/topics", json_body={"name": "t1", "config": {"min_insync_replicas": 1}}),
             400, "INVALID_CONFIG")
     _expect(await first.call("POST", "/v1/topics", json_body={"name": TOPIC}), 409, "TOPIC_ALREADY_EXISTS")
@@ -117,7 +119,8 @@ async def test_bad_input_is_rejected_with_stable_codes(api: tuple[Api, Api, Loca
                 "INVALID_ACKS")
     _expect(await leader.call("POST", produce, json_body={"acks": 1}), 400, "INVALID_REQUEST")
     _expect(await leader.call("POST", produce, json_body={"acks": 1, "records": []}), 400, "INVALID_REQUEST")
-    _expect(await leader.call("POST", produce, json_body={"acks": 1, "records": [{"value": 5}]}), 400, "INVALID_REQUEST")
+    _expect(await leader.call("POST", produce, json_body={"acks": 1, "records": [{"value": 5}]}), 400,
+            "INVALID_REQUEST")
     _expect(await leader.call("POST", produce, json_body={"acks": 1, "records": ["x"]}), 400, "INVALID_REQUEST")
     _expect(await leader.call("POST", produce, json_body={"acks": 1, "batch": "not-bytes"}), 400, "INVALID_REQUEST")
     _expect(await leader.call("POST", produce, json_body={"acks": 1, "timeout_ms": -5, "records": [{"value": "x"}]}),
@@ -130,6 +133,8 @@ async def test_bad_input_is_rejected_with_stable_codes(api: tuple[Api, Api, Loca
     _expect(await leader.call("POST", produce, msgpack_body={"acks": "all", "batch": bytes(corrupt)}), 400,
             "CORRUPT_BATCH")
     _expect(await leader.call("POST", produce, msgpack_body={"acks": "all", "batch": batch[:40]}), 400, "CORRUPT_BATCH")
+    idempotent = batches.encode_batch([(b"k", b"v", [], 1)], producer_id=1, base_sequence=0)
+    _expect(await leader.call("POST", produce, msgpack_body={"acks": 1, "batch": idempotent}), 400, "INVALID_ACKS")
     big_value = "x" * (limits.record_bytes_max + 10)
     _expect(await leader.call("POST", produce, json_body={"acks": 1, "records": [{"value": big_value}]}), 413,
             "RECORD_TOO_LARGE")
@@ -171,7 +176,8 @@ async def test_json_produce_by_key_and_offsets(api: tuple[Api, Api, LocalCluster
     leader_id = cluster.wait_for_leader(TOPIC, partition)
     leader = Api(first.session, cluster.nodes[leader_id].url)
     status, body = await leader.call("POST", f"/v1/topics/{TOPIC}/records",
-                                     json_body={"key": "user-42", "acks": "all", "records": [{"value": "a"}, {"value": "b"}]})
+                                     json_body={"key": "user-42", "acks": "all",
+                                                "records": [{"value": "a"}, {"value": "b"}]})
     assert status == 200 and body["partition"] == partition and body["record_count"] == 2, body
     status, earliest = await leader.call("GET", f"/v1/topics/{TOPIC}/partitions/{partition}/offsets?at=earliest")
     status2, latest = await leader.call("GET", f"/v1/topics/{TOPIC}/partitions/{partition}/offsets?at=latest")

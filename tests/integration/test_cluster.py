@@ -380,3 +380,37 @@ def test_leadership_moves_to_the_preferred_replica(tmp_path: Path) -> None:
         assert sorted(replicas[p][0] for p in range(3)) == [1, 2, 3]  # one leader per broker
     finally:
         cluster.stop()
+
+
+async def test_leader_without_majority_refuses_writes(own_cluster: LocalCluster) -> None:
+    """CheckQuorum: a leader whose followers stop answering (SIGSTOP) refuses writes of every ack level with
+    LEADER_NOT_AVAILABLE (retriable: clients look elsewhere) instead of taking acks=1 writes it would lose,
+    and stops advertising itself; once the followers are back, writes succeed again."""
+    cluster = own_cluster
+    await _create_topic(cluster, "quorum")
+    leader = cluster.wait_for_leader("quorum", 0)
+    followers = [b for b in cluster.nodes if b != leader]
+    url = f"{cluster.nodes[leader].url}/v1/topics/quorum/partitions/0/records"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client_session:
+        async def produce(acks: Any) -> tuple[int, dict[str, Any]]:
+            async with client_session.post(url, json={"acks": acks, "records": [{"value": "x"}]}) as response:
+                return response.status, await response.json()
+
+        assert (await produce("all"))[0] == 200
+        for follower in followers:
+            cluster.pause(follower)
+        try:
+            async def refused() -> bool:
+                status, body = await produce(1)
+                return status == 503 and body["error"]["code"] == "LEADER_NOT_AVAILABLE"
+
+            await wait_for_condition(refused, timeout_s=10, what="the cut-off leader to refuse acks=1 writes")
+            view = cluster.partition_view(leader, "quorum", 0)
+            assert view is not None and view["quorum"] is False and view["leader_id"] is None
+        finally:
+            for follower in followers:
+                cluster.resume(follower)
+        new_leader = await asyncio.to_thread(cluster.wait_for_leader, "quorum", 0, timeout_s=20)
+        async with client_session.post(f"{cluster.nodes[new_leader].url}/v1/topics/quorum/partitions/0/records",
+                                       json={"acks": "all", "records": [{"value": "back"}]}) as response:
+            assert response.status == 200

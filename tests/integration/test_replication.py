@@ -81,10 +81,12 @@ class Node:
         peers = {b: PeerAddress("127.0.0.1", p) for b, p in self.ports.items() if b != self.broker_id}
 
         def factory(listener: NetworkListener) -> PeerNetwork:
-            return PeerNetwork(self_id=self.broker_id, cluster_id="test", listen=PeerAddress("127.0.0.1", self.ports[self.broker_id]),
-                               peers=peers, listener=listener)
+            return PeerNetwork(self_id=self.broker_id, cluster_id="test",
+                               listen=PeerAddress("127.0.0.1", self.ports[self.broker_id]), peers=peers,
+                               listener=listener)
 
-        self.replication = ReplicationLoop(network_factory=factory, durability=Durability.ALWAYS, asyncio_loop=self.loop)
+        self.replication = ReplicationLoop(network_factory=factory, durability=Durability.ALWAYS,
+                                           asyncio_loop=self.loop)
         self.replication.start()
         for group_id in group_ids:
             machine = self.machines[group_id] = ListMachine()
@@ -140,7 +142,8 @@ async def test_groups_share_links_and_replicate(tmp_path: Path, ports: dict[int,
         for group_id in group_ids:
             expected = [f"{group_id}-{i}".encode() for i in range(50)]
             await wait_for_condition(lambda g=group_id, e=expected: all(  # type: ignore[misc]
-                n.machines[g].snapshot_items() == e for n in nodes.values()), timeout_s=10, what=f"{group_id} applied everywhere")
+                n.machines[g].snapshot_items() == e for n in nodes.values()), timeout_s=10,
+                what=f"{group_id} applied everywhere")
         # One connection per broker pair, whatever the number of groups.
         for node in nodes.values():
             assert node.replication is not None
@@ -164,7 +167,8 @@ async def test_restart_replays_without_double_apply(tmp_path: Path, ports: dict[
         await wait_for_condition(lambda: len(follower.machines["g"].snapshot_items()) == 30, timeout_s=10,
                                  what="follower applied 30")
         follower.stop()
-        await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"b%d" % i, 100 + i) for i in range(30)]), 20)
+        await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"b%d" % i, 100 + i)
+                                                for i in range(30)]), 20)
         # The restarted follower has a fresh (empty) state machine: the journal is replayed through it.
         restarted = Node(follower.broker_id, ports, tmp_path, loop)
         nodes[follower.broker_id] = restarted
@@ -195,7 +199,8 @@ async def test_follower_catches_up_through_a_snapshot(tmp_path: Path, ports: dic
                 node.replication.call(group.raft.forceLogCompaction).result(timeout=5)
                 await wait_for_condition(lambda g=group: g.snapshotter.snapshots_taken > 0, timeout_s=10,  # type: ignore[misc]
                                          what="a snapshot on the leader side")
-        await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"d%d" % i, 100 + i) for i in range(5)]), 20)
+        await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"d%d" % i, 100 + i)
+                                                for i in range(5)]), 20)
         restarted = Node(follower.broker_id, ports, tmp_path, loop)
         nodes[follower.broker_id] = restarted
         restarted.start(["g"])
@@ -203,6 +208,30 @@ async def test_follower_catches_up_through_a_snapshot(tmp_path: Path, ports: dic
         await wait_for_condition(lambda: restarted.machines["g"].snapshot_items() == expected, timeout_s=20,
                                  what="follower caught up through a snapshot")
         assert restarted.groups["g"].snapshotter.snapshots_installed >= 1
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+async def test_follower_far_behind_catches_up_from_the_journal(tmp_path: Path, ports: dict[int, int]) -> None:
+    """A follower hundreds of entries behind (no snapshot in between) is sent long ranges of journal entries."""
+    loop = asyncio.get_running_loop()
+    nodes = {b: Node(b, ports, tmp_path, loop) for b in ports}
+    try:
+        for node in nodes.values():
+            node.start(["g"])
+        leader = await _leader(nodes, "g")
+        follower = next(n for n in nodes.values() if n is not leader)
+        follower.stop()
+        for i in range(300):  # one entry each: the follower will be 300 entries behind
+            await asyncio.wait_for(_submit(leader.groups["g"], b"e%d" % i, i), 10)
+        restarted = Node(follower.broker_id, ports, tmp_path, loop)
+        nodes[follower.broker_id] = restarted
+        restarted.start(["g"])
+        expected = [b"e%d" % i for i in range(300)]
+        await wait_for_condition(lambda: restarted.machines["g"].snapshot_items() == expected, timeout_s=20,
+                                 what="follower caught up from the journal")
+        assert all(n.replication is not None and n.replication.failure is None for n in nodes.values())
     finally:
         for node in nodes.values():
             node.stop()

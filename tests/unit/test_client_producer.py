@@ -403,3 +403,14 @@ async def test_start_fails_without_brokers() -> None:
     with pytest.raises((ConnectionFailed, ClientTimeout)):
         await p.start()
     await p.stop()
+
+
+def test_idempotence_needs_acks_all() -> None:
+    """As in Kafka: with acks 0/1 the broker answers before it decides whether a sequence is accepted."""
+    from client import Producer
+
+    assert Producer(["http://127.0.0.1:1"], acks="all").idempotent is True
+    assert Producer(["http://127.0.0.1:1"], acks=1).idempotent is False
+    assert Producer(["http://127.0.0.1:1"], acks=0, idempotent=False).idempotent is False
+    with pytest.raises(ValueError, match="acks='all'"):
+        Producer(["http://127.0.0.1:1"], acks=1, idempotent=True)

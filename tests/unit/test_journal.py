@@ -180,3 +180,20 @@ def test_matches_a_list_model(tmp_path_factory: pytest.TempPathFactory, operatio
         assert len(journal) == len(model)
         assert [journal[i] for i in range(len(model))] == model
     journal.close()
+
+
+def test_a_cut_lazy_range_is_a_list_the_transport_can_encode(tmp_path: Path) -> None:
+    """pysyncobj takes journal[n:] (lazy when long), walks it to the AppendEntries size limit, then sends
+    result[:i + 1]: that must be a plain list of entries, or msgpack cannot encode the message (found by
+    the chaos suite: a follower more than 64 entries behind crashed its leader's replication thread)."""
+    import msgpack
+
+    journal = DurableJournal(tmp_path / "j", durable=False)
+    _fill(journal, _entries(300))
+    lazy = journal[10:]
+    assert not isinstance(lazy, list)
+    cut = lazy[:200]
+    assert isinstance(cut, list) and cut == _entries(300)[10:210]
+    message = {"type": "append_entries", "entries": cut}
+    assert msgpack.unpackb(msgpack.packb(message, use_bin_type=True), use_list=False)["entries"][0] == cut[0]
+    journal.close()
