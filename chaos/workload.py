@@ -1,6 +1,7 @@
 """The chaos workload: concurrent producers and a consumer through the client proxies, recorded as a history.
 
-* Producers: ``processes`` workers (the first half idempotent, the rest not), each with its own real
+* Producers: ``processes`` workers (with acks=all the first half idempotent, the rest not; idempotence
+  needs acks=all, so at acks 0 and 1 none is), each with its own real
   ``client.Producer`` bootstrapped from the client proxy URLs, all at the run's one ack level. Worker ``w``
   sends unique values ``p{w}-{n}`` under a small key set chosen so every partition gets keys, at a bounded
   rate (``rate`` sends/s in total) and bounded in count (``rate x duration x 1.5``) and in time, with at most
@@ -51,7 +52,7 @@ class WorkloadConfig:
     partitions: int = 3
     replication_factor: int = 3
     min_insync_replicas: int = 2
-    processes: int = 4  # the first half idempotent
+    processes: int = 4  # the first half idempotent (acks=all only)
     rate: float = 200.0  # sends per second, all workers together
     keys_per_partition: int = 2
     request_timeout_ms: int = 2_000
@@ -137,8 +138,10 @@ class Workload:
         """Run every producer worker until ``duration_s`` has passed (or ``stop()``), then wait (bounded by the
         delivery timeout) until every send has its report."""
         end = time.monotonic() + duration_s
-        workers = [asyncio.create_task(self._producer(w, w < self.config.idempotent_processes, end, duration_s),
-                                       name=f"chaos-producer-{w}") for w in range(self.config.processes)]
+        idempotent = self.config.acks == "all"  # the producer refuses idempotence with acks 0 and 1
+        workers = [asyncio.create_task(
+            self._producer(w, idempotent and w < self.config.idempotent_processes, end, duration_s),
+            name=f"chaos-producer-{w}") for w in range(self.config.processes)]
         try:
             await asyncio.gather(*workers)
         finally:

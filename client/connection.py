@@ -55,6 +55,8 @@ from cluster.errors import (
 
 # Request bodies above this size are streamed from a file object instead of passed as bytes.
 _STREAM_BODY_BYTES = 512 * 1024
+# A metadata refresh asks brokers in turn; none gets less than this (a loopback round trip is ~1 ms).
+_METADATA_BROKER_S_MIN = 0.25
 
 MSGPACK: Final = "application/msgpack"
 
@@ -331,13 +333,16 @@ class MetadataFetcher:
         leader epoch (ClusterView.update keeps the newer one)."""
         last_error: RaftMQError | None = None
         answered = False
-        for url in self.view.candidate_urls():
+        candidates = self.view.candidate_urls()
+        for position, url in enumerate(candidates):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            # A paused or black-holed broker must not use up the whole refresh: each gets a fair share.
+            share = max(_METADATA_BROKER_S_MIN, remaining / (len(candidates) - position))
             try:
                 response = await self.connection.request(
-                    "GET", url + "/v1/metadata", timeout_s=min(remaining, self.connection.request_timeout_s)
+                    "GET", url + "/v1/metadata", timeout_s=min(remaining, share, self.connection.request_timeout_s)
                 )
                 self.view.update(response, now_s=time.monotonic(), source_url=url)
                 answered = True
