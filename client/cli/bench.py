@@ -47,6 +47,7 @@ from client.admin import Admin
 from client.cli.common import (
     EXIT_BROKER,
     ConfigProblem,
+    OutcomeTally,
     RaftMQGroup,
     bootstrap_option,
     err,
@@ -100,39 +101,19 @@ class RunConfig:
         return f"acks={self.acks} durability={self.durability} {self.via} {rate}"
 
 
-class _Recorder:
-    """Delivery callbacks: per-record latency (ok only), outcomes, errors by code."""
-
-    __slots__ = ("latencies", "ok", "failed", "unknown", "errors", "last_done")
+class _Recorder(OutcomeTally):
+    """Delivery callbacks: outcomes, errors by code, and per-record latency (ok only)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.latencies: list[float] = []
-        self.ok = self.failed = self.unknown = 0
-        self.errors: dict[str, tuple[int, RaftMQError]] = {}
         self.last_done = 0.0
-
-    @property
-    def resolved(self) -> int:
-        return self.ok + self.failed + self.unknown
 
     def done(self, scheduled: float, future: asyncio.Future[DeliveryReport]) -> None:
         now = time.perf_counter()
         self.last_done = now
-        report = future.result()
-        if report.status == "ok":
-            self.ok += 1
+        if self.count(future.result()):
             self.latencies.append(now - scheduled)
-            return
-        if report.status == "failed":
-            self.failed += 1
-        else:
-            self.unknown += 1
-        if report.error is not None:
-            self.error(report.error)
-
-    def error(self, error: RaftMQError) -> None:
-        count, first = self.errors.get(error.code, (0, error))
-        self.errors[error.code] = (count + 1, first)
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
@@ -212,8 +193,7 @@ async def _send_all(producers: Sequence[Producer], topic: str, count: int, value
             reason = reason or "producer closed"
             break
         except RaftMQError as exc:
-            recorder.failed += 1
-            recorder.error(exc)
+            recorder.send_raised(exc)
             continue
         future.add_done_callback(functools.partial(done, scheduled))
     return attempted, t0, time.perf_counter(), reason
@@ -222,9 +202,9 @@ async def _send_all(producers: Sequence[Producer], topic: str, count: int, value
 async def _ticker(progress: Progress, task: Any, recorder: _Recorder, t0: list[float]) -> None:
     while True:
         elapsed = time.perf_counter() - t0[0] if t0[0] else 0.0
-        rate = recorder.ok / elapsed if elapsed > 0 else 0.0
+        rate = recorder.acked / elapsed if elapsed > 0 else 0.0
         progress.update(task, completed=recorder.resolved,
-                        description=f"acked {recorder.ok:,} ({rate:,.0f}/s)  failed {recorder.failed:,}  "
+                        description=f"acked {recorder.acked:,} ({rate:,.0f}/s)  failed {recorder.failed:,}  "
                                     f"unknown {recorder.unknown:,}")
         await asyncio.sleep(0.25)  # display refresh period
 
@@ -248,7 +228,7 @@ async def measure(urls: Sequence[str], topic: str, config: RunConfig, deadline: 
                 task = progress.add_task("warming up", total=config.warmup_records)
                 await _send_all(producers, topic, config.warmup_records, value, None, warm, deadline, stop)
                 await _flush(producers, deadline)
-                progress.update(task, completed=warm.resolved, description=f"warm-up: acked {warm.ok:,}")
+                progress.update(task, completed=warm.resolved, description=f"warm-up: acked {warm.acked:,}")
             before = [p.counters for p in producers]
             recorder = _Recorder()
             task = progress.add_task(config.label, total=config.records)
@@ -274,7 +254,7 @@ async def measure(urls: Sequence[str], topic: str, config: RunConfig, deadline: 
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticker
             progress.update(task, completed=recorder.resolved,
-                            description=f"acked {recorder.ok:,}  failed {recorder.failed:,}  "
+                            description=f"acked {recorder.acked:,}  failed {recorder.failed:,}  "
                                         f"unknown {recorder.unknown:,}")
     finally:
         for producer in started:
@@ -282,10 +262,10 @@ async def measure(urls: Sequence[str], topic: str, config: RunConfig, deadline: 
     after = [p.counters for p in producers]
     elapsed = max(recorder.last_done, sent_at) - t0
     result.attempted = attempted
-    result.acked, result.failed, result.unknown = recorder.ok, recorder.failed, recorder.unknown
+    result.acked, result.failed, result.unknown = recorder.acked, recorder.failed, recorder.unknown
     result.elapsed_s = round(elapsed, 4)
-    result.records_per_s = round(recorder.ok / elapsed, 1) if elapsed > 0 else 0.0
-    result.mb_per_s = round(recorder.ok * config.record_bytes / elapsed / 1e6, 3) if elapsed > 0 else 0.0
+    result.records_per_s = round(recorder.acked / elapsed, 1) if elapsed > 0 else 0.0
+    result.mb_per_s = round(recorder.acked * config.record_bytes / elapsed / 1e6, 3) if elapsed > 0 else 0.0
     result.latency = latency_summary(recorder.latencies)
     result.retries = sum(a.retries - b.retries for a, b in zip(after, before, strict=True))
     result.batches = sum(a.batches - b.batches for a, b in zip(after, before, strict=True))

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from client.metadata import normalize_url
+from client.types import DeliveryReport
 from cluster.errors import RaftMQError
 
 T = TypeVar("T")
@@ -97,6 +98,43 @@ _CLI_HINTS: Final = {
 
 def hint_for(error: RaftMQError) -> str:
     return error.hint or _CLI_HINTS.get(error.code, "")
+
+
+class OutcomeTally:
+    """Delivery reports counted as acked / failed / unknown, and errors by code (count, first error)."""
+
+    def __init__(self) -> None:
+        self.acked = self.failed = self.unknown = 0
+        self.errors: dict[str, tuple[int, RaftMQError]] = {}
+
+    @property
+    def resolved(self) -> int:
+        return self.acked + self.failed + self.unknown
+
+    def count(self, report: DeliveryReport) -> bool:
+        """Count one report; True when it is ok."""
+        if report.status == "ok":
+            self.acked += 1
+            return True
+        if report.status == "failed":
+            self.failed += 1
+        else:
+            self.unknown += 1
+        if report.error is not None:
+            self.add_error(report.error)
+        return False
+
+    def add_error(self, error: RaftMQError, count: int = 1) -> None:
+        seen, first = self.errors.get(error.code, (0, error))
+        self.errors[error.code] = (seen + count, first)
+
+    def send_raised(self, error: RaftMQError) -> None:
+        """send() raised: nothing was queued, a definite failure."""
+        self.failed += 1
+        self.add_error(error)
+
+    def describe(self) -> str:
+        return f"acked {self.acked:,}  failed {self.failed:,}  unknown {self.unknown:,}"
 
 
 def print_error(error: RaftMQError, *, context: str = "") -> None:

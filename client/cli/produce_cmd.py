@@ -30,6 +30,7 @@ from client.admin import Admin
 from client.cli.common import (
     ACKS_CHOICE,
     EXIT_BROKER,
+    OutcomeTally,
     bootstrap_option,
     err,
     errors_table,
@@ -49,49 +50,23 @@ _STDIN_CHUNK_BYTES = 64 * 1024
 _STDIN_QUEUE_CHUNKS = 8
 
 
-class ProduceStats:
-    """Outcome counters fed by delivery reports (and by send() calls that raised)."""
+class ProduceStats(OutcomeTally):
+    """Outcome counters fed by delivery reports (and by send() calls that raised), plus bytes and time."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.attempted = 0
-        self.acked = 0
-        self.failed = 0
-        self.unknown = 0
         self.bytes_acked = 0
-        self.errors: dict[str, tuple[int, RaftMQError]] = {}
         self.started = time.monotonic()
         self.finished: float | None = None
 
-    @property
-    def resolved(self) -> int:
-        return self.acked + self.failed + self.unknown
-
-    def add_error(self, error: RaftMQError, count: int = 1) -> None:
-        seen, first = self.errors.get(error.code, (0, error))
-        self.errors[error.code] = (seen + count, first)
-
     def on_report(self, report: DeliveryReport, size: int) -> None:
-        if report.status == "ok":
-            self.acked += 1
+        if self.count(report):
             self.bytes_acked += size
-            return
-        if report.status == "failed":
-            self.failed += 1
-        else:
-            self.unknown += 1
-        if report.error is not None:
-            self.add_error(report.error)
-
-    def send_raised(self, error: RaftMQError) -> None:
-        self.failed += 1
-        self.add_error(error)
 
     @property
     def elapsed_s(self) -> float:
         return (self.finished or time.monotonic()) - self.started
-
-    def describe(self) -> str:
-        return f"acked {self.acked:,}  failed {self.failed:,}  unknown {self.unknown:,}"
 
 
 def summary_table(stats: ProduceStats, *, retries: int, title: str = "produce summary") -> Table:

@@ -55,7 +55,7 @@ async def test_latency_counts_from_the_schedule_not_from_the_late_send() -> None
     attempted, _, _, reason = await _send_all([producer], "t", 100, b"x", 1000.0, recorder,  # type: ignore[list-item]
                                               time.perf_counter() + 30, asyncio.Event())
     await wait_for_condition(lambda: recorder.resolved == attempted, timeout_s=5, what="every report")
-    assert (attempted, reason, recorder.ok) == (100, None, 100)
+    assert (attempted, reason, recorder.acked) == (100, None, 100)
     # Records 10..~200 were due during the 0.2 s stall: the first of them waited ~0.2 s, which a
     # "latency from send()" benchmark would report as ~1 ms.
     assert max(recorder.latencies) >= 0.19
