@@ -122,9 +122,11 @@ class Admin(AsyncLifecycle):
                                                           timeout_s=self._timeout(timeout_s))
         return parse_topic(response.get("topic"))
 
-    async def wait_for_topic(self, name: str, *, timeout_s: float = 10.0) -> TopicInfo:
+    async def wait_for_topic(self, name: str, *, timeout_s: float = 10.0,
+                             preferred_leaders: bool = False) -> TopicInfo:
         """Poll ``/v1/metadata`` (with backoff) until ``name`` exists and every partition has a leader whose
-        URL is known. Returns the topic as last seen.
+        URL is known; with ``preferred_leaders``, until every leader is also its partition's preferred (first)
+        replica, i.e. the brokers' leader balancing has settled. Returns the topic as last seen.
 
         Raises:
             ClientTimeout: not ready within ``timeout_s`` (the last error is chained).
@@ -135,15 +137,20 @@ class Admin(AsyncLifecycle):
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ClientTimeout(f"topic {name!r} not ready after {timeout_s} s",
+                why = f" ({last_error.message})" if last_error is not None else ""
+                raise ClientTimeout(f"topic {name!r} not ready after {timeout_s} s{why}",
                                     topic=name) from last_error
             try:
                 await self._fetcher.refresh(timeout_s=min(remaining, self.request_timeout_s))
                 info = self._view.topic(name)
                 if info is not None and info.partitions and all(
                         self._view.leader_url(name, p.partition) is not None for p in info.partitions):
-                    return info
-                last_error = UnknownTopicOrPartition(f"topic {name!r} has no leaders yet", topic=name)
+                    if not preferred_leaders or all(
+                            p.replicas and p.leader_id == p.replicas[0] for p in info.partitions):
+                        return info
+                    last_error = ClientTimeout("leaders not yet on their preferred replicas", topic=name)
+                else:
+                    last_error = UnknownTopicOrPartition("no leader known for every partition yet", topic=name)
             except RaftMQError as exc:
                 last_error = exc
             attempt += 1

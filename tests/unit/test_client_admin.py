@@ -78,6 +78,18 @@ async def test_wait_for_topic_times_out(cluster: FakeCluster) -> None:
             await admin.wait_for_topic("never", timeout_s=0.1)
 
 
+async def test_wait_for_topic_with_preferred_leaders(cluster: FakeCluster) -> None:
+    cluster.create_topic("t", 2)  # the fake puts each leader first in its replica list
+    cluster.set_leader("t", 0, 2)  # partition 0 led by a non-preferred replica
+    async with Admin(cluster.urls) as admin:
+        assert (await admin.wait_for_topic("t", timeout_s=2.0)).partitions[0].leader_id == 2
+        with pytest.raises(ClientTimeout, match="preferred"):
+            await admin.wait_for_topic("t", timeout_s=0.3, preferred_leaders=True)
+        cluster.set_leader("t", 0, 1)
+        info = await admin.wait_for_topic("t", timeout_s=2.0, preferred_leaders=True)
+        assert [p.leader_id for p in info.partitions] == [p.replicas[0] for p in info.partitions]
+
+
 async def test_sync_wrappers(cluster: FakeCluster) -> None:
     urls = cluster.urls
 
