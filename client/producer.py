@@ -6,8 +6,10 @@ Data path::
         open batch (linger_ms / batch_bytes) -> sealed batches -> ONE request in flight per partition
 
 * ``send()`` does little per record: normalise the bytes, pick the partition, reserve buffer bytes,
-  append a tuple and create one future. No task per record; a batch is encoded once (``encode_batch``)
-  when its partition's sender takes it, and resent as the same bytes on every retry.
+  append a tuple and create one future (with ``on_delivery``, none: the callback is called directly when
+  the batch resolves, saving the future and its scheduled callback per record). No task per record; a
+  batch is encoded once (``encode_batch``) when its partition's sender takes it, and resent as the same
+  bytes on every retry.
 * Each partition used gets one sender task (started on first use, cancelled and awaited by ``stop()``).
   It keeps ONE produce request in flight: HTTP has no per-connection ordering, so this is what keeps a
   partition's records in send order. While a request is in flight the next batch keeps filling, so batches
@@ -16,7 +18,8 @@ Data path::
   broker and Kafka); else "sticky": keyless records go to one partition per topic until its batch is
   sealed or taken, then to the next (round robin over batches, not records).
 
-Outcomes (every send future resolves exactly once, with a :class:`DeliveryReport`):
+Outcomes (every send future resolves, or its ``on_delivery`` callback is called, exactly once, with a
+:class:`DeliveryReport`):
 
 * ``ok`` on a success answer, or on ``DUPLICATE_SEQUENCE`` (stored earlier; ``offset`` None).
 * ``unknown`` when ANY attempt of the batch ended with an indefinite error (``definite=False``: timeouts,
@@ -66,8 +69,8 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, overload
 from urllib.parse import quote
 
 from client.connection import AsyncLifecycle, ByteBudget, Connection, MetadataFetcher, attempt_was_definite, backoff_s
@@ -111,6 +114,9 @@ _BATCH_OVERHEAD_BYTES: Final = HEADER_BYTES + 5
 HeadersArg = Mapping[str, bytes | str | None] | Iterable[tuple[str, bytes | str | None]] | None
 _Record = tuple[bytes | None, bytes | None, tuple[tuple[str, bytes | None], ...], int]
 _new_tuple = tuple.__new__
+# What a queued record reports to: its future, or the caller's on_delivery callback.
+DeliveryCallback = Callable[[DeliveryReport], object]
+_Waiter = asyncio.Future[DeliveryReport] | DeliveryCallback
 
 
 def _to_bytes(value: Any, what: str) -> bytes | None:
@@ -145,11 +151,23 @@ def _normalize_acks(acks: AcksSetting | str) -> int | str:
     raise InvalidAcks(f"acks must be 0, 1 or 'all', not {acks!r}")
 
 
+def _report(waiter: _Waiter, report: DeliveryReport) -> None:
+    """Hand a record's report to its future or on_delivery callback; a callback's error stays its own."""
+    if isinstance(waiter, asyncio.Future):
+        if not waiter.done():  # the caller may have cancelled it
+            waiter.set_result(report)
+        return
+    try:
+        waiter(report)
+    except Exception:
+        log.exception("on_delivery callback %r raised; the record's report was %s", waiter, report.status)
+
+
 class _Batch:
     """Records for one partition, sent together. Mutable; owned by the producer's event loop."""
 
     __slots__ = (
-        "topic", "partition", "records", "futures", "size_bytes", "created_s",
+        "topic", "partition", "records", "waiters", "size_bytes", "created_s",
         "deadline_s", "encoded", "producer_id", "base_sequence", "attempts", "indefinite_error", "in_flight",
         "resolved", "done",
     )
@@ -159,7 +177,7 @@ class _Batch:
         self.topic = topic
         self.partition = partition
         self.records: list[_Record] = []
-        self.futures: list[asyncio.Future[DeliveryReport]] = []
+        self.waiters: list[_Waiter] = []
         self.size_bytes = _BATCH_OVERHEAD_BYTES
         self.created_s = now_s
         self.deadline_s = deadline_s
@@ -364,6 +382,16 @@ class Producer(AsyncLifecycle):
 
     # --- sending ------------------------------------------------------------------------------------
 
+    @overload
+    async def send(self, topic: str, value: bytes | str | None, *, key: bytes | str | None = None,
+                   headers: HeadersArg = None, partition: int | None = None, timestamp_ms: int | None = None,
+                   on_delivery: None = None) -> asyncio.Future[DeliveryReport]: ...
+
+    @overload
+    async def send(self, topic: str, value: bytes | str | None, *, key: bytes | str | None = None,
+                   headers: HeadersArg = None, partition: int | None = None, timestamp_ms: int | None = None,
+                   on_delivery: DeliveryCallback) -> None: ...
+
     async def send(
         self,
         topic: str,
@@ -373,8 +401,14 @@ class Producer(AsyncLifecycle):
         headers: HeadersArg = None,
         partition: int | None = None,
         timestamp_ms: int | None = None,
-    ) -> asyncio.Future[DeliveryReport]:
+        on_delivery: DeliveryCallback | None = None,
+    ) -> asyncio.Future[DeliveryReport] | None:
         """Queue one record; return a future that resolves to its :class:`DeliveryReport` (never raises).
+
+        With ``on_delivery`` no future is made and None is returned; ``on_delivery(report)`` is called
+        exactly once instead, on the event loop, from inside the producer (as librdkafka's delivery
+        callback): keep it short and non-blocking; an exception it raises is logged and ignored. It is
+        the cheaper path for high-rate senders.
 
         Waits (up to the delivery deadline) only for buffer space, or for the topic's metadata the first
         time a topic is used (up to ``request_timeout_ms``). ``str`` keys, values and header values are
@@ -444,7 +478,7 @@ class Producer(AsyncLifecycle):
         if st is None:
             st = self._new_partition(topic, partition)
         assert self._loop is not None
-        future: asyncio.Future[DeliveryReport] = self._loop.create_future()
+        waiter: _Waiter = on_delivery if on_delivery is not None else self._loop.create_future()
         batch = st.open
         if (batch is None or batch.size_bytes + size > self.batch_bytes
                 or len(batch.records) >= limits.batch_records_max):
@@ -454,13 +488,13 @@ class Producer(AsyncLifecycle):
             st.open = batch
             st.wake.set()
         batch.records.append((key_b, value_b, hdrs, timestamp_ms))
-        batch.futures.append(future)
+        batch.waiters.append(waiter)
         batch.size_bytes += size
         self._sent += 1
         if batch.size_bytes >= self.batch_bytes:
             self._seal(st)
             st.wake.set()
-        return future
+        return None if on_delivery is not None else waiter  # type: ignore[return-value]
 
     async def send_and_wait(
         self,
@@ -774,7 +808,9 @@ class Producer(AsyncLifecycle):
         """Resolve a stored batch. ``response`` None = DUPLICATE_SEQUENCE (stored before, offset unknown).
 
         Raises UnexpectedResponse (before resolving anything) when the answer is malformed."""
-        count = len(batch.futures)
+        if batch.resolved:
+            return
+        count = len(batch.waiters)
         base_offset: int | None = None
         leader_epoch: int | None = None
         duplicate = response is None
@@ -796,15 +832,15 @@ class Producer(AsyncLifecycle):
             if type(raw_broker) is int:
                 leader_id = raw_broker
         topic, partition = batch.topic, batch.partition
+        self._acked += count
+        waiters = batch.waiters
+        self._resolved(batch)  # before the callbacks: they may look at the producer
         # One report per record, built with tuple.__new__: a NamedTuple's own constructor costs 3x as much,
         # and this loop runs once per record.
-        for index, future in enumerate(batch.futures):
-            if not future.done():
-                future.set_result(_new_tuple(DeliveryReport, (
-                    "ok", topic, partition, None if base_offset is None else base_offset + index, None,
-                    leader_id, leader_epoch, duplicate)))
-        self._acked += count
-        self._resolved(batch)
+        for index, waiter in enumerate(waiters):
+            _report(waiter, _new_tuple(DeliveryReport, (
+                "ok", topic, partition, None if base_offset is None else base_offset + index, None,
+                leader_id, leader_epoch, duplicate)))
 
     def _finish_error(self, st: _PartitionState, batch: _Batch, error: RaftMQError) -> None:
         if batch.indefinite_error is not None:
@@ -818,22 +854,23 @@ class Producer(AsyncLifecycle):
         if batch.resolved:
             return
         report = DeliveryReport(status, batch.topic, batch.partition, None, error)  # type: ignore[arg-type]
-        for future in batch.futures:
-            if not future.done():
-                future.set_result(report)
         if status == "unknown":
-            self._unknown += len(batch.futures)
+            self._unknown += len(batch.waiters)
         else:
-            self._failed += len(batch.futures)
+            self._failed += len(batch.waiters)
         if self.idempotent and batch.encoded is not None:
             st.needs_reset = True  # its sequence numbers may or may not be stored
-        self._resolved(batch)
+        waiters = batch.waiters
+        self._resolved(batch)  # before the callbacks: they may look at the producer
+        for waiter in waiters:
+            _report(waiter, report)
 
     def _resolved(self, batch: _Batch) -> None:
         batch.resolved = True
         batch.in_flight = False
         self._buffer.release(batch.size_bytes - _BATCH_OVERHEAD_BYTES)
         batch.records = []
+        batch.waiters = []
         batch.encoded = None
         if not batch.done.done():
             batch.done.set_result(None)

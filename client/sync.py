@@ -158,16 +158,13 @@ class SyncProducer(_SyncBase[Producer]):
 
         async def queue() -> concurrent.futures.Future[DeliveryReport]:
             report: concurrent.futures.Future[DeliveryReport] = concurrent.futures.Future()
-            fut = await producer.send(topic, value, key=key, headers=headers, partition=partition,
-                                      timestamp_ms=timestamp_ms)
 
-            def copy(done: asyncio.Future[DeliveryReport]) -> None:
-                if done.cancelled():
-                    report.cancel()
-                else:
-                    report.set_result(done.result())
+            def deliver(result: DeliveryReport) -> None:
+                with contextlib.suppress(concurrent.futures.InvalidStateError):  # the caller cancelled it
+                    report.set_result(result)
 
-            fut.add_done_callback(copy)
+            await producer.send(topic, value, key=key, headers=headers, partition=partition,
+                                timestamp_ms=timestamp_ms, on_delivery=deliver)
             return report
 
         return self._thread.call(queue, self._t(timeout_s))

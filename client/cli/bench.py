@@ -113,10 +113,10 @@ class _Recorder(OutcomeTally):
         self.latencies: list[float] = []
         self.last_done = 0.0
 
-    def done(self, scheduled: float, future: asyncio.Future[DeliveryReport]) -> None:
+    def done(self, scheduled: float, report: DeliveryReport) -> None:
         now = time.perf_counter()
         self.last_done = now
-        if self.count(future.result()):
+        if self.count(report):
             self.latencies.append(now - scheduled)
 
 
@@ -158,6 +158,10 @@ class RunResult:
     send_rate_per_s: float = 0.0
     aborted: str | None = None
     errors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Where the CPU went: this (client) process during the run, and each broker the benchmark started
+    # (cpu_s during the run, rss_mb at its end, peak_rss_mb over the broker's life). Linux /proc only.
+    client_cpu_s: float | None = None
+    brokers: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 async def _send_all(producers: Sequence[Producer], topic: str, count: int, value: bytes, rate: float | None,
@@ -191,15 +195,14 @@ async def _send_all(producers: Sequence[Producer], topic: str, count: int, value
                 break
         attempted += 1
         try:
-            future = await producers[index % n_producers].send(topic, value)
+            # The on_delivery path: no future and no scheduled callback per record (see client/producer.py).
+            await producers[index % n_producers].send(topic, value, on_delivery=functools.partial(done, scheduled))
         except ProducerClosed:
             attempted -= 1
             reason = reason or "producer closed"
             break
         except RaftMQError as exc:
             recorder.send_raised(exc)
-            continue
-        future.add_done_callback(functools.partial(done, scheduled))
     return attempted, t0, time.perf_counter(), reason
 
 
@@ -245,6 +248,7 @@ async def measure(urls: Sequence[str], topic: str, config: RunConfig, deadline: 
             t0_box = [0.0]
             ticker = asyncio.create_task(_ticker(progress, task, recorder, t0_box))
             try:
+                cpu0 = time.process_time()
                 t0_box[0] = time.perf_counter()
                 attempted, t0, sent_at, reason = await _send_all(producers, topic, config.records, value,
                                                                 config.rate, recorder, deadline, stop)
@@ -256,6 +260,7 @@ async def measure(urls: Sequence[str], topic: str, config: RunConfig, deadline: 
                         reason = "deadline (--max-seconds) passed while waiting for acknowledgements"
                     if stop.is_set() and reason is None and recorder.resolved < attempted:
                         reason = "interrupted"
+                result.client_cpu_s = round(time.process_time() - cpu0, 2)
                 if reason is not None:
                     for producer in producers:
                         await producer.stop(timeout_s=_ABORT_GRACE_S)
@@ -457,6 +462,38 @@ def machine_facts() -> dict[str, Any]:
     return facts
 
 
+def process_usage(pid: int) -> dict[str, float] | None:
+    """CPU seconds (user + system), RSS and peak RSS in MB of a live process, from /proc (None elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)"; utime and stime are fields 14 and 15
+    usage = {"cpu_s": (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")}
+    for line in status.splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            usage["rss_mb" if name == "VmRSS" else "peak_rss_mb"] = round(int(value.split()[0]) / 1024, 1)
+    return usage
+
+
+def _usage_of(target: _Target, broker_id: int) -> dict[str, float] | None:
+    pid = target.pid_of(broker_id)
+    return process_usage(pid) if pid is not None else None
+
+
+def broker_usage(target: _Target, before: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per broker: CPU seconds since ``before`` and memory now; brokers that are gone are left out."""
+    usage: dict[str, dict[str, float]] = {}
+    for broker_id, start in before.items():
+        pid = target.pid_of(broker_id)
+        now = process_usage(pid) if pid is not None else None
+        if now is not None:
+            usage[str(broker_id)] = {**now, "cpu_s": round(now["cpu_s"] - start["cpu_s"], 2)}
+    return usage
+
+
 def result_table(config: RunConfig, result: RunResult) -> Table:
     table = Table(title=config.label, title_justify="left", show_header=False)
     table.add_column(style="bold")
@@ -477,6 +514,15 @@ def result_table(config: RunConfig, result: RunResult) -> Table:
     table.add_row("batches", f"{result.batches:,} ({result.records_per_batch:,.1f} records each), "
                              f"{result.retries:,} retries")
     table.add_row("elapsed", f"{result.elapsed_s:,.2f} s (sent at {result.send_rate_per_s:,.0f} records/s)")
+    if result.client_cpu_s is not None and result.attempted:
+        per_record = result.client_cpu_s / result.attempted * 1e6
+        brokers = "  ".join(f"b{b} {u['cpu_s']:.1f}" for b, u in sorted(result.brokers.items()))
+        table.add_row("CPU seconds", f"client {result.client_cpu_s:.1f} ({per_record:.1f} µs/record)"
+                                     + (f"  brokers {brokers}" if brokers else ""))
+    if result.brokers:
+        table.add_row("broker RSS now / peak", "  ".join(
+            f"b{b} {u.get('rss_mb', 0):.0f}/{u.get('peak_rss_mb', 0):.0f} MB"
+            for b, u in sorted(result.brokers.items())))
     if result.aborted:
         table.add_row("aborted", f"[red]{safe(result.aborted)}[/]")
     return table
@@ -716,9 +762,12 @@ def _one_run(target: _Target, config: RunConfig, number: int, stamp: str, deadli
             profiler = _Profiler(py_spy, pid, output.resolve())
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err())
+    broker_ids = sorted(target.local.nodes) if target.local is not None else []
+    before = {b: u for b in broker_ids if (u := _usage_of(target, b)) is not None}
     try:
         with progress:
             result = asyncio.run(measure(target.urls, topic, config, deadline, progress))
+        result.brokers = broker_usage(target, before)
     finally:
         if profiler is not None:
             run["profile"] = profiler.finish()

@@ -4,10 +4,17 @@ time (a stalled sender must not hide the queueing it caused: no coordinated omis
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from client.cli.bench import _Recorder, _send_all, compare_rows, latency_summary, percentile
+import pytest
+
+from client.cli.bench import _Recorder, _send_all, compare_rows, latency_summary, percentile, process_usage
 from client.types import DeliveryReport
 from tests.conftest import wait_for_condition
 
@@ -38,15 +45,13 @@ class StallingProducer:
     def __init__(self, stall_at: int, stall_s: float) -> None:
         self.stall_at, self.stall_s, self.calls = stall_at, stall_s, 0
 
-    async def send(self, topic: str, value: bytes) -> asyncio.Future[DeliveryReport]:
+    async def send(self, topic: str, value: bytes, *,
+                   on_delivery: Callable[[DeliveryReport], object]) -> None:
         index = self.calls
         self.calls += 1
         if index == self.stall_at:
             await asyncio.sleep(self.stall_s)  # simulated buffer-full stall
-        future: asyncio.Future[DeliveryReport] = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().call_later(0.001, future.set_result,
-                                              DeliveryReport("ok", topic, 0, index))
-        return future
+        asyncio.get_running_loop().call_later(0.001, on_delivery, DeliveryReport("ok", topic, 0, index))
 
 
 async def test_latency_counts_from_the_schedule_not_from_the_late_send() -> None:
@@ -69,3 +74,15 @@ async def test_sending_stops_at_the_deadline() -> None:
                                               time.perf_counter() + 0.2, asyncio.Event())
     assert reason is not None and "deadline" in reason
     assert 200 <= attempted < 1000
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux /proc")
+def test_process_usage_reads_cpu_and_memory_of_a_live_process() -> None:
+    sum(i * i for i in range(200_000))  # burn a little CPU so cpu_s is above zero
+    usage = process_usage(os.getpid())
+    assert usage is not None
+    assert usage["cpu_s"] > 0
+    assert 0 < usage["rss_mb"] <= usage["peak_rss_mb"]
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=30)
+    assert process_usage(gone.pid) is None  # reaped: no /proc entry

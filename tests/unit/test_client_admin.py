@@ -84,7 +84,7 @@ async def test_wait_for_topic_with_preferred_leaders(cluster: FakeCluster) -> No
     async with Admin(cluster.urls) as admin:
         assert (await admin.wait_for_topic("t", timeout_s=2.0)).partitions[0].leader_id == 2
         with pytest.raises(ClientTimeout, match="preferred"):
-            await admin.wait_for_topic("t", timeout_s=0.3, preferred_leaders=True)
+            await admin.wait_for_topic("t", timeout_s=1.0, preferred_leaders=True)
         cluster.set_leader("t", 0, 1)
         info = await admin.wait_for_topic("t", timeout_s=2.0, preferred_leaders=True)
         assert [p.leader_id for p in info.partitions] == [p.replicas[0] for p in info.partitions]

@@ -390,6 +390,49 @@ async def test_stop_resolves_every_future(cluster: FakeCluster) -> None:
     await p.stop()  # idempotent
 
 
+async def test_on_delivery_callbacks_get_every_report_once_without_futures(cluster: FakeCluster) -> None:
+    reports: list[DeliveryReport] = []
+    async with producer(cluster, linger_ms=0) as p:
+        results = [await p.send("t", b"v%d" % i, partition=0, on_delivery=reports.append) for i in range(5)]
+        await p.flush(5.0)
+        assert results == [None] * 5  # no future is made on this path
+        assert [r.offset for r in reports] == list(range(5)) and {r.status for r in reports} == {"ok"}
+        assert p.counters.acked == 5
+        cluster.inject("produce", Fault("error", "CORRUPT_BATCH"))
+        await p.send("t", b"bad", partition=1, on_delivery=reports.append)
+        await p.flush(5.0)
+    assert len(reports) == 6 and reports[-1].status == "failed" and isinstance(reports[-1].error, CorruptBatch)
+
+
+async def test_a_raising_on_delivery_callback_does_not_break_the_producer(
+        cluster: FakeCluster, caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[int | None] = []
+
+    def explode(report: DeliveryReport) -> None:
+        seen.append(report.offset)
+        raise RuntimeError("user bug")
+
+    async with producer(cluster, linger_ms=0) as p:
+        for _ in range(3):
+            await p.send("t", b"x", partition=2, on_delivery=explode)
+        after = await p.send("t", b"y", partition=2)
+        assert (await asyncio.wait_for(after, 5.0)).offset == 3
+    assert seen == [0, 1, 2] and p.counters.acked == 4
+    assert "on_delivery callback" in caplog.text and "user bug" in caplog.text
+
+
+async def test_stop_calls_every_on_delivery_callback(cluster: FakeCluster) -> None:
+    cluster.inject("produce", Fault("hang", times=1000))
+    reports: list[DeliveryReport] = []
+    p = producer(cluster, linger_ms=0, batch_bytes=300, delivery_timeout_ms=60_000, request_timeout_ms=30_000)
+    await p.start()
+    for i in range(6):
+        await p.send("t", b"x" * 100, partition=i % 3, on_delivery=reports.append)
+    await wait_until(lambda: len(cluster.produce_requests()) == 3, what="one request in flight per partition")
+    await asyncio.wait_for(p.stop(timeout_s=0.1), 5.0)
+    assert len(reports) == 6 and {r.status for r in reports} <= {"unknown", "failed"}
+
+
 async def test_stop_flushes_pending_records(cluster: FakeCluster) -> None:
     p = producer(cluster, linger_ms=60_000)
     await p.start()
