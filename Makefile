@@ -34,7 +34,7 @@ chaos-matrix: $(VENV)/.installed
 	$(BIN)/raftmq chaos run all --acks 0,1,all --seed 1 --duration 30s --report-dir reports/chaos
 
 bench: $(VENV)/.installed
-	$(BIN)/raftmq bench produce --records 200000 --record-bytes 100 --acks all --report reports/bench.json
+	$(BIN)/raftmq bench produce --records 1000000 --record-bytes 100 --acks all,1,0 --report reports/bench.json
 
 lint: $(VENV)/.installed-test
 	$(BIN)/python -m pip install --quiet ruff
