@@ -487,8 +487,7 @@ def broker_usage(target: _Target, before: dict[int, dict[str, float]]) -> dict[s
     """Per broker: CPU seconds since ``before`` and memory now; brokers that are gone are left out."""
     usage: dict[str, dict[str, float]] = {}
     for broker_id, start in before.items():
-        pid = target.pid_of(broker_id)
-        now = process_usage(pid) if pid is not None else None
+        now = _usage_of(target, broker_id)
         if now is not None:
             usage[str(broker_id)] = {**now, "cpu_s": round(now["cpu_s"] - start["cpu_s"], 2)}
     return usage
