@@ -35,6 +35,19 @@ async def _create_topic(cluster: LocalCluster, name: str, partitions: int = 1, *
         await admin.wait_for_topic(name, timeout_s=20)
 
 
+async def _restart_and_catch_up(session: aiohttp.ClientSession, cluster: LocalCluster, broker_id: int, topic: str,
+                                *, end: int, timeout_s: float) -> None:
+    """Start a stopped broker again and wait until its own replica of ``topic``/0 reaches ``end``."""
+    cluster.start([broker_id])
+    await asyncio.to_thread(cluster.wait_ready, [broker_id], timeout_s=30)
+
+    async def caught_up() -> bool:
+        _, replica_end = await _fetch_raw(session, cluster.nodes[broker_id].url, topic, 0)
+        return replica_end == end
+
+    await wait_for_condition(caught_up, timeout_s=timeout_s, what=f"broker {broker_id} caught up on {topic}")
+
+
 async def _fetch_raw(session: aiohttp.ClientSession, url: str, topic: str, partition: int, *,
                      any_replica: bool = True) -> tuple[list[bytes], int]:
     """Every stored batch of one broker's replica, as raw bytes, and its high watermark."""
@@ -179,14 +192,7 @@ async def test_kill_leader_during_acks_all_stream(own_cluster: LocalCluster, ses
     _assert_exactly_once_in_order(acked, stored, [v for v, _ in stream.reports])  # type: ignore[misc]
 
     # The killed broker restarts and converges to the same log, batch for batch (byte-identical).
-    cluster.start([old_leader])
-    await asyncio.to_thread(cluster.wait_ready, [old_leader], timeout_s=30)
-
-    async def caught_up() -> bool:
-        _, replica_end = await _fetch_raw(session, cluster.nodes[old_leader].url, "failover", 0)
-        return replica_end == high_watermark
-
-    await wait_for_condition(caught_up, timeout_s=60, what="the restarted broker caught up")
+    await _restart_and_catch_up(session, cluster, old_leader, "failover", end=high_watermark, timeout_s=60)
     replicas = {b: (await _fetch_raw(session, n.url, "failover", 0))[0] for b, n in cluster.nodes.items()}
     reference = replicas[new_leader]
     for broker_id, replica in replicas.items():
@@ -292,14 +298,7 @@ async def test_follower_catches_up_after_missing_100k_records(own_cluster: Local
         futures = [await producer.send("catchup", b"r%07d" % i + b"." * 60) for i in range(total)]
         reports = [await f for f in futures]
     assert sum(r.status == "ok" for r in reports) == total
-    cluster.start([follower])
-    await asyncio.to_thread(cluster.wait_ready, [follower], timeout_s=30)
-
-    async def follower_caught_up() -> bool:
-        _, end = await _fetch_raw(session, cluster.nodes[follower].url, "catchup", 0)
-        return end == total
-
-    await wait_for_condition(follower_caught_up, timeout_s=120, what="follower caught up")
+    await _restart_and_catch_up(session, cluster, follower, "catchup", end=total, timeout_s=120)
     leader_batches, _ = await _fetch_raw(session, cluster.nodes[leader].url, "catchup", 0)
     follower_batches, _ = await _fetch_raw(session, cluster.nodes[follower].url, "catchup", 0)
     assert follower_batches == leader_batches

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -121,117 +122,116 @@ async def _leader(nodes: dict[int, Node], group_id: str) -> Node:
     return await wait_for_condition(find, timeout_s=15, what=f"a leader of {group_id}")
 
 
-@pytest.fixture
-def ports() -> dict[int, int]:
-    chosen = find_free_ports(3)
-    return {1: chosen[0], 2: chosen[1], 3: chosen[2]}
+class Trio:
+    """Three Nodes in this process. ``restart`` replaces a stopped node with a fresh one (empty state machines,
+    same data directory); the fixture stops whatever is running at the end."""
 
+    def __init__(self, tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
+        chosen = find_free_ports(3)
+        self.ports = {1: chosen[0], 2: chosen[1], 3: chosen[2]}
+        self.tmp_path = tmp_path
+        self.loop = loop
+        self.nodes = {b: Node(b, self.ports, tmp_path, loop) for b in self.ports}
 
-async def test_groups_share_links_and_replicate(tmp_path: Path, ports: dict[int, int]) -> None:
-    loop = asyncio.get_running_loop()
-    group_ids = [f"g{i}" for i in range(5)]
-    nodes = {b: Node(b, ports, tmp_path, loop) for b in ports}
-    try:
-        for node in nodes.values():
+    def start(self, group_ids: list[str]) -> None:
+        for node in self.nodes.values():
             node.start(group_ids)
-        for group_id in group_ids:
-            leader = await _leader(nodes, group_id)
-            results = await asyncio.wait_for(asyncio.gather(*[
-                _submit(leader.groups[group_id], f"{group_id}-{i}".encode(), i) for i in range(50)]), 20)
-            assert sorted(results) == list(range(1, 51))
-        for group_id in group_ids:
-            expected = [f"{group_id}-{i}".encode() for i in range(50)]
-            await wait_for_condition(lambda g=group_id, e=expected: all(  # type: ignore[misc]
-                n.machines[g].snapshot_items() == e for n in nodes.values()), timeout_s=10,
-                what=f"{group_id} applied everywhere")
-        # One connection per broker pair, whatever the number of groups.
-        for node in nodes.values():
+
+    def restart(self, broker_id: int, group_ids: list[str]) -> Node:
+        self.nodes[broker_id].stop()
+        node = self.nodes[broker_id] = Node(broker_id, self.ports, self.tmp_path, self.loop)
+        node.start(group_ids)
+        return node
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+
+@pytest.fixture
+async def trio(tmp_path: Path) -> AsyncIterator[Trio]:
+    cluster = Trio(tmp_path, asyncio.get_running_loop())
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def test_groups_share_links_and_replicate(trio: Trio) -> None:
+    group_ids = [f"g{i}" for i in range(5)]
+    nodes = trio.nodes
+    trio.start(group_ids)
+    for group_id in group_ids:
+        leader = await _leader(nodes, group_id)
+        results = await asyncio.wait_for(asyncio.gather(*[
+            _submit(leader.groups[group_id], f"{group_id}-{i}".encode(), i) for i in range(50)]), 20)
+        assert sorted(results) == list(range(1, 51))
+    for group_id in group_ids:
+        expected = [f"{group_id}-{i}".encode() for i in range(50)]
+        await wait_for_condition(lambda g=group_id, e=expected: all(  # type: ignore[misc]
+            n.machines[g].snapshot_items() == e for n in nodes.values()), timeout_s=10,
+            what=f"{group_id} applied everywhere")
+    # One connection per broker pair, whatever the number of groups.
+    for node in nodes.values():
+        assert node.replication is not None
+        assert len(node.replication.network.up_peers()) == 2
+        assert node.replication.network.stats["links_opened"] <= 4
+    assert threading.active_count() < 40
+
+
+async def test_restart_replays_without_double_apply(trio: Trio) -> None:
+    nodes = trio.nodes
+    trio.start(["g"])
+    leader = await _leader(nodes, "g")
+    await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"a%d" % i, i) for i in range(30)]), 20)
+    follower = next(n for n in nodes.values() if n is not leader)
+    await wait_for_condition(lambda: len(follower.machines["g"].snapshot_items()) == 30, timeout_s=10,
+                             what="follower applied 30")
+    follower.stop()
+    await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"b%d" % i, 100 + i)
+                                            for i in range(30)]), 20)
+    # The restarted follower has a fresh (empty) state machine: the journal is replayed through it.
+    restarted = trio.restart(follower.broker_id, ["g"])
+    expected = [b"a%d" % i for i in range(30)] + [b"b%d" % i for i in range(30)]
+    await wait_for_condition(lambda: restarted.machines["g"].snapshot_items() == expected, timeout_s=15,
+                             what="restarted follower caught up")
+    assert restarted.machines["g"].applied_twice == 0
+
+
+async def test_follower_catches_up_through_a_snapshot(trio: Trio) -> None:
+    nodes = trio.nodes
+    trio.start(["g"])
+    leader = await _leader(nodes, "g")
+    follower = next(n for n in nodes.values() if n is not leader)
+    follower.stop()
+    await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"c%d" % i, i) for i in range(40)]), 20)
+    for node in nodes.values():
+        if node is not follower:
+            group = node.groups["g"]
             assert node.replication is not None
-            assert len(node.replication.network.up_peers()) == 2
-            assert node.replication.network.stats["links_opened"] <= 4
-        assert threading.active_count() < 40
-    finally:
-        for node in nodes.values():
-            node.stop()
+            node.replication.call(group.raft.forceLogCompaction).result(timeout=5)
+            await wait_for_condition(lambda g=group: g.snapshotter.snapshots_taken > 0, timeout_s=10,  # type: ignore[misc]
+                                     what="a snapshot on the leader side")
+    await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"d%d" % i, 100 + i)
+                                            for i in range(5)]), 20)
+    restarted = trio.restart(follower.broker_id, ["g"])
+    expected = [b"c%d" % i for i in range(40)] + [b"d%d" % i for i in range(5)]
+    await wait_for_condition(lambda: restarted.machines["g"].snapshot_items() == expected, timeout_s=20,
+                             what="follower caught up through a snapshot")
+    assert restarted.groups["g"].snapshotter.snapshots_installed >= 1
 
 
-async def test_restart_replays_without_double_apply(tmp_path: Path, ports: dict[int, int]) -> None:
-    loop = asyncio.get_running_loop()
-    nodes = {b: Node(b, ports, tmp_path, loop) for b in ports}
-    try:
-        for node in nodes.values():
-            node.start(["g"])
-        leader = await _leader(nodes, "g")
-        await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"a%d" % i, i) for i in range(30)]), 20)
-        follower = next(n for n in nodes.values() if n is not leader)
-        await wait_for_condition(lambda: len(follower.machines["g"].snapshot_items()) == 30, timeout_s=10,
-                                 what="follower applied 30")
-        follower.stop()
-        await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"b%d" % i, 100 + i)
-                                                for i in range(30)]), 20)
-        # The restarted follower has a fresh (empty) state machine: the journal is replayed through it.
-        restarted = Node(follower.broker_id, ports, tmp_path, loop)
-        nodes[follower.broker_id] = restarted
-        restarted.start(["g"])
-        expected = [b"a%d" % i for i in range(30)] + [b"b%d" % i for i in range(30)]
-        await wait_for_condition(lambda: restarted.machines["g"].snapshot_items() == expected, timeout_s=15,
-                                 what="restarted follower caught up")
-        assert restarted.machines["g"].applied_twice == 0
-    finally:
-        for node in nodes.values():
-            node.stop()
-
-
-async def test_follower_catches_up_through_a_snapshot(tmp_path: Path, ports: dict[int, int]) -> None:
-    loop = asyncio.get_running_loop()
-    nodes = {b: Node(b, ports, tmp_path, loop) for b in ports}
-    try:
-        for node in nodes.values():
-            node.start(["g"])
-        leader = await _leader(nodes, "g")
-        follower = next(n for n in nodes.values() if n is not leader)
-        follower.stop()
-        await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"c%d" % i, i) for i in range(40)]), 20)
-        for node in nodes.values():
-            if node is not follower:
-                group = node.groups["g"]
-                assert node.replication is not None
-                node.replication.call(group.raft.forceLogCompaction).result(timeout=5)
-                await wait_for_condition(lambda g=group: g.snapshotter.snapshots_taken > 0, timeout_s=10,  # type: ignore[misc]
-                                         what="a snapshot on the leader side")
-        await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"d%d" % i, 100 + i)
-                                                for i in range(5)]), 20)
-        restarted = Node(follower.broker_id, ports, tmp_path, loop)
-        nodes[follower.broker_id] = restarted
-        restarted.start(["g"])
-        expected = [b"c%d" % i for i in range(40)] + [b"d%d" % i for i in range(5)]
-        await wait_for_condition(lambda: restarted.machines["g"].snapshot_items() == expected, timeout_s=20,
-                                 what="follower caught up through a snapshot")
-        assert restarted.groups["g"].snapshotter.snapshots_installed >= 1
-    finally:
-        for node in nodes.values():
-            node.stop()
-
-
-async def test_follower_far_behind_catches_up_from_the_journal(tmp_path: Path, ports: dict[int, int]) -> None:
+async def test_follower_far_behind_catches_up_from_the_journal(trio: Trio) -> None:
     """A follower hundreds of entries behind (no snapshot in between) is sent long ranges of journal entries."""
-    loop = asyncio.get_running_loop()
-    nodes = {b: Node(b, ports, tmp_path, loop) for b in ports}
-    try:
-        for node in nodes.values():
-            node.start(["g"])
-        leader = await _leader(nodes, "g")
-        follower = next(n for n in nodes.values() if n is not leader)
-        follower.stop()
-        for i in range(300):  # one entry each: the follower will be 300 entries behind
-            await asyncio.wait_for(_submit(leader.groups["g"], b"e%d" % i, i), 10)
-        restarted = Node(follower.broker_id, ports, tmp_path, loop)
-        nodes[follower.broker_id] = restarted
-        restarted.start(["g"])
-        expected = [b"e%d" % i for i in range(300)]
-        await wait_for_condition(lambda: restarted.machines["g"].snapshot_items() == expected, timeout_s=20,
-                                 what="follower caught up from the journal")
-        assert all(n.replication is not None and n.replication.failure is None for n in nodes.values())
-    finally:
-        for node in nodes.values():
-            node.stop()
+    nodes = trio.nodes
+    trio.start(["g"])
+    leader = await _leader(nodes, "g")
+    follower = next(n for n in nodes.values() if n is not leader)
+    follower.stop()
+    for i in range(300):  # one entry each: the follower will be 300 entries behind
+        await asyncio.wait_for(_submit(leader.groups["g"], b"e%d" % i, i), 10)
+    restarted = trio.restart(follower.broker_id, ["g"])
+    expected = [b"e%d" % i for i in range(300)]
+    await wait_for_condition(lambda: restarted.machines["g"].snapshot_items() == expected, timeout_s=20,
+                             what="follower caught up from the journal")
+    assert all(n.replication is not None and n.replication.failure is None for n in nodes.values())
