@@ -67,6 +67,12 @@ raft_connection_timeout_s: Final = 3.0
 raft_leader_fallback_timeout_s: Final = 1.5
 peer_connect_retry_s: Final = 0.5
 peer_handshake_timeout_s: Final = 3.0
+# A frame from a peer that has not finished the handshake (CHALLENGE, HELLO, REJECT are a few dozen bytes):
+# an unauthenticated connection can make the broker buffer no more than this.
+peer_handshake_frame_bytes_max: Final = 4 * KIB
+# Accepted connections still in the handshake; past it the oldest is closed, so a flood of connections
+# that never authenticate cannot exhaust file descriptors or lock real brokers out.
+peer_pending_connections_max: Final = 32
 # A follower counts as in sync if it answered the leader within this window.
 replica_lag_time_max_s: Final = 2.0
 

@@ -6,18 +6,22 @@ broker pair. Here:
 
 * ``PeerNetwork`` owns the listening socket and one ``PeerLink`` per peer. It is driven by the replication
   thread (``poll()``), never by a thread of its own, so Raft messages are handled on the thread that ticks
-  the groups, with no hand-off and no locks (fact sheet §4.3, §14).
+  the groups, with no hand-off and no locks (pysyncobj's Raft handlers take no locks, so they must run on
+  the thread that ticks the group).
 * Who dials: the broker with the larger id dials the smaller one, always at the peer's *dial address*
   (a chaos proxy, or its canonical peer address). Identity is the broker id carried in the handshake,
-  never the TCP address, so routing a link through a proxy never changes who is who (fact sheet §4.2).
+  never the TCP address, so routing a link through a proxy never changes who is who.
 * Handshake: the acceptor sends a random challenge; the dialer answers with cluster id, its id, the id it
   wants, and (if a cluster secret is set) an HMAC of the challenge; the acceptor welcomes it. A link is
   "up" only after the welcome, so a black-holed link never counts as connected and an isolated broker
   does not campaign (pysyncobj campaigns only when it sees a connected peer).
-* Frames: ``[u32 length][msgpack payload]``, payload ``[kind, ...]``; Raft messages are
-  ``[KIND_RAFT, group_id, message]`` where message is pysyncobj's dict (ints, strs, bools, bytes, lists):
-  msgpack, not pickle, so a peer cannot make us execute code by sending a frame.
-* Limits: a frame above ``peer_frame_bytes_max`` is a protocol error (link closed); a link whose send
+* Frames: ``[u32 length][msgpack payload]`` (``node/peer_protocol.py``: kinds, encoding, and a schema for
+  every frame and every Raft message type). msgpack, not pickle, so a peer cannot make us execute code; and
+  every frame is checked against its schema before anything uses it. A frame that fails its check, or whose
+  handling raises, closes that one connection (logged, counted in ``stats``), never the replication thread.
+* Limits: a frame above ``peer_frame_bytes_max`` (``peer_handshake_frame_bytes_max`` before the handshake
+  is done) is a protocol error; at most ``peer_pending_connections_max`` accepted connections may be in the
+  handshake (the oldest makes room); a link whose send
   buffer grows past ``peer_send_buffer_bytes_max`` is cut (Raft resends); above the soft limit Raft
   AppendEntries are dropped (Raft recovers from loss) while every other message is kept.
 * Liveness: pings when idle; a link that received nothing for ``connection_timeout_s`` is closed and,
@@ -37,31 +41,32 @@ import logging
 import os
 import selectors
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 from pysyncobj.node import Node
 from pysyncobj.transport import Transport
 
 from cluster import limits
 from cluster.errors import invariant
+from node import peer_protocol
+from node.peer_protocol import (
+    PROTOCOL_VERSION,
+    Challenge,
+    FrameReader,
+    Hello,
+    PeerProtocolError,
+    Ping,
+    RaftFrame,
+    Reject,
+    Welcome,
+)
 
 log = logging.getLogger(__name__)
 
-KIND_CHALLENGE = 1
-KIND_HELLO = 2
-KIND_WELCOME = 3
-KIND_RAFT = 4
-KIND_PING = 5
-KIND_REJECT = 6
-
-PROTOCOL_VERSION = 1
-_LENGTH = struct.Struct(">I")
 _RECV_BYTES = 256 * limits.KIB
 _RECV_BUDGET_BYTES = 4 * limits.MIB  # per link per poll, so one busy link cannot starve the others
 _SEND_CHUNK_BUFFERS = 64
@@ -95,14 +100,27 @@ class PeerAddress:
         return f"{self.host}:{self.port}"
 
 
-def _encode_frame(payload: Any) -> bytes:
-    body = msgpack.packb(payload, use_bin_type=True)
-    return _LENGTH.pack(len(body)) + body
-
-
-def _mac(secret: bytes, challenge: bytes, cluster_id: str, from_id: int, to_id: int) -> bytes:
+def handshake_mac(secret: bytes, challenge: bytes, cluster_id: str, from_id: int, to_id: int) -> bytes:
+    """HMAC-SHA256 of the acceptor's challenge and both identities, keyed by the cluster secret."""
     text = b"|".join([challenge, cluster_id.encode(), str(from_id).encode(), str(to_id).encode()])
     return hmac.new(secret, text, hashlib.sha256).digest()
+
+
+def hello_rejection(hello: Hello, *, cluster_id: str, self_id: int, peers: dict[int, Any], challenge: bytes,
+                    secret: bytes) -> str | None:
+    """Why an acceptor must refuse this HELLO (None: welcome it). Pure; the HELLO's types are checked."""
+    if hello.version != PROTOCOL_VERSION:
+        return f"protocol version {hello.version} != {PROTOCOL_VERSION}"
+    if hello.cluster_id != cluster_id:
+        return f"cluster id {hello.cluster_id[:80]!r} != {cluster_id!r}"
+    if hello.to_id != self_id:
+        return f"dialed broker {hello.to_id} but this is broker {self_id}"
+    if hello.from_id not in peers or hello.from_id < self_id:
+        return f"broker {hello.from_id} is not a peer that dials this broker"
+    if secret and not hmac.compare_digest(
+            hello.mac, handshake_mac(secret, challenge, cluster_id, hello.from_id, self_id)):
+        return "bad cluster secret"
+    return None
 
 
 class PeerLink:
@@ -123,8 +141,9 @@ class PeerLink:
         self.created_at = now
         self.last_recv = now
         self.last_send = now
-        self._in = bytearray()
-        self._in_pos = 0
+        # Until the handshake is done only small frames are accepted: an unauthenticated peer cannot make
+        # the broker buffer more than a few KiB.
+        self.reader = FrameReader(limits.peer_handshake_frame_bytes_max)
         self._out: deque[memoryview] = deque()
         self.out_bytes = 0
         self.bytes_sent = 0
@@ -161,42 +180,20 @@ class PeerLink:
         return True
 
     def receive(self, now: float) -> bool:
-        """Read what is available (bounded). Returns False on EOF."""
-        budget = _RECV_BUDGET_BYTES
+        """Read what is available (bounded per call). Returns False on EOF."""
+        budget = _RECV_BUDGET_BYTES if self.state == PeerLink.UP else limits.peer_handshake_frame_bytes_max
         while budget > 0:
             try:
-                chunk = self.sock.recv(_RECV_BYTES)
+                chunk = self.sock.recv(min(_RECV_BYTES, budget))
             except (BlockingIOError, InterruptedError):
                 return True
             if not chunk:
                 return False
-            self._in += chunk
+            self.reader.feed(chunk)
             self.bytes_received += len(chunk)
             self.last_recv = now
             budget -= len(chunk)
         return True
-
-    def frames(self) -> list[Any]:
-        """Complete frames decoded from the input buffer. Raises ValueError on a protocol error."""
-        out = []
-        buffer = self._in
-        position = self._in_pos
-        while len(buffer) - position >= 4:
-            (length,) = _LENGTH.unpack_from(buffer, position)
-            if length > limits.peer_frame_bytes_max:
-                raise ValueError(f"frame of {length} bytes exceeds peer_frame_bytes_max")
-            if len(buffer) - position - 4 < length:
-                break
-            body = bytes(buffer[position + 4:position + 4 + length])
-            position += 4 + length
-            out.append(msgpack.unpackb(body, raw=False, use_list=False, strict_map_key=False,
-                                       max_bin_len=limits.peer_frame_bytes_max))
-        # Compact lazily: deleting a prefix of a bytearray moves the rest.
-        if position and (position == len(buffer) or position > len(buffer) // 2):
-            del buffer[:position]
-            position = 0
-        self._in_pos = position
-        return out
 
 
 class NetworkListener:
@@ -238,7 +235,8 @@ class PeerNetwork:
         os.set_blocking(self._wake_w, False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._dirty_links: set[PeerLink] = set()
-        self.stats = {"links_opened": 0, "links_closed": 0, "frames_dropped": 0, "links_cut_overflow": 0}
+        self.stats = {"links_opened": 0, "links_closed": 0, "frames_dropped": 0, "links_cut_overflow": 0,
+                      "protocol_errors": 0, "handshakes_rejected": 0, "pending_evicted": 0}
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -309,7 +307,7 @@ class PeerNetwork:
             # resends from there. Queueing without bound would instead cost memory and latency.
             self.stats["frames_dropped"] += 1
             return False
-        frame = _encode_frame([KIND_RAFT, group_id, message])
+        frame = peer_protocol.encode_raft(group_id, message)
         if link.out_bytes + len(frame) > limits.peer_send_buffer_bytes_max:
             self.stats["links_cut_overflow"] += 1
             self._close(link, f"send buffer above {limits.peer_send_buffer_bytes_max} bytes")
@@ -381,7 +379,7 @@ class PeerNetwork:
             if now - link.last_recv > self.connection_timeout_s:
                 self._close(link, f"nothing received for {self.connection_timeout_s:.1f} s")
             elif now - link.last_send > _PING_INTERVAL_S and link.out_bytes == 0:
-                link.queue(_encode_frame([KIND_PING]))
+                link.queue(peer_protocol.encode_ping())
                 self._dirty_links.add(link)
 
     # --- connection setup ---------------------------------------------------------------------
@@ -426,10 +424,21 @@ class PeerNetwork:
             except OSError as exc:
                 log.warning("accept failed: %s", exc)
                 return
-            self._configure(sock)
+            try:
+                self._configure(sock)
+            except OSError:
+                sock.close()  # reset before we got to it
+                continue
+            accepted = [pending for pending in self._pending if not pending.dialer]
+            if len(accepted) >= limits.peer_pending_connections_max:
+                # Whoever floods the peer port with connections that never finish the handshake must not
+                # lock the brokers out: the oldest unfinished one makes room.
+                oldest = min(accepted, key=lambda pending: pending.created_at)
+                self.stats["pending_evicted"] += 1
+                self._close(oldest, "too many unfinished handshakes", quiet=True)
             link = PeerLink(sock, dialer=False, peer_id=None, now=time.monotonic(), remote=f"{address[0]}:{address[1]}")
-            link.challenge = os.urandom(16)
-            link.queue(_encode_frame([KIND_CHALLENGE, link.challenge]))
+            link.challenge = os.urandom(peer_protocol.CHALLENGE_BYTES)
+            link.queue(peer_protocol.encode_challenge(link.challenge))
             self._pending.add(link)
             self.selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, link)
 
@@ -442,73 +451,74 @@ class PeerNetwork:
             self._close(link, f"receive failed: {exc}")
             return
         try:
-            frames = link.frames()
-        except (ValueError, msgpack.UnpackException, msgpack.ExtraData) as exc:
-            self._close(link, f"protocol error: {exc}")
+            bodies = link.reader.bodies()
+        except PeerProtocolError as exc:
+            self._close_hostile(link, str(exc))
             return
-        for frame in frames:
+        for body in bodies:
             if link.state == PeerLink.CLOSED:
                 return
-            self._handle_frame(link, frame)
+            try:
+                self._handle_frame(link, peer_protocol.decode(body))
+            except PeerProtocolError as exc:
+                self._close_hostile(link, str(exc))
+                return
+            except OSError:
+                raise  # this broker's own disk or socket failed while handling a valid frame: not the peer's doing
+            except Exception as exc:  # noqa: BLE001 - a frame must never stop the replication thread
+                log.exception("closing the link to %s: handling a frame failed", link.peer_id or link.remote)
+                self._close(link, f"handling a frame failed: {exc!r}")
+                return
         if not alive and link.state != PeerLink.CLOSED:
             self._close(link, "peer closed the connection", quiet=True)
 
-    def _handle_frame(self, link: PeerLink, frame: Any) -> None:
-        if not isinstance(frame, tuple) or not frame:
-            self._close(link, "malformed frame")
-            return
-        kind = frame[0]
-        if link.state == PeerLink.UP:
-            if kind == KIND_RAFT and len(frame) == 3 and isinstance(frame[2], dict):
-                invariant(link.peer_id is not None, "an up link knows its peer")
-                self.listener.on_raft_message(link.peer_id, frame[1], frame[2])  # type: ignore[arg-type]
-            elif kind == KIND_PING:
-                pass
-            else:
-                self._close(link, f"unexpected frame kind {kind}")
-            return
-        if link.dialer and kind == KIND_CHALLENGE and len(frame) == 2 and isinstance(frame[1], bytes):
-            invariant(link.peer_id is not None, "a dialing link knows its peer")
-            mac = _mac(self._secret, frame[1], self.cluster_id, self.self_id, link.peer_id) if self._secret else b""
-            link.queue(_encode_frame([KIND_HELLO, {"v": PROTOCOL_VERSION, "cluster": self.cluster_id,
-                                                   "from": self.self_id, "to": link.peer_id, "mac": mac}]))
-            self._dirty_links.add(link)
-        elif not link.dialer and kind == KIND_HELLO and len(frame) == 2 and isinstance(frame[1], dict):
-            self._accept_hello(link, frame[1])
-        elif link.dialer and kind == KIND_WELCOME:
-            self._link_up(link)
-        elif kind == KIND_REJECT:
-            self._close(link, f"peer rejected the handshake: {frame[1] if len(frame) > 1 else '?'}")
-        else:
-            self._close(link, f"unexpected frame kind {kind} during handshake")
+    def _close_hostile(self, link: PeerLink, reason: str) -> None:
+        self.stats["protocol_errors"] += 1
+        log.warning("closing the peer connection from %s: protocol error: %s",
+                    f"broker {link.peer_id}" if link.state == PeerLink.UP else link.remote, reason)
+        self._close(link, f"protocol error: {reason}", quiet=True)
 
-    def _accept_hello(self, link: PeerLink, hello: dict[str, Any]) -> None:
-        from_id = hello.get("from")
-        reason = None
-        if hello.get("v") != PROTOCOL_VERSION:
-            reason = f"protocol version {hello.get('v')} != {PROTOCOL_VERSION}"
-        elif hello.get("cluster") != self.cluster_id:
-            reason = f"cluster id {hello.get('cluster')!r} != {self.cluster_id!r}"
-        elif hello.get("to") != self.self_id:
-            reason = f"dialed broker {hello.get('to')} but this is broker {self.self_id}"
-        elif not isinstance(from_id, int) or from_id not in self.peers or from_id < self.self_id:
-            reason = f"broker {from_id} is not a peer that dials this broker"
-        elif self._secret and not hmac.compare_digest(
-                bytes(hello.get("mac") or b""),
-                _mac(self._secret, link.challenge, self.cluster_id, from_id, self.self_id)):
-            reason = "bad cluster secret"
+    def _handle_frame(self, link: PeerLink, frame: peer_protocol.Frame) -> None:
+        if link.state == PeerLink.UP:
+            if isinstance(frame, RaftFrame):
+                invariant(link.peer_id is not None, "an up link knows its peer")
+                self.listener.on_raft_message(link.peer_id, frame.group_id, frame.message)  # type: ignore[arg-type]
+            elif not isinstance(frame, Ping):
+                raise PeerProtocolError(f"{type(frame).__name__} frame on a link that is up")
+            return
+        if link.dialer and isinstance(frame, Challenge):
+            invariant(link.peer_id is not None, "a dialing link knows its peer")
+            mac = handshake_mac(self._secret, frame.nonce, self.cluster_id, self.self_id, link.peer_id) \
+                if self._secret else b""  # type: ignore[arg-type]
+            link.queue(peer_protocol.encode_hello(Hello(PROTOCOL_VERSION, self.cluster_id, self.self_id,
+                                                        link.peer_id, mac)))  # type: ignore[arg-type]
+            self._dirty_links.add(link)
+        elif not link.dialer and isinstance(frame, Hello):
+            self._accept_hello(link, frame)
+        elif link.dialer and isinstance(frame, Welcome):
+            self._link_up(link)
+        elif isinstance(frame, Reject):
+            self._close(link, f"peer rejected the handshake: {frame.reason}")
+        else:
+            raise PeerProtocolError(f"{type(frame).__name__} frame during the handshake")
+
+    def _accept_hello(self, link: PeerLink, hello: Hello) -> None:
+        reason = hello_rejection(hello, cluster_id=self.cluster_id, self_id=self.self_id, peers=self.peers,
+                                 challenge=link.challenge, secret=self._secret)
         if reason is not None:
-            log.warning("rejecting peer connection: %s", reason)
-            link.queue(_encode_frame([KIND_REJECT, reason]))
+            self.stats["handshakes_rejected"] += 1
+            log.warning("rejecting peer connection from %s: %s", link.remote, reason)
+            link.queue(peer_protocol.encode_reject(reason))
             self._flush_link(link, time.monotonic())
             self._close(link, reason, quiet=True)
             return
+        from_id = hello.from_id
         old = self._links.get(from_id)
         if old is not None:
             # The dialer only dials when it has no link, so the old one is dead from its point of view.
             self._close(old, "superseded by a new connection from the same broker")
         link.peer_id = from_id
-        link.queue(_encode_frame([KIND_WELCOME, {"from": self.self_id}]))
+        link.queue(peer_protocol.encode_welcome(self.self_id))
         self._dirty_links.add(link)
         self._link_up(link)
 
@@ -516,6 +526,7 @@ class PeerNetwork:
         invariant(link.peer_id is not None, "link up without a peer id")
         self._pending.discard(link)
         link.state = PeerLink.UP
+        link.reader.frame_bytes_max = limits.peer_frame_bytes_max
         link.last_recv = time.monotonic()
         self._links[link.peer_id] = link  # type: ignore[index]
         self.stats["links_opened"] += 1
