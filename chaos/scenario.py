@@ -96,9 +96,10 @@ _NODE_OR_LINK_KINDS: Final = frozenset({"slow", "bandwidth", "reset"})
 _MODES: Final = ("refuse", "blackhole")
 _DIRECTIONS: Final = ("out", "in")
 _PICKS: Final = ("cycle", "random", "all")
-_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_NODE_RE: Final = re.compile(r"^node:([1-9][0-9]*)$")
-_LINK_RE: Final = re.compile(r"^link:([1-9][0-9]*)-([1-9][0-9]*)$")
+# Used with fullmatch ("$" would also accept a trailing newline).
+_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_NODE_RE: Final = re.compile(r"node:([1-9][0-9]{0,3})")
+_LINK_RE: Final = re.compile(r"link:([1-9][0-9]{0,3})-([1-9][0-9]{0,3})")
 
 _TOP_KEYS: Final = {"name", "description", "schedule", "fault"}
 _SCHEDULE_KEYS: Final = {"start", "interval", "fault_duration", "jitter", "heal_gap", "tail", "pick", "combine"}
@@ -246,7 +247,7 @@ def _validate(doc: dict[str, Any], label: str, source: str | Path) -> Scenario:
     if unknown:
         raise ctx.fail(unknown[0], f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
     name = doc.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ctx.fail("name", f"must be a lower-case name like 'kill-leader', got {name!r}")
     if isinstance(source, Path) and source.suffix == ".toml" and source.stem != name:
         raise ctx.fail("name", f"{name!r} does not match the file name {source.stem!r}")
@@ -308,13 +309,13 @@ def normalize_target(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     text = value.strip().lower()
-    if text.isdigit() and int(text) >= 1:
+    if re.fullmatch(r"[1-9][0-9]{0,3}", text):
         return f"node:{int(text)}"
     if text in ("leader", "follower", "random", "minority", "majority", "all", "random-link", "leader-link"):
         return text
-    if _NODE_RE.match(text):
+    if _NODE_RE.fullmatch(text):
         return text
-    match = _LINK_RE.match(text)
+    match = _LINK_RE.fullmatch(text)
     if match:
         a, b = sorted((int(match.group(1)), int(match.group(2))))
         return f"link:{a}-{b}" if a != b else None

@@ -69,8 +69,6 @@ client_connect_timeout_ms_default: Final = 3_000
 # limit bounds the concurrency one broker sees from one client; excess requests queue (inside their deadline).
 client_pool_connections_max: Final = 256
 client_pool_connections_per_broker_max: Final = 64
-# Idle keep-alive connections are closed after this long.
-client_keepalive_timeout_s: Final = 30.0
 
 
 class AsyncLifecycle:
@@ -181,7 +179,7 @@ class Connection:
             connector = aiohttp.TCPConnector(
                 limit=self._pool_connections_max,
                 limit_per_host=self._pool_connections_per_broker_max,
-                keepalive_timeout=client_keepalive_timeout_s,
+                keepalive_timeout=limits.client_keepalive_timeout_s,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,

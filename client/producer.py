@@ -48,6 +48,11 @@ original offset). Partition "sessions" are reset, i.e. the partition moves to th
   retried (new bytes, but nothing to duplicate). Otherwise it ends ``unknown`` and the next batch resets.
 * when a partition's sequence would overflow int32.
 
+With ``producer_name``, every new producer id is allocated under that name, and the cluster fences the
+older ids of the name (PRODUCER_FENCED): a batch of this producer still under an id it renewed itself is
+renumbered like above; a PRODUCER_FENCED for its newest id means another instance started with the same
+name, and this producer stops: that batch and every later one fail with ``ProducerFenced``.
+
 What happens to in-flight batches on a reset: nothing. A partition has at most one batch in flight, and
 it is the one that caused the reset; batches of OTHER partitions keep their producer id, sequences and
 bytes (ids are per partition state, so a reset on one partition never renumbers another's batches).
@@ -87,6 +92,7 @@ from cluster.errors import (
     NotLeader,
     OutOfOrderSequence,
     ProducerClosed,
+    ProducerFenced,
     RaftMQError,
     RecordTooLarge,
     UnexpectedResponse,
@@ -229,6 +235,9 @@ class Producer(AsyncLifecycle):
         delivery_timeout_ms: deadline of a send, from ``send()`` to its report, retries included.
         retry_backoff_ms: first retry backoff; doubles per retry up to ``limits.client_retry_backoff_ms_max``.
         metadata_max_age_ms: refresh the cluster view when older than this.
+        producer_name: a stable name for an idempotent producer (like Kafka's transactional.id): when a new
+            producer starts with the same name, this one is fenced (its sends fail with PRODUCER_FENCED,
+            nothing of them stored), so two instances of one service can never interleave writes.
         rng: randomness for jitter and the first sticky partition (inject a seeded one in tests).
 
     Raises:
@@ -249,6 +258,7 @@ class Producer(AsyncLifecycle):
         retry_backoff_ms: int = limits.client_retry_backoff_ms_default,
         retry_backoff_ms_max: int = limits.client_retry_backoff_ms_max,
         metadata_max_age_ms: int = limits.client_metadata_max_age_ms,
+        producer_name: str | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if isinstance(bootstrap_urls, str):
@@ -268,6 +278,9 @@ class Producer(AsyncLifecycle):
             raise ValueError("an idempotent producer needs acks='all': with acks 0 or 1 the broker answers before "
                              "it decides whether the batch's sequence is accepted")
         self.idempotent = idempotent
+        if producer_name is not None and not idempotent:
+            raise ValueError("producer_name needs an idempotent producer (acks='all')")
+        self.producer_name = producer_name
         self.linger_s = linger_ms / 1000.0
         self.batch_bytes = batch_bytes
         self.buffer_bytes = buffer_bytes
@@ -284,6 +297,8 @@ class Producer(AsyncLifecycle):
         self._sticky: dict[str, int] = {}
         self._key_partitions: dict[tuple[bytes, int], int] = {}
         self._producer_id = -1
+        self._producer_epoch = -1
+        self._fenced: ProducerFenced | None = None  # set once a newer instance of producer_name fenced us
         self._pid_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -377,6 +392,16 @@ class Producer(AsyncLifecycle):
         return self._producer_id
 
     @property
+    def producer_epoch(self) -> int:
+        """How many instances of ``producer_name`` started before this one's newest id (-1: not idempotent)."""
+        return self._producer_epoch
+
+    @property
+    def fenced(self) -> bool:
+        """A newer producer with the same ``producer_name`` started: every send fails with PRODUCER_FENCED."""
+        return self._fenced is not None
+
+    @property
     def cluster(self) -> ClusterView:
         return self._view
 
@@ -424,13 +449,15 @@ class Producer(AsyncLifecycle):
         """
         if not self._started or self._closing:
             raise ProducerClosed("producer is not running" if not self._started else "producer is stopping")
+        if self._fenced is not None:
+            raise self._fenced
         key_b = key if key is None or type(key) is bytes else _to_bytes(key, "key")
         value_b = value if value is None or type(value) is bytes else _to_bytes(value, "value")
         hdrs = _to_headers(headers) if headers else ()
         if timestamp_ms is None:
             timestamp_ms = int(time.time() * 1000)
-        elif type(timestamp_ms) is not int or timestamp_ms < 0:
-            raise ValueError("timestamp_ms must be a non-negative int")
+        elif type(timestamp_ms) is not int or not 0 <= timestamp_ms <= limits.timestamp_ms_max:
+            raise ValueError("timestamp_ms must be an int in [0, 2**63)")
         size = (len(key_b) if key_b is not None else 0) + (len(value_b) if value_b is not None else 0)
         if hdrs:
             size += sum(len(n) + (len(v) if v is not None else 0) for n, v in hdrs)
@@ -646,6 +673,9 @@ class Producer(AsyncLifecycle):
         not_leader_streak = 0
         renumbered = 0  # times this batch was re-encoded under a new producer id
         while True:
+            if self._fenced is not None:
+                self._finish_error(st, batch, self._fenced)  # a newer instance owns the name: send nothing more
+                return
             now = time.monotonic()
             remaining = batch.deadline_s - now
             if remaining <= 0:
@@ -723,7 +753,12 @@ class Producer(AsyncLifecycle):
                 not_leader_streak = 0
                 if error.refresh_metadata:
                     self._view.mark_stale()
-            if self.idempotent and isinstance(error, OutOfOrderSequence | UnknownProducerId):
+            if isinstance(error, ProducerFenced) and st.producer_id == self._producer_id:
+                self._fence(error)  # a newer instance of producer_name started: this one must stop writing
+                self._finish_error(st, batch, error)
+                return
+            if self.idempotent and isinstance(error, OutOfOrderSequence | UnknownProducerId | ProducerFenced):
+                # (ProducerFenced here: this producer fenced its own older id when it renewed it.)
                 if batch.indefinite_error is not None:
                     self._finish_error(st, batch, error)  # maybe stored under the old numbering: unknown
                     return
@@ -786,7 +821,8 @@ class Producer(AsyncLifecycle):
         while True:
             remaining = deadline_s - time.monotonic()
             try:
-                response = await self._fetcher.any_broker_request("POST", "/v1/producers",
+                body = {"name": self.producer_name} if self.producer_name is not None else {}
+                response = await self._fetcher.any_broker_request("POST", "/v1/producers", body=body,
                                                                   timeout_s=max(0.001, remaining))
             except RaftMQError as exc:
                 retry += 1
@@ -797,9 +833,16 @@ class Producer(AsyncLifecycle):
                 await asyncio.sleep(pause)  # retry backoff, not synchronisation
                 continue
             producer_id = response.get("producer_id")
-            if type(producer_id) is not int or producer_id < 0:
+            epoch = response.get("producer_epoch", 0)
+            if type(producer_id) is not int or producer_id < 0 or type(epoch) is not int:
                 raise UnexpectedResponse("POST /v1/producers answered without a producer_id")
+            self._producer_epoch = epoch
             return producer_id
+
+    def _fence(self, error: ProducerFenced) -> None:
+        if self._fenced is None:
+            log.error("producer %s (id %d) was fenced: %s", self.producer_name, self._producer_id, error.message)
+            self._fenced = error
 
     # --- internals: outcomes ---------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from typing import Any, Final, NamedTuple
 import msgpack
 
 from cluster import limits
-from cluster.errors import BatchTooLarge, CorruptBatch, RecordTooLarge
+from cluster.errors import BatchTooLarge, CorruptBatch, InvalidRequest, RecordTooLarge
 
 MAGIC: Final = 1
 HEADER_BYTES: Final = 79
@@ -141,6 +141,12 @@ def encode_batch(
     timestamps = [item[3] for item in items]
     first_ts = min(timestamps)
     max_ts = max(timestamps)
+    if first_ts < 0 or max_ts > limits.timestamp_ms_max:
+        raise InvalidRequest("record timestamps must be in [0, 2**63) ms", field="timestamp_ms",
+                             first_timestamp_ms=first_ts, max_timestamp_ms=max_ts)
+    if producer_id != NO_PRODUCER_ID and not (0 <= producer_id <= 2**63 - 1 and 0 <= base_sequence <= 2**31 - 1):
+        raise InvalidRequest("producer_id must be an int64 and base_sequence an int32, both >= 0",
+                             producer_id=producer_id, base_sequence=base_sequence)
     body = msgpack.packb([[timestamp_ms - first_ts, key, value, [list(h) for h in headers] if headers else []]
                           for key, value, headers, timestamp_ms in items], use_bin_type=True)
     tail = struct.pack(">Iqqqi", len(items), first_ts, max_ts, producer_id, base_sequence) + body
@@ -213,8 +219,10 @@ def validate_produced(batch: bytes, *, check_records: bool = True) -> BatchHeade
 
 def _check_records(batch: bytes, header: BatchHeader) -> None:
     try:
+        # max_bin_len is the batch size, not the record size: an oversized record must be reported as
+        # RECORD_TOO_LARGE by the size check below, not as a decoder failure.
         body = msgpack.unpackb(memoryview(batch)[HEADER_BYTES:], raw=False, use_list=True,
-                               max_bin_len=limits.record_bytes_max, strict_map_key=True)
+                               max_bin_len=limits.batch_bytes_max, strict_map_key=True)
     except Exception as exc:  # noqa: BLE001 - any decoder failure means the same thing: corrupt body
         raise CorruptBatch(f"record body is not valid msgpack: {exc}") from None
     if not isinstance(body, list) or len(body) != header.record_count:

@@ -149,6 +149,26 @@ class RequestTooLarge(RaftMQError):
     http_status = 413
 
 
+@_register
+class RequestReadTimeout(RaftMQError):
+    """The request body did not arrive in time (http_request_body_timeout_s)."""
+
+    code = "REQUEST_READ_TIMEOUT"
+    http_status = 408
+    retriable = True
+    hint = "check the network between client and broker; the request was not processed"
+
+
+@_register
+class TooManyConnections(RaftMQError):
+    """The broker serves as many busy client connections as it allows (http_connections_max)."""
+
+    code = "TOO_MANY_CONNECTIONS"
+    http_status = 503
+    retriable = True
+    hint = "retry shortly, use another broker, or raise http_connections_max in the node config"
+
+
 # --- topics and config --------------------------------------------------------------------------
 
 
@@ -185,6 +205,7 @@ class InvalidConfig(RaftMQError):
 
     code = "INVALID_CONFIG"
     http_status = 400
+    hint = "fix the setting named in details (node keys: deploy/node.example.toml; topic keys: docs/api.md)"
 
 
 @_register
@@ -346,11 +367,20 @@ class DuplicateSequence(RaftMQError):
 
 @_register
 class UnknownProducerId(RaftMQError):
-    """The broker has no state for this producer id (expired or never allocated)."""
+    """The cluster never allocated this producer id (and epoch), or this partition has no state for it."""
 
     code = "UNKNOWN_PRODUCER_ID"
     http_status = 409
-    hint = "start a new producer session"
+    hint = "start a new producer session (POST /v1/producers)"
+
+
+@_register
+class ProducerFenced(RaftMQError):
+    """A newer instance of this producer (same name, higher epoch) has started: this one may not write."""
+
+    code = "PRODUCER_FENCED"
+    http_status = 409
+    hint = "another process started a producer with the same name; stop this one"
 
 
 # --- fetch --------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ record_bytes_max: Final = 1 * MIB
 batch_bytes_max: Final = 1 * MIB + 4 * KIB
 # Records in one batch: bounds the per-batch validation work on the broker.
 batch_records_max: Final = 100_000
+# Record timestamps (ms since the epoch) are int64 in the batch header, and never negative.
+timestamp_ms_max: Final = 2**63 - 1
 # Header keys are short identifiers; values are bytes counted in record_bytes_max.
 header_key_chars_max: Final = 256
 headers_per_record_max: Final = 64
@@ -76,6 +78,20 @@ peer_pending_connections_max: Final = 32
 # A follower counts as in sync if it answered the leader within this window.
 replica_lag_time_max_s: Final = 2.0
 
+# --- the client port (HTTP) ---------------------------------------------------------------------
+
+# Open client connections per broker (file descriptors). At the cap the longest-idle connection makes room;
+# if every one is busy, new ones get 503 TOO_MANY_CONNECTIONS. Node setting: http_connections_max.
+http_connections_max: Final = 1024
+# A request line and headers must arrive within this long (from the connection's start, or from the first
+# byte of the next request on a kept-alive connection): slowloris connections are closed.
+http_request_head_timeout_s: Final = 10.0
+# A request body must arrive within this long once its head did (1 MiB at >= 35 KiB/s).
+http_request_body_timeout_s: Final = 30.0
+# A kept-alive connection with no request for this long is closed. Above the client library's idle
+# timeout (client_keepalive_timeout_s, 30 s), so the client closes an idle connection before the broker does.
+http_idle_timeout_s: Final = 60.0
+
 # --- produce / fetch ----------------------------------------------------------------------------
 
 produce_timeout_ms_default: Final = 10_000
@@ -94,11 +110,24 @@ producer_batches_remembered: Final = 5
 producers_per_partition_max: Final = 10_000
 # A producer idle (by record timestamps in the log) for longer than this is forgotten.
 producer_idle_ms_max: Final = 7 * 24 * 3600 * 1000
+# Producer epochs are int16, as in Kafka (they count the instances of a named producer; past the maximum
+# it stays there: fencing is by producer id, see cluster/metadata.py).
+producer_epoch_max: Final = 2**15 - 1
+# Named producers the metadata remembers (name -> current id, epoch), least recently initialised forgotten
+# first, and fenced ids remembered (oldest forgotten first: it could write again). ~100 bytes each.
+producer_names_max: Final = 100_000
+producer_fenced_max: Final = 100_000
+producer_name_chars_max: Final = 255
+# How long a partition leader waits for its copy of the metadata to learn a producer id it has not seen
+# yet (allocated on the metadata leader a moment ago) before answering UNKNOWN_PRODUCER_ID.
+producer_metadata_wait_ms: Final = 2_000
 
 # --- topics -------------------------------------------------------------------------------------
 
 topic_name_chars_max: Final = 249
 partitions_per_topic_max: Final = 256
+# A partition number in a request path (int32, as in Kafka); above partitions_per_topic_max it cannot exist.
+partition_number_max: Final = 2**31 - 1
 topics_max: Final = 1_000
 segment_bytes_default: Final = 64 * MIB
 segment_bytes_min: Final = 64 * KIB
@@ -119,6 +148,8 @@ client_retry_backoff_ms_default: Final = 100
 client_retry_backoff_ms_max: Final = 2_000
 client_metadata_max_age_ms: Final = 30_000
 client_fetch_prefetch_bytes_max: Final = 16 * MIB
+# Idle keep-alive connections in the client's pool are closed after this long (below http_idle_timeout_s).
+client_keepalive_timeout_s: Final = 30.0
 
 # --- relations ----------------------------------------------------------------------------------
 
@@ -134,3 +165,4 @@ assert raft_leader_fallback_timeout_s > raft_heartbeat_period_s
 assert replica_lag_time_max_s > raft_heartbeat_period_s * 3
 assert fetch_bytes_max >= batch_bytes_max, "a fetch must be able to return the largest batch"
 assert client_batch_bytes_default <= batch_bytes_max
+assert http_idle_timeout_s > client_keepalive_timeout_s, "the client must close an idle connection first"

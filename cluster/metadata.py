@@ -14,7 +14,9 @@ No I/O here.
 
 from __future__ import annotations
 
+import enum
 import re
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,7 +36,7 @@ from cluster.errors import (
     UnknownTopicOrPartition,
 )
 
-_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")  # used with fullmatch: "$" would accept a trailing newline
 _CONFIG_KEYS = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "min_insync_replicas")
 _SEGMENT_BYTES_MAX = 1024 * limits.MIB
 
@@ -84,7 +86,7 @@ def validate_topic_name(name: Any) -> str:
         raise InvalidTopic("topic name must be a non-empty string")
     if len(name) > limits.topic_name_chars_max:
         raise InvalidTopic(f"topic name longer than {limits.topic_name_chars_max} characters", name=name[:64])
-    if name in (".", "..") or not _TOPIC_NAME.match(name):
+    if name in (".", "..") or not _TOPIC_NAME.fullmatch(name):
         raise InvalidTopic("topic names use only [a-zA-Z0-9._-] and are not '.' or '..'", name=name)
     return name
 
@@ -163,11 +165,49 @@ def parse_create_topic(body: Any, broker_ids: Sequence[int]) -> dict[str, Any]:
             "config": config.to_wire(), "replicas": [list(r) for r in assign_replicas(partitions, broker_ids)]}
 
 
+class ProducerCheck(enum.Enum):
+    """What the metadata says about the producer id a produce request carries."""
+
+    CURRENT = "current"  # allocated, and no newer instance of its name exists
+    FENCED = "fenced"    # allocated, but its name was initialised again since: a newer instance exists
+    UNKNOWN = "unknown"  # not allocated (yet, as far as this replica has applied)
+
+
+def parse_producer_name(body: Any) -> str | None:
+    """The optional ``name`` of an init-producer request: a producer that starts again under the same name
+    fences the older instance (see MetadataState)."""
+    if not isinstance(body, Mapping):
+        raise InvalidRequest("body must be an object")
+    unknown = sorted(set(body) - {"name"})
+    if unknown:
+        raise InvalidRequest(f"unknown fields: {', '.join(map(str, unknown))}", fields=unknown)
+    name = body.get("name")
+    if name is None:
+        return None
+    if not isinstance(name, str) or not 1 <= len(name) <= limits.producer_name_chars_max or not name.isprintable():
+        raise InvalidRequest(f"name must be 1-{limits.producer_name_chars_max} printable characters", field="name")
+    return name
+
+
 @dataclass
 class MetadataState:
+    """Topics and producer ids.
+
+    Producer ids and epochs (Kafka's InitProducerId): an unnamed producer gets a new id at epoch 0. A
+    *named* producer (a stable name, like Kafka's transactional.id) that initialises again gets a NEW id
+    with the next epoch, and every older id of that name is fenced: partition leaders refuse it with
+    PRODUCER_FENCED. The epoch is carried by the id rather than stored beside it in each batch, so the
+    partitions' replicated duplicate table (cluster/producer_state.py) needs no epoch and every batch it
+    has stored keeps its meaning.
+    """
+
     topics: dict[str, Topic] = field(default_factory=dict)
     next_producer_id: int = 1
     topics_version: int = 0  # bumped on every topic change; lets brokers notice they must reconcile
+    # Named producers, least recently initialised first: name -> [current producer id, epoch].
+    producer_names: OrderedDict[str, list[int]] = field(default_factory=OrderedDict)
+    # Ids superseded by a newer instance of their name, oldest first (bounded by producer_fenced_max).
+    fenced_producer_ids: OrderedDict[int, None] = field(default_factory=OrderedDict)
 
     def apply(self, index: int, op: int, time_ms: int, payload: Mapping[str, Any]) -> Any:
         if op == MetadataOp.CREATE_TOPIC:
@@ -180,10 +220,38 @@ class MetadataState:
             self.topics_version += 1
             return {"deleted": topic.name, "topic_id": topic.topic_id}
         if op == MetadataOp.ALLOCATE_PRODUCER_ID:
-            producer_id = self.next_producer_id
-            self.next_producer_id += 1
-            return {"producer_id": producer_id}
+            name = payload.get("name")
+            return self._init_producer(name if isinstance(name, str) else None)
         return InvalidRequest(f"unknown metadata operation {op}")
+
+    # --- producers ------------------------------------------------------------------------------
+
+    def _init_producer(self, name: str | None) -> dict[str, int]:
+        producer_id = self.next_producer_id
+        self.next_producer_id += 1
+        if name is None:
+            return {"producer_id": producer_id, "producer_epoch": 0}
+        known = self.producer_names.pop(name, None)
+        epoch = 0
+        if known is not None:
+            self.fenced_producer_ids[known[0]] = None
+            while len(self.fenced_producer_ids) > limits.producer_fenced_max:
+                self.fenced_producer_ids.popitem(last=False)
+            epoch = min(known[1] + 1, limits.producer_epoch_max)
+        self.producer_names[name] = [producer_id, epoch]
+        while len(self.producer_names) > limits.producer_names_max:
+            self.producer_names.popitem(last=False)  # its id stays valid; a restart gets epoch 0 again
+        return {"producer_id": producer_id, "producer_epoch": epoch}
+
+    def check_producer(self, producer_id: int) -> ProducerCheck:
+        """Read-only; safe to call from another thread than the one applying (an int read, a dict lookup)."""
+        if not 0 < producer_id < self.next_producer_id:
+            return ProducerCheck.UNKNOWN
+        if producer_id in self.fenced_producer_ids:
+            return ProducerCheck.FENCED
+        return ProducerCheck.CURRENT
+
+    # --- topics ---------------------------------------------------------------------------------
 
     def _create_topic(self, index: int, time_ms: int, payload: Mapping[str, Any]) -> Topic | RaftMQError:
         name = payload["name"]
@@ -202,11 +270,17 @@ class MetadataState:
     def to_bytes(self) -> bytes:
         return msgpack.packb({"v": 1, "topics": [t.to_wire() for t in self.topics.values()],
                               "next_producer_id": self.next_producer_id,
-                              "topics_version": self.topics_version}, use_bin_type=True)
+                              "topics_version": self.topics_version,
+                              "producer_names": [[name, ids[0], ids[1]] for name, ids in self.producer_names.items()],
+                              "fenced_producer_ids": list(self.fenced_producer_ids)},
+                             use_bin_type=True)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MetadataState:
         raw = msgpack.unpackb(data, raw=False)
         topics = {t["name"]: Topic.from_wire(t) for t in raw["topics"]}
+        names = OrderedDict((str(name), [int(pid), int(epoch)]) for name, pid, epoch in raw.get("producer_names", []))
+        fenced = OrderedDict((int(pid), None) for pid in raw.get("fenced_producer_ids", []))
         return cls(topics=topics, next_producer_id=int(raw["next_producer_id"]),
-                   topics_version=int(raw.get("topics_version", 0)))
+                   topics_version=int(raw.get("topics_version", 0)), producer_names=names,
+                   fenced_producer_ids=fenced)

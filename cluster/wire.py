@@ -12,6 +12,7 @@ import base64
 import binascii
 import enum
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -20,11 +21,21 @@ import msgpack
 
 from cluster import batch as batches
 from cluster import limits
-from cluster.errors import InvalidAcks, InvalidOffset, InvalidRequest, MalformedBody, UnsupportedMediaType
+from cluster.errors import (
+    InvalidAcks,
+    InvalidOffset,
+    InvalidRequest,
+    MalformedBody,
+    RaftMQError,
+    UnsupportedMediaType,
+)
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
 _MSGPACK_ALIASES = {MSGPACK, "application/x-msgpack", "application/vnd.msgpack"}
+# Decimal integers as they appear in paths and query strings: ASCII digits only (str.isdigit() also accepts
+# "²" and other Unicode digits that int() refuses), at most 19 of them (int64), an optional minus sign.
+_DECIMAL = re.compile(r"-?[0-9]{1,19}")
 
 
 class Acks(enum.Enum):
@@ -70,7 +81,9 @@ def decode_body(content_type: str | None, raw: bytes) -> dict[str, Any]:
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedBody(f"body is not valid JSON: {exc}") from None
+            raise MalformedBody(f"body is not valid JSON: {str(exc)[:200]}") from None
+        except RecursionError:
+            raise MalformedBody("body is not valid JSON: nested too deeply") from None
     else:
         raise UnsupportedMediaType(f"Content-Type {kind!r} is not supported; use {MSGPACK} or {JSON}",
                                    content_type=kind)
@@ -111,6 +124,24 @@ def require_int(body: Mapping[str, Any], key: str, *, default: int | None = None
     return value
 
 
+def parse_decimal(text: str | None, name: str, *, error: type[RaftMQError] = InvalidRequest) -> int:
+    """A decimal integer from a path or query string; anything but ASCII digits (and a leading minus) is
+    refused with ``error``, never a ValueError."""
+    if text is None or not _DECIMAL.fullmatch(text):
+        shown = "" if text is None else text[:40]
+        raise error(f"{name} must be a decimal integer, got {shown!r}", field=name)
+    return int(text)
+
+
+def parse_partition(text: str | None) -> int:
+    """A partition number from a URL path: a non-negative int32."""
+    value = parse_decimal(text, "partition")
+    if not 0 <= value <= limits.partition_number_max:
+        raise InvalidRequest(f"partition must be between 0 and {limits.partition_number_max}", field="partition",
+                             value=(text or "")[:40])
+    return value
+
+
 def query_int(query: Mapping[str, str], key: str, *, default: int | None = None, minimum: int = 0,
               maximum: int | None = None, offset: bool = False) -> int:
     """An integer query parameter; offsets get INVALID_OFFSET, the rest INVALID_REQUEST."""
@@ -120,10 +151,7 @@ def query_int(query: Mapping[str, str], key: str, *, default: int | None = None,
         if default is None:
             raise error(f"query parameter {key} is required", field=key)
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise error(f"{key} must be an integer, got {text[:40]!r}", field=key) from None
+    value = parse_decimal(text, key, error=error)
     if value < minimum:
         raise error(f"{key} must be at least {minimum}", field=key, value=value)
     if maximum is not None and value > maximum:
@@ -169,8 +197,8 @@ def records_to_batch(records: Any, *, now_ms: int | None = None) -> bytes:
                                      field=f"records[{index}].headers")
             headers.append((pair[0], _as_bytes(pair[1], f"records[{index}].headers")))
         timestamp = record.get("timestamp_ms", now)
-        if type(timestamp) is not int or timestamp < 0:
-            raise InvalidRequest(f"records[{index}].timestamp_ms must be a non-negative integer",
+        if type(timestamp) is not int or not 0 <= timestamp <= limits.timestamp_ms_max:
+            raise InvalidRequest(f"records[{index}].timestamp_ms must be an integer in [0, 2**63)",
                                  field=f"records[{index}].timestamp_ms")
         items.append((key, value, headers, timestamp))
     return batches.encode_batch(items)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from node.raft_transport import PeerAddress
 from node.replication import Durability, RaftTimers
 
 HOST = "127.0.0.1"
+SECRET_FILE = "cluster.secret"
 # Fixed-range ports stay clear of the kernel's ephemeral range (32768-60999) so a port we picked is not
 # handed to some outgoing connection between picking it and binding it.
 _PORT_RANGE = (20000, 32000)
@@ -127,10 +129,13 @@ class LocalCluster:
 
     def __init__(self, root: Path, *, nodes: int = 3, base_port: int | None = None, durability: str = "always",
                  cluster_id: str = "raftmq-local", log_level: str = "info", timers: RaftTimers | None = None,
-                 leader_rebalance: bool = True, python: str = sys.executable) -> None:
+                 leader_rebalance: bool = True, python: str = sys.executable, secure: bool = True) -> None:
+        """``secure``: the brokers authenticate each other with a cluster secret, generated once and kept in
+        ``root/cluster.secret`` (mode 0600), so the same folder keeps its secret across restarts."""
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         self.root = root.resolve()
+        self.secure = secure
         self.cluster_id = cluster_id
         self.durability = Durability(durability)
         self.log_level = log_level
@@ -158,6 +163,20 @@ class LocalCluster:
     def set_advertised_url(self, broker_id: int, url: str) -> None:
         self.nodes[broker_id].advertised_url = url
 
+    @property
+    def secret_path(self) -> Path:
+        return self.root / SECRET_FILE
+
+    def ensure_secret(self) -> Path:
+        """The cluster secret's file, created with a fresh random secret the first time."""
+        path = self.secret_path
+        if not path.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32) + "\n")
+        return path
+
     def config_for(self, broker_id: int) -> NodeConfig:
         node = self.nodes[broker_id]
         brokers = tuple(BrokerEntry(broker_id=other.broker_id, peer=PeerAddress(HOST, other.peer_port),
@@ -167,9 +186,12 @@ class LocalCluster:
                           client_listen=PeerAddress(HOST, node.client_port),
                           peer_listen=PeerAddress(HOST, node.peer_port),
                           advertised_url=node.advertised_url, brokers=brokers, durability=self.durability,
-                          log_level=self.log_level, leader_rebalance=self.leader_rebalance, timers=self.timers)
+                          log_level=self.log_level, leader_rebalance=self.leader_rebalance, timers=self.timers,
+                          cluster_secret_file=self.secret_path if self.secure else None)
 
     def write_configs(self) -> None:
+        if self.secure:
+            self.ensure_secret()
         for broker_id, node in self.nodes.items():
             node.directory.mkdir(parents=True, exist_ok=True)
             node.config_path.write_text(render_config(self.config_for(broker_id)))

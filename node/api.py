@@ -6,26 +6,33 @@ bad input is rejected here or in the Broker before any stored data is touched.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from cluster import batch as batches
 from cluster import limits
 from cluster.errors import (
     InternalError,
     InvalidRequest,
+    MalformedBody,
     MethodNotAllowed,
     RaftMQError,
+    RequestReadTimeout,
     RequestTooLarge,
     RouteNotFound,
 )
+from cluster.metadata import parse_producer_name
 from cluster.wire import (
     decode_body,
     encode_body,
     parse_acks,
+    parse_partition,
     query_int,
     records_to_batch,
     require_int,
@@ -52,6 +59,8 @@ def _error_response(request: web.Request, error: RaftMQError) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place where a failure becomes an HTTP answer: every RaftMQError with its own status and code,
+    aiohttp's own rejections with theirs, and anything unexpected as INTERNAL_ERROR (logged)."""
     try:
         return await handler(request)
     except RaftMQError as error:
@@ -73,16 +82,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error_response(request, InternalError("unexpected error in the broker; see its log"))
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+async def read_body(request: web.Request) -> dict[str, Any]:
+    """The request body as an object. Every way it can be bad is a coded 4xx: too large, not arriving in
+    time, a Content-Encoding it does not match, not msgpack/JSON, not an object."""
+    try:
+        async with asyncio.timeout(limits.http_request_body_timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestReadTimeout(f"the request body did not arrive within {limits.http_request_body_timeout_s:.0f} "
+                                 "s", timeout_s=limits.http_request_body_timeout_s) from None
+    except (HttpProcessingError, RequestPayloadError) as exc:
+        # e.g. Content-Encoding: gzip on a body that is not gzip, or a broken chunked encoding.
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise MalformedBody(f"the request body could not be read: {reason}") from None
     return decode_body(request.headers.get("Content-Type"), raw)
 
 
 def _partition_arg(request: web.Request) -> int:
-    text = request.match_info["partition"]
-    if not text.isdigit():
-        raise InvalidRequest(f"partition must be a non-negative integer, got {text[:20]!r}", field="partition")
-    return int(text)
+    return parse_partition(request.match_info["partition"])
 
 
 # --- handlers -----------------------------------------------------------------------------------
@@ -104,7 +121,7 @@ async def list_topics(request: web.Request) -> web.Response:
 
 async def create_topic(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
-    topic = await broker.create_topic(await _body(request))
+    topic = await broker.create_topic(await read_body(request))
     return _respond(request, {"topic": broker.describe_topic(topic)}, status=201)
 
 
@@ -118,8 +135,8 @@ async def delete_topic(request: web.Request) -> web.Response:
 
 
 async def create_producer(request: web.Request) -> web.Response:
-    await _body(request)  # an empty or {} body; rejects garbage like every other endpoint
-    return _respond(request, {"producer_id": await request.app[BROKER].allocate_producer_id()})
+    name = parse_producer_name(await read_body(request))  # {} or {"name": ...}
+    return _respond(request, await request.app[BROKER].init_producer(name))
 
 
 def _produce_args(body: dict[str, Any]) -> tuple[Any, int, bytes]:
@@ -142,7 +159,7 @@ def _produce_args(body: dict[str, Any]) -> tuple[Any, int, bytes]:
 
 async def produce(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
-    body = await _body(request)
+    body = await read_body(request)
     acks, timeout_ms, batch = _produce_args(body)
     if "key" in body:
         raise InvalidRequest("key selects a partition: use POST /v1/topics/{topic}/records", field="key")
@@ -153,7 +170,7 @@ async def produce(request: web.Request) -> web.Response:
 
 async def produce_by_key(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
-    body = await _body(request)
+    body = await read_body(request)
     key = body.get("key")
     if isinstance(key, str):
         key = key.encode("utf-8")

@@ -21,6 +21,7 @@ Produce, in order (README "Architecture" draws it):
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import itertools
 import json
@@ -48,14 +49,17 @@ from cluster.errors import (
     NotEnoughReplicasAfterAppend,
     NotLeader,
     OffsetOutOfRange,
+    ProducerFenced,
     RaftMQError,
     RequestTimedOut,
+    UnknownProducerId,
     UnknownTopicOrPartition,
 )
-from cluster.metadata import Topic, majority, parse_create_topic, validate_topic_name
+from cluster.metadata import ProducerCheck, Topic, majority, parse_create_topic, validate_topic_name
 from cluster.routing import partition_for
 from cluster.wire import Acks
 from node.config import NodeConfig
+from node.fsutil import write_file_atomically
 from node.log import LogConfig
 from node.metadata_sm import METADATA_GROUP_ID, MetadataStateMachine
 from node.partition import AppendResult, PartitionStateMachine
@@ -126,7 +130,12 @@ class Broker:
 
         self.replication = ReplicationLoop(network_factory=network_factory, durability=self.config.durability,
                                            asyncio_loop=loop, flush_interval_s=self.config.flush_interval_ms / 1000)
-        self.replication.start()
+        try:
+            self.replication.start()
+        except OSError as exc:
+            in_use = " (another process uses the port)" if exc.errno == errno.EADDRINUSE else ""
+            raise InvalidConfig(f"cannot listen on peer_listen {self.config.peer_listen}: "
+                                f"{exc.strerror or exc}{in_use}", key="peer_listen") from None
         self.meta_sm.on_topics_changed = self.request_reconcile
         self.meta_group = await asyncio.wrap_future(self.replication.call(self._open_metadata_group))
         self.replication.add_housekeeping(self._housekeeping)
@@ -159,25 +168,36 @@ class Broker:
         task.add_done_callback(self._tasks.discard)
 
     def _lock_data_dir(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InvalidConfig(f"data_dir {self.data_dir} cannot be used: {exc.strerror or exc}", key="data_dir",
+                                path=str(self.data_dir)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise InvalidConfig(f"data_dir {self.data_dir} is in use by another raftmq process") from None
+            raise InvalidConfig(f"data_dir {self.data_dir} is in use by another raftmq process", key="data_dir") \
+                from None
         self._lock_fd = fd
         identity_path = self.data_dir / _NODE_FILE
         identity = {"broker_id": self.broker_id, "cluster_id": self.config.cluster_id, "format": 1}
         if identity_path.exists():
-            found = json.loads(identity_path.read_text())
+            try:
+                found = json.loads(identity_path.read_text(encoding="utf-8"))
+                if not isinstance(found, dict):
+                    raise ValueError("not an object")
+            except (OSError, ValueError) as exc:
+                raise InvalidConfig(f"{identity_path} cannot be read ({exc}); if this directory is this broker's, "
+                                    "restore the file, else point data_dir elsewhere", key="data_dir") from None
             if found.get("broker_id") != self.broker_id or found.get("cluster_id") != self.config.cluster_id:
                 raise InvalidConfig(
                     f"data_dir {self.data_dir} belongs to broker {found.get('broker_id')} of cluster "
                     f"{found.get('cluster_id')!r}, not broker {self.broker_id} of {self.config.cluster_id!r}; "
-                    "point data_dir elsewhere")
+                    "point data_dir elsewhere", key="data_dir")
         else:
-            identity_path.write_text(json.dumps(identity) + "\n")
+            write_file_atomically(identity_path, (json.dumps(identity) + "\n").encode(), durable=True)
 
     # --- groups (replication thread) ----------------------------------------------------------
 
@@ -397,9 +417,34 @@ class Broker:
         self.request_reconcile()
         return result
 
-    async def allocate_producer_id(self) -> int:
-        result = await self._metadata_call(MetadataOp.ALLOCATE_PRODUCER_ID, {})
-        return int(result["producer_id"])
+    async def init_producer(self, name: str | None) -> dict[str, int]:
+        """Kafka's InitProducerId: ``{"producer_id", "producer_epoch"}`` (a known name: same id, next epoch)."""
+        payload = {"name": name} if name is not None else {}
+        result = await self._metadata_call(MetadataOp.ALLOCATE_PRODUCER_ID, payload)
+        return {"producer_id": int(result["producer_id"]), "producer_epoch": int(result.get("producer_epoch", 0))}
+
+    async def _check_producer(self, producer_id: int, timeout_s: float) -> None:
+        """Refuse ids the cluster never allocated, and ids fenced by a newer instance of the same named
+        producer. An id this replica's metadata has not learned yet may have just been allocated on the
+        metadata leader: wait for it, briefly."""
+        deadline = time.monotonic() + min(timeout_s, limits.producer_metadata_wait_ms / 1000)
+        while True:
+            event = self.meta_sm.applied_event()
+            verdict = self.meta_sm.state.check_producer(producer_id)
+            if verdict is ProducerCheck.CURRENT:
+                return
+            if verdict is ProducerCheck.FENCED:
+                raise ProducerFenced(f"producer {producer_id} was fenced: a newer instance with the same name "
+                                     "has started", producer_id=producer_id)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise UnknownProducerId(f"producer id {producer_id} was not allocated by this cluster",
+                                        producer_id=producer_id, allocated=False)
+            try:
+                async with asyncio.timeout(remaining):
+                    await event.wait()
+            except TimeoutError:
+                pass
 
     # --- produce --------------------------------------------------------------------------------
 
@@ -420,6 +465,11 @@ class Broker:
             # not carry it, and a batch acknowledged that way might still be refused and never stored.
             raise InvalidAcks("an idempotent batch (producer_id set) needs acks=all", acks=acks.wire,
                               producer_id=header.producer_id)
+        if header.producer_id != batches.NO_PRODUCER_ID:
+            await self._check_producer(header.producer_id, timeout_ms / 1000)
+            status = handle.group.status  # the wait may have taken a while
+            if not status.is_leader or not status.quorum:
+                raise self._not_leader(handle)
         if acks is Acks.ALL:
             required = handle.topic.config.min_insync_replicas
             if len(status.in_sync) < required:

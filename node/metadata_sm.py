@@ -7,6 +7,7 @@ The state is small and lives in memory; snapshots carry all of it. Readers on th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -30,6 +31,8 @@ class MetadataStateMachine:
         self.view: Mapping[str, Topic] = MappingProxyType({})
         self.on_topics_changed: Callable[[], None] | None = None
         self._announced_version = -1
+        self._announced_index = -1
+        self._applied_event: asyncio.Event | None = None  # asyncio thread: waiters for any new entry
 
     def apply(self, index: int, term: int, command: bytes) -> Any:
         if index <= self.applied_index:
@@ -68,10 +71,27 @@ class MetadataStateMachine:
         log.info("metadata: installed a snapshot at index %d (%d topics)", self.applied_index, len(self.view))
 
     def on_progress(self) -> Callable[[], None] | None:
-        if self.state.topics_version == self._announced_version:
+        if self.applied_index == self._announced_index:
             return None
+        self._announced_index = self.applied_index
+        topics_changed = self.state.topics_version != self._announced_version
         self._announced_version = self.state.topics_version
-        return self.on_topics_changed
+        on_topics_changed = self.on_topics_changed if topics_changed else None
+
+        def notify() -> None:
+            if on_topics_changed is not None:
+                on_topics_changed()
+            event, self._applied_event = self._applied_event, None
+            if event is not None:
+                event.set()
+
+        return notify
+
+    def applied_event(self) -> asyncio.Event:
+        """Set (on the asyncio thread) the next time this replica applies a metadata entry."""
+        if self._applied_event is None:
+            self._applied_event = asyncio.Event()
+        return self._applied_event
 
     def close(self) -> None:
         return None

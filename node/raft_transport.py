@@ -92,8 +92,10 @@ class PeerAddress:
     @classmethod
     def parse(cls, text: str) -> PeerAddress:
         host, _, port = text.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"peer address must be host:port, got {text!r}")
+        if not host or not (port.isascii() and port.isdigit() and len(port) <= 5):
+            raise ValueError(f"an address must be host:port, got {text[:80]!r}")
+        if not 1 <= int(port) <= 65535:
+            raise ValueError(f"port {port} is outside 1-65535 in {text[:80]!r}")
         return cls(host, int(port))
 
     def __str__(self) -> str:

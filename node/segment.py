@@ -65,7 +65,7 @@ def segment_file_name(base_offset: int, suffix: str) -> str:
 def parse_segment_file_name(name: str) -> tuple[int, str] | None:
     """``(base_offset, suffix)`` for a segment file name, None for anything else."""
     stem, dot, suffix = name.partition(".")
-    if not dot or len(stem) != 20 or not stem.isdigit():
+    if not dot or len(stem) != 20 or not (stem.isascii() and stem.isdigit()):
         return None
     suffix = "." + suffix
     if suffix not in (LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX):

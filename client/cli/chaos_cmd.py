@@ -22,12 +22,12 @@ from rich.table import Table
 
 from client.cli.common import EXIT_BROKER, ConfigProblem, err, out
 
-_DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*$")
+_DURATION_RE = re.compile(r"\s*(?:([0-9]+(?:\.[0-9]+)?)\s*m(?:in)?)?\s*(?:([0-9]+(?:\.[0-9]+)?)\s*s?)?\s*")
 
 
 def parse_duration(text: str) -> float:
     """'60s', '60', '1m', '1m30s', '90.5s' -> seconds."""
-    match = _DURATION_RE.match(text or "")
+    match = _DURATION_RE.fullmatch(text or "")
     if not match or not (match.group(1) or match.group(2)):
         raise ConfigProblem(f"--duration {text!r} is not a duration", "write it like 60s, 90, 2m or 1m30s")
     seconds = float(match.group(1) or 0) * 60 + float(match.group(2) or 0)

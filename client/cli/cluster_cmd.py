@@ -398,6 +398,7 @@ def _usage_panel(bootstrap: str, directory: Path, restart: str, extra: str = "")
     if extra:
         lines += ["", extra]
     lines += ["", f"Data stays in {directory} (run `{restart}` again to reuse it).",
+              f"Peer links are authenticated with the secret in {directory / 'cluster.secret'}.",
               "Press Ctrl-C to stop every broker cleanly."]
     return Panel("\n".join(lines), title="cluster is up", title_align="left", border_style="green",
                  expand=False)

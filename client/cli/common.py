@@ -48,7 +48,7 @@ def _width(stream: IO[str]) -> int | None:
     except (AttributeError, ValueError):
         pass
     columns = os.environ.get("COLUMNS", "")
-    return int(columns) if columns.isdigit() and int(columns) > 40 else _PIPE_WIDTH
+    return int(columns) if columns.isascii() and columns.isdigit() and 40 < int(columns) < 10_000 else _PIPE_WIDTH
 
 
 def out() -> Console:

@@ -22,6 +22,7 @@ import pytest
 
 from client import Admin, Consumer, Producer
 from cluster import batch as batches
+from cluster.errors import ProducerFenced
 from deploy.local_cluster import LocalCluster, wait_until
 from tests.conftest import wait_for_condition
 
@@ -413,3 +414,37 @@ async def test_leader_without_majority_refuses_writes(own_cluster: LocalCluster)
         async with client_session.post(f"{cluster.nodes[new_leader].url}/v1/topics/quorum/partitions/0/records",
                                        json={"acks": "all", "records": [{"value": "back"}]}) as response:
             assert response.status == 200
+
+
+async def test_a_named_producer_is_fenced_by_its_newer_instance(shared_cluster: LocalCluster) -> None:
+    """Two instances of one named producer (like a service restarted while the old process still runs):
+    the older is fenced at its next send, nothing of it is stored after the fence, the newer writes on."""
+    urls = shared_cluster.urls
+    async with Admin(urls) as admin:
+        await admin.create_topic("fencing", partitions=1)
+        await admin.wait_for_topic("fencing", timeout_s=20)
+    async with Producer(urls, producer_name="billing") as old:
+        assert (await old.send_and_wait("fencing", b"old-1", partition=0)).status == "ok"
+        async with Producer(urls, producer_name="billing") as new:
+            assert new.producer_epoch == old.producer_epoch + 1 and new.producer_id != old.producer_id
+            future = await old.send("fencing", b"old-2", partition=0)
+            assert future is not None
+            report = await future
+            assert report.status == "failed" and isinstance(report.error, ProducerFenced), report
+            assert old.fenced
+            with pytest.raises(ProducerFenced):
+                await old.send("fencing", b"old-3", partition=0)
+            assert (await new.send_and_wait("fencing", b"new-1", partition=0)).status == "ok"
+    async with Producer(urls) as unnamed:  # unnamed producers are never fenced by anyone
+        assert (await unnamed.send_and_wait("fencing", b"other", partition=0)).status == "ok"
+    async with Consumer(urls) as consumer:
+        consumer.assign([("fencing", 0)])
+        consumer.seek("fencing", 0, 0)
+        values: list[bytes] = []
+        await wait_for_condition(lambda: _poll_into(consumer, values, 3), timeout_s=20, what="three records")
+    assert values == [b"old-1", b"new-1", b"other"]
+
+
+async def _poll_into(consumer: Consumer, values: list[bytes], count: int) -> bool:
+    values.extend(record.value for record in await consumer.poll(timeout_ms=200) if record.value is not None)
+    return len(values) >= count

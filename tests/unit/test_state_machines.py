@@ -19,7 +19,14 @@ from cluster.errors import (
     TopicAlreadyExists,
     UnknownTopicOrPartition,
 )
-from cluster.metadata import MetadataState, Topic, assign_replicas, parse_create_topic
+from cluster.metadata import (
+    MetadataState,
+    ProducerCheck,
+    Topic,
+    assign_replicas,
+    parse_create_topic,
+    parse_producer_name,
+)
 from cluster.producer_state import ProducerTable, Verdict
 
 
@@ -115,8 +122,10 @@ def test_metadata_state_machine() -> None:
     topic = state.apply(10, MetadataOp.CREATE_TOPIC, 1234, payload)
     assert isinstance(topic, Topic) and topic.topic_id == 10 and topic.created_ms == 1234
     assert isinstance(state.apply(11, MetadataOp.CREATE_TOPIC, 1, payload), TopicAlreadyExists)
-    assert state.apply(12, MetadataOp.ALLOCATE_PRODUCER_ID, 1, {}) == {"producer_id": 1}
-    assert state.apply(13, MetadataOp.ALLOCATE_PRODUCER_ID, 1, {}) == {"producer_id": 2}
+    assert state.apply(12, MetadataOp.ALLOCATE_PRODUCER_ID, 1, {}) == {"producer_id": 1, "producer_epoch": 0}
+    assert state.apply(13, MetadataOp.ALLOCATE_PRODUCER_ID, 1, {}) == {"producer_id": 2, "producer_epoch": 0}
+    assert state.apply(13, MetadataOp.ALLOCATE_PRODUCER_ID, 1, {"name": "svc"}) == {"producer_id": 3,
+                                                                                      "producer_epoch": 0}
     again = MetadataState.from_bytes(state.to_bytes())
     assert again == state
     assert state.apply(14, MetadataOp.DELETE_TOPIC, 1, {"name": "t"})["deleted"] == "t"
@@ -128,3 +137,32 @@ def test_metadata_state_machine() -> None:
 
 def test_assign_replicas_rotates_preferred_leader() -> None:
     assert assign_replicas(4, [3, 1, 2]) == ((1, 2, 3), (2, 3, 1), (3, 1, 2), (1, 2, 3))
+
+
+def test_producer_ids_are_checked_and_named_producers_fence_older_instances() -> None:
+    state = MetadataState()
+    assert state.check_producer(1) is ProducerCheck.UNKNOWN  # never allocated
+    assert state.check_producer(0) is ProducerCheck.UNKNOWN
+    unnamed = state.apply(1, MetadataOp.ALLOCATE_PRODUCER_ID, 1, {})["producer_id"]
+    first = state.apply(2, MetadataOp.ALLOCATE_PRODUCER_ID, 1, {"name": "billing"})
+    assert first["producer_epoch"] == 0
+    assert state.check_producer(unnamed) is ProducerCheck.CURRENT
+    assert state.check_producer(first["producer_id"]) is ProducerCheck.CURRENT
+    assert state.check_producer(first["producer_id"] + 1) is ProducerCheck.UNKNOWN
+    second = state.apply(3, MetadataOp.ALLOCATE_PRODUCER_ID, 1, {"name": "billing"})
+    assert second["producer_epoch"] == 1 and second["producer_id"] != first["producer_id"]
+    assert state.check_producer(first["producer_id"]) is ProducerCheck.FENCED
+    assert state.check_producer(second["producer_id"]) is ProducerCheck.CURRENT
+    other = state.apply(4, MetadataOp.ALLOCATE_PRODUCER_ID, 1, {"name": "shipping"})
+    assert other["producer_epoch"] == 0 and state.check_producer(second["producer_id"]) is ProducerCheck.CURRENT
+    restored = MetadataState.from_bytes(state.to_bytes())
+    assert restored == state
+    assert restored.check_producer(first["producer_id"]) is ProducerCheck.FENCED
+    assert list(restored.producer_names) == ["billing", "shipping"]
+
+
+@pytest.mark.parametrize("body", [{"name": ""}, {"name": 5}, {"name": "a\nb"}, {"name": "x" * 256}, {"other": 1}, []])
+def test_producer_names_are_validated(body: object) -> None:
+    with pytest.raises(InvalidRequest):
+        parse_producer_name(body)
+    assert parse_producer_name({}) is None and parse_producer_name({"name": "svc-1"}) == "svc-1"

@@ -1,0 +1,118 @@
+"""The inputs that used to stop a broker process, sent to the peer ports of a real three-broker cluster: every
+broker keeps running, the acknowledged records are intact and replicas identical, and the cluster still
+commits writes.
+
+Method: `start_cluster` (real `python -m node` processes, a cluster secret as `raftmq cluster up` makes);
+the cluster id comes from /v1/health as an attacker would get it; for the frames after a valid handshake
+the test reads the secret file (an insider with the secret, or any local process when a cluster runs
+without one). node/peer_protocol.py's unit tests and tests/integration/test_peer_port.py cover each input
+in isolation; this is the end-to-end promise.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import msgpack
+import pytest
+
+from cluster import limits
+from deploy.local_cluster import HOST, LocalCluster, http_json, wait_until
+from node import peer_protocol
+from node.peer_protocol import Challenge, FrameReader, Hello, Welcome
+from node.raft_transport import handshake_mac
+
+pytestmark = pytest.mark.cluster
+TOPIC = "peer-attack"
+
+
+def _framed(body: bytes) -> bytes:
+    return peer_protocol.LENGTH.pack(len(body)) + body
+
+
+def _read_frame(sock: socket.socket, reader: FrameReader) -> Any:
+    while True:
+        bodies = reader.bodies()
+        if bodies:
+            return peer_protocol.decode(bodies[0])
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        reader.feed(chunk)
+
+
+def _closed(sock: socket.socket) -> bool:
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
+def _attack(cluster: LocalCluster, payload: bytes, *, handshake_as: int | None = None,
+            secret: str = "") -> bool:
+    """Send ``payload`` to broker 1's peer port (after a valid handshake as ``handshake_as``); True when
+    the broker closed the connection."""
+    with socket.create_connection((HOST, cluster.nodes[1].peer_port), timeout=5) as sock:
+        sock.settimeout(5)
+        if handshake_as is not None:
+            reader = FrameReader(limits.peer_frame_bytes_max)
+            challenge = _read_frame(sock, reader)
+            assert isinstance(challenge, Challenge)
+            cluster_id = cluster.cluster_id
+            mac = handshake_mac(secret.encode(), challenge.nonce, cluster_id, handshake_as, 1)
+            sock.sendall(peer_protocol.encode_hello(Hello(1, cluster_id, handshake_as, 1, mac)))
+            assert isinstance(_read_frame(sock, reader), Welcome)
+        sock.sendall(payload)
+        return _closed(sock)
+
+
+def _produce(cluster: LocalCluster, values: list[str]) -> None:
+    leader = cluster.wait_for_leader(TOPIC, 0)
+    status, body = http_json(f"{cluster.nodes[leader].url}/v1/topics/{TOPIC}/partitions/0/records", method="POST",
+                             body={"acks": "all", "records": [{"value": v} for v in values]}, timeout_s=20)
+    assert status == 200, body
+
+
+def _read_all(cluster: LocalCluster, broker_id: int) -> list[str]:
+    status, body = http_json(f"{cluster.nodes[broker_id].url}/v1/topics/{TOPIC}/partitions/0/records"
+                             "?offset=0&replica=any")
+    assert status == 200, body
+    return [record["value"] for record in body["records"]]
+
+
+def test_hostile_peers_stop_no_broker(shared_cluster: LocalCluster) -> None:
+    cluster = shared_cluster
+    status, body = http_json(f"{cluster.nodes[1].url}/v1/topics", method="POST", body={"name": TOPIC})
+    assert status == 201, body
+    _produce(cluster, ["before-1", "before-2"])
+    status, health = http_json(f"{cluster.nodes[1].url}/v1/health")
+    cluster_id = health["cluster_id"]  # public: what an attacker learns first
+    secret = cluster.secret_path.read_text().strip()
+
+    # 1. Unauthenticated: the seven bytes, alone and inside a HELLO.
+    assert _attack(cluster, bytes.fromhex("00000003818000"))
+    assert _attack(cluster, _framed(bytes.fromhex("9202818000")))
+    # 2. HELLOs whose MAC is a string or a negative number.
+    for mac in ["x", -1]:
+        hello = [2, {"v": 1, "cluster": cluster_id, "from": 3, "to": 1, "mac": mac}]
+        assert _attack(cluster, _framed(msgpack.packb(hello)))
+    # 3. Malformed Raft frames after a valid handshake.
+    for frame in ([4, {}, {}], [4, "meta", {}],
+                  [4, "meta", {"type": "append_entries", "term": "x", "commit_index": 0}],
+                  [4, "meta", {"type": "request_vote", "term": None, "last_log_index": 0, "last_log_term": 0}]):
+        assert _attack(cluster, _framed(msgpack.packb(frame)), handshake_as=3, secret=secret)
+
+    for broker_id, node in cluster.nodes.items():
+        assert node.running, f"broker {broker_id} exited:\n{cluster.tail_log(broker_id)}"
+    assert "replication thread crashed" not in cluster.tail_log(1, 400)
+    _produce(cluster, ["after"])
+    expected = ["before-1", "before-2", "after"]
+    wait_until(lambda: all(_read_all(cluster, b) == expected for b in cluster.nodes), timeout_s=20,
+               what="every replica to hold exactly the acknowledged records")
+    log = cluster.nodes[1].log_path.read_text(errors="replace")
+    assert log.count("protocol error") >= 8, "each hostile connection is logged"
