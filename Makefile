@@ -38,7 +38,7 @@ bench: $(VENV)/.installed
 
 lint: $(VENV)/.installed-test
 	$(BIN)/python -m pip install --quiet ruff
-	$(BIN)/ruff check cluster node client chaos deploy tests
+	$(BIN)/ruff check raftmq cluster node client chaos deploy tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache reports

@@ -45,7 +45,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal
 
-from chaos.history import ACKS_LEVELS, History, ReadRecord, SendOp
+from raftmq.chaos.history import ACKS_LEVELS, History, ReadRecord, SendOp
 
 # Examples kept per list in a result; counts stay exact.
 EXAMPLES_MAX: Final = 50

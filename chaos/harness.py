@@ -41,9 +41,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-from chaos.proxy_client import ProxyClient, ServerError, ToxiproxyError, ToxiproxyServerProcess
-from deploy.local_cluster import HOST, LocalCluster, find_free_ports, http_json, wait_until
-from node.raft_transport import PeerAddress
+from raftmq.chaos.proxy_client import ProxyClient, ServerError, ToxiproxyError, ToxiproxyServerProcess
+from raftmq.deploy.local_cluster import HOST, LocalCluster, find_free_ports, http_json, wait_until
+from raftmq.node.raft_transport import PeerAddress
 
 log = logging.getLogger("raftmq.chaos.harness")
 

@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Final
 
-from chaos.scenario import FaultSpec, Scenario, ScenarioError, Span
+from raftmq.chaos.scenario import FaultSpec, Scenario, ScenarioError, Span
 
 STEPS_MAX: Final = 2_000
 # Step kinds whose "leader" target takes the leader away from its peers: the runner measures failover for them.

@@ -626,7 +626,7 @@ def find_toxiproxy_server() -> str | None:
 
 class ToxiproxyServerProcess:
     """A Toxiproxy server in a child process: a real `toxiproxy-server` if one is available, else raftmq's
-    (`python -m chaos.toxiproxy`), on the given port or a free loopback port.
+    (`python -m raftmq.chaos.toxiproxy`), on the given port or a free loopback port.
 
     `start()` waits (until a deadline) for GET /version to answer; `stop()` sends SIGTERM, then SIGKILL after
     a deadline. The server's output goes to `log_path` (a temporary file unless given, removed by a clean
@@ -684,7 +684,7 @@ class ToxiproxyServerProcess:
         if self.executable:
             command = [self.executable]
         else:
-            command = [sys.executable, "-m", "chaos.toxiproxy"]
+            command = [sys.executable, "-m", "raftmq.chaos.toxiproxy"]
         command += ["-host", self.host, "-port", str(self.port)]
         if self.config_path is not None:
             command += ["-config", self.config_path]
@@ -713,7 +713,7 @@ class ToxiproxyServerProcess:
         assert self.log_path is not None
         environment = dict(os.environ)
         if not self.executable:
-            # `python -m chaos.toxiproxy` must find this checkout, whatever the caller's working directory.
+            # `python -m raftmq.chaos.toxiproxy` must find this checkout, whatever the caller's working directory.
             paths = [str(_repository_root), environment.get("PYTHONPATH", "")]
             environment["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)
         with open(self.log_path, "ab") as log_file:

@@ -18,16 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from raftmq.chaos.nemesis import schedule_to_json
+from raftmq.chaos.scenario import Scenario
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from chaos.nemesis import schedule_to_json
-from chaos.scenario import Scenario
-
 if TYPE_CHECKING:
-    from chaos.runner import RunResult, RunSettings
+    from raftmq.chaos.runner import RunResult, RunSettings
 
 REPORT_FORMAT: Final = "raftmq-chaos-report/1"
 FAILOVER_TARGET_MS: Final = 3000.0
@@ -174,7 +173,7 @@ def _iso(timestamp: float) -> str:
 
 def build_report(scenarios: Sequence[Scenario], acks_levels: Sequence[str], settings: RunSettings,
                  results: Sequence[RunResult], *, started_at: float) -> dict[str, Any]:
-    from chaos.nemesis import generate
+    from raftmq.chaos.nemesis import generate
 
     failovers = []
     for result in results:

@@ -37,13 +37,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
-
-from chaos.checker import CheckResult, check
-from chaos.harness import BrokerExited, ChaosCluster, FaultEvent, FaultHandle
-from chaos.history import History, SendOp
-from chaos.nemesis import Step, generate
-from chaos.scenario import Scenario
-from chaos.workload import Workload, WorkloadConfig
+from raftmq.chaos.checker import CheckResult, check
+from raftmq.chaos.harness import BrokerExited, ChaosCluster, FaultEvent, FaultHandle
+from raftmq.chaos.history import History, SendOp
+from raftmq.chaos.nemesis import Step, generate
+from raftmq.chaos.scenario import Scenario
+from raftmq.chaos.workload import Workload, WorkloadConfig
 
 log = logging.getLogger("raftmq.chaos.runner")
 
@@ -633,7 +632,7 @@ async def run_matrix(scenarios: Sequence[Scenario], acks_levels: Sequence[str], 
                      report_dir: Path, progress: ProgressCallback | None = None,
                      on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
     """Every scenario at every ack level, one fresh cluster per run, the report rewritten after each run."""
-    from chaos.report import write_reports
+    from raftmq.chaos.report import write_reports
 
     await asyncio.to_thread(report_dir.mkdir, parents=True, exist_ok=True)
     schedules = {s.name: generate(s, duration_s=settings.duration_s, seed=settings.seed, nodes=settings.nodes)

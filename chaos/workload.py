@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 from urllib.parse import quote
 
-from chaos.history import Acks, History, HistoryBuilder, LogRecord, Outcome
-from client import Admin, Consumer, DeliveryReport, Producer
-from cluster.errors import RaftMQError, TopicAlreadyExists
-from cluster.routing import partition_for
-from deploy.local_cluster import http_json
+from raftmq.chaos.history import Acks, History, HistoryBuilder, LogRecord, Outcome
+from raftmq.client import Admin, Consumer, DeliveryReport, Producer
+from raftmq.cluster.errors import RaftMQError, TopicAlreadyExists
+from raftmq.cluster.routing import partition_for
+from raftmq.deploy.local_cluster import http_json
 
 log = logging.getLogger("raftmq.chaos.workload")
 

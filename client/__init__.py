@@ -14,13 +14,13 @@ the operation may or may not have happened (timeouts, dropped connections, ``OUT
 
 from __future__ import annotations
 
-from client.admin import Admin
-from client.connection import Connection, MetadataFetcher
-from client.consumer import Consumer
-from client.metadata import BrokerInfo, ClusterMetadata, ClusterView, PartitionInfo, TopicInfo
-from client.producer import Producer
-from client.sync import SyncAdmin, SyncConsumer, SyncProducer
-from client.types import (
+from raftmq.client.admin import Admin
+from raftmq.client.connection import Connection, MetadataFetcher
+from raftmq.client.consumer import Consumer
+from raftmq.client.metadata import BrokerInfo, ClusterMetadata, ClusterView, PartitionInfo, TopicInfo
+from raftmq.client.producer import Producer
+from raftmq.client.sync import SyncAdmin, SyncConsumer, SyncProducer
+from raftmq.client.types import (
     ConsumerRecord,
     DeliveryReport,
     DeliveryStatus,
@@ -29,7 +29,7 @@ from client.types import (
     ProducerCounters,
     TopicPartition,
 )
-from cluster.errors import (
+from raftmq.cluster.errors import (
     BufferExhausted,
     ClientTimeout,
     ConnectionFailed,

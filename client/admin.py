@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from client.connection import AsyncLifecycle, Connection, MetadataFetcher, backoff_s
-from client.metadata import (
+from raftmq.client.connection import AsyncLifecycle, Connection, MetadataFetcher, backoff_s
+from raftmq.client.metadata import (
     ClusterMetadata,
     ClusterView,
     TopicInfo,
@@ -29,9 +29,9 @@ from client.metadata import (
     parse_metadata,
     parse_topic,
 )
-from client.types import HealthInfo
-from cluster import limits
-from cluster.errors import ClientTimeout, NotLeader, RaftMQError, UnexpectedResponse, UnknownTopicOrPartition
+from raftmq.client.types import HealthInfo
+from raftmq.cluster import limits
+from raftmq.cluster.errors import ClientTimeout, NotLeader, RaftMQError, UnexpectedResponse, UnknownTopicOrPartition
 
 __all__ = ["Admin", "TopicInfo", "ClusterMetadata", "HealthInfo"]
 

@@ -42,10 +42,9 @@ from typing import Any, Final, Self
 
 import aiohttp
 import msgpack
-
-from client.metadata import ClusterView
-from cluster import limits
-from cluster.errors import (
+from raftmq.client.metadata import ClusterView
+from raftmq.cluster import limits
+from raftmq.cluster.errors import (
     ClientTimeout,
     ConnectionFailed,
     RaftMQError,

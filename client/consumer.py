@@ -48,12 +48,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal, Self
 from urllib.parse import quote
 
-from client.connection import AsyncLifecycle, ByteBudget, Connection, MetadataFetcher, backoff_s
-from client.metadata import ClusterView
-from client.types import ConsumerRecord, OffsetInfo, TopicPartition
-from cluster import limits
-from cluster.batch import BatchHeader, Record, decode_records, iter_batches, verify_stored
-from cluster.errors import (
+from raftmq.client.connection import AsyncLifecycle, ByteBudget, Connection, MetadataFetcher, backoff_s
+from raftmq.client.metadata import ClusterView
+from raftmq.client.types import ConsumerRecord, OffsetInfo, TopicPartition
+from raftmq.cluster import limits
+from raftmq.cluster.batch import BatchHeader, Record, decode_records, iter_batches, verify_stored
+from raftmq.cluster.errors import (
     ClientTimeout,
     CorruptBatch,
     LeaderNotAvailable,

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cluster import limits
-from cluster.errors import UnexpectedResponse
+from raftmq.cluster import limits
+from raftmq.cluster.errors import UnexpectedResponse
 
 
 def normalize_url(url: str) -> str:

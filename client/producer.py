@@ -78,12 +78,19 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, overload
 from urllib.parse import quote
 
-from client.connection import AsyncLifecycle, ByteBudget, Connection, MetadataFetcher, attempt_was_definite, backoff_s
-from client.metadata import ClusterView
-from client.types import AcksSetting, DeliveryReport, ProducerCounters
-from cluster import limits
-from cluster.batch import HEADER_BYTES, encode_batch
-from cluster.errors import (
+from raftmq.client.connection import (
+    AsyncLifecycle,
+    ByteBudget,
+    Connection,
+    MetadataFetcher,
+    attempt_was_definite,
+    backoff_s,
+)
+from raftmq.client.metadata import ClusterView
+from raftmq.client.types import AcksSetting, DeliveryReport, ProducerCounters
+from raftmq.cluster import limits
+from raftmq.cluster.batch import HEADER_BYTES, encode_batch
+from raftmq.cluster.errors import (
     BufferExhausted,
     ClientTimeout,
     DuplicateSequence,
@@ -99,7 +106,7 @@ from cluster.errors import (
     UnknownProducerId,
     UnknownTopicOrPartition,
 )
-from cluster.routing import partition_for
+from raftmq.cluster.routing import partition_for
 
 __all__ = ["Producer", "DeliveryReport", "ProducerCounters"]
 

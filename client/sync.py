@@ -18,12 +18,12 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Generic, Self, TypeVar
 
-from client.admin import Admin
-from client.consumer import Consumer
-from client.metadata import ClusterMetadata, TopicInfo
-from client.producer import HeadersArg, Producer
-from client.types import ConsumerRecord, DeliveryReport, HealthInfo, ProducerCounters, TopicPartition
-from cluster.errors import ClientTimeout
+from raftmq.client.admin import Admin
+from raftmq.client.consumer import Consumer
+from raftmq.client.metadata import ClusterMetadata, TopicInfo
+from raftmq.client.producer import HeadersArg, Producer
+from raftmq.client.types import ConsumerRecord, DeliveryReport, HealthInfo, ProducerCounters, TopicPartition
+from raftmq.cluster.errors import ClientTimeout
 
 __all__ = ["SyncAdmin", "SyncConsumer", "SyncProducer"]
 

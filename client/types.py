@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-from cluster.errors import RaftMQError
+from raftmq.cluster.errors import RaftMQError
 
 DeliveryStatus = Literal["ok", "failed", "unknown"]
 AcksSetting = Literal[0, 1, "all", -1]

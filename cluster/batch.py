@@ -38,9 +38,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Final, NamedTuple
 
 import msgpack
-
-from cluster import limits
-from cluster.errors import BatchTooLarge, CorruptBatch, InvalidRequest, RecordTooLarge
+from raftmq.cluster import limits
+from raftmq.cluster.errors import BatchTooLarge, CorruptBatch, InvalidRequest, RecordTooLarge
 
 MAGIC: Final = 1
 HEADER_BYTES: Final = 79

@@ -22,10 +22,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import msgpack
-
-from cluster import limits
-from cluster.commands import MetadataOp
-from cluster.errors import (
+from raftmq.cluster import limits
+from raftmq.cluster.commands import MetadataOp
+from raftmq.cluster.errors import (
     InvalidConfig,
     InvalidPartitions,
     InvalidReplicationFactor,

@@ -20,7 +20,7 @@ import enum
 from collections import OrderedDict, deque
 from typing import Any, NamedTuple
 
-from cluster import limits
+from raftmq.cluster import limits
 
 
 class Verdict(enum.Enum):

@@ -18,10 +18,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgpack
-
-from cluster import batch as batches
-from cluster import limits
-from cluster.errors import (
+from raftmq.cluster import batch as batches
+from raftmq.cluster import limits
+from raftmq.cluster.errors import (
     InvalidAcks,
     InvalidOffset,
     InvalidRequest,

@@ -1,7 +1,7 @@
 """Run N broker processes on loopback: configs, data folders, start/stop/kill/pause, readiness.
 
 Used by ``raftmq cluster up``, the integration tests, the benchmark and the chaos harness. Every node is a
-real ``python -m node`` process with its own data directory and log file under one root folder; nothing is
+real ``python -m raftmq.node`` process with its own data directory and log file under one root folder; nothing is
 mocked. Every wait has a deadline.
 """
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.config import BrokerEntry, NodeConfig, render_config
-from node.raft_transport import PeerAddress
-from node.replication import Durability, RaftTimers
+from raftmq.node.config import BrokerEntry, NodeConfig, render_config
+from raftmq.node.raft_transport import PeerAddress
+from raftmq.node.replication import Durability, RaftTimers
 
 HOST = "127.0.0.1"
 SECRET_FILE = "cluster.secret"
@@ -211,7 +211,7 @@ class LocalCluster:
             log_file = open(node.log_path, "ab")  # noqa: SIM115 - handed to the child
             try:
                 node.process = subprocess.Popen(
-                    [self.python, "-m", "node", "--config", str(node.config_path)],
+                    [self.python, "-m", "raftmq.node", "--config", str(node.config_path)],
                     stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent))
             finally:

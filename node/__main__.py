@@ -1,4 +1,4 @@
-"""``python -m node --config node.toml``: run one broker until SIGTERM/SIGINT (then stop cleanly)."""
+"""``python -m raftmq.node --config node.toml``: run one broker until SIGTERM/SIGINT (then stop cleanly)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
-
-from cluster.errors import InvalidConfig, RaftMQError
-from node.api import build_app
-from node.broker import Broker
-from node.config import NodeConfig, load_config, prepare_for_start
-from node.http_server import GuardedAppRunner
+from raftmq.cluster.errors import InvalidConfig, RaftMQError
+from raftmq.node.api import build_app
+from raftmq.node.broker import Broker
+from raftmq.node.config import NodeConfig, load_config, prepare_for_start
+from raftmq.node.http_server import GuardedAppRunner
 
 log = logging.getLogger("raftmq.node")
 _SHUTDOWN_TIMEOUT_S = 15.0
@@ -96,7 +95,7 @@ async def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 after a clean stop, 2 when the config (or what it names: ports, data_dir, secret) cannot
     be used, 1 for anything else (a bug: the traceback is logged)."""
-    parser = argparse.ArgumentParser(prog="python -m node", description="Run one raftmq broker.")
+    parser = argparse.ArgumentParser(prog="python -m raftmq.node", description="Run one raftmq broker.")
     parser.add_argument("--config", required=True, type=Path, help="node TOML file (see deploy/node.example.toml)")
     parser.add_argument("--ready-file", type=Path, help="write this file once the broker serves clients")
     args = parser.parse_args(argv)

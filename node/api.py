@@ -14,10 +14,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
-
-from cluster import batch as batches
-from cluster import limits
-from cluster.errors import (
+from raftmq.cluster import batch as batches
+from raftmq.cluster import limits
+from raftmq.cluster.errors import (
     InternalError,
     InvalidRequest,
     MalformedBody,
@@ -27,8 +26,8 @@ from cluster.errors import (
     RequestTooLarge,
     RouteNotFound,
 )
-from cluster.metadata import parse_producer_name
-from cluster.wire import (
+from raftmq.cluster.metadata import parse_producer_name
+from raftmq.cluster.wire import (
     decode_body,
     encode_body,
     parse_acks,
@@ -39,7 +38,7 @@ from cluster.wire import (
     text_or_b64,
     wants_msgpack,
 )
-from node.broker import Broker
+from raftmq.node.broker import Broker
 
 log = logging.getLogger(__name__)
 

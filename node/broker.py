@@ -34,11 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-
-from cluster import batch as batches
-from cluster import commands, limits
-from cluster.commands import MetadataOp, PartitionOp
-from cluster.errors import (
+from raftmq.cluster import batch as batches
+from raftmq.cluster import commands, limits
+from raftmq.cluster.commands import MetadataOp, PartitionOp
+from raftmq.cluster.errors import (
     BrokerNotReady,
     BrokerShuttingDown,
     BufferFull,
@@ -55,16 +54,16 @@ from cluster.errors import (
     UnknownProducerId,
     UnknownTopicOrPartition,
 )
-from cluster.metadata import ProducerCheck, Topic, majority, parse_create_topic, validate_topic_name
-from cluster.routing import partition_for
-from cluster.wire import Acks
-from node.config import NodeConfig
-from node.fsutil import write_file_atomically
-from node.log import LogConfig
-from node.metadata_sm import METADATA_GROUP_ID, MetadataStateMachine
-from node.partition import AppendResult, PartitionStateMachine
-from node.raft_transport import NetworkListener, PeerNetwork
-from node.replication import AppendInfo, Durability, RaftGroup, ReplicationLoop
+from raftmq.cluster.metadata import ProducerCheck, Topic, majority, parse_create_topic, validate_topic_name
+from raftmq.cluster.routing import partition_for
+from raftmq.cluster.wire import Acks
+from raftmq.node.config import NodeConfig
+from raftmq.node.fsutil import write_file_atomically
+from raftmq.node.log import LogConfig
+from raftmq.node.metadata_sm import METADATA_GROUP_ID, MetadataStateMachine
+from raftmq.node.partition import AppendResult, PartitionStateMachine
+from raftmq.node.raft_transport import NetworkListener, PeerNetwork
+from raftmq.node.replication import AppendInfo, Durability, RaftGroup, ReplicationLoop
 
 log = logging.getLogger(__name__)
 

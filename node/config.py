@@ -13,10 +13,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cluster import limits
-from cluster.errors import InvalidConfig
-from node.raft_transport import PeerAddress
-from node.replication import Durability, RaftTimers
+from raftmq.cluster import limits
+from raftmq.cluster.errors import InvalidConfig
+from raftmq.node.raft_transport import PeerAddress
+from raftmq.node.replication import Durability, RaftTimers
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,8 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
-
-from cluster import limits
-from cluster.errors import TooManyConnections
+from raftmq.cluster import limits
+from raftmq.cluster.errors import TooManyConnections
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,9 @@ from typing import Any
 
 import msgpack
 from pysyncobj.journal import Journal
-
-from cluster import limits
-from cluster.errors import invariant
-from node.fsutil import fsync_directory, write_file_atomically
+from raftmq.cluster import limits
+from raftmq.cluster.errors import invariant
+from raftmq.node.fsutil import fsync_directory, write_file_atomically
 
 log = logging.getLogger(__name__)
 

@@ -46,12 +46,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, NamedTuple
 
-from cluster import batch as batches
-from cluster import limits
-from cluster.batch import BatchHeader
-from cluster.errors import CorruptBatch, InvalidConfig, OffsetOutOfRange, StorageError, invariant
-from node.fsutil import fsync_directory, write_file_atomically
-from node.segment import (
+from raftmq.cluster import batch as batches
+from raftmq.cluster import limits
+from raftmq.cluster.batch import BatchHeader
+from raftmq.cluster.errors import CorruptBatch, InvalidConfig, OffsetOutOfRange, StorageError, invariant
+from raftmq.node.fsutil import fsync_directory, write_file_atomically
+from raftmq.node.segment import (
     INDEX_SUFFIX,
     LOG_SUFFIX,
     TIME_INDEX_SUFFIX,

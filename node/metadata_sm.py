@@ -14,10 +14,9 @@ from types import MappingProxyType
 from typing import Any, BinaryIO
 
 import msgpack
-
-from cluster import commands
-from cluster.errors import InternalError
-from cluster.metadata import MetadataState, Topic
+from raftmq.cluster import commands
+from raftmq.cluster.errors import InternalError
+from raftmq.cluster.metadata import MetadataState, Topic
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgpack
-
-from cluster import batch as batches
-from cluster import commands
-from cluster.errors import (
+from raftmq.cluster import batch as batches
+from raftmq.cluster import commands
+from raftmq.cluster.errors import (
     CorruptBatch,
     DuplicateSequence,
     InternalError,
@@ -37,8 +36,8 @@ from cluster.errors import (
     UnknownProducerId,
     invariant,
 )
-from cluster.producer_state import ProducerTable, Verdict
-from node.log import LogConfig, PartitionLog
+from raftmq.cluster.producer_state import ProducerTable, Verdict
+from raftmq.node.log import LogConfig, PartitionLog
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, NamedTuple
 
 import msgpack
-
-from cluster import commands, limits
+from raftmq.cluster import commands, limits
 
 KIND_CHALLENGE: Final = 1
 KIND_HELLO: Final = 2

@@ -49,11 +49,10 @@ from typing import Any
 
 from pysyncobj.node import Node
 from pysyncobj.transport import Transport
-
-from cluster import limits
-from cluster.errors import invariant
-from node import peer_protocol
-from node.peer_protocol import (
+from raftmq.cluster import limits
+from raftmq.cluster.errors import invariant
+from raftmq.node import peer_protocol
+from raftmq.node.peer_protocol import (
     PROTOCOL_VERSION,
     Challenge,
     FrameReader,

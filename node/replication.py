@@ -52,9 +52,8 @@ import pysyncobj.syncobj as _syncobj_module
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.monotonic import monotonic as raft_clock  # pysyncobj's clock (CLOCK_MONOTONIC_RAW), not time.monotonic
-
-from cluster import commands, limits
-from cluster.errors import (
+from raftmq.cluster import commands, limits
+from raftmq.cluster.errors import (
     BufferFull,
     InternalError,
     LeaderNotAvailable,
@@ -62,10 +61,10 @@ from cluster.errors import (
     RaftMQError,
     invariant,
 )
-from node.fsutil import write_file_atomically
-from node.journal import DurableJournal
-from node.prevote import PreVote
-from node.raft_transport import BrokerNode, GroupTransport, NetworkListener, PeerNetwork
+from raftmq.node.fsutil import write_file_atomically
+from raftmq.node.journal import DurableJournal
+from raftmq.node.prevote import PreVote
+from raftmq.node.raft_transport import BrokerNode, GroupTransport, NetworkListener, PeerNetwork
 
 log = logging.getLogger(__name__)
 

@@ -38,11 +38,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final, NamedTuple
 
-from cluster import batch as batches
-from cluster import limits
-from cluster.batch import BatchHeader
-from cluster.errors import CorruptBatch, InvariantViolation, StorageError, invariant
-from node.fsutil import write_all, write_file_atomically
+from raftmq.cluster import batch as batches
+from raftmq.cluster import limits
+from raftmq.cluster.batch import BatchHeader
+from raftmq.cluster.errors import CorruptBatch, InvariantViolation, StorageError, invariant
+from raftmq.node.fsutil import write_all, write_file_atomically
 
 LOG_SUFFIX: Final = ".log"
 INDEX_SUFFIX: Final = ".index"

@@ -13,7 +13,7 @@ Layout:
 - `collection.py`: the proxy set with Toxiproxy's create/update/populate/reset semantics;
 - `server.py`: the aiohttp application; `__main__.py`: the command line.
 
-Run it with `python -m chaos.toxiproxy -host 127.0.0.1 -port 8474 [-config FILE] [-seed N]`.
+Run it with `python -m raftmq.chaos.toxiproxy -host 127.0.0.1 -port 8474 [-config FILE] [-seed N]`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`python -m chaos.toxiproxy`: the server's command line, with toxiproxy-server's flags.
+"""`python -m raftmq.chaos.toxiproxy`: the server's command line, with toxiproxy-server's flags.
 
 Flags are single-dash like Go's flag package (`-port 8474`, `-port=8474`); the double-dash spelling works too.
 SIGTERM and SIGINT shut the server down cleanly: the API stops, every proxy closes its listener and its
@@ -19,7 +19,7 @@ from typing import Final
 from . import VERSION
 from .server import serve
 
-log: Final = logging.getLogger("chaos.toxiproxy")
+log: Final = logging.getLogger("raftmq.chaos.toxiproxy")
 
 _log_levels: Final = {
     "trace": logging.DEBUG,
@@ -35,7 +35,7 @@ _log_levels: Final = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m chaos.toxiproxy",
+        prog="python -m raftmq.chaos.toxiproxy",
         description=f"Toxiproxy-compatible fault proxy server (API version {VERSION}).",
         allow_abbrev=False,
     )
@@ -60,7 +60,7 @@ def configure_logging() -> None:
     )
     # aiohttp's access log is noise at info level; keep it for debugging.
     if level_name not in ("debug", "trace"):
-        logging.getLogger("chaos.toxiproxy.access").setLevel(logging.WARNING)
+        logging.getLogger("raftmq.chaos.toxiproxy.access").setLevel(logging.WARNING)
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from typing import Final
 from . import codec, errors, limits
 from .proxy import AddressError, Proxy, normalize_listen
 
-log: Final = logging.getLogger("chaos.toxiproxy.collection")
+log: Final = logging.getLogger("raftmq.chaos.toxiproxy.collection")
 
 _proxy_fields: Final = ("name", "listen", "upstream", "enabled")
 

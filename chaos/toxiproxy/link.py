@@ -30,7 +30,7 @@ from .toxics import Direction, Emit, Toxic, ToxicWrapper
 if TYPE_CHECKING:
     from .proxy import Connection
 
-log: Final = logging.getLogger("chaos.toxiproxy.link")
+log: Final = logging.getLogger("raftmq.chaos.toxiproxy.link")
 
 # SO_LINGER on with a zero timeout: close() then discards unsent data and sends RST instead of FIN.
 _linger_reset: Final = struct.pack("ii", 1, 0)

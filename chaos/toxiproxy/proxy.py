@@ -27,7 +27,7 @@ from . import errors, limits
 from .link import Endpoint, Link
 from .toxics import Direction, ToxicWrapper
 
-log: Final = logging.getLogger("chaos.toxiproxy.proxy")
+log: Final = logging.getLogger("raftmq.chaos.toxiproxy.proxy")
 
 default_listen: Final = "127.0.0.1:0"  # Go Toxiproxy listens on all interfaces for ""; loopback is safer.
 _listen_backlog: Final = 128

@@ -21,7 +21,7 @@ from .collection import ProxyCollection, parse_proxy_input
 from .proxy import Proxy
 from .toxics import Direction, ToxicWrapper, parse_new_toxic, parse_toxic_update
 
-log: Final = logging.getLogger("chaos.toxiproxy.server")
+log: Final = logging.getLogger("raftmq.chaos.toxiproxy.server")
 
 COLLECTION: Final = web.AppKey("collection", ProxyCollection)
 METRICS: Final = web.AppKey("metrics", tuple)  # (proxy_metrics: bool, runtime_metrics: bool)
@@ -318,7 +318,7 @@ async def serve(
     runner = web.AppRunner(
         app,
         handle_signals=False,
-        access_log=logging.getLogger("chaos.toxiproxy.access"),
+        access_log=logging.getLogger("raftmq.chaos.toxiproxy.access"),
         keepalive_timeout=limits.http_idle_timeout_s,
         shutdown_timeout=limits.api_shutdown_deadline_s,
     )

@@ -2,7 +2,7 @@
 
 The server is the one at `$TOXIPROXY_URL` when that is set (an already running server, e.g. a real
 `toxiproxy-server`); otherwise `ToxiproxyServerProcess` starts one per test module on a free port: a real
-`toxiproxy-server` if one is on PATH or named by `$TOXIPROXY_SERVER`, else `python -m chaos.toxiproxy`.
+`toxiproxy-server` if one is on PATH or named by `$TOXIPROXY_SERVER`, else `python -m raftmq.chaos.toxiproxy`.
 
 Upstreams are plain threaded socket servers (the tests and toxiproxy-python block, so no event loop here).
 Every blocking call in them has a timeout, and every wait is for a condition with a deadline.
@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import pytest
-
-from chaos.proxy_client import ProxyClient, ToxiproxyServerProcess
+from raftmq.chaos.proxy_client import ProxyClient, ToxiproxyServerProcess
 
 # Long enough for a loaded CI machine, short enough that a hang fails fast.
 io_timeout_s: Final = 5.0

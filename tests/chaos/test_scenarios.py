@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-
-from chaos.harness import ChaosCluster
-from chaos.runner import RunResult, RunSettings, run_once
-from chaos.scenario import load
-from deploy.local_cluster import wait_until
+from raftmq.chaos.harness import ChaosCluster
+from raftmq.chaos.runner import RunResult, RunSettings, run_once
+from raftmq.chaos.scenario import load
+from raftmq.deploy.local_cluster import wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 

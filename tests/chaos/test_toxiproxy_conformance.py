@@ -5,7 +5,7 @@ shapes, proxy lifecycle, and what each toxic does to live TCP connections.
 
 Method: drive the server through toxiproxy-python (via `chaos.proxy_client.ProxyClient`, which fixes the
 library's sharp edges), and through raw HTTP where the library has no call, against loopback upstreams on
-threads. By default the server is raftmq's own (`python -m chaos.toxiproxy`, started per module); with
+threads. By default the server is raftmq's own (`python -m raftmq.chaos.toxiproxy`, started per module); with
 `TOXIPROXY_URL=http://host:port` the same tests run against an already running server such as a real
 `toxiproxy-server`. Tests of raftmq-only behaviour take the `raftmq_only` fixture and skip elsewhere.
 
@@ -26,9 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import pytest
-from toxiproxy.exceptions import ProxyExists
-
-from chaos.proxy_client import (
+from raftmq.chaos.proxy_client import (
     BadRequestError,
     ConflictError,
     NotFoundError,
@@ -40,6 +38,8 @@ from chaos.proxy_client import (
     ToxiproxyTimeout,
     ToxiproxyUnavailable,
 )
+from toxiproxy.exceptions import ProxyExists
+
 from tests.chaos.conftest import ToxiproxyServer, Upstream, io_timeout_s
 
 pytestmark = pytest.mark.timeout(60)

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from deploy.local_cluster import LocalCluster
+from raftmq.deploy.local_cluster import LocalCluster
 
 
 def start_cluster(root: Path, nodes: int = 3, **kwargs: object) -> LocalCluster:

@@ -12,10 +12,9 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
-
-from cluster import batch as batches
-from cluster import limits
-from deploy.local_cluster import LocalCluster
+from raftmq.cluster import batch as batches
+from raftmq.cluster import limits
+from raftmq.deploy.local_cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 TOPIC = "errors"
@@ -170,7 +169,7 @@ async def test_bad_input_is_rejected_with_stable_codes(api: tuple[Api, Api, Loca
 
 async def test_json_produce_by_key_and_offsets(api: tuple[Api, Api, LocalCluster]) -> None:
     first, _leader, cluster = api
-    from cluster.routing import partition_for
+    from raftmq.cluster.routing import partition_for
 
     partition = partition_for(b"user-42", 2)
     leader_id = cluster.wait_for_leader(TOPIC, partition)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from raftmq.deploy.local_cluster import LocalCluster, find_free_ports, wait_until
 
-from client.cli import cli
-from client.cli.common import port_in_use
-from deploy.local_cluster import LocalCluster, find_free_ports, wait_until
+from raftmq.cli import cli
+from raftmq.cli.common import port_in_use
 
 pytestmark = pytest.mark.cluster
 
@@ -142,7 +142,7 @@ def test_consume_follow_sees_new_records_and_stops_on_ctrl_c(shared_cluster: Loc
     name = topic_name("cli-follow")
     create_topic(shared_cluster, name, partitions=1)
     env = {**os.environ, "RAFTMQ_BOOTSTRAP": ",".join(shared_cluster.urls), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "client.cli", "consume", name, "--follow"], cwd=REPO,
+    process = subprocess.Popen([sys.executable, "-m", "raftmq.cli", "consume", name, "--follow"], cwd=REPO,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_pump, args=(process, lines), daemon=True).start()
@@ -286,7 +286,7 @@ def _free_base_port(nodes: int) -> int:
 def test_cluster_up_then_ctrl_c_stops_every_node(tmp_path: Path) -> None:
     base = _free_base_port(3)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-    command = [sys.executable, "-m", "client.cli", "cluster", "up", "--dir", str(tmp_path / "c"),
+    command = [sys.executable, "-m", "raftmq.cli", "cluster", "up", "--dir", str(tmp_path / "c"),
                "--base-port", str(base)]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)

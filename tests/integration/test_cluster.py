@@ -19,11 +19,11 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
+from raftmq.client import Admin, Consumer, Producer
+from raftmq.cluster import batch as batches
+from raftmq.cluster.errors import ProducerFenced
+from raftmq.deploy.local_cluster import LocalCluster, wait_until
 
-from client import Admin, Consumer, Producer
-from cluster import batch as batches
-from cluster.errors import ProducerFenced
-from deploy.local_cluster import LocalCluster, wait_until
 from tests.conftest import wait_for_condition
 
 pytestmark = pytest.mark.cluster

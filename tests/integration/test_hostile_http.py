@@ -25,15 +25,14 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from cluster import batch as batches
-from cluster import limits
-from deploy.local_cluster import find_free_ports, wait_until
-from node.api import build_app
-from node.broker import Broker
-from node.config import BrokerEntry, NodeConfig
-from node.http_server import GuardedAppRunner
-from node.raft_transport import PeerAddress
+from raftmq.cluster import batch as batches
+from raftmq.cluster import limits
+from raftmq.deploy.local_cluster import find_free_ports, wait_until
+from raftmq.node.api import build_app
+from raftmq.node.broker import Broker
+from raftmq.node.config import BrokerEntry, NodeConfig
+from raftmq.node.http_server import GuardedAppRunner
+from raftmq.node.raft_transport import PeerAddress
 
 TOPIC = "hostile"
 

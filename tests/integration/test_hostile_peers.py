@@ -2,7 +2,7 @@
 broker keeps running, the acknowledged records are intact and replicas identical, and the cluster still
 commits writes.
 
-Method: `start_cluster` (real `python -m node` processes, a cluster secret as `raftmq cluster up` makes);
+Method: `start_cluster` (real `python -m raftmq.node` processes, a cluster secret as `raftmq cluster up` makes);
 the cluster id comes from /v1/health as an attacker would get it; for the frames after a valid handshake
 the test reads the secret file (an insider with the secret, or any local process when a cluster runs
 without one). node/peer_protocol.py's unit tests and tests/integration/test_peer_port.py cover each input
@@ -16,12 +16,11 @@ from typing import Any
 
 import msgpack
 import pytest
-
-from cluster import limits
-from deploy.local_cluster import HOST, LocalCluster, http_json, wait_until
-from node import peer_protocol
-from node.peer_protocol import Challenge, FrameReader, Hello, Welcome
-from node.raft_transport import handshake_mac
+from raftmq.cluster import limits
+from raftmq.deploy.local_cluster import HOST, LocalCluster, http_json, wait_until
+from raftmq.node import peer_protocol
+from raftmq.node.peer_protocol import Challenge, FrameReader, Hello, Welcome
+from raftmq.node.raft_transport import handshake_mac
 
 pytestmark = pytest.mark.cluster
 TOPIC = "peer-attack"

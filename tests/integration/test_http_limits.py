@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
+from raftmq.cluster import limits
+from raftmq.deploy.local_cluster import find_free_ports
+from raftmq.node.api import error_middleware, read_body
+from raftmq.node.http_server import GuardedAppRunner
 
-from cluster import limits
-from deploy.local_cluster import find_free_ports
-from node.api import error_middleware, read_body
-from node.http_server import GuardedAppRunner
 from tests.conftest import wait_for_condition
 
 HEAD_TIMEOUT_S = 0.5

@@ -1,6 +1,6 @@
 """`raftmq node start` with a config it cannot use exits 2 with INVALID_CONFIG naming the key, no traceback.
 
-Method: a real `python -m node` process per case (a port in use, data_dir a regular file, a port of 70000, a
+Method: a real `python -m raftmq.node` process per case (a port in use, data_dir a regular file, a port of 70000, a
 config that is not UTF-8, a reachable peer port without a secret), each stopped by its own exit.
 """
 
@@ -13,10 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from deploy.local_cluster import HOST, find_free_ports
-from node.config import BrokerEntry, NodeConfig, render_config
-from node.raft_transport import PeerAddress
+from raftmq.deploy.local_cluster import HOST, find_free_ports
+from raftmq.node.config import BrokerEntry, NodeConfig, render_config
+from raftmq.node.raft_transport import PeerAddress
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +29,7 @@ def _config(tmp_path: Path, client_port: int, peer_port: int) -> NodeConfig:
 
 
 def _run(config_path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "node", "--config", str(config_path)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "raftmq.node", "--config", str(config_path)], capture_output=True,
                           text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL)
 
 

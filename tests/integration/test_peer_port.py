@@ -18,12 +18,11 @@ from typing import Any
 
 import msgpack
 import pytest
-
-from cluster import limits
-from deploy.local_cluster import find_free_ports, wait_until
-from node import peer_protocol
-from node.peer_protocol import Challenge, FrameReader, Hello, Welcome
-from node.raft_transport import NetworkListener, PeerAddress, PeerNetwork, handshake_mac
+from raftmq.cluster import limits
+from raftmq.deploy.local_cluster import find_free_ports, wait_until
+from raftmq.node import peer_protocol
+from raftmq.node.peer_protocol import Challenge, FrameReader, Hello, Welcome
+from raftmq.node.raft_transport import NetworkListener, PeerAddress, PeerNetwork, handshake_mac
 
 CLUSTER = "peer-port-test"
 SECRET = "correct horse battery staple"

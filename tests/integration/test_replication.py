@@ -15,11 +15,11 @@ from typing import Any, BinaryIO
 
 import msgpack
 import pytest
+from raftmq.cluster import commands
+from raftmq.deploy.local_cluster import find_free_ports
+from raftmq.node.raft_transport import NetworkListener, PeerAddress, PeerNetwork
+from raftmq.node.replication import Durability, RaftGroup, RaftTimers, ReplicationLoop
 
-from cluster import commands
-from deploy.local_cluster import find_free_ports
-from node.raft_transport import NetworkListener, PeerAddress, PeerNetwork
-from node.replication import Durability, RaftGroup, RaftTimers, ReplicationLoop
 from tests.conftest import wait_for_condition
 
 TIMERS = RaftTimers()

@@ -6,8 +6,7 @@ import random
 from collections.abc import Callable
 
 import pytest
-
-from cluster.batch import encode_batch, stamp
+from raftmq.cluster.batch import encode_batch, stamp
 
 
 def stamped_batch(base_offset: int, *, records: int = 1, value_bytes: int = 100, timestamp_ms: int = 1_000,

@@ -40,10 +40,9 @@ from typing import Any, Final, Literal
 
 import msgpack
 from aiohttp import web
-
-from cluster import limits
-from cluster.batch import decode_records, iter_batches, stamp, validate_produced
-from cluster.errors import (
+from raftmq.cluster import limits
+from raftmq.cluster.batch import decode_records, iter_batches, stamp, validate_produced
+from raftmq.cluster.errors import (
     DuplicateSequence,
     InvalidOffset,
     InvalidRequest,
@@ -484,7 +483,7 @@ class FakeCluster:
     def append_records(self, topic: str, partition: int, values: list[bytes], *, timestamp_ms: int = 1_000
                        ) -> None:
         """Store records directly (one batch), as if produced by a non-idempotent producer."""
-        from cluster.batch import encode_batch
+        from raftmq.cluster.batch import encode_batch
 
         part = self.topics[topic][partition]
         batch = encode_batch([(None, v, (), timestamp_ms + i) for i, v in enumerate(values)])

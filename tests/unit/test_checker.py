@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from chaos.checker import EXAMPLES_MAX, CheckResult, check
-from chaos.history import History, HistoryBuilder, Outcome, PollOp, ReadRecord, ReplicaLog, SendOp
+from raftmq.chaos.checker import EXAMPLES_MAX, CheckResult, check
+from raftmq.chaos.history import History, HistoryBuilder, Outcome, PollOp, ReadRecord, ReplicaLog, SendOp
 
 
 def send(op_id: int, value: str, **fields: Any) -> SendOp:

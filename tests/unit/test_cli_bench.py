@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from raftmq.client.types import DeliveryReport
 
-from client.cli.bench import _Recorder, _send_all, compare_rows, latency_summary, percentile, process_usage
-from client.types import DeliveryReport
+from raftmq.cli.bench import _Recorder, _send_all, compare_rows, latency_summary, percentile, process_usage
 from tests.conftest import wait_for_condition
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from raftmq.client.types import ConsumerRecord
+from raftmq.cluster.errors import NotLeader, TopicAlreadyExists, UnknownTopicOrPartition
 
-from client.cli import cli
-from client.cli.common import (
+from raftmq.cli import cli
+from raftmq.cli.common import (
     fmt_bytes,
     fmt_duration_ms,
     fmt_ms,
@@ -19,10 +21,8 @@ from client.cli.common import (
     parse_bootstrap,
     parse_comma_choice,
 )
-from client.cli.consume_cmd import format_json, format_text
-from client.cli.produce_cmd import _split, generated_value
-from client.types import ConsumerRecord
-from cluster.errors import NotLeader, TopicAlreadyExists, UnknownTopicOrPartition
+from raftmq.cli.consume_cmd import format_json, format_text
+from raftmq.cli.produce_cmd import _split, generated_value
 
 
 def test_parse_bootstrap_normalizes_and_dedups() -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from client.cli.demo import Sent, verify
-from client.types import ConsumerRecord, DeliveryReport
-from cluster.errors import ClientTimeout
+from raftmq.client.types import ConsumerRecord, DeliveryReport
+from raftmq.cluster.errors import ClientTimeout
+
+from raftmq.cli.demo import Sent, verify
 
 
 def sent(n: int) -> list[Sent]:

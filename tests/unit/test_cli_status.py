@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from raftmq.cluster.errors import ConnectionFailed
 from rich.console import Console
 
-from client.cli.cluster_cmd import BrokerState, ClusterSnapshot, _pick_partitions, render_status
-from cluster.errors import ConnectionFailed
+from raftmq.cli.cluster_cmd import BrokerState, ClusterSnapshot, _pick_partitions, render_status
 
 
 def part(partition: int, role: str, epoch: int, leader: int | None, hw: int) -> dict[str, Any]:

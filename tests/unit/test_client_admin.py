@@ -11,9 +11,9 @@ import concurrent.futures
 from collections.abc import AsyncIterator
 
 import pytest
+from raftmq.client import Admin, SyncAdmin, SyncConsumer, SyncProducer, TopicPartition
+from raftmq.cluster.errors import ClientTimeout, InvalidPartitions, TopicAlreadyExists, UnknownTopicOrPartition
 
-from client import Admin, SyncAdmin, SyncConsumer, SyncProducer, TopicPartition
-from cluster.errors import ClientTimeout, InvalidPartitions, TopicAlreadyExists, UnknownTopicOrPartition
 from tests.unit.fake_broker import FakeCluster, Fault
 
 

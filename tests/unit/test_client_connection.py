@@ -10,10 +10,9 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
-
-from client.connection import Connection, MetadataFetcher
-from client.metadata import ClusterView
-from cluster.errors import (
+from raftmq.client.connection import Connection, MetadataFetcher
+from raftmq.client.metadata import ClusterView
+from raftmq.cluster.errors import (
     ClientTimeout,
     ConnectionFailed,
     NotLeader,
@@ -22,6 +21,7 @@ from cluster.errors import (
     RouteNotFound,
     UnexpectedResponse,
 )
+
 from tests.unit.fake_broker import FakeCluster, Fault
 
 

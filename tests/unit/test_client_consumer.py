@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from raftmq.client import Consumer, ConsumerRecord, TopicPartition
+from raftmq.cluster import limits
+from raftmq.cluster.errors import CorruptBatch, InvalidOffset, OffsetOutOfRange
 
-from client import Consumer, ConsumerRecord, TopicPartition
-from cluster import limits
-from cluster.errors import CorruptBatch, InvalidOffset, OffsetOutOfRange
 from tests.unit.fake_broker import FakeCluster, Fault, wait_until
 
 FAST: dict[str, Any] = {"request_timeout_ms": 1000, "max_wait_ms": 100, "retry_backoff_ms": 5,

@@ -11,11 +11,10 @@ import random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from client.connection import ByteBudget, attempt_was_definite, backoff_s
-from client.metadata import ClusterView, parse_metadata
-from cluster import errors
-from cluster.errors import (
+from raftmq.client.connection import ByteBudget, attempt_was_definite, backoff_s
+from raftmq.client.metadata import ClusterView, parse_metadata
+from raftmq.cluster import errors
+from raftmq.cluster.errors import (
     ClientTimeout,
     ConnectionFailed,
     NotEnoughReplicas,
@@ -26,6 +25,7 @@ from cluster.errors import (
     UnexpectedResponse,
     error_from_wire,
 )
+
 from tests.unit.fake_broker import wait_until
 
 B1, B2, B3 = "http://127.0.0.1:9101", "http://127.0.0.1:9102", "http://127.0.0.1:9103"

@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-
-from client import DeliveryReport, Producer
-from cluster.batch import parse_header
-from cluster.errors import (
+from raftmq.client import DeliveryReport, Producer
+from raftmq.cluster.batch import parse_header
+from raftmq.cluster.errors import (
     BufferExhausted,
     ClientTimeout,
     ConnectionFailed,
@@ -30,7 +29,8 @@ from cluster.errors import (
     RequestTimedOut,
     UnknownTopicOrPartition,
 )
-from cluster.routing import partition_for
+from raftmq.cluster.routing import partition_for
+
 from tests.unit.fake_broker import FakeCluster, Fault, wait_until
 
 FAST: dict[str, Any] = {"request_timeout_ms": 1000, "delivery_timeout_ms": 3000, "retry_backoff_ms": 5,
@@ -133,7 +133,7 @@ async def test_headers_and_timestamps_are_stored(cluster: FakeCluster) -> None:
         f2 = await p.send("t", b"y", partition=0, timestamp_ms=50)
         await gather([f1, f2])
     part = cluster.topics["t"][0]
-    from cluster.batch import decode_records
+    from raftmq.cluster.batch import decode_records
 
     records = [r for b in part.batches for r in decode_records(b)]
     assert records[0].headers == (("a", b"1"), ("b", None)) and records[0].value == "é".encode()
@@ -450,7 +450,7 @@ async def test_start_fails_without_brokers() -> None:
 
 def test_idempotence_needs_acks_all() -> None:
     """As in Kafka: with acks 0/1 the broker answers before it decides whether a sequence is accepted."""
-    from client import Producer
+    from raftmq.client import Producer
 
     assert Producer(["http://127.0.0.1:1"], acks="all").idempotent is True
     assert Producer(["http://127.0.0.1:1"], acks=1).idempotent is False

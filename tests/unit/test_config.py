@@ -8,11 +8,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from cluster.errors import InvalidConfig
-from node.config import load_config, parse_config, prepare_for_start, render_config
-from node.raft_transport import PeerAddress
-from node.replication import Durability
+from raftmq.cluster.errors import InvalidConfig
+from raftmq.node.config import load_config, parse_config, prepare_for_start, render_config
+from raftmq.node.raft_transport import PeerAddress
+from raftmq.node.replication import Durability
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "node.example.toml"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cluster.errors import all_error_classes
+from raftmq.cluster.errors import all_error_classes
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 CLIENT_ONLY = {"CONNECTION_FAILED", "CLIENT_TIMEOUT", "PRODUCER_CLOSED", "BUFFER_EXHAUSTED", "UNEXPECTED_RESPONSE",

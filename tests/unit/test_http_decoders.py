@@ -16,10 +16,9 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from cluster import batch as batches
-from cluster import limits
-from cluster.errors import (
+from raftmq.cluster import batch as batches
+from raftmq.cluster import limits
+from raftmq.cluster.errors import (
     CorruptBatch,
     InvalidOffset,
     InvalidRequest,
@@ -28,8 +27,8 @@ from cluster.errors import (
     RaftMQError,
     RecordTooLarge,
 )
-from cluster.metadata import parse_create_topic, parse_producer_name, validate_topic_name
-from cluster.wire import (
+from raftmq.cluster.metadata import parse_create_topic, parse_producer_name, validate_topic_name
+from raftmq.cluster.wire import (
     decode_body,
     parse_acks,
     parse_decimal,
@@ -37,7 +36,7 @@ from cluster.wire import (
     query_int,
     records_to_batch,
 )
-from node.api import _produce_args
+from raftmq.node.api import _produce_args
 
 BROKERS = [1, 2, 3]
 

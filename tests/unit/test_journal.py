@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from node.journal import DurableJournal
+from raftmq.node.journal import DurableJournal
 
 
 def _entries(count: int, first: int = 1, term: int = 1, size: int = 10) -> list[tuple[bytes, int, int]]:

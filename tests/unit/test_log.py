@@ -26,11 +26,10 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-
-from cluster import limits
-from cluster.batch import BatchHeader, iter_batches, parse_header, verify_stored
-from cluster.errors import CorruptBatch, InvalidConfig, InvariantViolation, OffsetOutOfRange, StorageError
-from node.log import RECOVERY_POINT_FILE, LogConfig, LogStream, PartitionLog
+from raftmq.cluster import limits
+from raftmq.cluster.batch import BatchHeader, iter_batches, parse_header, verify_stored
+from raftmq.cluster.errors import CorruptBatch, InvalidConfig, InvariantViolation, OffsetOutOfRange, StorageError
+from raftmq.node.log import RECOVERY_POINT_FILE, LogConfig, LogStream, PartitionLog
 
 MakeBatch = Callable[..., bytes]
 Opener = Callable[..., PartitionLog]
@@ -768,7 +767,7 @@ def test_flush_persists_the_recovery_point(opened: Opener, make_batch: MakeBatch
 _APPENDER = """
 import sys
 from pathlib import Path
-from node.log import LogConfig, PartitionLog
+from raftmq.node.log import LogConfig, PartitionLog
 from tests.unit.conftest import stamped_batch
 log = PartitionLog.open(Path(sys.argv[1]), LogConfig(segment_bytes=65536, index_interval_bytes=512))
 while True:

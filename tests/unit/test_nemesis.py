@@ -11,9 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from chaos.nemesis import Step, generate, schedule_to_json
-from chaos.scenario import (
+from raftmq.chaos.nemesis import Step, generate, schedule_to_json
+from raftmq.chaos.scenario import (
     FAULT_KINDS,
     ScenarioError,
     load,
@@ -182,7 +181,7 @@ def test_unknown_scenario_lists_the_known_ones() -> None:
 
 def test_scenario_files_are_package_data() -> None:
     pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
-    assert 'chaos = ["scenarios/*.toml"]' in pyproject
+    assert '"raftmq.chaos" = ["scenarios/*.toml"]' in pyproject
 
 
 # --- the CLI's pure parts ------------------------------------------------------------------------------
@@ -191,7 +190,7 @@ def test_scenario_files_are_package_data() -> None:
 def test_cli_lists_and_shows_scenarios() -> None:
     from click.testing import CliRunner
 
-    from client.cli.chaos_cmd import chaos
+    from raftmq.cli.chaos_cmd import chaos
 
     runner = CliRunner()
     listed = runner.invoke(chaos, ["list"], env={"COLUMNS": "200"})
@@ -210,7 +209,7 @@ def test_cli_lists_and_shows_scenarios() -> None:
 @pytest.mark.parametrize(("text", "seconds"), [("60s", 60.0), ("60", 60.0), ("2m", 120.0), ("1m30s", 90.0),
                                                ("0.5m", 30.0), ("20.5s", 20.5)])
 def test_cli_durations(text: str, seconds: float) -> None:
-    from client.cli.chaos_cmd import parse_duration
+    from raftmq.cli.chaos_cmd import parse_duration
 
     assert parse_duration(text) == seconds
 
@@ -218,7 +217,7 @@ def test_cli_durations(text: str, seconds: float) -> None:
 def test_cli_bad_options() -> None:
     import click
 
-    from client.cli.chaos_cmd import parse_acks, parse_duration
+    from raftmq.cli.chaos_cmd import parse_acks, parse_duration
 
     assert parse_acks("0,1,all") == ["0", "1", "all"]
     assert parse_acks("all,-1,1") == ["all", "1"]

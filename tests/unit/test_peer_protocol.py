@@ -14,10 +14,9 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from cluster import commands
-from node import peer_protocol
-from node.peer_protocol import (
+from raftmq.cluster import commands
+from raftmq.node import peer_protocol
+from raftmq.node.peer_protocol import (
     Challenge,
     FrameReader,
     Hello,
@@ -27,7 +26,7 @@ from node.peer_protocol import (
     Reject,
     Welcome,
 )
-from node.raft_transport import handshake_mac, hello_rejection
+from raftmq.node.raft_transport import handshake_mac, hello_rejection
 
 COMMAND = bytes([peer_protocol.COMMAND_REGULAR]) + commands.encode(1, 7, 1_700_000_000_000, b"batch")
 NO_OP = bytes([peer_protocol.COMMAND_NO_OP])

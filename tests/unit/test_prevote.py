@@ -9,8 +9,7 @@ import random
 from typing import Any
 
 from pysyncobj.monotonic import monotonic as raft_clock
-
-from node.prevote import PREVOTE, PREVOTE_REPLY, PreVote
+from raftmq.node.prevote import PREVOTE, PREVOTE_REPLY, PreVote
 
 
 class FakeRaft:

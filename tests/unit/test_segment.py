@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from cluster.batch import parse_header
-from cluster.errors import InvariantViolation
-from node.segment import (
+from raftmq.cluster.batch import parse_header
+from raftmq.cluster.errors import InvariantViolation
+from raftmq.node.segment import (
     OffsetIndex,
     Segment,
     TimeIndex,

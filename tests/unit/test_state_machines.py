@@ -8,9 +8,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from cluster.commands import MetadataOp
-from cluster.errors import (
+from raftmq.cluster.commands import MetadataOp
+from raftmq.cluster.errors import (
     InvalidConfig,
     InvalidPartitions,
     InvalidReplicationFactor,
@@ -19,7 +18,7 @@ from cluster.errors import (
     TopicAlreadyExists,
     UnknownTopicOrPartition,
 )
-from cluster.metadata import (
+from raftmq.cluster.metadata import (
     MetadataState,
     ProducerCheck,
     Topic,
@@ -27,7 +26,7 @@ from cluster.metadata import (
     parse_create_topic,
     parse_producer_name,
 )
-from cluster.producer_state import ProducerTable, Verdict
+from raftmq.cluster.producer_state import ProducerTable, Verdict
 
 
 def test_producer_verdicts() -> None:

@@ -9,10 +9,9 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from cluster import batch as batches
-from cluster import commands, limits
-from cluster.errors import (
+from raftmq.cluster import batch as batches
+from raftmq.cluster import commands, limits
+from raftmq.cluster.errors import (
     BatchTooLarge,
     CorruptBatch,
     InvalidAcks,
@@ -25,8 +24,8 @@ from cluster.errors import (
     all_error_classes,
     error_from_wire,
 )
-from cluster.routing import murmur2, partition_for
-from cluster.wire import Acks, decode_body, encode_body, parse_acks, query_int, records_to_batch, wants_msgpack
+from raftmq.cluster.routing import murmur2, partition_for
+from raftmq.cluster.wire import Acks, decode_body, encode_body, parse_acks, query_int, records_to_batch, wants_msgpack
 
 record_strategy = st.tuples(
     st.one_of(st.none(), st.binary(max_size=20)),

@@ -21,13 +21,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from client.admin import Admin
-from client.cli.cluster_cmd import _nodes_table, collect, render_status
-from client.cli.common import ConfigProblem, err, fmt_ids, fmt_int, out, safe
-from client.cli.produce_cmd import ProduceStats, summary_table
-from client.consumer import Consumer
-from client.producer import Producer
-from client.types import ConsumerRecord, DeliveryReport, TopicPartition
+from raftmq.cli.cluster_cmd import _nodes_table, collect, render_status
+from raftmq.cli.common import ConfigProblem, err, fmt_ids, fmt_int, out, safe
+from raftmq.cli.produce_cmd import ProduceStats, summary_table
+from raftmq.client.admin import Admin
+from raftmq.client.consumer import Consumer
+from raftmq.client.producer import Producer
+from raftmq.client.types import ConsumerRecord, DeliveryReport, TopicPartition
 
 TOPIC = "demo"
 PARTITIONS = 3
@@ -131,7 +131,7 @@ class _Narrator:
               help="Deadline for the whole demo.")
 def demo(directory: Path | None, records: int, max_seconds: float) -> None:
     """Start a 3-node cluster, produce, kill a leader, produce more, and check every acknowledged record."""
-    from deploy.local_cluster import LocalCluster
+    from raftmq.deploy.local_cluster import LocalCluster
 
     temporary = directory is None
     if directory is not None:
@@ -220,7 +220,7 @@ async def _demo(cluster: Any, records: int, console: Console) -> bool:
     status = err()
 
     step(f"Start a fresh {NODES}-node cluster")
-    step.say(f"Every broker is a real `python -m node` process on 127.0.0.1, with its data under "
+    step.say(f"Every broker is a real `python -m raftmq.node` process on 127.0.0.1, with its data under "
              f"{cluster.root}.")
     started = time.monotonic()
     with status.status("starting brokers ..."):

@@ -22,9 +22,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from client.metadata import normalize_url
-from client.types import DeliveryReport
-from cluster.errors import RaftMQError
+from raftmq.client.metadata import normalize_url
+from raftmq.client.types import DeliveryReport
+from raftmq.cluster.errors import RaftMQError
 
 T = TypeVar("T")
 

@@ -10,9 +10,8 @@ import click
 from rich.console import Group
 from rich.table import Table
 
-from client.admin import Admin
-from client.cli.cluster_cmd import collect, partitions_table
-from client.cli.common import (
+from raftmq.cli.cluster_cmd import collect, partitions_table
+from raftmq.cli.common import (
     RaftMQGroup,
     bootstrap_option,
     err,
@@ -23,8 +22,9 @@ from client.cli.common import (
     out,
     safe,
 )
-from client.metadata import TopicInfo
-from cluster.errors import ConnectionFailed, UnknownTopicOrPartition
+from raftmq.client.admin import Admin
+from raftmq.client.metadata import TopicInfo
+from raftmq.cluster.errors import ConnectionFailed, UnknownTopicOrPartition
 
 
 @click.group("topic", cls=RaftMQGroup)

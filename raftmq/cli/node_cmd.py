@@ -1,6 +1,6 @@
 """``raftmq node start --config FILE``: run one broker in the foreground (what a host runs under systemd).
 
-It is exactly ``python -m node --config FILE``: the same code, the same exit codes (0 after a clean stop
+It is exactly ``python -m raftmq.node --config FILE``: the same code, the same exit codes (0 after a clean stop
 on SIGTERM/SIGINT, 2 for a bad config).
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from client.cli.common import RaftMQGroup
+from raftmq.cli.common import RaftMQGroup
 
 
 @click.group("node", cls=RaftMQGroup)
@@ -25,7 +25,7 @@ def node() -> None:
               help="Write this file once the broker serves clients.")
 def start(config_path: Path, ready_file: Path | None) -> None:
     """Run one broker until SIGTERM or Ctrl-C, then stop it cleanly."""
-    from node.__main__ import main as node_main  # the broker's own entry point (imports the server)
+    from raftmq.node.__main__ import main as node_main  # the broker's own entry point (imports the server)
 
     argv = ["--config", str(config_path)]
     if ready_file is not None:

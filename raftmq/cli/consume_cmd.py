@@ -15,11 +15,11 @@ from typing import Any
 
 import click
 
-from client.admin import Admin
-from client.cli.common import CommandFailed, bootstrap_option, err, stop_on_signals
-from client.consumer import Consumer
-from client.types import ConsumerRecord, TopicPartition
-from cluster.errors import ClientTimeout, UnknownTopicOrPartition
+from raftmq.cli.common import CommandFailed, bootstrap_option, err, stop_on_signals
+from raftmq.client.admin import Admin
+from raftmq.client.consumer import Consumer
+from raftmq.client.types import ConsumerRecord, TopicPartition
+from raftmq.cluster.errors import ClientTimeout, UnknownTopicOrPartition
 
 NULL_TEXT = "-"  # how a missing key/value is shown in text mode
 

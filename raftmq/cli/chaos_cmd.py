@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from client.cli.common import EXIT_BROKER, ConfigProblem, err, out
+from raftmq.cli.common import EXIT_BROKER, ConfigProblem, err, out
 
 _DURATION_RE = re.compile(r"\s*(?:([0-9]+(?:\.[0-9]+)?)\s*m(?:in)?)?\s*(?:([0-9]+(?:\.[0-9]+)?)\s*s?)?\s*")
 
@@ -53,7 +53,7 @@ def parse_acks(text: str) -> list[str]:
 
 
 def _load_scenarios(spec: str) -> list:
-    from chaos.scenario import ScenarioError, load, load_all
+    from raftmq.chaos.scenario import ScenarioError, load, load_all
 
     try:
         if spec.strip().lower() == "all":
@@ -76,7 +76,7 @@ def chaos() -> None:
 @chaos.command("list")
 def list_scenarios() -> None:
     """The shipped scenarios: name, what happens, fault kinds."""
-    from chaos.scenario import ScenarioError, load_all
+    from raftmq.chaos.scenario import ScenarioError, load_all
 
     try:
         scenarios = load_all()
@@ -98,8 +98,8 @@ def list_scenarios() -> None:
 @click.option("--nodes", type=click.IntRange(3, 9), default=3, show_default=True, help="Number of brokers.")
 def show(scenario: str, seed: int, duration: str, nodes: int) -> None:
     """Print the fault schedule a run of SCENARIO would execute (same seed: same schedule)."""
-    from chaos.nemesis import generate
-    from chaos.scenario import ScenarioError
+    from raftmq.chaos.nemesis import generate
+    from raftmq.chaos.scenario import ScenarioError
 
     seconds = parse_duration(duration)
     for item in _load_scenarios(scenario):
@@ -138,10 +138,10 @@ def run(scenario: str, acks_text: str, seed: int, duration: str, report_dir: Pat
     reordered, divergence, failover, verdict) and writes REPORT_DIR/report.json and REPORT_DIR/summary.md.
     Exit code 1 if any verdict is FAIL or ERROR.
     """
-    from chaos.nemesis import generate
-    from chaos.report import LiveProgress, matrix_table, overall_verdict
-    from chaos.runner import RunSettings, run_matrix
-    from chaos.scenario import ScenarioError
+    from raftmq.chaos.nemesis import generate
+    from raftmq.chaos.report import LiveProgress, matrix_table, overall_verdict
+    from raftmq.chaos.runner import RunSettings, run_matrix
+    from raftmq.chaos.scenario import ScenarioError
 
     seconds = parse_duration(duration)
     levels = parse_acks(acks_text)
@@ -194,7 +194,7 @@ def run(scenario: str, acks_text: str, seed: int, duration: str, report_dir: Pat
               help="The proxy server's API URL (printed by raftmq cluster up --chaos).")
 def proxies(api_url: str) -> None:
     """List the proxies and toxics of a running fault proxy server."""
-    from chaos.proxy_client import ProxyClient, ToxiproxyError
+    from raftmq.chaos.proxy_client import ProxyClient, ToxiproxyError
 
     try:
         client = ProxyClient.from_url(api_url)
@@ -214,7 +214,7 @@ def proxies(api_url: str) -> None:
 @click.option("--api", "api_url", required=True, help="The proxy server's API URL.")
 def heal(api_url: str) -> None:
     """Enable every proxy and remove every toxic (POST /reset, confirmed)."""
-    from chaos.proxy_client import ProxyClient, ToxiproxyError
+    from raftmq.chaos.proxy_client import ProxyClient, ToxiproxyError
 
     try:
         ProxyClient.from_url(api_url).reset()

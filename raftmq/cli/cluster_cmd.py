@@ -25,7 +25,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from client.cli.common import (
+from raftmq.cli.common import (
     EXIT_BROKER,
     CommandFailed,
     ConfigProblem,
@@ -39,9 +39,9 @@ from client.cli.common import (
     port_in_use,
     safe,
 )
-from client.connection import Connection
-from client.metadata import normalize_url
-from cluster.errors import ConnectionFailed, RaftMQError
+from raftmq.client.connection import Connection
+from raftmq.client.metadata import normalize_url
+from raftmq.cluster.errors import ConnectionFailed, RaftMQError
 
 # Deadline of each status request: a broker that does not answer within it is shown as unreachable.
 STATUS_TIMEOUT_S = 3.0
@@ -361,7 +361,7 @@ def _nodes_table(local: Any, client_urls: Sequence[str]) -> Table:
 
 
 def _proxies_table(toxiproxy_url: str, known: dict[str, Any]) -> Table:
-    from deploy.local_cluster import http_json
+    from raftmq.deploy.local_cluster import http_json
 
     table = Table(title=f"fault proxies (API {toxiproxy_url})", title_justify="left")
     for column in ("proxy", "kind", "listen", "upstream", "enabled", "toxics"):
@@ -419,7 +419,7 @@ def _usage_panel(bootstrap: str, directory: Path, restart: str, extra: str = "")
 def up(nodes: int, directory: Path, base_port: int, durability: str, chaos: bool,
        ready_timeout: float) -> None:
     """Start a local cluster and keep it running in the foreground until Ctrl-C."""
-    from deploy.local_cluster import LocalCluster
+    from raftmq.deploy.local_cluster import LocalCluster
 
     directory = directory.resolve()
     previous = _check_layout(directory, nodes, base_port)
@@ -427,7 +427,7 @@ def up(nodes: int, directory: Path, base_port: int, durability: str, chaos: bool
     harness: Any = None
     if chaos:
         try:
-            from chaos.harness import ChaosCluster
+            from raftmq.chaos.harness import ChaosCluster
         except ImportError as exc:
             raise ConfigProblem(f"--chaos needs the chaos harness (chaos.harness): {exc}",
                                 "run without --chaos, or update your checkout") from None

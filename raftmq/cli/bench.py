@@ -44,8 +44,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from client.admin import Admin
-from client.cli.common import (
+from raftmq.cli.common import (
     EXIT_BROKER,
     ConfigProblem,
     OutcomeTally,
@@ -60,10 +59,11 @@ from client.cli.common import (
     safe,
     stop_on_signals,
 )
-from client.producer import Producer
-from client.types import DeliveryReport
-from cluster import limits
-from cluster.errors import ClientTimeout, ProducerClosed, RaftMQError
+from raftmq.client.admin import Admin
+from raftmq.client.producer import Producer
+from raftmq.client.types import DeliveryReport
+from raftmq.cluster import limits
+from raftmq.cluster.errors import ClientTimeout, ProducerClosed, RaftMQError
 
 # In-flight work gets this long to finish after the deadline or Ctrl-C before the run is cut.
 _ABORT_GRACE_S = 5.0
@@ -340,7 +340,7 @@ def _target(bootstrap: list[str] | None, via: str, nodes: int, durability: str,
     if bootstrap is not None:
         yield _Target(bootstrap)
         return
-    from deploy.local_cluster import LocalCluster
+    from raftmq.deploy.local_cluster import LocalCluster
 
     root = Path(tempfile.mkdtemp(prefix=f"raftmq-bench-{durability}-{via}-"))
     harness: Any = None
@@ -350,7 +350,7 @@ def _target(bootstrap: list[str] | None, via: str, nodes: int, durability: str,
         with err().status(f"starting a fresh {nodes}-node cluster ({via}, durability {durability}) ..."):
             if via == "proxies":
                 try:
-                    from chaos.harness import ChaosCluster
+                    from raftmq.chaos.harness import ChaosCluster
                 except ImportError as exc:
                     raise ConfigProblem(f"--via-proxies/--compare-proxies need chaos.harness: {exc}",
                                         "run without them, or update your checkout") from None

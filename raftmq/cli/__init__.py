@@ -1,10 +1,10 @@
-"""The ``raftmq`` command line (console script ``raftmq = client.cli:main``).
+"""The ``raftmq`` command line (console script ``raftmq = raftmq.cli:main``).
 
     raftmq cluster up | status          a local cluster in the foreground; brokers and partitions
     raftmq topic create | list | describe | delete
     raftmq produce TOPIC                stdin lines or --count generated records; a summary at the end
     raftmq consume TOPIC                print records (text or JSON lines), optionally --follow
-    raftmq node start --config FILE     run one broker (same as python -m node)
+    raftmq node start --config FILE     run one broker (same as python -m raftmq.node)
     raftmq bench produce                producer throughput and latency, JSON report
     raftmq demo                         a three-node cluster, a leader kill, and a correctness check
     raftmq chaos ...                    fault-injection scenarios (when the chaos package provides them)
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import click
 
-from client.cli.bench import bench
-from client.cli.cluster_cmd import cluster
-from client.cli.common import RaftMQGroup
-from client.cli.consume_cmd import consume
-from client.cli.demo import demo
-from client.cli.node_cmd import node
-from client.cli.produce_cmd import produce
-from client.cli.topic_cmd import topic
+from raftmq.cli.bench import bench
+from raftmq.cli.cluster_cmd import cluster
+from raftmq.cli.common import RaftMQGroup
+from raftmq.cli.consume_cmd import consume
+from raftmq.cli.demo import demo
+from raftmq.cli.node_cmd import node
+from raftmq.cli.produce_cmd import produce
+from raftmq.cli.topic_cmd import topic
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -58,7 +58,7 @@ for _command in (cluster, topic, produce, consume, node, bench, demo):
     cli.add_command(_command)
 
 try:  # written separately; the CLI works without it
-    from client.cli.chaos_cmd import chaos
+    from raftmq.cli.chaos_cmd import chaos
 
     cli.add_command(chaos)
 except ImportError:

@@ -26,8 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from client.admin import Admin
-from client.cli.common import (
+from raftmq.cli.common import (
     ACKS_CHOICE,
     EXIT_BROKER,
     OutcomeTally,
@@ -40,10 +39,11 @@ from client.cli.common import (
     out,
     stop_on_signals,
 )
-from client.producer import Producer
-from client.types import DeliveryReport
-from cluster import limits
-from cluster.errors import ProducerClosed, RaftMQError, UnknownTopicOrPartition
+from raftmq.client.admin import Admin
+from raftmq.client.producer import Producer
+from raftmq.client.types import DeliveryReport
+from raftmq.cluster import limits
+from raftmq.cluster.errors import ProducerClosed, RaftMQError, UnknownTopicOrPartition
 
 # Most bytes read from stdin at once (a chunk of lines handed to the event loop).
 _STDIN_CHUNK_BYTES = 64 * 1024

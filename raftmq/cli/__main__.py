@@ -1,0 +1,5 @@
+"""``python -m raftmq.cli ...`` is the same as ``raftmq ...``."""
+
+from raftmq.cli import main
+
+main()
