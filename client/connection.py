@@ -52,22 +52,8 @@ from raftmq.cluster.errors import (
     error_from_wire,
 )
 
-# Request bodies above this size are streamed from a file object instead of passed as bytes.
-_STREAM_BODY_BYTES = 512 * 1024
-# A metadata refresh asks brokers in turn; none gets less than this (a loopback round trip is ~1 ms).
-_METADATA_BROKER_S_MIN = 0.25
-
 MSGPACK: Final = "application/msgpack"
 
-# Candidates for cluster/limits.py (client side); kept here while the client is the only user.
-# A response is at most one fetch (8 MiB of batches) plus its envelope.
-client_response_bytes_max: Final = limits.fetch_bytes_max + 1 * limits.MIB
-# TCP connect (a dead broker must not eat the whole request deadline).
-client_connect_timeout_ms_default: Final = 3_000
-# The pool: total and per broker. A producer keeps one request in flight per partition, so the per-broker
-# limit bounds the concurrency one broker sees from one client; excess requests queue (inside their deadline).
-client_pool_connections_max: Final = 256
-client_pool_connections_per_broker_max: Final = 64
 
 
 class AsyncLifecycle:
@@ -133,7 +119,7 @@ def _decode_body(data: bytes, content_type: str) -> Any:
         return None
     if "json" in content_type:
         return json.loads(data)
-    return msgpack.unpackb(data, raw=False, strict_map_key=False, max_bin_len=client_response_bytes_max)
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, max_bin_len=limits.client_response_bytes_max)
 
 
 class Connection:
@@ -152,9 +138,9 @@ class Connection:
         self,
         *,
         request_timeout_ms: int = limits.client_request_timeout_ms_default,
-        connect_timeout_ms: int = client_connect_timeout_ms_default,
-        pool_connections_max: int = client_pool_connections_max,
-        pool_connections_per_broker_max: int = client_pool_connections_per_broker_max,
+        connect_timeout_ms: int = limits.client_connect_timeout_ms_default,
+        pool_connections_max: int = limits.client_pool_connections_max,
+        pool_connections_per_broker_max: int = limits.client_pool_connections_per_broker_max,
     ) -> None:
         if request_timeout_ms <= 0 or connect_timeout_ms <= 0:
             raise ValueError("timeouts must be > 0")
@@ -230,7 +216,7 @@ class Connection:
         if body is not None:
             packed = msgpack.packb(body, use_bin_type=True)
             # aiohttp warns (and may block the loop) when given raw bytes above 1 MiB; a file object streams.
-            data = io.BytesIO(packed) if len(packed) > _STREAM_BODY_BYTES else packed
+            data = io.BytesIO(packed) if len(packed) > limits.client_stream_body_bytes else packed
             headers = {"Content-Type": MSGPACK}
         query = None if params is None else {k: str(v) for k, v in params.items() if v is not None}
         per_request = aiohttp.ClientTimeout(
@@ -275,16 +261,16 @@ class Connection:
     async def _read_bounded(response: aiohttp.ClientResponse, url: str) -> bytes:
         length = response.content_length
         if length is not None:
-            if length > client_response_bytes_max:
+            if length > limits.client_response_bytes_max:
                 raise UnexpectedResponse("response too large", size_bytes=length,
-                                         size_bytes_max=client_response_bytes_max, url=url)
+                                         size_bytes_max=limits.client_response_bytes_max, url=url)
             return await response.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_chunked(256 * limits.KIB):
             size += len(chunk)
-            if size > client_response_bytes_max:
-                raise UnexpectedResponse("response too large", size_bytes_max=client_response_bytes_max,
+            if size > limits.client_response_bytes_max:
+                raise UnexpectedResponse("response too large", size_bytes_max=limits.client_response_bytes_max,
                                          url=url)
             chunks.append(chunk)
         return b"".join(chunks)
@@ -336,7 +322,7 @@ class MetadataFetcher:
             if remaining <= 0:
                 break
             # A paused or black-holed broker must not use up the whole refresh: each gets a fair share.
-            share = max(_METADATA_BROKER_S_MIN, remaining / (len(candidates) - position))
+            share = max(limits.client_metadata_broker_s_min, remaining / (len(candidates) - position))
             try:
                 response = await self.connection.request(
                     "GET", url + "/v1/metadata", timeout_s=min(remaining, share, self.connection.request_timeout_s)

@@ -41,11 +41,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import enum
 import logging
 import random
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import quote
 
 from raftmq.client.connection import AsyncLifecycle, ByteBudget, Connection, MetadataFetcher, backoff_s
@@ -69,10 +71,21 @@ log = logging.getLogger("raftmq.client.consumer")
 
 OffsetReset = Literal["earliest", "latest", "none"]
 
-# poll() returns at most this many records by default (one call's work stays bounded).
-poll_records_max_default: Final = 500
-# How long an idle fetcher waits for prefetch room before re-checking its state (not a network wait).
-_PREFETCH_WAIT_S: Final = 5.0
+
+
+class _Step(enum.Enum):
+    FETCH = "fetch"  # the partition has a position: fetch (or, after a fetch, it answered)
+    AGAIN = "again"  # try again (after a backoff or a re-route)
+    STOP = "stop"    # stop fetching this assignment (paused on an error, or reassigned)
+
+
+@dataclasses.dataclass
+class _FetchState:
+    """One partition fetcher's retry count and re-route between requests."""
+
+    path: str
+    retry: int = 0
+    reroute: str | None = None
 
 
 class _Chunk:
@@ -447,7 +460,7 @@ class Consumer(AsyncLifecycle):
 
     # --- polling ----------------------------------------------------------------------------------------
 
-    async def poll(self, timeout_ms: int = 1000, max_records: int = poll_records_max_default
+    async def poll(self, timeout_ms: int = 1000, max_records: int = limits.client_poll_records_max_default
                    ) -> list[ConsumerRecord]:
         """Return up to ``max_records`` records (in offset order per partition), waiting up to
         ``timeout_ms`` for the first; ``[]`` when none arrived in time. Advances positions.
@@ -567,94 +580,111 @@ class Consumer(AsyncLifecycle):
         self._data.set()
 
     async def _fetch_loop(self, pf: _PartitionFetch, generation: int) -> None:
-        retry = 0
-        reroute: str | None = None
-        path = f"/v1/topics/{quote(pf.topic, safe='')}/partitions/{pf.partition}/records"
+        """Fetch ``pf`` ahead of poll() while this assignment lasts: within the prefetch budget, following
+        NOT_LEADER, resetting out-of-range positions by policy, pausing on errors that retrying cannot fix."""
+        state = _FetchState(f"/v1/topics/{quote(pf.topic, safe='')}/partitions/{pf.partition}/records")
         while pf.generation == generation and pf.error is None:
             if pf.position is None or pf.fetch_offset is None:
-                try:
-                    offset = await self._reset_offset(pf, self.auto_offset_reset, None)
-                except OffsetOutOfRange as exc:
-                    self._pause(pf, exc)
-                    return
-                except RaftMQError as exc:
-                    if not exc.retriable:
-                        self._pause(pf, exc)
+                step = await self._start_position(pf, generation, state)
+                if step is not _Step.FETCH:
+                    if step is _Step.STOP:
                         return
-                    retry += 1
-                    await self._backoff(retry)
                     continue
-                if pf.generation != generation:
-                    return
-                pf.position = pf.fetch_offset = offset
-                retry = 0
-            reserved = 0
+            reserved = await self._reserve_prefetch()
+            stored = 0
             try:
-                while True:
-                    try:
-                        await self._budget.acquire(self._reserve_bytes, _PREFETCH_WAIT_S)
-                        reserved = self._reserve_bytes
-                        break
-                    except TimeoutError:
-                        continue  # the application has not polled yet; keep waiting (stop() cancels)
-                url = reroute or await self._fetch_url(pf)
-                reroute = None
-                if url is None:
-                    retry += 1
-                    await self._backoff(retry)
-                    continue
-                params: dict[str, Any] = {"offset": pf.fetch_offset, "max_bytes": self.fetch_max_bytes,
-                                          "max_wait_ms": self.max_wait_ms}
-                if self.read_from_any_replica:
-                    params["replica"] = "any"
                 started = time.monotonic()
-                try:
-                    response = await self._conn.request(
-                        "GET", url + path, params=params,
-                        timeout_s=self.request_timeout_s + self.max_wait_ms / 1000.0)
-                except NotLeader as exc:
-                    reroute = self._view.apply_not_leader(pf.topic, pf.partition, exc.details, failed_url=url)
-                    if reroute is None or reroute == url or retry > 0:
-                        retry += 1
-                        await self._backoff(retry)
-                    else:
-                        retry += 1
-                    continue
-                except OffsetOutOfRange as exc:
-                    if not await self._handle_out_of_range(pf, generation, exc):
-                        return
-                    continue
-                except RaftMQError as exc:
-                    if not exc.retriable:
-                        self._pause(pf, exc)
-                        return
-                    if exc.refresh_metadata:
-                        self._view.mark_stale()
-                    retry += 1
-                    await self._backoff(retry)
-                    continue
-                if pf.generation != generation or pf.error is not None:
-                    return
-                retry = 0
-                pf.above_end_since = None
-                try:
-                    stored = self._accept(pf, response)
-                except RaftMQError as exc:
-                    if isinstance(exc, CorruptBatch) or not exc.retriable:
-                        self._pause(pf, exc)
-                        return
-                    retry += 1
-                    await self._backoff(retry)
-                    continue
-                reserved -= stored
-                if stored == 0 and (self.max_wait_ms == 0
-                                    or time.monotonic() - started < self.max_wait_ms / 2000.0):
-                    # Nothing new, and the broker did not hold the request (no long-poll asked for, or
-                    # its long-poll waiters are full): back off instead of spinning.
-                    await self._backoff(1)
+                step, stored = await self._fetch_once(pf, generation, state)
             finally:
-                if reserved:
-                    self._budget.release(reserved)
+                if reserved - stored:
+                    self._budget.release(reserved - stored)
+            if step is _Step.STOP:
+                return
+            if step is _Step.FETCH and stored == 0 and (self.max_wait_ms == 0 or
+                                                        time.monotonic() - started < self.max_wait_ms / 2000.0):
+                # Nothing new, and the broker did not hold the request (no long-poll asked for, or its
+                # long-poll waiters are full): back off instead of spinning.
+                await self._backoff(1)
+
+    async def _start_position(self, pf: _PartitionFetch, generation: int, state: _FetchState) -> _Step:
+        """Give ``pf`` a position by the reset policy (none was set, or it was reset)."""
+        try:
+            offset = await self._reset_offset(pf, self.auto_offset_reset, None)
+        except OffsetOutOfRange as exc:
+            self._pause(pf, exc)
+            return _Step.STOP
+        except RaftMQError as exc:
+            if not exc.retriable:
+                self._pause(pf, exc)
+                return _Step.STOP
+            state.retry += 1
+            await self._backoff(state.retry)
+            return _Step.AGAIN
+        if pf.generation != generation:
+            return _Step.STOP
+        pf.position = pf.fetch_offset = offset
+        state.retry = 0
+        return _Step.FETCH
+
+    async def _reserve_prefetch(self) -> int:
+        while True:
+            try:
+                await self._budget.acquire(self._reserve_bytes, limits.client_prefetch_wait_s)
+                return self._reserve_bytes
+            except TimeoutError:
+                continue  # the application has not polled yet; keep waiting (stop() cancels)
+
+    async def _fetch_once(self, pf: _PartitionFetch, generation: int, state: _FetchState) -> tuple[_Step, int]:
+        """One fetch request: (FETCH, bytes stored) after an answer, (AGAIN, 0) to try again, (STOP, 0)."""
+        url = state.reroute or await self._fetch_url(pf)
+        state.reroute = None
+        if url is None:
+            state.retry += 1
+            await self._backoff(state.retry)
+            return _Step.AGAIN, 0
+        params: dict[str, Any] = {"offset": pf.fetch_offset, "max_bytes": self.fetch_max_bytes,
+                                  "max_wait_ms": self.max_wait_ms}
+        if self.read_from_any_replica:
+            params["replica"] = "any"
+        try:
+            response = await self._conn.request("GET", url + state.path, params=params,
+                                                timeout_s=self.request_timeout_s + self.max_wait_ms / 1000.0)
+        except RaftMQError as exc:
+            return await self._fetch_failed(pf, generation, state, url, exc), 0
+        if pf.generation != generation or pf.error is not None:
+            return _Step.STOP, 0
+        state.retry = 0
+        pf.above_end_since = None
+        try:
+            return _Step.FETCH, self._accept(pf, response)
+        except RaftMQError as exc:
+            if isinstance(exc, CorruptBatch) or not exc.retriable:
+                self._pause(pf, exc)
+                return _Step.STOP, 0
+            state.retry += 1
+            await self._backoff(state.retry)
+            return _Step.AGAIN, 0
+
+    async def _fetch_failed(self, pf: _PartitionFetch, generation: int, state: _FetchState, url: str,
+                            error: RaftMQError) -> _Step:
+        if isinstance(error, NotLeader):
+            state.reroute = self._view.apply_not_leader(pf.topic, pf.partition, error.details, failed_url=url)
+            if state.reroute is None or state.reroute == url or state.retry > 0:
+                state.retry += 1
+                await self._backoff(state.retry)
+            else:
+                state.retry += 1  # re-route at once the first time
+            return _Step.AGAIN
+        if isinstance(error, OffsetOutOfRange):
+            return _Step.AGAIN if await self._handle_out_of_range(pf, generation, error) else _Step.STOP
+        if not error.retriable:
+            self._pause(pf, error)
+            return _Step.STOP
+        if error.refresh_metadata:
+            self._view.mark_stale()
+        state.retry += 1
+        await self._backoff(state.retry)
+        return _Step.AGAIN
 
     async def _fetch_url(self, pf: _PartitionFetch) -> str | None:
         if not self.read_from_any_replica:

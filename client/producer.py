@@ -71,6 +71,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -113,10 +114,6 @@ __all__ = ["Producer", "DeliveryReport", "ProducerCounters"]
 log = logging.getLogger("raftmq.client.producer")
 
 _SEQUENCE_MAX: Final = 2**31 - 1
-# Keys whose partition is remembered (cleared when full); bounds the memory of the cache below.
-_KEY_PARTITION_CACHE_MAX: Final = 65_536
-# An attempt needs at least this much of the delivery deadline left; less cannot complete a round trip.
-_ATTEMPT_S_MIN: Final = 0.005
 # Upper bound of the msgpack overhead of one record in a batch body: fixarray(1) + int delta(9) + key and
 # value bin headers (5 + 5) + headers array header (5); each header adds fixarray(1) + str(5) + bin(5).
 _RECORD_OVERHEAD_BYTES: Final = 25
@@ -130,6 +127,26 @@ _new_tuple = tuple.__new__
 # What a queued record reports to: its future, or the caller's on_delivery callback.
 DeliveryCallback = Callable[[DeliveryReport], object]
 _Waiter = asyncio.Future[DeliveryReport] | DeliveryCallback
+
+
+def _checked_record(key: bytes | str | None, value: bytes | str | None, headers: HeadersArg,
+                    timestamp_ms: int | None) -> tuple[bytes | None, bytes | None, tuple[tuple[str, bytes | None], ...],
+                                                       int, int]:
+    """A record as send() stores it: (key, value, headers, timestamp, estimated size in the batch).
+    Raises TypeError/ValueError for bad arguments and RecordTooLarge above ``limits.record_bytes_max``."""
+    key_b = key if key is None or type(key) is bytes else _to_bytes(key, "key")
+    value_b = value if value is None or type(value) is bytes else _to_bytes(value, "value")
+    hdrs = _to_headers(headers) if headers else ()
+    if timestamp_ms is None:
+        timestamp_ms = int(time.time() * 1000)
+    elif type(timestamp_ms) is not int or not 0 <= timestamp_ms <= limits.timestamp_ms_max:
+        raise ValueError("timestamp_ms must be an int in [0, 2**63)")
+    size = (len(key_b) if key_b is not None else 0) + (len(value_b) if value_b is not None else 0)
+    if hdrs:
+        size += sum(len(n) + (len(v) if v is not None else 0) for n, v in hdrs)
+    if size > limits.record_bytes_max:
+        raise RecordTooLarge("record too large", size_bytes=size, size_bytes_max=limits.record_bytes_max)
+    return key_b, value_b, hdrs, timestamp_ms, size + _RECORD_OVERHEAD_BYTES + _HEADER_OVERHEAD_BYTES * len(hdrs)
 
 
 def _to_bytes(value: Any, what: str) -> bytes | None:
@@ -202,6 +219,18 @@ class _Batch:
         self.in_flight = False
         self.resolved = False
         self.done = done
+
+
+@dataclasses.dataclass
+class _Attempt:
+    """Where one batch's delivery stands between its attempts."""
+
+    path: str
+    last_error: RaftMQError | None = None
+    retry: int = 0  # retries so far (drives the backoff)
+    reroute_url: str | None = None  # send the next attempt here (a NOT_LEADER answer named it)
+    not_leader_streak: int = 0
+    renumbered: int = 0  # times this batch was re-encoded under a new producer id
 
 
 class _PartitionState:
@@ -458,51 +487,16 @@ class Producer(AsyncLifecycle):
             raise ProducerClosed("producer is not running" if not self._started else "producer is stopping")
         if self._fenced is not None:
             raise self._fenced
-        key_b = key if key is None or type(key) is bytes else _to_bytes(key, "key")
-        value_b = value if value is None or type(value) is bytes else _to_bytes(value, "value")
-        hdrs = _to_headers(headers) if headers else ()
-        if timestamp_ms is None:
-            timestamp_ms = int(time.time() * 1000)
-        elif type(timestamp_ms) is not int or not 0 <= timestamp_ms <= limits.timestamp_ms_max:
-            raise ValueError("timestamp_ms must be an int in [0, 2**63)")
-        size = (len(key_b) if key_b is not None else 0) + (len(value_b) if value_b is not None else 0)
-        if hdrs:
-            size += sum(len(n) + (len(v) if v is not None else 0) for n, v in hdrs)
-        if size > limits.record_bytes_max:
-            raise RecordTooLarge("record too large", size_bytes=size, size_bytes_max=limits.record_bytes_max)
-        size += _RECORD_OVERHEAD_BYTES + _HEADER_OVERHEAD_BYTES * len(hdrs)
+        key_b, value_b, hdrs, timestamp_ms, size = _checked_record(key, value, headers, timestamp_ms)
         now = time.monotonic()
         deadline = now + self.delivery_timeout_s
 
         count = self._view.partition_count(topic)
         if count is None:
             count = await self._await_topic(topic, min(deadline, now + self.request_timeout_s))
-        if partition is None:
-            if key_b is not None:
-                cache = self._key_partitions
-                partition = cache.get((key_b, count))
-                if partition is None:
-                    # murmur2 is pure Python (~µs per key); most workloads repeat keys, so remember them.
-                    if len(cache) >= _KEY_PARTITION_CACHE_MAX:
-                        cache.clear()
-                    partition = cache[(key_b, count)] = partition_for(key_b, count)
-            else:
-                partition = self._sticky.get(topic)
-                if partition is None or partition >= count:
-                    partition = self._sticky[topic] = self._rng.randrange(count)
-        elif not 0 <= partition < count:
-            raise UnknownTopicOrPartition(f"{topic} has {count} partitions; no partition {partition}",
-                                          topic=topic, partition=partition)
-
+        partition = self._choose_partition(topic, key_b, partition, count)
         if not self._buffer.try_acquire(size):
-            if size + _BATCH_OVERHEAD_BYTES > self.buffer_bytes:
-                raise RecordTooLarge("record larger than the producer buffer", size_bytes=size,
-                                     buffer_bytes=self.buffer_bytes)
-            try:
-                await self._buffer.acquire(size, deadline - time.monotonic())
-            except TimeoutError:
-                raise BufferExhausted("producer buffer full until the delivery deadline",
-                                      buffer_bytes=self.buffer_bytes, topic=topic) from None
+            await self._wait_for_buffer(size, deadline, topic)
 
         if self._closing:  # stop() began while this send() awaited metadata or buffer space
             self._buffer.release(size)
@@ -529,6 +523,38 @@ class Producer(AsyncLifecycle):
             self._seal(st)
             st.wake.set()
         return None if on_delivery is not None else waiter  # type: ignore[return-value]
+
+    def _choose_partition(self, topic: str, key: bytes | None, partition: int | None, count: int) -> int:
+        """The partition given (checked), else the key's (murmur2, as Kafka), else the topic's sticky one."""
+        if partition is not None:
+            if not 0 <= partition < count:
+                raise UnknownTopicOrPartition(f"{topic} has {count} partitions; no partition {partition}",
+                                              topic=topic, partition=partition)
+            return partition
+        if key is not None:
+            cache = self._key_partitions
+            chosen = cache.get((key, count))
+            if chosen is None:
+                # murmur2 is pure Python (~µs per key); most workloads repeat keys, so remember them.
+                if len(cache) >= limits.client_key_partition_cache_max:
+                    cache.clear()
+                chosen = cache[(key, count)] = partition_for(key, count)
+            return chosen
+        sticky = self._sticky.get(topic)
+        if sticky is None or sticky >= count:
+            sticky = self._sticky[topic] = self._rng.randrange(count)
+        return sticky
+
+    async def _wait_for_buffer(self, size: int, deadline: float, topic: str) -> None:
+        """The slow path of send(): wait for buffer space until the delivery deadline."""
+        if size + _BATCH_OVERHEAD_BYTES > self.buffer_bytes:
+            raise RecordTooLarge("record larger than the producer buffer", size_bytes=size,
+                                 buffer_bytes=self.buffer_bytes)
+        try:
+            await self._buffer.acquire(size, deadline - time.monotonic())
+        except TimeoutError:
+            raise BufferExhausted("producer buffer full until the delivery deadline",
+                                  buffer_bytes=self.buffer_bytes, topic=topic) from None
 
     async def send_and_wait(
         self,
@@ -672,117 +698,123 @@ class Producer(AsyncLifecycle):
                     self._finish(st, batch, "failed", closed)
 
     async def _attempts(self, st: _PartitionState, batch: _Batch) -> None:
-        topic, partition = batch.topic, batch.partition
-        path = f"/v1/topics/{quote(topic, safe='')}/partitions/{partition}/records"
-        last_error: RaftMQError | None = None
-        retry = 0  # retries so far (drives the backoff)
-        reroute_url: str | None = None
-        not_leader_streak = 0
-        renumbered = 0  # times this batch was re-encoded under a new producer id
+        """Send ``batch`` until it resolves: route it, encode it once, send, and decide what an error means."""
+        attempt = _Attempt(f"/v1/topics/{quote(batch.topic, safe='')}/partitions/{batch.partition}/records")
         while True:
             if self._fenced is not None:
                 self._finish_error(st, batch, self._fenced)  # a newer instance owns the name: send nothing more
                 return
-            now = time.monotonic()
-            remaining = batch.deadline_s - now
-            if remaining <= 0:
-                if last_error is None:
-                    last_error = ClientTimeout("delivery timeout expired before the batch was sent",
-                                               sent=False)
-                self._finish_error(st, batch, last_error)
+            if batch.deadline_s - time.monotonic() <= 0:
+                self._finish_error(st, batch, attempt.last_error or ClientTimeout(
+                    "delivery timeout expired before the batch was sent", sent=False))
                 return
-            # 1. where to
-            url = reroute_url
-            reroute_url = None
+            url = await self._route(batch, attempt)
             if url is None:
-                url = self._view.leader_url(topic, partition)
-                refresh_error: RaftMQError | None = None
-                if url is None or self._view.is_stale(now):
-                    try:
-                        await self._fetcher.refresh(timeout_s=min(remaining, self.request_timeout_s),
-                                                    force=url is None)
-                    except RaftMQError as exc:
-                        refresh_error = exc
-                    url = self._view.leader_url(topic, partition)
-                if url is None:
-                    # Not sent because of it, so definite for this batch (earlier attempts still count).
-                    reason = f" (metadata refresh failed: {refresh_error})" if refresh_error else ""
-                    last_error = LeaderNotAvailable(f"no known leader for {topic}/{partition}{reason}",
-                                                    topic=topic, partition=partition)
-                    retry += 1
-                    await self._backoff(retry, batch)
-                    continue
-            # 2. what (encode once; re-encode only after a producer id reset of a certainly-unstored batch)
-            if batch.encoded is None:
+                continue
+            if batch.encoded is None:  # encode once; again only after a reset of a certainly-unstored batch
                 try:
                     await self._encode(st, batch)
                 except RaftMQError as exc:
                     self._finish_error(st, batch, exc)
                     return
-            # 3. send
             timeout_s = min(self.request_timeout_s, batch.deadline_s - time.monotonic())
-            if timeout_s < _ATTEMPT_S_MIN:
+            if timeout_s < limits.client_attempt_s_min:
                 batch.deadline_s = time.monotonic()  # too little time left to be worth a request
                 continue
-            body = {"acks": self.acks, "timeout_ms": max(1, min(limits.produce_timeout_ms_max,
-                                                                int(timeout_s * 900))),
-                    "batch": batch.encoded}
-            if batch.attempts == 0:
-                self._batches += 1
-            else:
-                self._retries += 1
-            batch.attempts += 1
-            self._requests += 1
-            batch.in_flight = True
+            error = await self._send_once(st, batch, url + attempt.path, url, timeout_s)
+            if error is None or await self._after_error(st, batch, error, url, attempt):
+                return
+
+    async def _route(self, batch: _Batch, attempt: _Attempt) -> str | None:
+        """The URL to send to (a re-route first, else the known leader, refreshing stale metadata); None
+        after backing off when no leader is known."""
+        url, attempt.reroute_url = attempt.reroute_url, None
+        if url is not None:
+            return url
+        now = time.monotonic()
+        url = self._view.leader_url(batch.topic, batch.partition)
+        refresh_error: RaftMQError | None = None
+        if url is None or self._view.is_stale(now):
             try:
-                response = await self._conn.request("POST", url + path, body=body, timeout_s=timeout_s)
-                self._finish_ok(st, batch, response, url)
-                return
-            except DuplicateSequence:
-                batch.in_flight = False
-                self._finish_ok(st, batch, None, url)
-                return
+                await self._fetcher.refresh(timeout_s=min(batch.deadline_s - now, self.request_timeout_s),
+                                            force=url is None)
             except RaftMQError as exc:
-                batch.in_flight = False
-                last_error = exc
-                if not attempt_was_definite(exc):
-                    batch.indefinite_error = exc
-                error = exc
-            # 4. what next
-            if isinstance(error, NotLeader):
-                not_leader_streak += 1
-                new_url = self._view.apply_not_leader(topic, partition, error.details, failed_url=url)
-                if new_url is not None and new_url != url and not_leader_streak == 1:
-                    reroute_url = new_url
-                    continue  # re-route at once, once; then back off
-                reroute_url = new_url
-            else:
-                not_leader_streak = 0
-                if error.refresh_metadata:
-                    self._view.mark_stale()
-            if isinstance(error, ProducerFenced) and st.producer_id == self._producer_id:
-                self._fence(error)  # a newer instance of producer_name started: this one must stop writing
-                self._finish_error(st, batch, error)
-                return
-            if self.idempotent and isinstance(error, OutOfOrderSequence | UnknownProducerId | ProducerFenced):
-                # (ProducerFenced here: this producer fenced its own older id when it renewed it.)
-                if batch.indefinite_error is not None:
-                    self._finish_error(st, batch, error)  # maybe stored under the old numbering: unknown
-                    return
-                # Certainly not stored: renumber under a fresh producer id and retry (at once the first
-                # time; with backoff if the broker keeps refusing).
-                batch.encoded = None
-                st.needs_reset = True
-                renumbered += 1
-                if renumbered > 1:
-                    retry += 1
-                    await self._backoff(retry, batch)
-                continue
-            if not error.retriable:
-                self._finish_error(st, batch, error)
-                return
-            retry += 1
-            await self._backoff(retry, batch)
+                refresh_error = exc
+            url = self._view.leader_url(batch.topic, batch.partition)
+        if url is None:
+            # Not sent because of it, so definite for this batch (earlier attempts still count).
+            reason = f" (metadata refresh failed: {refresh_error})" if refresh_error else ""
+            attempt.last_error = LeaderNotAvailable(f"no known leader for {batch.topic}/{batch.partition}{reason}",
+                                                    topic=batch.topic, partition=batch.partition)
+            attempt.retry += 1
+            await self._backoff(attempt.retry, batch)
+        return url
+
+    async def _send_once(self, st: _PartitionState, batch: _Batch, target: str, url: str,
+                         timeout_s: float) -> RaftMQError | None:
+        """One produce request. None: the batch is resolved ok; else the error it got."""
+        body = {"acks": self.acks, "timeout_ms": max(1, min(limits.produce_timeout_ms_max, int(timeout_s * 900))),
+                "batch": batch.encoded}
+        if batch.attempts == 0:
+            self._batches += 1
+        else:
+            self._retries += 1
+        batch.attempts += 1
+        self._requests += 1
+        batch.in_flight = True
+        try:
+            response = await self._conn.request("POST", target, body=body, timeout_s=timeout_s)
+        except DuplicateSequence:
+            batch.in_flight = False
+            self._finish_ok(st, batch, None, url)
+            return None
+        except RaftMQError as exc:
+            batch.in_flight = False
+            if not attempt_was_definite(exc):
+                batch.indefinite_error = exc
+            return exc
+        self._finish_ok(st, batch, response, url)
+        return None
+
+    async def _after_error(self, st: _PartitionState, batch: _Batch, error: RaftMQError, url: str,
+                           attempt: _Attempt) -> bool:
+        """Decide what ``error`` means for ``batch``: True when the batch is resolved, False to try again
+        (after re-routing, renumbering or a backoff, as the error says)."""
+        attempt.last_error = error
+        if isinstance(error, NotLeader):
+            attempt.not_leader_streak += 1
+            new_url = self._view.apply_not_leader(batch.topic, batch.partition, error.details, failed_url=url)
+            attempt.reroute_url = new_url
+            if new_url is not None and new_url != url and attempt.not_leader_streak == 1:
+                return False  # re-route at once, once; then back off
+        else:
+            attempt.not_leader_streak = 0
+            if error.refresh_metadata:
+                self._view.mark_stale()
+        if isinstance(error, ProducerFenced) and st.producer_id == self._producer_id:
+            self._fence(error)  # a newer instance of producer_name started: this one must stop writing
+            self._finish_error(st, batch, error)
+            return True
+        if self.idempotent and isinstance(error, OutOfOrderSequence | UnknownProducerId | ProducerFenced):
+            # (ProducerFenced here: this producer fenced its own older id when it renewed it.)
+            if batch.indefinite_error is not None:
+                self._finish_error(st, batch, error)  # maybe stored under the old numbering: unknown
+                return True
+            # Certainly not stored: renumber under a fresh producer id and retry (at once the first time;
+            # with backoff if the broker keeps refusing).
+            batch.encoded = None
+            st.needs_reset = True
+            attempt.renumbered += 1
+            if attempt.renumbered > 1:
+                attempt.retry += 1
+                await self._backoff(attempt.retry, batch)
+            return False
+        if not error.retriable:
+            self._finish_error(st, batch, error)
+            return True
+        attempt.retry += 1
+        await self._backoff(attempt.retry, batch)
+        return False
 
     async def _backoff(self, retry: int, batch: _Batch) -> None:
         pause = backoff_s(retry, base_ms=self.retry_backoff_ms, max_ms=self.retry_backoff_ms_max,

@@ -1,0 +1,10 @@
+"""The pure core of raftmq, shared by every other room: what the wire and the state machines mean.
+
+Owns the stable error codes (``errors.py``), every limit and default with its reason (``limits.py``), the
+record batch format (``batch.py``), HTTP body encoding and field parsing (``wire.py``), the envelope of a
+replicated command (``commands.py``), the producer dedup decision (``producer_state.py``), the metadata
+state machine (``metadata.py``), replica placement (``placement.py``) and key routing (``routing.py``).
+
+May import: the standard library's pure modules and msgpack; no other raftmq room, and no I/O (files,
+sockets, threads, event loops, clocks). ``tests/unit/test_import_rules.py`` checks it.
+"""

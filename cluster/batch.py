@@ -146,8 +146,8 @@ def encode_batch(
     if producer_id != NO_PRODUCER_ID and not (0 <= producer_id <= 2**63 - 1 and 0 <= base_sequence <= 2**31 - 1):
         raise InvalidRequest("producer_id must be an int64 and base_sequence an int32, both >= 0",
                              producer_id=producer_id, base_sequence=base_sequence)
-    body = msgpack.packb([[timestamp_ms - first_ts, key, value, [list(h) for h in headers] if headers else []]
-                          for key, value, headers, timestamp_ms in items], use_bin_type=True)
+    body: bytes = msgpack.packb([[timestamp_ms - first_ts, key, value, [list(h) for h in headers] if headers else []]
+                                 for key, value, headers, timestamp_ms in items], use_bin_type=True)
     tail = struct.pack(">Iqqqi", len(items), first_ts, max_ts, producer_id, base_sequence) + body
     crc = zlib.crc32(tail)
     total = HEADER_BYTES + len(body)
@@ -169,7 +169,8 @@ def batch_length_at(buf: bytes | memoryview, position: int = 0) -> int | None:
     """Total size of the batch starting at ``position``, or None when fewer than 12 bytes remain."""
     if len(buf) - position < LENGTH_PREFIX_BYTES:
         return None
-    return _PREFIX.unpack_from(buf, position)[1] + LENGTH_PREFIX_BYTES
+    length: int = _PREFIX.unpack_from(buf, position)[1]
+    return length + LENGTH_PREFIX_BYTES
 
 
 def _header_crc(batch: bytes | memoryview) -> int:

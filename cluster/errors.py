@@ -267,6 +267,16 @@ class NotLeader(RaftMQError):
 
 
 @_register
+class NotController(RaftMQError):
+    """This broker is not the controller (the metadata leader); details name the controller if known."""
+
+    code = "NOT_CONTROLLER"
+    http_status = 421
+    retriable = True
+    refresh_metadata = True
+
+
+@_register
 class LeaderNotAvailable(RaftMQError):
     """The partition has no leader right now (an election is in progress)."""
 

@@ -18,9 +18,10 @@ MIB: Final = 1024 * KIB
 
 # One record's key + value + header bytes. Kafka's default message.max.bytes is ~1 MiB.
 record_bytes_max: Final = 1 * MIB
-# One record batch as it travels in a produce request and as one Raft entry. A Raft entry at or above
-# pysyncobj's appendEntriesBatchSizeBytes takes its broken chunked path (fact sheet §6), so the Raft
-# batch size below must stay strictly larger than this.
+# One record batch as it travels in a produce request and as one Raft entry. pysyncobj sends an entry at
+# or above its appendEntriesBatchSizeBytes in chunks whose end it detects by the wrong length (followers
+# fail to unpickle it and the entry can be discarded), so the Raft batch size below must stay strictly
+# larger than this.
 batch_bytes_max: Final = 1 * MIB + 4 * KIB
 # Records in one batch: bounds the per-batch validation work on the broker.
 batch_records_max: Final = 100_000
@@ -36,7 +37,8 @@ request_bytes_max: Final = batch_bytes_max + 64 * KIB
 
 raft_append_entries_bytes_max: Final = 2 * MIB  # pysyncobj appendEntriesBatchSizeBytes
 # Bytes proposed to a partition group but not yet committed; above it produce answers BUFFER_FULL
-# (fact sheet §14: more than ~1-3 MB in flight per group makes pysyncobj resend and stall).
+# (pysyncobj advances a follower's next index optimistically with no window: with more than a few MB in
+# flight per group it resends and stalls).
 raft_uncommitted_bytes_max: Final = 4 * MIB
 raft_uncommitted_entries_max: Final = 256
 # One peer-link frame (a Raft message of one group). Anything larger is a protocol error. pysyncobj fills an
@@ -55,6 +57,20 @@ raft_compaction_interval_s: Final = 120.0
 journal_cache_bytes_max: Final = 8 * MIB
 # pysyncobj's command queue per group (commands waiting for the tick thread).
 raft_command_queue_max: Final = 10_000
+# Threads that fsync journals in parallel at the end of a replication pass (a fixed pool: the thread
+# count never depends on the partition count).
+fsync_threads: Final = 4
+# The replication thread looks for groups to tick this often, and ticks a group with nothing to do at least
+# this often (its timers: heartbeats, elections); groups with news are ticked at once.
+replication_sweep_interval_s: Final = 0.02
+replication_tick_interval_s: Final = 0.04
+# Retention, leader balance, journal compaction checks and link statistics run this often.
+housekeeping_interval_s: Final = 1.0
+# Bytes queued on a peer link above which snapshot chunks wait (flow control instead of cutting the link).
+snapshot_inflight_bytes_max: Final = 4 * MIB
+# Journal slices longer than this many entries are read lazily from disk (a lagging follower's catch-up
+# never materialises a large range in memory).
+journal_lazy_slice_entries: Final = 64
 
 # Raft timers (seconds). pysyncobj validate() requires min > 3 * append period, max > min,
 # connection timeout >= max, fallback > append period; we also assert them here because
@@ -68,6 +84,17 @@ raft_connection_timeout_s: Final = 3.0
 # follower could already have replaced it.
 raft_leader_fallback_timeout_s: Final = 1.5
 peer_connect_retry_s: Final = 0.5
+# One recv() on a peer link, and the bytes read from one link per poll (so a busy link cannot starve the
+# others); buffers handed to one sendmsg().
+peer_recv_chunk_bytes: Final = 256 * KIB
+peer_recv_budget_bytes: Final = 4 * MIB
+peer_send_buffers_per_call: Final = 64
+# A link with nothing to send pings this often, well inside raft_connection_timeout_s.
+peer_ping_interval_s: Final = 0.5
+# Above this many queued bytes a link drops Raft AppendEntries (Raft resends) instead of queueing more.
+peer_send_buffer_soft_bytes: Final = 8 * MIB
+# Kernel socket buffers of a peer link (SO_SNDBUF / SO_RCVBUF): a few AppendEntries in flight.
+peer_socket_buffer_bytes: Final = 4 * MIB
 peer_handshake_timeout_s: Final = 3.0
 # A frame from a peer that has not finished the handshake (CHALLENGE, HELLO, REJECT are a few dozen bytes):
 # an unauthenticated connection can make the broker buffer no more than this.
@@ -77,6 +104,29 @@ peer_handshake_frame_bytes_max: Final = 4 * KIB
 peer_pending_connections_max: Final = 32
 # A follower counts as in sync if it answered the leader within this window.
 replica_lag_time_max_s: Final = 2.0
+
+# --- the broker's own loops ----------------------------------------------------------------------
+
+# A metadata change (create/delete topic, producer id) must commit within this long, else REQUEST_TIMED_OUT.
+metadata_request_timeout_s: Final = 10.0
+# While the metadata group elects a leader, a proposal is retried this often (within its deadline).
+metadata_retry_s: Final = 0.1
+# The replica manager compares the partitions this broker hosts with the metadata at least this often
+# (and at once whenever the topics change).
+reconcile_interval_s: Final = 1.0
+# After creating a topic, the answer waits up to this long for every partition to have a leader.
+topic_leaders_wait_s: Final = 10.0
+# Opening partition logs, deleting directories, reading for fetches: a fixed pool, whatever the partition
+# count. Reads that wait on the disk never hold up the event loop.
+io_threads: Final = 4
+# A clean stop (SIGTERM) gets this long before the process exits anyway.
+shutdown_timeout_s: Final = 15.0
+# The broker raises its soft open-files limit toward this (segments plus http_connections_max sockets; a
+# common soft default of 1024 is not enough for both).
+open_files_soft_limit_wanted: Final = 65_536
+# A broker forwarding admin requests to the controller: pooled connections, and the connect deadline.
+forward_connections_max: Final = 8
+forward_connect_timeout_s: Final = 3.0
 
 # --- the client port (HTTP) ---------------------------------------------------------------------
 
@@ -91,6 +141,8 @@ http_request_body_timeout_s: Final = 30.0
 # A kept-alive connection with no request for this long is closed. Above the client library's idle
 # timeout (client_keepalive_timeout_s, 30 s), so the client closes an idle connection before the broker does.
 http_idle_timeout_s: Final = 60.0
+# Connections the kernel queues on the client port before the broker accepts them.
+http_listen_backlog: Final = 512
 
 # --- produce / fetch ----------------------------------------------------------------------------
 
@@ -131,6 +183,17 @@ partition_number_max: Final = 2**31 - 1
 topics_max: Final = 1_000
 segment_bytes_default: Final = 64 * MIB
 segment_bytes_min: Final = 64 * KIB
+# Index positions are u32 and a segment holds at most segment_bytes plus one batch: keep both below 2 GiB.
+segment_bytes_max: Final = 1024 * MIB
+# Old segments whose .log stays open (plus their index columns): bounds fds and memory whatever the log's
+# size; a read from a segment outside it costs one open() and one index load.
+log_open_segments_max: Final = 16
+# A read that a concurrent truncation (Raft divergence) invalidated is done again at most this often.
+log_read_attempts: Final = 3
+# Recovery and rebuild scans read a .log in chunks this large: few syscalls, bounded memory.
+segment_scan_chunk_bytes: Final = 1 * MIB
+# Lookups scan headers forward from an index entry, about index_interval_bytes: small reads suffice.
+segment_lookup_chunk_bytes: Final = 16 * KIB
 segment_ms_default: Final = 7 * 24 * 3600 * 1000
 retention_ms_default: Final = 7 * 24 * 3600 * 1000
 retention_bytes_default: Final = -1  # unlimited, as in Kafka
@@ -148,6 +211,26 @@ client_retry_backoff_ms_default: Final = 100
 client_retry_backoff_ms_max: Final = 2_000
 client_metadata_max_age_ms: Final = 30_000
 client_fetch_prefetch_bytes_max: Final = 16 * MIB
+# A response is at most one fetch (8 MiB of batches) plus its envelope.
+client_response_bytes_max: Final = fetch_bytes_max + 1 * MIB
+# TCP connect (a dead broker must not eat the whole request deadline).
+client_connect_timeout_ms_default: Final = 3_000
+# The pool: total and per broker. A producer keeps one request in flight per partition, so the per-broker
+# limit bounds the concurrency one broker sees from one client; excess requests queue (inside their deadline).
+client_pool_connections_max: Final = 256
+client_pool_connections_per_broker_max: Final = 64
+# Request bodies above this size are streamed from a file object instead of passed as bytes.
+client_stream_body_bytes: Final = 512 * KIB
+# A metadata refresh asks brokers in turn; none gets less than this (a loopback round trip is ~1 ms).
+client_metadata_broker_s_min: Final = 0.25
+# Keys whose partition the producer remembers (cleared when full): bounds that cache's memory.
+client_key_partition_cache_max: Final = 65_536
+# A send attempt needs at least this much of its delivery deadline left; less cannot complete a round trip.
+client_attempt_s_min: Final = 0.005
+# poll() returns at most this many records by default (one call's work stays bounded).
+client_poll_records_max_default: Final = 500
+# How long an idle fetcher waits for prefetch room before re-checking its state (not a network wait).
+client_prefetch_wait_s: Final = 5.0
 # Idle keep-alive connections in the client's pool are closed after this long (below http_idle_timeout_s).
 client_keepalive_timeout_s: Final = 30.0
 
@@ -164,5 +247,7 @@ assert raft_connection_timeout_s >= raft_election_timeout_max_s
 assert raft_leader_fallback_timeout_s > raft_heartbeat_period_s
 assert replica_lag_time_max_s > raft_heartbeat_period_s * 3
 assert fetch_bytes_max >= batch_bytes_max, "a fetch must be able to return the largest batch"
+assert segment_bytes_max + batch_bytes_max < 2**31, "index positions (u32) and file offsets stay below 2 GiB"
+assert peer_ping_interval_s < raft_connection_timeout_s / 2, "a live idle link must never time out"
 assert client_batch_bytes_default <= batch_bytes_max
 assert http_idle_timeout_s > client_keepalive_timeout_s, "the client must close an idle connection first"

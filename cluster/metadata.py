@@ -3,11 +3,9 @@
 ``MetadataState`` is the state machine of the metadata Raft group (replicated on every broker). It is pure:
 ``apply`` takes a decoded command and returns a result (or an error instance, never raised, so every
 replica reaches the same state whatever the outcome). Validation of a request happens before it is
-proposed (``parse_create_topic``), so a bad request never reaches the log; ``apply`` re-checks only what
-depends on the state at apply time (does the topic exist?).
-
-For now every partition is replicated on every broker (replication factor = cluster size); placement on a
-subset of brokers comes with the controller.
+proposed (``parse_create_topic``, then the controller's placement and ``create_topic_payload``), so a bad
+request never reaches the log; ``apply`` re-checks only what depends on the state at apply time (does the
+topic exist?). Placement itself is ``cluster/placement.py``.
 
 No I/O here.
 """
@@ -27,7 +25,6 @@ from raftmq.cluster.commands import MetadataOp
 from raftmq.cluster.errors import (
     InvalidConfig,
     InvalidPartitions,
-    InvalidReplicationFactor,
     InvalidRequest,
     InvalidTopic,
     RaftMQError,
@@ -37,7 +34,6 @@ from raftmq.cluster.errors import (
 
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")  # used with fullmatch: "$" would accept a trailing newline
 _CONFIG_KEYS = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "min_insync_replicas")
-_SEGMENT_BYTES_MAX = 1024 * limits.MIB
 
 
 @dataclass(frozen=True)
@@ -122,8 +118,8 @@ def parse_topic_config(raw: Any, replication_factor: int) -> TopicConfig:
         raise InvalidConfig("retention_ms must be -1 (keep forever) or at least 1", key="retention_ms")
     if config.retention_bytes != -1 and config.retention_bytes < 1:
         raise InvalidConfig("retention_bytes must be -1 (no size limit) or at least 1", key="retention_bytes")
-    if not limits.segment_bytes_min <= config.segment_bytes <= _SEGMENT_BYTES_MAX:
-        raise InvalidConfig(f"segment_bytes must be between {limits.segment_bytes_min} and {_SEGMENT_BYTES_MAX}",
+    if not limits.segment_bytes_min <= config.segment_bytes <= limits.segment_bytes_max:
+        raise InvalidConfig(f"segment_bytes must be between {limits.segment_bytes_min} and {limits.segment_bytes_max}",
                             key="segment_bytes")
     if config.segment_ms < 1:
         raise InvalidConfig("segment_ms must be at least 1", key="segment_ms")
@@ -134,14 +130,19 @@ def parse_topic_config(raw: Any, replication_factor: int) -> TopicConfig:
     return config
 
 
-def assign_replicas(partitions: int, broker_ids: Sequence[int]) -> tuple[tuple[int, ...], ...]:
-    """Every broker replicates every partition; the preferred leader rotates so leaders spread out."""
-    ordered = sorted(broker_ids)
-    return tuple(tuple(ordered[(p + i) % len(ordered)] for i in range(len(ordered))) for p in range(partitions))
+@dataclass(frozen=True)
+class CreateTopicRequest:
+    """A create-topic request whose fields have the right types and ranges (``parse_create_topic``); the
+    controller decides the replication factor default and the replicas, and checks the config against them."""
+
+    name: str
+    partitions: int
+    replication_factor: int | None  # None: the controller's default
+    config: Mapping[str, Any]
 
 
-def parse_create_topic(body: Any, broker_ids: Sequence[int]) -> dict[str, Any]:
-    """Validate a create-topic request; returns the command payload (replicas decided here)."""
+def parse_create_topic(body: Any) -> CreateTopicRequest:
+    """Validate the shape of a create-topic request (HTTP body, or a Kafka CreateTopics entry mapped to it)."""
     if not isinstance(body, Mapping):
         raise InvalidRequest("body must be an object")
     unknown = sorted(set(body) - {"name", "partitions", "replication_factor", "config"})
@@ -152,16 +153,24 @@ def parse_create_topic(body: Any, broker_ids: Sequence[int]) -> dict[str, Any]:
     if not 1 <= partitions <= limits.partitions_per_topic_max:
         raise InvalidPartitions(f"partitions must be between 1 and {limits.partitions_per_topic_max}",
                                 partitions=partitions)
-    broker_count = len(broker_ids)
-    replication_factor = _int_field(body, "replication_factor", broker_count)
-    if replication_factor != broker_count:
-        raise InvalidReplicationFactor(
-            f"replication_factor must equal the number of brokers ({broker_count}) in this version: every "
-            "partition is replicated on every broker", replication_factor=replication_factor,
-            brokers=broker_count)
-    config = parse_topic_config(body.get("config"), replication_factor)
-    return {"name": name, "partitions": partitions, "replication_factor": replication_factor,
-            "config": config.to_wire(), "replicas": [list(r) for r in assign_replicas(partitions, broker_ids)]}
+    replication_factor = body.get("replication_factor")
+    if replication_factor is not None and type(replication_factor) is not int:
+        raise InvalidRequest("replication_factor must be an integer", field="replication_factor")
+    config = body.get("config")
+    if config is None:
+        config = {}
+    if not isinstance(config, Mapping):
+        raise InvalidConfig("config must be an object")
+    return CreateTopicRequest(name, partitions, replication_factor, dict(config))
+
+
+def create_topic_payload(request: CreateTopicRequest, replicas: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """The CREATE_TOPIC command payload for ``request`` placed on ``replicas`` (one replica list per partition,
+    preferred leader first); checks the config against the replication factor."""
+    replication_factor = len(replicas[0])
+    config = parse_topic_config(request.config, replication_factor)
+    return {"name": request.name, "partitions": request.partitions, "replication_factor": replication_factor,
+            "config": config.to_wire(), "replicas": [list(r) for r in replicas]}
 
 
 class ProducerCheck(enum.Enum):
@@ -267,12 +276,13 @@ class MetadataState:
         return topic
 
     def to_bytes(self) -> bytes:
-        return msgpack.packb({"v": 1, "topics": [t.to_wire() for t in self.topics.values()],
+        data: bytes = msgpack.packb({"v": 1, "topics": [t.to_wire() for t in self.topics.values()],
                               "next_producer_id": self.next_producer_id,
                               "topics_version": self.topics_version,
                               "producer_names": [[name, ids[0], ids[1]] for name, ids in self.producer_names.items()],
                               "fenced_producer_ids": list(self.fenced_producer_ids)},
                              use_bin_type=True)
+        return data
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MetadataState:

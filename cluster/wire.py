@@ -13,7 +13,6 @@ import binascii
 import enum
 import json
 import re
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +43,8 @@ class Acks(enum.Enum):
 
     @property
     def wire(self) -> int | str:
-        return {"0": 0, "1": 1, "all": "all"}[self.value]
+        """As the HTTP API spells it: 0, 1 or "all"."""
+        return "all" if self is Acks.ALL else int(self.value)
 
 
 def parse_acks(value: Any) -> Acks:
@@ -99,7 +99,8 @@ def wants_msgpack(accept: str | None, content_type: str | None) -> bool:
 
 def encode_body(obj: Any, *, as_msgpack: bool) -> bytes:
     if as_msgpack:
-        return msgpack.packb(obj, use_bin_type=True)
+        packed: bytes = msgpack.packb(obj, use_bin_type=True)
+        return packed
     return (json.dumps(obj, separators=(",", ":"), default=_json_default) + "\n").encode()
 
 
@@ -168,13 +169,13 @@ def _as_bytes(value: Any, field: str) -> bytes | None:
     raise InvalidRequest(f"{field} must be a string, bytes or null", field=field)
 
 
-def records_to_batch(records: Any, *, now_ms: int | None = None) -> bytes:
+def records_to_batch(records: Any, *, now_ms: int) -> bytes:
     """Build a (non-idempotent) batch from the ``records`` form of a produce request (the slow path)."""
     if not isinstance(records, list) or not records:
         raise InvalidRequest("records must be a non-empty array", field="records")
     if len(records) > limits.batch_records_max:
         raise InvalidRequest(f"at most {limits.batch_records_max} records per request", field="records")
-    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    now = now_ms  # the default timestamp of records that carry none
     items = []
     for index, record in enumerate(records):
         if not isinstance(record, Mapping):

@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raftmq.node.config import BrokerEntry, NodeConfig, render_config
-from raftmq.node.raft_transport import PeerAddress
-from raftmq.node.replication import Durability, RaftTimers
+from raftmq.node import BrokerEntry, Durability, NodeConfig, PeerAddress, RaftTimers, render_config
 
 HOST = "127.0.0.1"
 SECRET_FILE = "cluster.secret"
@@ -290,12 +288,12 @@ class LocalCluster:
         status, body = http_json(f"{self.nodes[broker_id].url}/v1/metadata")
         if status != 200:
             raise RuntimeError(f"metadata from broker {broker_id}: HTTP {status} {body}")
-        return body  # type: ignore[no-any-return]
+        return body
 
     def partition_view(self, broker_id: int, topic: str, partition: int) -> dict[str, Any] | None:
         for item in self.metadata(broker_id)["topics"]:
             if item["name"] == topic:
-                return item["partitions"][partition]  # type: ignore[no-any-return]
+                return item["partitions"][partition]
         return None
 
     def leader_of(self, topic: str, partition: int, *, among: Iterable[int] | None = None) -> int | None:

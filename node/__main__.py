@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
+from raftmq.cluster import limits
 from raftmq.cluster.errors import InvalidConfig, RaftMQError
 from raftmq.node.api import build_app
 from raftmq.node.broker import Broker
@@ -21,19 +22,15 @@ from raftmq.node.config import NodeConfig, load_config, prepare_for_start
 from raftmq.node.http_server import GuardedAppRunner
 
 log = logging.getLogger("raftmq.node")
-_SHUTDOWN_TIMEOUT_S = 15.0
-
-
-_IO_THREADS = 2  # opening partition logs, deleting directories: bounded, whatever the partition count
-_CLIENT_BACKLOG = 512
-_FD_SOFT_LIMIT_WANTED = 65_536
 
 
 def _raise_fd_limit() -> None:
     """Raise the soft open-files limit toward the hard one: a broker holds segment files and up to
     http_connections_max client sockets, and 1024 (a common soft default) is not enough for both."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = _FD_SOFT_LIMIT_WANTED if hard == resource.RLIM_INFINITY else min(hard, _FD_SOFT_LIMIT_WANTED)
+    wanted = limits.open_files_soft_limit_wanted
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(hard, wanted)
     if soft != resource.RLIM_INFINITY and soft < wanted:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
@@ -49,7 +46,7 @@ def _bind_client_port(config: NodeConfig) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address.host, address.port))
-        sock.listen(_CLIENT_BACKLOG)
+        sock.listen(limits.http_listen_backlog)
     except OSError as exc:
         sock.close()
         raise InvalidConfig(f"cannot listen on client_listen {address}: {exc.strerror or exc}"
@@ -61,7 +58,7 @@ def _bind_client_port(config: NodeConfig) -> socket.socket:
 
 async def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
     asyncio.get_running_loop().set_default_executor(
-        concurrent.futures.ThreadPoolExecutor(max_workers=_IO_THREADS, thread_name_prefix="raftmq-io"))
+        concurrent.futures.ThreadPoolExecutor(max_workers=limits.io_threads, thread_name_prefix="raftmq-io"))
     client_socket = _bind_client_port(config)
     broker = Broker(config)
     try:
@@ -85,11 +82,11 @@ async def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
     await stop.wait()
     log.info("broker %d stopping", config.broker_id)
     try:
-        async with asyncio.timeout(_SHUTDOWN_TIMEOUT_S):
+        async with asyncio.timeout(limits.shutdown_timeout_s):
             await runner.cleanup()
             await broker.stop()
     except TimeoutError:
-        log.error("clean shutdown took longer than %.0f s; exiting anyway", _SHUTDOWN_TIMEOUT_S)
+        log.error("clean shutdown took longer than %.0f s; exiting anyway", limits.shutdown_timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:

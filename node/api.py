@@ -1,13 +1,16 @@
-"""The node's HTTP API (docs/api.md): decode with cluster.wire, call the Broker, encode the answer.
+"""The node's HTTP API (docs/api.md): decode with cluster.wire, call the service (node/service.py), encode.
 
-Every failure leaves as ``{"error": {"code", "message", "details"}}`` with the status of its error class;
-bad input is rejected here or in the Broker before any stored data is touched.
+This module touches nothing but the service and the request/result values of node/operations.py. Every
+failure leaves as ``{"error": {"code", "message", "details"}}`` with the status of its error class; bad
+input is rejected here (one place: ``read_body`` and ``error_middleware``) or in the service before any
+stored data is touched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,8 +29,9 @@ from raftmq.cluster.errors import (
     RequestTooLarge,
     RouteNotFound,
 )
-from raftmq.cluster.metadata import parse_producer_name
+from raftmq.cluster.metadata import parse_create_topic, parse_producer_name
 from raftmq.cluster.wire import (
+    Acks,
     decode_body,
     encode_body,
     parse_acks,
@@ -39,6 +43,9 @@ from raftmq.cluster.wire import (
     wants_msgpack,
 )
 from raftmq.node.broker import Broker
+from raftmq.node.forwarding import FORWARDED_HEADER
+from raftmq.node.operations import FetchRequest, OffsetRequest, OffsetSpec, ProduceRequest
+from raftmq.node.service import BrokerService
 
 log = logging.getLogger(__name__)
 
@@ -101,44 +108,46 @@ def _partition_arg(request: web.Request) -> int:
     return parse_partition(request.match_info["partition"])
 
 
-# --- handlers -----------------------------------------------------------------------------------
+# --- handlers: decode -> service -> encode --------------------------------------------------------
+
+
+def _service(request: web.Request) -> BrokerService:
+    return request.app[BROKER].service
 
 
 async def health(request: web.Request) -> web.Response:
-    return _respond(request, request.app[BROKER].health())
+    return _respond(request, _service(request).health().to_wire())
 
 
 async def metadata(request: web.Request) -> web.Response:
-    return _respond(request, request.app[BROKER].metadata())
+    return _respond(request, _service(request).describe_cluster().to_wire())
 
 
 async def list_topics(request: web.Request) -> web.Response:
-    broker = request.app[BROKER]
-    topics = sorted(broker.meta_sm.view.values(), key=lambda t: t.name)
-    return _respond(request, {"topics": [broker.describe_topic(t) for t in topics]})
+    return _respond(request, {"topics": [t.to_wire() for t in _service(request).list_topics()]})
 
 
 async def create_topic(request: web.Request) -> web.Response:
-    broker = request.app[BROKER]
-    topic = await broker.create_topic(await read_body(request))
-    return _respond(request, {"topic": broker.describe_topic(topic)}, status=201)
+    create = parse_create_topic(await read_body(request))
+    forwarded = FORWARDED_HEADER in request.headers
+    topic = await _service(request).create_topic(create, forwarded=forwarded)
+    return _respond(request, {"topic": topic.to_wire()}, status=201)
 
 
 async def describe_topic(request: web.Request) -> web.Response:
-    broker = request.app[BROKER]
-    return _respond(request, {"topic": broker.describe_topic(broker.topic(request.match_info["topic"]))})
+    return _respond(request, {"topic": _service(request).describe_topic(request.match_info["topic"]).to_wire()})
 
 
 async def delete_topic(request: web.Request) -> web.Response:
-    return _respond(request, await request.app[BROKER].delete_topic(request.match_info["topic"]))
+    return _respond(request, (await _service(request).delete_topic(request.match_info["topic"])).to_wire())
 
 
 async def create_producer(request: web.Request) -> web.Response:
     name = parse_producer_name(await read_body(request))  # {} or {"name": ...}
-    return _respond(request, await request.app[BROKER].init_producer(name))
+    return _respond(request, (await _service(request).init_producer(name)).to_wire())
 
 
-def _produce_args(body: dict[str, Any]) -> tuple[Any, int, bytes]:
+def _produce_args(body: dict[str, Any]) -> tuple[Acks, int, bytes]:
     unknown = sorted(set(body) - {"acks", "timeout_ms", "batch", "records", "key"})
     if unknown:
         raise InvalidRequest(f"unknown fields: {', '.join(map(str, unknown))}", fields=unknown)
@@ -152,23 +161,21 @@ def _produce_args(body: dict[str, Any]) -> tuple[Any, int, bytes]:
         if not isinstance(batch, bytes):
             raise InvalidRequest("batch must be msgpack bin (bytes); JSON clients send records", field="batch")
     else:
-        batch = records_to_batch(body["records"])
+        batch = records_to_batch(body["records"], now_ms=int(time.time() * 1000))
     return acks, timeout_ms, batch
 
 
 async def produce(request: web.Request) -> web.Response:
-    broker = request.app[BROKER]
     body = await read_body(request)
     acks, timeout_ms, batch = _produce_args(body)
     if "key" in body:
         raise InvalidRequest("key selects a partition: use POST /v1/topics/{topic}/records", field="key")
-    result = await broker.produce(request.match_info["topic"], _partition_arg(request), batch, acks=acks,
-                                  timeout_ms=timeout_ms)
-    return _respond(request, result)
+    produced = ProduceRequest(request.match_info["topic"], _partition_arg(request), batch, acks, timeout_ms)
+    return _respond(request, (await _service(request).produce(produced)).to_wire())
 
 
 async def produce_by_key(request: web.Request) -> web.Response:
-    broker = request.app[BROKER]
+    service = _service(request)
     body = await read_body(request)
     key = body.get("key")
     if isinstance(key, str):
@@ -177,30 +184,39 @@ async def produce_by_key(request: web.Request) -> web.Response:
         raise InvalidRequest("key (string or bin) is required to choose the partition", field="key")
     acks, timeout_ms, batch = _produce_args(body)
     topic = request.match_info["topic"]
-    partition = broker.partition_for_key(topic, key)
-    return _respond(request, await broker.produce(topic, partition, batch, acks=acks, timeout_ms=timeout_ms))
+    produced = ProduceRequest(topic, service.partition_for_key(topic, key), batch, acks, timeout_ms)
+    return _respond(request, (await service.produce(produced)).to_wire())
+
+
+def _replica_arg(request: web.Request) -> bool:
+    replica = request.query.get("replica", "leader")
+    if replica not in ("leader", "any"):
+        raise InvalidRequest("replica must be 'leader' or 'any'", field="replica")
+    return replica == "any"
 
 
 async def fetch(request: web.Request) -> web.Response:
-    broker = request.app[BROKER]
     query = request.query
-    offset = query_int(query, "offset", offset=True)
-    max_bytes = query_int(query, "max_bytes", default=limits.fetch_bytes_max_default, minimum=1,
-                          maximum=limits.fetch_bytes_max)
-    max_wait_ms = query_int(query, "max_wait_ms", default=0, maximum=limits.fetch_wait_ms_max)
-    replica = query.get("replica", "leader")
-    if replica not in ("leader", "any"):
-        raise InvalidRequest("replica must be 'leader' or 'any'", field="replica")
-    topic = request.match_info["topic"]
-    partition = _partition_arg(request)
-    handle, data = await broker.fetch(topic, partition, offset, max_bytes=max_bytes, max_wait_ms=max_wait_ms,
-                                      any_replica=replica == "any")
-    partition_log = handle.state_machine.log
-    answer: dict[str, Any] = {"topic": topic, "partition": partition, "high_watermark": partition_log.log_end_offset,
-                              "log_start_offset": partition_log.log_start_offset}
+    fetch_request = FetchRequest(
+        topic=request.match_info["topic"], partition=_partition_arg(request),
+        offset=query_int(query, "offset", offset=True),
+        max_bytes=query_int(query, "max_bytes", default=limits.fetch_bytes_max_default, minimum=1,
+                            maximum=limits.fetch_bytes_max),
+        max_wait_ms=query_int(query, "max_wait_ms", default=0, maximum=limits.fetch_wait_ms_max),
+        any_replica=_replica_arg(request))
+    result = await _service(request).fetch(fetch_request)
+    answer: dict[str, Any] = {"topic": result.topic, "partition": result.partition,
+                              "high_watermark": result.high_watermark, "log_start_offset": result.log_start_offset}
     if wants_msgpack(request.headers.get("Accept"), request.headers.get("Content-Type")):
-        answer["batches"] = data
-        return _respond(request, answer)
+        answer["batches"] = result.batches
+    else:
+        records, next_offset = _records_as_json(result.batches, fetch_request.offset)
+        answer.update(records=records, next_offset=next_offset)
+    return _respond(request, answer)
+
+
+def _records_as_json(data: bytes, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """The records at or after ``offset`` in fetched batches, for people reading JSON (not the fast path)."""
     records = []
     next_offset = offset
     for header, chunk in batches.iter_batches(data):
@@ -213,20 +229,14 @@ async def fetch(request: web.Request) -> web.Response:
             item["headers"] = [[name, (text_or_b64(value, "v").get("v"))] for name, value in record.headers]
             records.append(item)
             next_offset = record.offset + 1
-    answer.update(records=records, next_offset=next_offset)
-    return _respond(request, answer)
+    return records, next_offset
 
 
 async def list_offsets(request: web.Request) -> web.Response:
-    at = request.query.get("at", "latest")
-    if at not in ("earliest", "latest"):
-        query_int(request.query, "at", offset=True)  # validates a timestamp
-    replica = request.query.get("replica", "leader")
-    if replica not in ("leader", "any"):
-        raise InvalidRequest("replica must be 'leader' or 'any'", field="replica")
-    result = request.app[BROKER].list_offset(request.match_info["topic"], _partition_arg(request), at,
-                                             any_replica=replica == "any")
-    return _respond(request, result)
+    text = request.query.get("at", "latest")
+    at: OffsetSpec = text if text in ("earliest", "latest") else query_int(request.query, "at", offset=True)  # type: ignore[assignment]
+    offset_request = OffsetRequest(request.match_info["topic"], _partition_arg(request), at, _replica_arg(request))
+    return _respond(request, (await _service(request).list_offset(offset_request)).to_wire())
 
 
 def build_app(broker: Broker) -> web.Application:

@@ -1,10 +1,13 @@
 """Node configuration: a TOML file (deploy/node.example.toml documents every key), validated once.
 
-A bad file fails at start with INVALID_CONFIG and a sentence naming the key, never later under load.
+A bad file fails at start with INVALID_CONFIG and a sentence naming the key, never later under load. This
+module also owns the value types a config is made of (addresses, the durability policy, Raft timers), so
+that deploy/, chaos/ and the CLI can write and read configs without importing the broker's machinery.
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import json
 import tomllib
@@ -15,8 +18,54 @@ from typing import Any
 
 from raftmq.cluster import limits
 from raftmq.cluster.errors import InvalidConfig
-from raftmq.node.raft_transport import PeerAddress
-from raftmq.node.replication import Durability, RaftTimers
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> PeerAddress:
+        host, _, port = text.rpartition(":")
+        if not host or not (port.isascii() and port.isdigit() and len(port) <= 5):
+            raise ValueError(f"an address must be host:port, got {text[:80]!r}")
+        if not 1 <= int(port) <= 65535:
+            raise ValueError(f"port {port} is outside 1-65535 in {text[:80]!r}")
+        return cls(host, int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Durability(enum.Enum):
+    """When journals (and segments) reach the disk. See README "Durability"."""
+
+    ALWAYS = "always"      # fsync (group commit) before a replica acknowledges an append
+    INTERVAL = "interval"  # fsync every flush_interval_ms; acks do not wait
+    NEVER = "never"        # page cache only: survives a process kill, not a power loss
+
+
+@dataclass(frozen=True)
+class RaftTimers:
+    election_timeout_min_s: float = limits.raft_election_timeout_min_s
+    election_timeout_max_s: float = limits.raft_election_timeout_max_s
+    heartbeat_period_s: float = limits.raft_heartbeat_period_s
+    connection_timeout_s: float = limits.raft_connection_timeout_s
+    leader_fallback_timeout_s: float = limits.raft_leader_fallback_timeout_s
+
+    def validate(self) -> list[str]:
+        """pysyncobj checks these with `assert` (gone under python -O); check them in plain sentences."""
+        problems = []
+        if not self.election_timeout_min_s > 3 * self.heartbeat_period_s:
+            problems.append("election_timeout_min_ms must be more than 3 x heartbeat_ms")
+        if not self.election_timeout_max_s > self.election_timeout_min_s:
+            problems.append("election_timeout_max_ms must be more than election_timeout_min_ms")
+        if not self.connection_timeout_s >= self.election_timeout_max_s:
+            problems.append("connection_timeout_ms must be at least election_timeout_max_ms")
+        if not self.leader_fallback_timeout_s > self.heartbeat_period_s:
+            problems.append("leader_fallback_timeout_ms must be more than heartbeat_ms")
+        return problems
 
 
 @dataclass(frozen=True)
@@ -86,12 +135,15 @@ def _address(text: str, key: str) -> PeerAddress:
         raise InvalidConfig(f"{key!r}: {exc}", key=key) from None
 
 
+_KNOWN_KEYS = frozenset({
+    "broker_id", "cluster_id", "data_dir", "client_listen", "peer_listen", "advertised_url", "durability",
+    "flush_interval_ms", "cluster_secret", "cluster_secret_file", "allow_insecure_peers", "log_level",
+    "leader_rebalance", "http_connections_max", "brokers", "raft"})
+
+
 def parse_config(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> NodeConfig:
     """Build and validate a NodeConfig from a parsed TOML document."""
-    known = {"broker_id", "cluster_id", "data_dir", "client_listen", "peer_listen", "advertised_url", "durability",
-             "flush_interval_ms", "cluster_secret", "cluster_secret_file", "allow_insecure_peers", "log_level",
-             "leader_rebalance", "http_connections_max", "brokers", "raft"}
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(set(raw) - _KNOWN_KEYS)
     if unknown:
         raise InvalidConfig(f"unknown keys: {', '.join(unknown)}", keys=unknown)
     broker_id = _get(raw, "broker_id", int)
@@ -100,15 +152,9 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Nod
     cluster_id = _get(raw, "cluster_id", str)
     if not cluster_id:
         raise InvalidConfig("cluster_id must not be empty", key="cluster_id")
-    data_dir = Path(_get(raw, "data_dir", str))
-    if not data_dir.is_absolute() and base_dir is not None:
-        data_dir = base_dir / data_dir
     client_listen = _address(_get(raw, "client_listen", str), "client_listen")
-    peer_listen = _address(_get(raw, "peer_listen", str), "peer_listen")
-    advertised_url = _get(raw, "advertised_url", str, f"http://{client_listen}")
-    durability_text = _get(raw, "durability", str, "always")
     try:
-        durability = Durability(durability_text)
+        durability = Durability(_get(raw, "durability", str, "always"))
     except ValueError:
         raise InvalidConfig("durability must be one of always, interval, never", key="durability") from None
     flush_interval_ms = _get(raw, "flush_interval_ms", int, 100)
@@ -117,16 +163,34 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Nod
     log_level = _get(raw, "log_level", str, "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise InvalidConfig("log_level must be debug, info, warning or error", key="log_level")
+    http_connections_max = _get(raw, "http_connections_max", int, limits.http_connections_max)
+    if not 16 <= http_connections_max <= 1_000_000:
+        raise InvalidConfig("http_connections_max must be between 16 and 1000000", key="http_connections_max")
+    cluster_secret, secret_file = _parse_secret(raw, base_dir)
+    return NodeConfig(broker_id=broker_id, cluster_id=cluster_id, data_dir=_path(raw, "data_dir", base_dir),
+                      client_listen=client_listen, peer_listen=_address(_get(raw, "peer_listen", str), "peer_listen"),
+                      advertised_url=_get(raw, "advertised_url", str, f"http://{client_listen}"),
+                      brokers=_parse_brokers(raw, broker_id), durability=durability,
+                      flush_interval_ms=flush_interval_ms, cluster_secret=cluster_secret,
+                      cluster_secret_file=secret_file,
+                      allow_insecure_peers=_get(raw, "allow_insecure_peers", bool, False), log_level=log_level,
+                      leader_rebalance=_get(raw, "leader_rebalance", bool, True),
+                      http_connections_max=http_connections_max, timers=_parse_timers(raw))
 
-    brokers_raw = _get(raw, "brokers", list)
+
+def _path(raw: Mapping[str, Any], key: str, base_dir: Path | None) -> Path:
+    path = Path(_get(raw, key, str))
+    return base_dir / path if not path.is_absolute() and base_dir is not None else path
+
+
+def _parse_brokers(raw: Mapping[str, Any], broker_id: int) -> tuple[BrokerEntry, ...]:
     brokers = []
-    for index, entry in enumerate(brokers_raw):
+    for index, entry in enumerate(_get(raw, "brokers", list)):
         if not isinstance(entry, Mapping):
             raise InvalidConfig(f"brokers[{index}] must be a table", key=f"brokers[{index}]")
-        entry_id = _get(entry, "id", int)
         dial_text = entry.get("dial")
         brokers.append(BrokerEntry(
-            broker_id=entry_id,
+            broker_id=_get(entry, "id", int),
             peer=_address(_get(entry, "peer", str), f"brokers[{index}].peer"),
             url=_get(entry, "url", str),
             dial=_address(dial_text, f"brokers[{index}].dial") if dial_text else None))
@@ -137,42 +201,38 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Nod
         raise InvalidConfig(f"broker_id {broker_id} is not listed in [[brokers]]", key="brokers")
     if any(b < 1 for b in ids):
         raise InvalidConfig("broker ids must be positive", key="brokers")
+    return tuple(brokers)
 
+
+def _parse_timers(raw: Mapping[str, Any]) -> RaftTimers:
     raft = raw.get("raft", {})
     if not isinstance(raft, Mapping):
         raise InvalidConfig("[raft] must be a table", key="raft")
     defaults = RaftTimers()
+
+    def seconds(key: str, default_s: float) -> float:
+        return float(_get(raft, key, int, int(default_s * 1000))) / 1000
+
     timers = RaftTimers(
-        election_timeout_min_s=_get(raft, "election_timeout_min_ms", int,
-                                    int(defaults.election_timeout_min_s * 1000)) / 1000,
-        election_timeout_max_s=_get(raft, "election_timeout_max_ms", int,
-                                    int(defaults.election_timeout_max_s * 1000)) / 1000,
-        heartbeat_period_s=_get(raft, "heartbeat_ms", int, int(defaults.heartbeat_period_s * 1000)) / 1000,
-        connection_timeout_s=_get(raft, "connection_timeout_ms", int,
-                                  int(defaults.connection_timeout_s * 1000)) / 1000,
-        leader_fallback_timeout_s=_get(raft, "leader_fallback_timeout_ms", int,
-                                       int(defaults.leader_fallback_timeout_s * 1000)) / 1000)
+        election_timeout_min_s=seconds("election_timeout_min_ms", defaults.election_timeout_min_s),
+        election_timeout_max_s=seconds("election_timeout_max_ms", defaults.election_timeout_max_s),
+        heartbeat_period_s=seconds("heartbeat_ms", defaults.heartbeat_period_s),
+        connection_timeout_s=seconds("connection_timeout_ms", defaults.connection_timeout_s),
+        leader_fallback_timeout_s=seconds("leader_fallback_timeout_ms", defaults.leader_fallback_timeout_s))
     problems = timers.validate()
     if problems:
         raise InvalidConfig("[raft] " + "; ".join(problems), key="raft")
+    return timers
+
+
+def _parse_secret(raw: Mapping[str, Any], base_dir: Path | None) -> tuple[str, Path | None]:
     cluster_secret = _get(raw, "cluster_secret", str, "")
     secret_file_text = _get(raw, "cluster_secret_file", str, "")
     if cluster_secret and secret_file_text:
         raise InvalidConfig("set cluster_secret or cluster_secret_file, not both", key="cluster_secret_file")
-    secret_file = Path(secret_file_text) if secret_file_text else None
-    if secret_file is not None and not secret_file.is_absolute() and base_dir is not None:
-        secret_file = base_dir / secret_file
-    allow_insecure_peers = _get(raw, "allow_insecure_peers", bool, False)
-    leader_rebalance = _get(raw, "leader_rebalance", bool, True)
-    http_connections_max = _get(raw, "http_connections_max", int, limits.http_connections_max)
-    if not 16 <= http_connections_max <= 1_000_000:
-        raise InvalidConfig("http_connections_max must be between 16 and 1000000", key="http_connections_max")
-    return NodeConfig(broker_id=broker_id, cluster_id=cluster_id, data_dir=data_dir, client_listen=client_listen,
-                      peer_listen=peer_listen, advertised_url=advertised_url, brokers=tuple(brokers),
-                      durability=durability, flush_interval_ms=flush_interval_ms, cluster_secret=cluster_secret,
-                      cluster_secret_file=secret_file, allow_insecure_peers=allow_insecure_peers,
-                      log_level=log_level, leader_rebalance=leader_rebalance,
-                      http_connections_max=http_connections_max, timers=timers)
+    if not secret_file_text:
+        return cluster_secret, None
+    return cluster_secret, _path(raw, "cluster_secret_file", base_dir)
 
 
 def load_config(path: Path) -> NodeConfig:
@@ -261,4 +321,5 @@ def _toml_str(text: str) -> str:
     return json.dumps(text)
 
 
-__all__ = ["BrokerEntry", "NodeConfig", "load_config", "parse_config", "prepare_for_start", "render_config"]
+__all__ = ["BrokerEntry", "Durability", "NodeConfig", "PeerAddress", "RaftTimers", "load_config", "parse_config",
+           "prepare_for_start", "render_config"]

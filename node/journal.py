@@ -1,7 +1,7 @@
 """The Raft journal of one group: pysyncobj's ``Journal`` interface on a checksummed, fsync-able file.
 
 pysyncobj's own ``FileJournal`` writes through mmap, never fsyncs, has no checksums, keeps every command
-in memory and rewrites itself in place on compaction (fact sheet §5). This one:
+in memory and rewrites itself in place on compaction (not crash-atomic). This one:
 
 * appends records ``[u32 payload length][u32 crc32(payload)][u64 index][u64 term][command]`` with one
   ``os.writev`` each, and cuts a torn or corrupt tail when it is opened;
@@ -12,8 +12,9 @@ in memory and rewrites itself in place on compaction (fact sheet §5). This one:
   (group commit before acknowledging under the ``always`` policy); term and vote are written with
   tmp + fsync + rename before pysyncobj sends the vote that depends on them;
 * compacts atomically (new file + fsync + rename), and on open finishes a compaction that a crash
-  interrupted between writing the snapshot and rewriting the journal (the crash window of §5.2), so
-  pysyncobj never throws away entries that follow its snapshot.
+  interrupted between writing the snapshot and rewriting the journal (pysyncobj replaces a journal whose
+  first two entries differ from its snapshot's by those two), so pysyncobj never throws away entries that
+  follow its snapshot.
 
 Raft indexes in a journal are contiguous, so entry ``i`` (position in the journal) has index
 ``first_index + i``. Thread use: only the replication thread touches a journal.
@@ -31,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from pysyncobj.journal import Journal
 from raftmq.cluster import limits
 from raftmq.cluster.errors import invariant
 from raftmq.node.fsutil import fsync_directory, write_file_atomically
@@ -43,7 +43,6 @@ _RECORD_HEAD = struct.Struct(">IIQQ")  # payload length, crc, index, term
 _RECORD_HEAD_BYTES = _RECORD_HEAD.size  # 24
 _LEN_CRC = struct.Struct(">II")
 _INDEX_TERM = struct.Struct(">QQ")
-_LAZY_SLICE_ENTRIES = 64  # slices longer than this are returned lazily
 
 Entry = tuple[bytes, int, int]  # (command, index, term), pysyncobj's shape
 
@@ -81,8 +80,11 @@ class _LazyEntries:
         return self._journal._entry_at(self._start + item)
 
 
-class DurableJournal(Journal):
-    """See the module docstring. ``durable`` False means: never fsync (the ``never`` policy)."""
+class DurableJournal:
+    """See the module docstring. ``durable`` False means: never fsync (the ``never`` policy).
+
+    It has every method of pysyncobj's ``Journal`` interface (which node/replication.py hands it to), without
+    importing pysyncobj: only the two replication modules do."""
 
     def __init__(self, path: Path, *, durable: bool, snapshot_entries: tuple[Entry, Entry] | None = None,
                  cache_bytes_max: int = limits.journal_cache_bytes_max) -> None:
@@ -221,7 +223,7 @@ class DurableJournal(Journal):
         return (command, self._first_index + position, self._terms[position])
 
     def _slice(self, start: int, stop: int) -> list[Entry] | _LazyEntries:
-        if stop - start > _LAZY_SLICE_ENTRIES:
+        if stop - start > limits.journal_lazy_slice_entries:
             return _LazyEntries(self, start, stop)
         return [self._entry_at(position) for position in range(start, stop)]
 

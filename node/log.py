@@ -58,16 +58,11 @@ from raftmq.node.segment import (
     U32_MAX,
     Segment,
     parse_segment_file_name,
+    pread_exact,
 )
 
 RECOVERY_POINT_FILE: Final = "recovery-point"
 _RECOVERY_POINT_VERSION: Final = 1
-# Old segments whose .log stays open (plus their index columns): bounds fds and memory whatever the log's
-# size; a read from a segment outside it costs one open() and one index load.
-_OPEN_SEGMENTS_MAX: Final = 16
-# Index positions are u32 and a segment holds at most segment_bytes plus one batch: keep both below 2 GiB
-# (Kafka's limit too). TODO(lead): move to cluster/limits.py as segment_bytes_max.
-_SEGMENT_BYTES_MAX: Final = 2**31 - 1 - limits.batch_bytes_max
 
 
 @dataclass(frozen=True)
@@ -89,9 +84,9 @@ class LogConfig:
             return value
 
         segment_bytes = whole("segment_bytes", self.segment_bytes)
-        if not limits.segment_bytes_min <= segment_bytes <= _SEGMENT_BYTES_MAX:
+        if not limits.segment_bytes_min <= segment_bytes <= limits.segment_bytes_max:
             raise InvalidConfig(f"segment_bytes must be between {limits.segment_bytes_min} and "
-                                f"{_SEGMENT_BYTES_MAX}, got {segment_bytes}", setting="segment_bytes")
+                                f"{limits.segment_bytes_max}, got {segment_bytes}", setting="segment_bytes")
         if whole("segment_ms", self.segment_ms) < 1:
             raise InvalidConfig(f"segment_ms must be at least 1, got {self.segment_ms}", setting="segment_ms")
         if whole("retention_ms", self.retention_ms) < -1:
@@ -115,6 +110,46 @@ class RecoveryReport(NamedTuple):
     truncated_at_offset: int | None  # the new log end offset when something was cut
     reason: str | None  # e.g. "batch CRC mismatch at offset 812 in 00000000000000000000.log (position 9120)"
     indexes_rebuilt: tuple[str, ...]  # index file names rewritten because they were missing, stale or corrupt
+
+
+def _read_whole_batches(pieces: list[tuple[int, int, int]], max_bytes: int, directory: Path) -> bytes:
+    """Read ``pieces`` (fd, start, stop) in order: whole batches only, at most ``max_bytes`` except that the
+    first batch is always whole; the next piece is read only once the previous one was used up."""
+    chunks: list[bytes] = []
+    budget = max_bytes
+    for fd, start, stop in pieces:
+        available = stop - start
+        if not chunks:
+            want = min(available, max(budget, _first_batch_size(fd, start, stop, directory)))
+        else:
+            want = min(available, budget)
+        if want <= 0:
+            break
+        data = pread_exact(fd, want, start, directory)
+        if want < available:
+            data = data[:_whole_batches_length(data)]
+        if not data:
+            break
+        chunks.append(data)
+        budget -= len(data)
+        if len(data) < available or budget <= 0:
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _first_batch_size(fd: int, start: int, stop: int, directory: Path) -> int:
+    prefix = pread_exact(fd, min(batches.LENGTH_PREFIX_BYTES, stop - start), start, directory)
+    size = batches.batch_length_at(prefix)
+    return size if size is not None else stop - start
+
+
+def _whole_batches_length(data: bytes) -> int:
+    end = 0
+    while True:
+        size = batches.batch_length_at(data, end)
+        if size is None or end + size > len(data):
+            return end
+        end += size
 
 
 class LogStream:
@@ -396,7 +431,7 @@ class PartitionLog:
         if not segment.active:
             self._open_segments[segment.base_offset] = segment
             self._open_segments.move_to_end(segment.base_offset)
-            while len(self._open_segments) > _OPEN_SEGMENTS_MAX:
+            while len(self._open_segments) > limits.log_open_segments_max:
                 _, evicted = self._open_segments.popitem(last=False)
                 evicted.close_files()
         return segment
@@ -437,10 +472,23 @@ class PartitionLog:
             invariant(header.base_offset == self._log_end_offset,
                       f"append at offset {header.base_offset} but the log ends at {self._log_end_offset} "
                       f"({self.directory})")
+            rolling = self._should_roll(self._segments[-1], header, len(batch))
+            try:
+                sync_fds = self._segments[-1].sync_fds() if rolling else []
+            except OSError as exc:
+                raise StorageError(f"cannot roll a new segment in {self.directory}: {exc}",
+                                   path=str(self.directory)) from exc
+        try:
+            if rolling:
+                self._roll_prepare(sync_fds)
+        except OSError as exc:
+            raise StorageError(f"cannot roll a new segment in {self.directory}: {exc}",
+                               path=str(self.directory)) from exc
+        with self._lock:
             active = self._segments[-1]
-            if self._should_roll(active, header, len(batch)):
+            if rolling:
                 try:
-                    active = self._roll(header.base_offset)
+                    active = self._roll(header.base_offset, synced=True)
                 except OSError as exc:
                     raise StorageError(f"cannot roll a new segment in {self.directory}: {exc}",
                                        path=str(self.directory)) from exc
@@ -449,6 +497,18 @@ class PartitionLog:
             self._size_bytes += len(batch)
             self._last_batch = header
         return header
+
+    def _roll_prepare(self, fds: list[int]) -> None:
+        """Outside the lock (only the one writer thread rolls): the active segment (``fds``: duplicates, closed
+        here) and the directory reach the disk before the next segment exists, so readers are never held up
+        by these fsyncs."""
+        try:
+            for fd in fds:
+                os.fsync(fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        fsync_directory(self.directory)
 
     def _should_roll(self, active: Segment, header: BatchHeader, size_bytes: int) -> bool:
         """Kafka's shouldRoll, on the batch's append time (never the wall clock: replicas roll alike)."""
@@ -459,12 +519,15 @@ class PartitionLog:
                 or header.append_time_ms - active.first_append_time_ms >= self.config.segment_ms
                 or header.base_offset - active.base_offset > U32_MAX)  # index offsets are u32 relative
 
-    def _roll(self, base_offset: int) -> Segment:
+    def _roll(self, base_offset: int, *, synced: bool = False) -> Segment:
+        """A new active segment at ``base_offset``. ``synced``: the caller fsynced the old one and the
+        directory (``_roll_prepare``) since the last append."""
         old = self._segments[-1]
         # Order matters for recovery: the old segment and its name are on disk before the new one exists.
         try:
-            old.deactivate()
-            fsync_directory(self.directory)
+            old.deactivate(sync=not synced)
+            if not synced:
+                fsync_directory(self.directory)
             new = Segment.create(self.directory, base_offset,
                                  index_interval_bytes=self.config.index_interval_bytes)
         except BaseException:
@@ -579,18 +642,39 @@ class PartitionLog:
         """Delete whole old segments, oldest first and never the active one: while the oldest one's max
         append_time_ms < now_ms - retention_ms, or while size_bytes minus its size >= retention_bytes.
         Returns the deleted base offsets; log_start_offset moves up to the new first segment."""
+        retention_ms, retention_bytes = self.config.retention_ms, self.config.retention_bytes
+
+        def expendable(oldest: Segment, _next: Segment) -> bool:
+            expired = (retention_ms >= 0 and oldest.max_append_time_ms is not None
+                       and oldest.max_append_time_ms < now_ms - retention_ms)
+            return expired or (retention_bytes >= 0 and self._size_bytes - oldest.size_bytes >= retention_bytes)
+
+        return self._delete_oldest_while(expendable)
+
+    def delete_segments_before(self, offset: int) -> list[int]:
+        """Delete the whole segments that hold only offsets below ``offset`` (never the active one), as an
+        operator's delete-records does; returns their base offsets."""
+        return self._delete_oldest_while(lambda _oldest, following: following.base_offset <= offset)
+
+    def roll(self) -> None:
+        """Start a new segment at the log end now (unless the active one is empty), as Kafka's Log.roll."""
+        with self._lock:
+            self._check_open()
+            if not self._segments[-1].is_empty:
+                try:
+                    self._roll(self._log_end_offset)
+                except OSError as exc:
+                    raise StorageError(f"cannot roll a new segment in {self.directory}: {exc}",
+                                       path=str(self.directory)) from exc
+
+    def _delete_oldest_while(self, expendable: Callable[[Segment, Segment], bool]) -> list[int]:
         deleted: list[int] = []
         with self._lock:
             self._check_open()
-            retention_ms, retention_bytes = self.config.retention_ms, self.config.retention_bytes
             try:
                 while len(self._segments) > 1:
                     oldest = self._segments[0]
-                    expired = (retention_ms >= 0 and oldest.max_append_time_ms is not None
-                               and oldest.max_append_time_ms < now_ms - retention_ms)
-                    oversized = (retention_bytes >= 0
-                                 and self._size_bytes - oldest.size_bytes >= retention_bytes)
-                    if not (expired or oversized):
+                    if not expendable(oldest, self._segments[1]):
                         break
                     self._delete_segment(oldest)
                     self._segments.pop(0)
@@ -626,31 +710,54 @@ class PartitionLog:
     def read(self, offset: int, max_bytes: int) -> bytes:
         """Whole batches from the one containing ``offset``, at most ``max_bytes`` but always at least one
         batch (even a larger one); continues into later segments while the budget lasts. b"" when
-        ``offset == log_end_offset``; OffsetOutOfRange outside [log_start_offset, log_end_offset]."""
+        ``offset == log_end_offset``; OffsetOutOfRange outside [log_start_offset, log_end_offset].
+
+        The lock is held only to find the bytes and duplicate the segments' fds: the reads happen outside
+        it, so a fetch never waits for an append, a roll or its fsync, and an append never waits for a
+        slow read. A read that a concurrent truncation invalidated is done again."""
+        for _attempt in range(limits.log_read_attempts):
+            generation, pieces = self._plan_read(offset, max_bytes)
+            if not pieces:
+                return b""
+            try:
+                data = _read_whole_batches(pieces, max_bytes, self.directory)
+            except OSError as exc:
+                raise StorageError(f"cannot read the log in {self.directory}: {exc}",
+                                   path=str(self.directory)) from exc
+            finally:
+                for fd, _, _ in pieces:
+                    os.close(fd)
+            if generation == self._generation:
+                return data
+        raise StorageError(f"the log in {self.directory} was truncated during {limits.log_read_attempts} reads in "
+                           "a row", path=str(self.directory))
+
+    def _plan_read(self, offset: int, max_bytes: int) -> tuple[int, list[tuple[int, int, int]]]:
+        """Under the lock: (generation, [(dup fd, start, stop)...]) covering at least ``max_bytes`` from the
+        batch holding ``offset`` (or its whole first batch), in segment order."""
         with self._lock:
             self._check_open()
             self._check_range(offset)
             if offset == self._log_end_offset:
-                return b""
+                return self._generation, []
+            i, position, _ = self._locate(offset)
+            pieces: list[tuple[int, int, int]] = []
+            budget = max_bytes
             try:
-                i, position, _ = self._locate(offset)
-                segment = self._segments[i]
-                chunks = [segment.read_batches(position, max_bytes, at_least_one=True)]
-                budget = max_bytes - len(chunks[0])
-                ended_segment = position + len(chunks[0]) == segment.size_bytes
-                while budget > 0 and ended_segment and i + 1 < len(self._segments):
-                    i += 1
-                    segment = self._use(self._segments[i])
-                    chunk = segment.read_batches(0, budget, at_least_one=False)
-                    if not chunk:
+                for segment in self._segments[i:]:
+                    begin = position if not pieces else 0
+                    stop = segment.size_bytes
+                    if stop > begin:
+                        pieces.append((self._use(segment).dup_log_fd(), begin, stop))
+                        budget -= stop - begin
+                    if budget <= 0:
                         break
-                    chunks.append(chunk)
-                    budget -= len(chunk)
-                    ended_segment = len(chunk) == segment.size_bytes
             except OSError as exc:
+                for fd, _, _ in pieces:
+                    os.close(fd)
                 raise StorageError(f"cannot read the log in {self.directory}: {exc}",
                                    path=str(self.directory)) from exc
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return self._generation, pieces
 
     def iter_headers(self, from_offset: int) -> Iterator[BatchHeader]:
         """Headers of the batches from the one containing ``from_offset`` to the log end as it is at each

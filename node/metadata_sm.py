@@ -1,5 +1,5 @@
 """The metadata group's state machine on a broker: ``cluster.metadata.MetadataState`` behind the
-``StateMachine`` protocol of ``node.replication``.
+``StateMachine`` protocol of ``node.groups``.
 
 The state is small and lives in memory; snapshots carry all of it. Readers on the asyncio thread use
 ``view`` (an immutable mapping swapped atomically after each change), never the live state.
@@ -64,6 +64,9 @@ class MetadataStateMachine:
 
     def open_snapshot_stream(self, state: bytes, peer_hint: dict[str, Any]) -> BinaryIO | None:
         return None  # the state travels whole inside the snapshot
+
+    def bind_annotations(self, annotations: dict[str, Any]) -> None:
+        return None  # the state travels whole inside the snapshot: followers need not say where they are
 
     def install(self, state: bytes, payload: BinaryIO) -> None:
         self.restore(state)

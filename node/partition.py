@@ -53,7 +53,7 @@ class AppendResult:
 
 
 class PartitionStateMachine:
-    """Implements ``node.replication.StateMachine`` for one partition replica."""
+    """Implements ``node.groups.StateMachine`` for one partition replica."""
 
     def __init__(self, *, topic: str, partition: int, topic_id: int, directory: Path, config: LogConfig,
                  durable: bool) -> None:
@@ -72,7 +72,7 @@ class PartitionStateMachine:
         self.snapshot_index = 0
         self._announced_end = -1
         self._data_event: asyncio.Event | None = None
-        self.transport_annotations: dict[str, Any] | None = None  # set by the broker: rmq_leo lives here
+        self.transport_annotations: dict[str, Any] | None = None  # bind_annotations: rmq_leo lives here
 
     # --- start ------------------------------------------------------------------------------------
 
@@ -155,6 +155,12 @@ class PartitionStateMachine:
         if header.producer_id != batches.NO_PRODUCER_ID:
             self.producers.record(header.producer_id, header.base_sequence, header.record_count, base_offset, time_ms)
         return AppendResult(base_offset, header.record_count, term, index, time_ms)
+
+    def bind_annotations(self, annotations: dict[str, Any]) -> None:
+        """This replica's acknowledgements carry its log end offset (``rmq_leo``): a leader that must send
+        it a snapshot starts the records where this log ends."""
+        self.transport_annotations = annotations
+        self._publish_leo()
 
     # --- snapshots ----------------------------------------------------------------------------------
 

@@ -98,7 +98,7 @@ Frame = Challenge | Hello | Welcome | RaftFrame | Ping | Reject
 
 
 def encode(payload: list[Any]) -> bytes:
-    body = msgpack.packb(payload, use_bin_type=True)
+    body: bytes = msgpack.packb(payload, use_bin_type=True)
     return LENGTH.pack(len(body)) + body
 
 
@@ -244,7 +244,7 @@ def _entries(value: Any, name: str) -> tuple[tuple[bytes, int, int], ...]:
         _command(entry[0], f"{name}[{position}].command")
         _int(entry[1], f"{name}[{position}].index")
         _int(entry[2], f"{name}[{position}].term")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _snapshot_chunk(value: Any, name: str) -> tuple[bytes, bool, bool] | None:
@@ -255,7 +255,7 @@ def _snapshot_chunk(value: Any, name: str) -> tuple[bytes, bool, bool] | None:
         raise PeerProtocolError(f"{name} must be nil or [chunk, is_first, is_last]")
     if len(value[0]) > limits.snapshot_chunk_bytes:
         raise PeerProtocolError(f"{name} chunk exceeds snapshot_chunk_bytes")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 Checker = Callable[[Any, str], Any]

@@ -44,7 +44,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from pysyncobj.node import Node
@@ -52,6 +51,7 @@ from pysyncobj.transport import Transport
 from raftmq.cluster import limits
 from raftmq.cluster.errors import invariant
 from raftmq.node import peer_protocol
+from raftmq.node.config import PeerAddress
 from raftmq.node.peer_protocol import (
     PROTOCOL_VERSION,
     Challenge,
@@ -66,13 +66,6 @@ from raftmq.node.peer_protocol import (
 
 log = logging.getLogger(__name__)
 
-_RECV_BYTES = 256 * limits.KIB
-_RECV_BUDGET_BYTES = 4 * limits.MIB  # per link per poll, so one busy link cannot starve the others
-_SEND_CHUNK_BUFFERS = 64
-_PING_INTERVAL_S = 0.5
-# Above this many queued bytes a link drops Raft AppendEntries instead of queueing more.
-SEND_BUFFER_SOFT_BYTES = 8 * limits.MIB
-_SOCKET_BUFFER_BYTES = 4 * limits.MIB
 
 
 class BrokerNode(Node):
@@ -81,24 +74,6 @@ class BrokerNode(Node):
     def __init__(self, broker_id: int) -> None:
         super().__init__(str(broker_id))
         self.broker_id = broker_id
-
-
-@dataclass(frozen=True)
-class PeerAddress:
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> PeerAddress:
-        host, _, port = text.rpartition(":")
-        if not host or not (port.isascii() and port.isdigit() and len(port) <= 5):
-            raise ValueError(f"an address must be host:port, got {text[:80]!r}")
-        if not 1 <= int(port) <= 65535:
-            raise ValueError(f"port {port} is outside 1-65535 in {text[:80]!r}")
-        return cls(host, int(port))
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 def handshake_mac(secret: bytes, challenge: bytes, cluster_id: str, from_id: int, to_id: int) -> bytes:
@@ -160,7 +135,7 @@ class PeerLink:
     def flush(self, now: float) -> bool:
         """Write what the socket takes. Returns True when everything queued was written."""
         while self._out:
-            buffers = [self._out[i] for i in range(min(len(self._out), _SEND_CHUNK_BUFFERS))]
+            buffers = [self._out[i] for i in range(min(len(self._out), limits.peer_send_buffers_per_call))]
             try:
                 sent = self.sock.sendmsg(buffers)
             except (BlockingIOError, InterruptedError):
@@ -182,10 +157,10 @@ class PeerLink:
 
     def receive(self, now: float) -> bool:
         """Read what is available (bounded per call). Returns False on EOF."""
-        budget = _RECV_BUDGET_BYTES if self.state == PeerLink.UP else limits.peer_handshake_frame_bytes_max
+        budget = limits.peer_recv_budget_bytes if self.state == PeerLink.UP else limits.peer_handshake_frame_bytes_max
         while budget > 0:
             try:
-                chunk = self.sock.recv(min(_RECV_BYTES, budget))
+                chunk = self.sock.recv(min(limits.peer_recv_chunk_bytes, budget))
             except (BlockingIOError, InterruptedError):
                 return True
             if not chunk:
@@ -302,7 +277,7 @@ class PeerNetwork:
         link = self._links.get(peer_id)
         if link is None:
             return False
-        if link.out_bytes > SEND_BUFFER_SOFT_BYTES and message.get("type") == "append_entries" \
+        if link.out_bytes > limits.peer_send_buffer_soft_bytes and message.get("type") == "append_entries" \
                 and message.get("entries"):
             # Raft tolerates a lost AppendEntries: the follower answers with its next index and the leader
             # resends from there. Queueing without bound would instead cost memory and latency.
@@ -379,7 +354,7 @@ class PeerNetwork:
         for link in list(self._links.values()):
             if now - link.last_recv > self.connection_timeout_s:
                 self._close(link, f"nothing received for {self.connection_timeout_s:.1f} s")
-            elif now - link.last_send > _PING_INTERVAL_S and link.out_bytes == 0:
+            elif now - link.last_send > limits.peer_ping_interval_s and link.out_bytes == 0:
                 link.queue(peer_protocol.encode_ping())
                 self._dirty_links.add(link)
 
@@ -388,8 +363,8 @@ class PeerNetwork:
     def _configure(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER_BYTES)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.peer_socket_buffer_bytes)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, limits.peer_socket_buffer_bytes)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
     def _dial(self, peer_id: int, address: PeerAddress, now: float) -> None:
@@ -488,11 +463,13 @@ class PeerNetwork:
                 raise PeerProtocolError(f"{type(frame).__name__} frame on a link that is up")
             return
         if link.dialer and isinstance(frame, Challenge):
-            invariant(link.peer_id is not None, "a dialing link knows its peer")
-            mac = handshake_mac(self._secret, frame.nonce, self.cluster_id, self.self_id, link.peer_id) \
-                if self._secret else b""  # type: ignore[arg-type]
+            peer_id = link.peer_id
+            invariant(peer_id is not None, "a dialing link knows its peer")
+            assert peer_id is not None  # for the type checker: invariant() just raised otherwise
+            mac = handshake_mac(self._secret, frame.nonce, self.cluster_id, self.self_id, peer_id) \
+                if self._secret else b""
             link.queue(peer_protocol.encode_hello(Hello(PROTOCOL_VERSION, self.cluster_id, self.self_id,
-                                                        link.peer_id, mac)))  # type: ignore[arg-type]
+                                                        peer_id, mac)))
             self._dirty_links.add(link)
         elif not link.dialer and isinstance(frame, Hello):
             self._accept_hello(link, frame)

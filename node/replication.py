@@ -1,7 +1,8 @@
 """Raft groups (pysyncobj 0.3.17) behind one door: the replication thread, group commit, snapshots.
 
-Everything that touches pysyncobj lives here and in ``raft_transport.py``. The rest of the broker sees a
-``RaftGroup`` with ``submit(command) -> asyncio.Future`` and a published ``GroupStatus``.
+Everything that touches pysyncobj lives here and in ``raft_transport.py``. ``ReplicationLoop`` implements
+``node.groups.ReplicationEngine`` and ``RaftGroup`` implements ``node.groups.ReplicationGroup``; the rest of
+the broker sees only those protocols (``submit(command) -> asyncio.Future``, a published ``GroupStatus``).
 
 Threads: ONE replication thread per broker ticks every group (``autoTick=False``), drives the shared
 ``PeerNetwork`` and fsyncs journals; the asyncio thread (HTTP) only enqueues commands (pysyncobj's command
@@ -21,9 +22,11 @@ A pass of the replication loop:
 
 Contact points with pysyncobj internals, all here: ``createJournal`` (to supply ``DurableJournal``), the
 module ``pickle`` reference (commands are our own envelope, and nothing is unpickled from the network with
-globals), ``PIPE_NOTIFIER_ENABLED`` (no pipe per group), the ``_SyncObj__serializer`` attribute (snapshots
-that reference segments instead of dumping state), ``_poller`` (a no-op: the loop polls), and read-only
-peeks at ``_SyncObj__raftMatchIndex`` / ``_SyncObj__lastResponseTime`` for the in-sync replica set.
+globals), ``PIPE_NOTIFIER_ENABLED`` (no pipe per group) — these three set by ``install_pysyncobj_hooks()``
+when the first loop is built, never at import; the ``_SyncObj__serializer`` attribute (snapshots that
+reference segments instead of dumping state), ``_poller`` (a no-op: the loop polls), the election deadline,
+role, term and last entry pre-vote reads and moves (``_RaftView``), and read-only peeks at
+``_SyncObj__raftMatchIndex`` / ``_SyncObj__lastResponseTime`` for the in-sync replica set.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import concurrent.futures
-import enum
 import io
 import logging
 import os
@@ -42,10 +44,9 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import msgpack
 import pysyncobj.syncobj as _syncobj_module
@@ -61,7 +62,9 @@ from raftmq.cluster.errors import (
     RaftMQError,
     invariant,
 )
+from raftmq.node.config import Durability, RaftTimers
 from raftmq.node.fsutil import write_file_atomically
+from raftmq.node.groups import AppendInfo, GroupSpec, GroupStatus, StateMachine
 from raftmq.node.journal import DurableJournal
 from raftmq.node.prevote import PreVote
 from raftmq.node.raft_transport import BrokerNode, GroupTransport, NetworkListener, PeerNetwork
@@ -69,18 +72,35 @@ from raftmq.node.raft_transport import BrokerNode, GroupTransport, NetworkListen
 log = logging.getLogger(__name__)
 
 # --- the narrow contact with pysyncobj's module globals ------------------------------------------
+#
+# pysyncobj offers no per-instance hook for three things raftmq must replace: the journal (it calls the
+# module-level createJournal(file) inside SyncObj.__init__), the command codec (the module-level pickle
+# reference) and the per-group wake-up pipe. install_pysyncobj_hooks() sets them, once, when the first
+# ReplicationLoop is built: importing this module changes nothing.
 
-_syncobj_module.PIPE_NOTIFIER_ENABLED = False  # the replication loop wakes itself; no pipe per group
-_PREBUILT_JOURNALS: dict[str, DurableJournal] = {}
+_hooks_lock = threading.Lock()
+_hooks_installed = False
+# The journal of the group being built on this thread: createJournal hands it to pysyncobj.
+_building = threading.local()
 
 
 def _create_journal(journal_file: str | None) -> Any:
-    journal = _PREBUILT_JOURNALS.pop(journal_file or "", None)
-    invariant(journal is not None, f"no prebuilt journal registered for {journal_file!r}")
+    journal = getattr(_building, "journal", None)
+    _building.journal = None
+    invariant(journal is not None and journal.path == Path(journal_file or ""),
+              f"no journal prepared for {journal_file!r}")
     return journal
 
 
-_syncobj_module.createJournal = _create_journal
+def install_pysyncobj_hooks() -> None:
+    global _hooks_installed
+    with _hooks_lock:
+        if _hooks_installed:
+            return
+        _syncobj_module.PIPE_NOTIFIER_ENABLED = False  # the replication loop wakes itself; no pipe per group
+        _syncobj_module.createJournal = _create_journal
+        _syncobj_module.pickle = _CommandCodec
+        _hooks_installed = True
 
 
 class _NoGlobalsUnpickler(pickle.Unpickler):
@@ -114,7 +134,6 @@ class _CommandCodec:
         return data if isinstance(data, bytes) else str(data).encode("utf-8")
 
 
-_syncobj_module.pickle = _CommandCodec  # type: ignore[assignment]
 _COMMAND_TYPE_REGULAR = 0  # pysyncobj's _COMMAND_TYPE.REGULAR
 
 
@@ -131,75 +150,9 @@ class _NullPoller:
         return None
 
 
-# --- policy and status --------------------------------------------------------------------------
-
-
-class Durability(enum.Enum):
-    """When journals (and segments) reach the disk. See README "Durability"."""
-
-    ALWAYS = "always"      # fsync (group commit) before a replica acknowledges an append
-    INTERVAL = "interval"  # fsync every flush_interval_ms; acks do not wait
-    NEVER = "never"        # page cache only: survives a process kill, not a power loss
-
-
-@dataclass(frozen=True)
-class RaftTimers:
-    election_timeout_min_s: float = limits.raft_election_timeout_min_s
-    election_timeout_max_s: float = limits.raft_election_timeout_max_s
-    heartbeat_period_s: float = limits.raft_heartbeat_period_s
-    connection_timeout_s: float = limits.raft_connection_timeout_s
-    leader_fallback_timeout_s: float = limits.raft_leader_fallback_timeout_s
-
-    def validate(self) -> list[str]:
-        """pysyncobj checks these with `assert` (gone under python -O); check them in plain sentences."""
-        problems = []
-        if not self.election_timeout_min_s > 3 * self.heartbeat_period_s:
-            problems.append("election_timeout_min_ms must be more than 3 x heartbeat_ms")
-        if not self.election_timeout_max_s > self.election_timeout_min_s:
-            problems.append("election_timeout_max_ms must be more than election_timeout_min_ms")
-        if not self.connection_timeout_s >= self.election_timeout_max_s:
-            problems.append("connection_timeout_ms must be at least election_timeout_max_ms")
-        if not self.leader_fallback_timeout_s > self.heartbeat_period_s:
-            problems.append("leader_fallback_timeout_ms must be more than heartbeat_ms")
-        return problems
-
-
-@dataclass(frozen=True)
-class GroupStatus:
-    """One group as the replication thread last saw it (published each pass; read by any thread)."""
-
-    group_id: str
-    role: str = "follower"  # follower | candidate | leader
-    leader_id: int | None = None
-    term: int = 0
-    commit_index: int = 0
-    applied_index: int = 0
-    last_index: int = 0
-    in_sync: tuple[int, ...] = ()  # leader only: itself + followers that answered recently
-    match_index: dict[int, int] = field(default_factory=dict)  # leader only
-    connected: tuple[int, ...] = ()
-    journal_bytes: int = 0
-    # Leader only: it has applied everything up to its own term's first entry, so its applied state
-    # (e.g. a partition's high watermark) is at least what any earlier leader acknowledged.
-    caught_up: bool = False
-    # Leader only: a majority (itself included) is connected and answered within the leader fallback
-    # timeout. Without it nothing can commit; pysyncobj will step down when the timeout expires.
-    quorum: bool = False
-
-    @property
-    def is_leader(self) -> bool:
-        return self.role == "leader"
-
+# --- results ------------------------------------------------------------------------------------
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
-
-
-@dataclass(frozen=True)
-class AppendInfo:
-    """acks=1 result: the entry is in the leader's own journal (fsynced under ``always``)."""
-
-    raft_index: int
-    leader_epoch: int
 
 
 def error_for_fail_reason(reason: int) -> RaftMQError:
@@ -216,42 +169,12 @@ def error_for_fail_reason(reason: int) -> RaftMQError:
     return InternalError(f"unexpected pysyncobj fail reason {reason}")
 
 
-# --- what a group replicates --------------------------------------------------------------------
-
-
-class StateMachine(Protocol):
-    """A deterministic state machine applied on every replica of a group (replication thread only)."""
-
-    def apply(self, index: int, term: int, command: bytes) -> Any:
-        """Apply a committed entry. MUST ignore ``index <= applied_index`` (replay after restart)."""
-
-    def restore(self, state: bytes | None) -> None:
-        """At start, before ticking: the state bytes of the local snapshot (None: there is none)."""
-
-    def snapshot(self) -> bytes:
-        """State at the current applied index, made durable first (called at compaction)."""
-
-    def open_snapshot_stream(self, state: bytes, peer_hint: dict[str, Any]) -> BinaryIO | None:
-        """Extra bytes a follower needs besides ``state`` (records), or None."""
-
-    def install(self, state: bytes, payload: BinaryIO) -> None:
-        """Replace/extend local state with a leader's snapshot and its payload (follower catch-up)."""
-
-    def on_progress(self) -> Callable[[], None] | None:
-        """Called on the replication thread after each tick; may return a callable for the asyncio thread."""
-
-    def close(self) -> None:
-        """Release files (the group is being closed)."""
-
-
 # --- snapshots ----------------------------------------------------------------------------------
 
 _SNAPSHOT_MAGIC = b"RMQSNAP1"
 _U32 = struct.Struct(">I")
 SNAPSHOT_FILE = "raft.snapshot"
 JOURNAL_FILE = "raft.journal"
-# Bytes queued on a peer link above which snapshot chunks wait (flow control instead of cutting the link).
-_SNAPSHOT_INFLIGHT_BYTES = 4 * limits.MIB
 
 
 def encode_snapshot(last: tuple[bytes, int, int], prev: tuple[bytes, int, int], state: bytes) -> bytes:
@@ -367,7 +290,7 @@ class GroupSnapshotter:
     # pysyncobj: sending a snapshot to a follower ---------------------------------------------------
 
     def getTransmissionData(self, node: Any) -> tuple[bytes, bool, bool] | None:  # noqa: N802
-        if self.network.queued_bytes(node.broker_id) > _SNAPSHOT_INFLIGHT_BYTES:
+        if self.network.queued_bytes(node.broker_id) > limits.snapshot_inflight_bytes_max:
             return None  # flow control: pysyncobj sends a heartbeat instead and asks again next tick
         transmission = self._transmissions.get(node)
         if transmission is None:
@@ -445,120 +368,165 @@ class _RaftObject(SyncObj):
         return self._state_machine.apply(index, term, command)  # type: ignore[arg-type]
 
 
+class _RaftView:
+    """pysyncobj's private Raft fields, as node/prevote.py's RaftView names them (read here, nowhere else)."""
+
+    def __init__(self, raft: SyncObj) -> None:
+        self._raft = raft
+
+    @property
+    def election_deadline(self) -> float:
+        return float(self._raft._SyncObj__raftElectionDeadline)
+
+    @election_deadline.setter
+    def election_deadline(self, value: float) -> None:
+        self._raft._SyncObj__raftElectionDeadline = value
+
+    def role(self) -> int:
+        return int(self._raft._SyncObj__raftState)
+
+    def current_term(self) -> int:
+        return int(self._raft.raftCurrentTerm)
+
+    def last_log(self) -> tuple[int, int]:
+        last = self._raft._SyncObj__raftLog[-1]
+        return int(last[1]), int(last[2])
+
+    def transfer_in_progress(self) -> bool:
+        return bool(self._raft._SyncObj__transferInProgress)
+
+
 def _unused_serializer(*_args: Any) -> Any:  # pragma: no cover - GroupSnapshotter replaces the Serializer
     raise AssertionError("pysyncobj's Serializer was not replaced")
 
 
-class RaftGroup:
-    """One Raft group on this broker: pysyncobj object, journal, transport, snapshotter, state machine.
+def _election_window(timers: RaftTimers, self_id: int, preferred_replica: int | None) -> tuple[float, float]:
+    """The preferred replica draws its election timeout from the lower third of the range, the others from
+    the rest: when it is alive and up to date it usually wins, so leaders spread as assigned. The worst
+    case for everyone else is unchanged."""
+    election_min_s, election_max_s = timers.election_timeout_min_s, timers.election_timeout_max_s
+    if preferred_replica is not None:
+        split_s = election_min_s + (election_max_s - election_min_s) / 3
+        if preferred_replica == self_id:
+            election_max_s = split_s
+        else:
+            election_min_s = split_s
+    return election_min_s, election_max_s
 
-    Built and destroyed on the replication thread (``ReplicationLoop.call``). ``submit`` may be called from
-    the asyncio thread.
+
+def _syncobj_conf(timers: RaftTimers, election: tuple[float, float], directory: Path) -> SyncObjConf:
+    """Every pysyncobj setting, written out."""
+    return SyncObjConf(
+        autoTick=False,
+        appendEntriesUseBatch=False,
+        appendEntriesBatchSizeBytes=limits.raft_append_entries_bytes_max,
+        appendEntriesPeriod=timers.heartbeat_period_s,
+        raftMinTimeout=election[0],
+        raftMaxTimeout=election[1],
+        connectionTimeout=timers.connection_timeout_s,
+        leaderFallbackTimeout=timers.leader_fallback_timeout_s,
+        commandsQueueSize=limits.raft_command_queue_max,
+        commandsWaitLeader=False,
+        journalFile=str(directory / JOURNAL_FILE),
+        fullDumpFile=str(directory / SNAPSHOT_FILE),
+        serializer=_unused_serializer,
+        deserializer=_unused_serializer,
+        useFork=False,
+        logCompactionMinEntries=limits.raft_compaction_entries,
+        logCompactionMinTime=limits.raft_compaction_interval_s,
+        logCompactionSplit=False,
+        logCompactionBatchSize=limits.snapshot_chunk_bytes,
+        dynamicMembershipChange=False,
+    )
+
+
+def _restore_local_snapshot(directory: Path, state_machine: StateMachine
+                            ) -> tuple[tuple[bytes, int, int], tuple[bytes, int, int]] | None:
+    """Give the state machine its snapshot's state; returns the snapshot's two journal entries (or None)."""
+    snapshot_path = directory / SNAPSHOT_FILE
+    entries = None
+    state: bytes | None = None
+    if snapshot_path.exists():
+        with open(snapshot_path, "rb") as stream:
+            try:
+                last, prev, state = read_snapshot(stream)
+            except ValueError as exc:
+                raise OSError(f"{snapshot_path}: {exc}. The replica cannot start; move its directory away "
+                              "and it will be rebuilt from the other replicas.") from exc
+        entries = (prev, last)
+    (directory / (SNAPSHOT_FILE + ".incoming")).unlink(missing_ok=True)
+    state_machine.restore(state)
+    return entries
+
+
+class RaftGroup:
+    """One Raft group on this broker (``node.groups.ReplicationGroup``): pysyncobj object, journal, transport,
+    snapshotter, state machine.
+
+    Built and destroyed on the replication thread (``ReplicationLoop.call``). ``submit`` and
+    ``transfer_leadership`` may be called from the asyncio thread.
     """
 
-    def __init__(self, *, group_id: str, directory: Path, self_id: int, replica_ids: list[int],
-                 state_machine: StateMachine, loop: ReplicationLoop, timers: RaftTimers,
-                 preferred_replica: int | None = None) -> None:
-        invariant(self_id in replica_ids, f"broker {self_id} is not a replica of {group_id}")
-        self.group_id = group_id
-        self.timers = timers
-        self.preferred_replica = preferred_replica
-        self.directory = directory
+    def __init__(self, spec: GroupSpec, *, self_id: int, state_machine: StateMachine,
+                 loop: ReplicationLoop) -> None:
+        invariant(self_id in spec.replica_ids, f"broker {self_id} is not a replica of {spec.group_id}")
+        self.group_id = spec.group_id
+        self.timers = loop.timers
+        self.preferred_replica = spec.preferred_replica
+        self.directory = spec.directory
         self.self_id = self_id
-        self.replica_ids = sorted(replica_ids)
+        self.replica_ids = sorted(spec.replica_ids)
         self.state_machine = state_machine
         self.loop = loop
-        directory.mkdir(parents=True, exist_ok=True)
+        spec.directory.mkdir(parents=True, exist_ok=True)
         durable = loop.durability is not Durability.NEVER
-
-        snapshot_path = directory / SNAPSHOT_FILE
-        snapshot_entries = None
-        state: bytes | None = None
-        if snapshot_path.exists():
-            with open(snapshot_path, "rb") as stream:
-                try:
-                    last, prev, state = read_snapshot(stream)
-                except ValueError as exc:
-                    raise OSError(f"{snapshot_path}: {exc}. The replica cannot start; move its directory away "
-                                  "and it will be rebuilt from the other replicas.") from exc
-            snapshot_entries = (prev, last)
-        (directory / (SNAPSHOT_FILE + ".incoming")).unlink(missing_ok=True)
-        state_machine.restore(state)
-
-        journal_path = directory / JOURNAL_FILE
-        self.journal = DurableJournal(journal_path, durable=durable, snapshot_entries=snapshot_entries)
+        snapshot_entries = _restore_local_snapshot(spec.directory, state_machine)
+        self.journal = DurableJournal(spec.directory / JOURNAL_FILE, durable=durable,
+                                      snapshot_entries=snapshot_entries)
         self.journal.on_append = self._on_journal_append
         self.append_waiters: dict[int, asyncio.Future[Any]] = {}
-
-        self_node = BrokerNode(self_id)
-        other_nodes = [BrokerNode(b) for b in self.replica_ids if b != self_id]
-        # The preferred replica draws its election timeout from the lower third of the range, the others
-        # from the rest: when it is alive and up to date it usually wins, so leaders spread as assigned.
-        # The worst case for everyone else is unchanged.
-        election_min_s, election_max_s = timers.election_timeout_min_s, timers.election_timeout_max_s
-        if preferred_replica is not None:
-            split_s = election_min_s + (election_max_s - election_min_s) / 3
-            if preferred_replica == self_id:
-                election_max_s = split_s
-            else:
-                election_min_s = split_s
-        conf = SyncObjConf(
-            autoTick=False,
-            appendEntriesUseBatch=False,
-            appendEntriesBatchSizeBytes=limits.raft_append_entries_bytes_max,
-            appendEntriesPeriod=timers.heartbeat_period_s,
-            raftMinTimeout=election_min_s,
-            raftMaxTimeout=election_max_s,
-            connectionTimeout=timers.connection_timeout_s,
-            leaderFallbackTimeout=timers.leader_fallback_timeout_s,
-            commandsQueueSize=limits.raft_command_queue_max,
-            commandsWaitLeader=False,
-            journalFile=str(journal_path),
-            fullDumpFile=str(snapshot_path),
-            serializer=_unused_serializer,
-            deserializer=_unused_serializer,
-            useFork=False,
-            logCompactionMinEntries=limits.raft_compaction_entries,
-            logCompactionMinTime=limits.raft_compaction_interval_s,
-            logCompactionSplit=False,
-            logCompactionBatchSize=limits.snapshot_chunk_bytes,
-            dynamicMembershipChange=False,
-        )
-        self.transport: GroupTransport | None = None
-
-        def transport_factory(sync_obj: Any, self_node: Any, other_nodes: Any) -> GroupTransport:
-            self.transport = GroupTransport(sync_obj, self_node, other_nodes, network=loop.network,
-                                            group_id=group_id)
-            return self.transport
-
-        _PREBUILT_JOURNALS[str(journal_path)] = self.journal
-        try:
-            self.raft = _RaftObject(state_machine, self.journal, self_node, other_nodes, conf, transport_factory)
-        finally:
-            _PREBUILT_JOURNALS.pop(str(journal_path), None)
-        invariant(set(self.raft._methodToID) == {"_apply_v0"}, "the group must have exactly one replicated method")
-        invariant(self.transport is not None, "pysyncobj did not build the transport")
-        transport = self.transport
+        election = _election_window(self.timers, self_id, spec.preferred_replica)
+        self.raft, transport = self._build_raft(_syncobj_conf(self.timers, election, spec.directory))
+        self.transport = transport
         transport.hold_acks = loop.durability is Durability.ALWAYS
         transport.has_unsynced_writes = lambda: self.journal.unsynced
-        self.snapshotter = GroupSnapshotter(directory, state_machine, transport, loop.network, durable=durable)
-        self.raft._SyncObj__serializer = self.snapshotter  # type: ignore[attr-defined]
+        state_machine.bind_annotations(transport.local_annotations)
+        self.snapshotter = GroupSnapshotter(spec.directory, state_machine, transport, loop.network, durable=durable)
+        self.raft._SyncObj__serializer = self.snapshotter
         self.raft._poller = _NullPoller()
-        self.prevote = PreVote(raft=self.raft, transport=transport, self_id=self_id, replica_ids=self.replica_ids,
-                               election_timeout_min_s=election_min_s, election_timeout_max_s=election_max_s)
+        self.prevote = PreVote(raft=_RaftView(self.raft), send=transport.send_control, clock=raft_clock,
+                               self_id=self_id, replica_ids=self.replica_ids, election_timeout_min_s=election[0],
+                               election_timeout_max_s=election[1])
         transport.prevote = self.prevote
         self.last_tick = 0.0
         self.leader_since: float | None = None  # monotonic time this replica last became leader
         self._last_transfer_attempt = 0.0
-        self.status = GroupStatus(group_id=group_id)
+        self.status = GroupStatus(group_id=self.group_id)
         self.closed = False
+
+    def _build_raft(self, conf: SyncObjConf) -> tuple[_RaftObject, GroupTransport]:
+        built: list[GroupTransport] = []
+
+        def transport_factory(sync_obj: Any, self_node: Any, other_nodes: Any) -> GroupTransport:
+            built.append(GroupTransport(sync_obj, self_node, other_nodes, network=self.loop.network,
+                                        group_id=self.group_id))
+            return built[-1]
+
+        self_node = BrokerNode(self.self_id)
+        other_nodes = [BrokerNode(b) for b in self.replica_ids if b != self.self_id]
+        _building.journal = self.journal
+        try:
+            raft = _RaftObject(self.state_machine, self.journal, self_node, other_nodes, conf, transport_factory)
+        finally:
+            _building.journal = None
+        invariant(set(raft._methodToID) == {"_apply_v0"}, "the group must have exactly one replicated method")
+        invariant(len(built) == 1, "pysyncobj did not build the transport")
+        return raft, built[0]
 
     # called on the asyncio thread --------------------------------------------------------------
 
     def submit(self, command: bytes, *, resolve_on_append: bool = False) -> asyncio.Future[Any]:
-        """Propose ``command``. The future resolves with the state machine's apply result once the entry is
-        committed and applied here (or, with ``resolve_on_append``, with an AppendInfo as soon as the
-        entry is in this broker's own journal), or fails with a RaftMQError (see error_for_fail_reason)."""
+        """See ``node.groups.ReplicationGroup.submit``; errors per ``error_for_fail_reason``."""
         future: asyncio.Future[Any] = self.loop.asyncio_loop.create_future()
         if resolve_on_append:
             proposal_id = commands.proposal_id_of(command)
@@ -573,6 +541,9 @@ class RaftGroup:
         proposal_id = commands.proposal_id_of(command)
         if proposal_id is not None:
             self.append_waiters.pop(proposal_id, None)
+
+    def transfer_leadership(self, to_broker: int) -> None:
+        self.loop.call(lambda: self.raft.transferLeadership(BrokerNode(to_broker)))
 
     # called on the replication thread ----------------------------------------------------------
 
@@ -597,7 +568,7 @@ class RaftGroup:
 
     def publish_status(self, now: float) -> None:
         raft = self.raft
-        role = _ROLES.get(raft._SyncObj__raftState, "follower")  # type: ignore[attr-defined]
+        role = _ROLES.get(raft._SyncObj__raftState, "follower")
         if role == "leader" and self.leader_since is None:
             self.leader_since = now
         elif role != "leader":
@@ -608,26 +579,28 @@ class RaftGroup:
         match_index: dict[int, int] = {}
         quorum = False
         if role == "leader":
-            responses = raft._SyncObj__lastResponseTime  # type: ignore[attr-defined]
-            matches = raft._SyncObj__raftMatchIndex  # type: ignore[attr-defined]
-            raft_now = raft_clock()  # pysyncobj stamps responses with its own clock
-            deadline = raft_now - limits.replica_lag_time_max_s
-            match_index = {node.broker_id: int(index) for node, index in matches.items()}
-            in_sync = tuple(sorted([self.self_id] + [
-                node.broker_id for node, seen in responses.items()
-                if seen > deadline and node.broker_id in connected]))
-            fallback_deadline = raft_now - self.timers.leader_fallback_timeout_s
-            answering = sum(1 for node, seen in responses.items()
-                            if seen > fallback_deadline and node.broker_id in connected)
-            quorum = 2 * (answering + 1) > len(self.replica_ids)
-        last_index = self.journal.last_index or 0
-        noop_index = raft._SyncObj__noopIDx  # type: ignore[attr-defined]
+            in_sync, match_index, quorum = self._leader_view(connected)
+        noop_index = raft._SyncObj__noopIDx
         caught_up = role == "leader" and noop_index is not None and raft.raftLastApplied >= noop_index
         self.status = GroupStatus(
             group_id=self.group_id, role=role, leader_id=leader.broker_id if leader is not None else None,
             term=raft.raftCurrentTerm, commit_index=raft.raftCommitIndex, applied_index=raft.raftLastApplied,
-            last_index=last_index, in_sync=in_sync, match_index=match_index, connected=connected,
-            journal_bytes=self.journal.size_bytes, caught_up=caught_up, quorum=quorum)
+            last_index=self.journal.last_index or 0, in_sync=in_sync, match_index=match_index, connected=connected,
+            journal_bytes=self.journal.size_bytes, caught_up=caught_up, quorum=quorum, ready=raft.isReady())
+
+    def _leader_view(self, connected: tuple[int, ...]) -> tuple[tuple[int, ...], dict[int, int], bool]:
+        """In-sync replicas, match indexes and quorum, from pysyncobj's leader bookkeeping."""
+        responses = self.raft._SyncObj__lastResponseTime
+        matches = self.raft._SyncObj__raftMatchIndex
+        raft_now = raft_clock()  # pysyncobj stamps responses with its own clock
+        deadline = raft_now - limits.replica_lag_time_max_s
+        match_index = {node.broker_id: int(index) for node, index in matches.items()}
+        in_sync = tuple(sorted([self.self_id] + [node.broker_id for node, seen in responses.items()
+                                                 if seen > deadline and node.broker_id in connected]))
+        fallback_deadline = raft_now - self.timers.leader_fallback_timeout_s
+        answering = sum(1 for node, seen in responses.items()
+                        if seen > fallback_deadline and node.broker_id in connected)
+        return in_sync, match_index, 2 * (answering + 1) > len(self.replica_ids)
 
     def maybe_transfer_to_preferred(self, now: float, *, stable_s: float = 5.0, retry_s: float = 10.0) -> bool:
         """Leader balance (Kafka's preferred leader election): the first replica in the assignment should
@@ -660,17 +633,18 @@ class RaftGroup:
 
 # --- the replication loop -----------------------------------------------------------------------
 
-_SWEEP_INTERVAL_S = 0.02
-_TICK_INTERVAL_S = 0.04
-_HOUSEKEEPING_INTERVAL_S = 1.0
-
-
 class ReplicationLoop(NetworkListener):
-    """The broker's replication thread. See the module docstring for one pass."""
+    """The broker's replication thread: ``node.groups.ReplicationEngine`` over pysyncobj. See the module
+    docstring for one pass."""
 
-    def __init__(self, *, network_factory: Callable[[NetworkListener], PeerNetwork], durability: Durability,
-                 asyncio_loop: asyncio.AbstractEventLoop, flush_interval_s: float = 0.1,
-                 fsync_threads: int = 4) -> None:
+    def __init__(self, *, self_id: int, network_factory: Callable[[NetworkListener], PeerNetwork],
+                 durability: Durability, asyncio_loop: asyncio.AbstractEventLoop, timers: RaftTimers | None = None,
+                 flush_interval_s: float = 0.1, leader_rebalance: bool = False,
+                 fsync_threads: int = limits.fsync_threads) -> None:
+        install_pysyncobj_hooks()
+        self.self_id = self_id
+        self.timers = timers or RaftTimers()
+        self.leader_rebalance = leader_rebalance
         self.network = network_factory(self)
         self.durability = durability
         self.asyncio_loop = asyncio_loop
@@ -721,6 +695,26 @@ class ReplicationLoop(NetworkListener):
     def add_housekeeping(self, callback: Callable[[float], None]) -> None:
         """Run ``callback(now)`` on the replication thread about once a second (retention, checks)."""
         self._housekeeping.append(callback)
+
+    # node.groups.ReplicationEngine (asyncio thread) ------------------------------------------------
+
+    async def open_group(self, spec: GroupSpec, state_machine: StateMachine) -> RaftGroup:
+        def make_group() -> RaftGroup:
+            group = RaftGroup(spec, self_id=self.self_id, state_machine=state_machine, loop=self)
+            state_machine.on_progress()
+            self.add_group(group)
+            return group
+
+        return await asyncio.wrap_future(self.call(make_group))
+
+    async def close_group(self, group_id: str) -> None:
+        await asyncio.wrap_future(self.call(lambda: self.remove_group(group_id)))
+
+    def is_peer_up(self, broker_id: int) -> bool:
+        return self.network.is_up(broker_id)
+
+    def peer_links(self) -> list[dict[str, Any]]:
+        return self.published_links
 
     # cross-thread entry points -------------------------------------------------------------------
 
@@ -820,16 +814,16 @@ class ReplicationLoop(NetworkListener):
             self.network.maintain()
             now = time.monotonic()
             if now >= next_sweep:
-                next_sweep = now + _SWEEP_INTERVAL_S
+                next_sweep = now + limits.replication_sweep_interval_s
                 for group in self.groups.values():
-                    if now - group.last_tick >= _TICK_INTERVAL_S:
+                    if now - group.last_tick >= limits.replication_tick_interval_s:
                         self._dirty.add(group.group_id)
             ticked = []
             for group_id in self._dirty:
-                group = self.groups.get(group_id)
-                if group is not None:
-                    group.tick(now)
-                    ticked.append(group)
+                dirty = self.groups.get(group_id)
+                if dirty is not None:
+                    dirty.tick(now)
+                    ticked.append(dirty)
             self._dirty.clear()
             self._group_commit(ticked, now)
             self.network.flush()
@@ -841,10 +835,12 @@ class ReplicationLoop(NetworkListener):
                     progress.append(notify)
             self._deliver(progress)
             if now >= self._next_housekeeping:
-                self._next_housekeeping = now + _HOUSEKEEPING_INTERVAL_S
+                self._next_housekeeping = now + limits.housekeeping_interval_s
                 self.published_links = self.network.link_stats()
                 for group in self.groups.values():
                     group.maybe_force_compaction()
+                    if self.leader_rebalance:
+                        group.maybe_transfer_to_preferred(now)
                 for callback in self._housekeeping:
                     try:
                         callback(now)
@@ -900,13 +896,4 @@ def _resolve_batch(batch: list[tuple[asyncio.Future[Any] | None, Any, RaftMQErro
             log.exception("progress notification failed")
 
 
-__all__ = [
-    "AppendInfo",
-    "Durability",
-    "GroupStatus",
-    "RaftGroup",
-    "RaftTimers",
-    "ReplicationLoop",
-    "StateMachine",
-    "error_for_fail_reason",
-]
+__all__ = ["RaftGroup", "ReplicationLoop", "error_for_fail_reason", "install_pysyncobj_hooks"]

@@ -49,10 +49,6 @@ INDEX_SUFFIX: Final = ".index"
 TIME_INDEX_SUFFIX: Final = ".timeindex"
 
 U32_MAX: Final = 0xFFFF_FFFF
-# Recovery and rebuild scans read the .log in chunks this large: few syscalls, bounded memory.
-_SCAN_CHUNK_BYTES: Final = 1024 * 1024
-# Lookups scan headers forward from an index entry, about index_interval_bytes: small reads suffice.
-_LOOKUP_CHUNK_BYTES: Final = 16 * 1024
 
 assert array("I").itemsize == 4 and array("q").itemsize == 8, "index columns need 4- and 8-byte items"
 
@@ -272,7 +268,7 @@ class _BatchWalker:
     """
 
     def __init__(self, fd: int, *, start_position: int, end_position: int, expected_offset: int, verify: bool,
-                 chunk_bytes: int = _SCAN_CHUNK_BYTES) -> None:
+                 chunk_bytes: int = limits.segment_scan_chunk_bytes) -> None:
         self._fd = fd
         self._end = end_position
         self._verify = verify
@@ -464,9 +460,11 @@ class Segment:
             self._time_index_fd = os.open(self.time_index_path, flags, 0o644)
         self.active = True
 
-    def deactivate(self) -> None:
-        """Called when a newer segment takes over appends: sync everything, then drop the index fds."""
-        self.fsync()
+    def deactivate(self, *, sync: bool = True) -> None:
+        """Called when a newer segment takes over appends: sync everything (unless the caller just did),
+        then drop the index fds."""
+        if sync:
+            self.fsync()
         for fd in (self._index_fd, self._time_index_fd):
             if fd is not None:
                 os.close(fd)
@@ -609,7 +607,7 @@ class Segment:
     # --- reads ------------------------------------------------------------------------------------
 
     def _walk(self, start_position: int, expected_offset: int, *, verify: bool = False,
-              end_position: int | None = None, chunk_bytes: int = _LOOKUP_CHUNK_BYTES) -> _BatchWalker:
+              end_position: int | None = None, chunk_bytes: int = limits.segment_lookup_chunk_bytes) -> _BatchWalker:
         return _BatchWalker(self._log_fd(), start_position=start_position,
                             end_position=self.size_bytes if end_position is None else end_position,
                             expected_offset=expected_offset, verify=verify, chunk_bytes=chunk_bytes)
@@ -726,7 +724,7 @@ class Segment:
         file_size = os.fstat(self._log_fd()).st_size
         walker = _BatchWalker(self._log_fd(), start_position=index.last_position, end_position=file_size,
                               expected_offset=index.last_offset, verify=False,
-                              chunk_bytes=_LOOKUP_CHUNK_BYTES)
+                              chunk_bytes=limits.segment_lookup_chunk_bytes)
         for position, header in walker:
             self._count(position, header)
         if walker.problem is not None:
@@ -805,7 +803,7 @@ class Segment:
         # yields exactly a prefix of each index: re-derive it (and the summary) from a header walk.
         self._reset_summary()
         index, time_index = OffsetIndex(self.base_offset), TimeIndex(self.base_offset)
-        walker = self._walk(0, self.base_offset, end_position=position, chunk_bytes=_SCAN_CHUNK_BYTES)
+        walker = self._walk(0, self.base_offset, end_position=position, chunk_bytes=limits.segment_scan_chunk_bytes)
         for batch_position, batch_header in walker:
             self._count(batch_position, batch_header)
             self._index_rule(batch_position, batch_header, index, time_index)

@@ -30,9 +30,8 @@ from raftmq.cluster import limits
 from raftmq.deploy.local_cluster import find_free_ports, wait_until
 from raftmq.node.api import build_app
 from raftmq.node.broker import Broker
-from raftmq.node.config import BrokerEntry, NodeConfig
+from raftmq.node.config import BrokerEntry, NodeConfig, PeerAddress
 from raftmq.node.http_server import GuardedAppRunner
-from raftmq.node.raft_transport import PeerAddress
 
 TOPIC = "hostile"
 
@@ -77,8 +76,8 @@ class InProcessBroker:
 
     def alive(self) -> bool:
         broker = self.broker
-        return self.thread.is_alive() and broker is not None and broker.replication is not None \
-            and broker.replication.failure is None
+        return self.thread.is_alive() and broker is not None and broker.engine is not None \
+            and broker.engine.failure is None
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, Any]:

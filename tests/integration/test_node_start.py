@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 from raftmq.deploy.local_cluster import HOST, find_free_ports
-from raftmq.node.config import BrokerEntry, NodeConfig, render_config
-from raftmq.node.raft_transport import PeerAddress
+from raftmq.node.config import BrokerEntry, NodeConfig, PeerAddress, render_config
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]

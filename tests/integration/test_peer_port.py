@@ -21,8 +21,9 @@ import pytest
 from raftmq.cluster import limits
 from raftmq.deploy.local_cluster import find_free_ports, wait_until
 from raftmq.node import peer_protocol
+from raftmq.node.config import PeerAddress
 from raftmq.node.peer_protocol import Challenge, FrameReader, Hello, Welcome
-from raftmq.node.raft_transport import NetworkListener, PeerAddress, PeerNetwork, handshake_mac
+from raftmq.node.raft_transport import NetworkListener, PeerNetwork, handshake_mac
 
 CLUSTER = "peer-port-test"
 SECRET = "correct horse battery staple"

@@ -17,8 +17,10 @@ import msgpack
 import pytest
 from raftmq.cluster import commands
 from raftmq.deploy.local_cluster import find_free_ports
-from raftmq.node.raft_transport import NetworkListener, PeerAddress, PeerNetwork
-from raftmq.node.replication import Durability, RaftGroup, RaftTimers, ReplicationLoop
+from raftmq.node.config import Durability, PeerAddress, RaftTimers
+from raftmq.node.groups import GroupSpec
+from raftmq.node.raft_transport import NetworkListener, PeerNetwork
+from raftmq.node.replication import RaftGroup, ReplicationLoop
 
 from tests.conftest import wait_for_condition
 
@@ -57,6 +59,9 @@ class ListMachine:
     def install(self, state: bytes, payload: BinaryIO) -> None:
         self.restore(state)
 
+    def bind_annotations(self, annotations: dict[str, Any]) -> None:
+        return None
+
     def on_progress(self) -> None:
         return None
 
@@ -86,17 +91,16 @@ class Node:
                                listen=PeerAddress("127.0.0.1", self.ports[self.broker_id]), peers=peers,
                                listener=listener)
 
-        self.replication = ReplicationLoop(network_factory=factory, durability=Durability.ALWAYS,
-                                           asyncio_loop=self.loop)
+        self.replication = ReplicationLoop(self_id=self.broker_id, network_factory=factory,
+                                           durability=Durability.ALWAYS, asyncio_loop=self.loop, timers=TIMERS)
         self.replication.start()
         for group_id in group_ids:
             machine = self.machines[group_id] = ListMachine()
 
             def make(group_id: str = group_id, machine: ListMachine = machine) -> RaftGroup:
                 assert self.replication is not None
-                group = RaftGroup(group_id=group_id, directory=self.root / f"n{self.broker_id}" / group_id,
-                                  self_id=self.broker_id, replica_ids=sorted(self.ports), state_machine=machine,
-                                  loop=self.replication, timers=TIMERS)
+                spec = GroupSpec(group_id, self.root / f"n{self.broker_id}" / group_id, tuple(sorted(self.ports)))
+                group = RaftGroup(spec, self_id=self.broker_id, state_machine=machine, loop=self.replication)
                 self.replication.add_group(group)
                 return group
 

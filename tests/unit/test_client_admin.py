@@ -1,7 +1,7 @@
-"""Admin calls and the blocking wrappers against the fake broker.
+"""Admin calls and the blocking wrappers against real brokers.
 
-Method: real HTTP to tests/unit/fake_broker.py. The Sync* wrappers run their own loop thread; the test
-calls them through asyncio.to_thread so the fake broker (on the test's loop) keeps serving.
+Method: real HTTP to an in-process cluster (tests/inprocess.py). The Sync* wrappers run their own loop
+thread; the test calls them through asyncio.to_thread so the brokers (on the test's loop) keep serving.
 """
 
 from __future__ import annotations
@@ -9,27 +9,28 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from raftmq.client import Admin, SyncAdmin, SyncConsumer, SyncProducer, TopicPartition
 from raftmq.cluster.errors import ClientTimeout, InvalidPartitions, TopicAlreadyExists, UnknownTopicOrPartition
 
-from tests.unit.fake_broker import FakeCluster, Fault
+from tests.inprocess import Fault, InProcessCluster
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[FakeCluster]:
-    async with FakeCluster(brokers=3) as fake:
-        yield fake
+async def cluster(tmp_path: Path) -> AsyncIterator[InProcessCluster]:
+    async with InProcessCluster(tmp_path, brokers=3) as brokers:
+        yield brokers
 
 
-async def test_topic_lifecycle(cluster: FakeCluster) -> None:
+async def test_topic_lifecycle(cluster: InProcessCluster) -> None:
     async with Admin(cluster.urls, request_timeout_ms=1000) as admin:
-        created = await admin.create_topic("orders", partitions=3, replication_factor=2,
+        created = await admin.create_topic("orders", partitions=3, replication_factor=3,
                                            config={"retention_ms": 1000})
-        assert created.name == "orders" and created.partition_count == 3 and created.replication_factor == 2
+        assert created.name == "orders" and created.partition_count == 3 and created.replication_factor == 3
         body = cluster.requests_for("/v1/topics")[0].body
-        assert body == {"name": "orders", "partitions": 3, "replication_factor": 2,
+        assert body == {"name": "orders", "partitions": 3, "replication_factor": 3,
                         "config": {"retention_ms": 1000}}
         with pytest.raises(TopicAlreadyExists):
             await admin.create_topic("orders")
@@ -39,7 +40,7 @@ async def test_topic_lifecycle(cluster: FakeCluster) -> None:
         assert [t.name for t in await admin.list_topics()] == ["audit", "orders"]
         described = await admin.describe_topic("orders")
         assert [p.leader_id for p in described.partitions] == [1, 2, 3]
-        assert described.partitions[0].replicas == (1, 2)
+        assert described.partitions[0].replicas == (1, 2, 3)
         ready = await admin.wait_for_topic("orders", timeout_s=2.0)
         assert ready.partition_count == 3
         await admin.delete_topic("orders")
@@ -49,19 +50,20 @@ async def test_topic_lifecycle(cluster: FakeCluster) -> None:
             await admin.delete_topic("orders")
 
 
-async def test_create_goes_to_controller_and_follows_not_leader(cluster: FakeCluster) -> None:
+async def test_create_goes_to_controller_and_follows_not_leader(cluster: InProcessCluster) -> None:
     async with Admin([cluster.urls[2]], request_timeout_ms=1000) as admin:
-        await admin.metadata()  # learn the controller (broker 1 in the fake)
+        await admin.metadata()  # learn the controller (broker 1: it leads the metadata group)
         cluster.requests.clear()
         cluster.inject("topics", Fault("error", "NOT_LEADER", {"leader_id": 2, "leader_url": cluster.urls[1]},
                                        times=1))
         await admin.create_topic("x")
     posts = [r.broker_id for r in cluster.requests if r.method == "POST"]
-    assert posts == [1, 2]  # controller first, then straight to the broker the details named
+    # The controller first, then straight to the broker the details named, which forwards to the controller.
+    assert posts == [1, 2, 1]
 
 
-async def test_metadata_and_health(cluster: FakeCluster) -> None:
-    cluster.create_topic("t", 2)
+async def test_metadata_and_health(cluster: InProcessCluster) -> None:
+    await cluster.create_topic("t", 2)
     async with Admin(cluster.urls) as admin:
         meta = await admin.metadata(url=cluster.urls[1])
         assert meta.broker_id == 2 and meta.controller_id == 1
@@ -72,14 +74,14 @@ async def test_metadata_and_health(cluster: FakeCluster) -> None:
         assert (await admin.health()).broker_id == 1
 
 
-async def test_wait_for_topic_times_out(cluster: FakeCluster) -> None:
+async def test_wait_for_topic_times_out(cluster: InProcessCluster) -> None:
     async with Admin(cluster.urls) as admin:
         with pytest.raises(ClientTimeout):
             await admin.wait_for_topic("never", timeout_s=0.1)
 
 
-async def test_wait_for_topic_with_preferred_leaders(cluster: FakeCluster) -> None:
-    cluster.create_topic("t", 2)  # the fake puts each leader first in its replica list
+async def test_wait_for_topic_with_preferred_leaders(cluster: InProcessCluster) -> None:
+    await cluster.create_topic("t", 2)  # preferred leaders: broker 1 for t/0, broker 2 for t/1
     cluster.set_leader("t", 0, 2)  # partition 0 led by a non-preferred replica
     async with Admin(cluster.urls) as admin:
         assert (await admin.wait_for_topic("t", timeout_s=2.0)).partitions[0].leader_id == 2
@@ -90,7 +92,7 @@ async def test_wait_for_topic_with_preferred_leaders(cluster: FakeCluster) -> No
         assert [p.leader_id for p in info.partitions] == [p.replicas[0] for p in info.partitions]
 
 
-async def test_sync_wrappers(cluster: FakeCluster) -> None:
+async def test_sync_wrappers(cluster: InProcessCluster) -> None:
     urls = cluster.urls
 
     def script() -> tuple[list[int], list[bytes | None], int]:
@@ -119,7 +121,7 @@ async def test_sync_wrappers(cluster: FakeCluster) -> None:
     assert offsets == [0, 1] and values == [b"a", b"b"] and sent == 2
 
 
-async def test_sync_call_timeout_and_not_started(cluster: FakeCluster) -> None:
+async def test_sync_call_timeout_and_not_started(cluster: InProcessCluster) -> None:
     urls = cluster.urls
     cluster.inject("health", Fault("hang"))
 

@@ -1,6 +1,6 @@
-"""client.connection.Connection against the fake broker: every failure becomes the right RaftMQError.
+"""client.connection.Connection against real brokers: every failure becomes the right RaftMQError.
 
-Method: real HTTP on loopback (tests/unit/fake_broker.py) with injected faults; a closed port for refused
+Method: real HTTP on loopback (tests/inprocess.py) with injected faults; a closed port for refused
 connections. Deadlines are short so the module runs in well under a second or two.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from raftmq.client.connection import Connection, MetadataFetcher
@@ -22,14 +23,14 @@ from raftmq.cluster.errors import (
     UnexpectedResponse,
 )
 
-from tests.unit.fake_broker import FakeCluster, Fault
+from tests.inprocess import Fault, InProcessCluster
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[FakeCluster]:
-    async with FakeCluster(brokers=2) as fake:
-        fake.create_topic("t", 2)
-        yield fake
+async def cluster(tmp_path: Path) -> AsyncIterator[InProcessCluster]:
+    async with InProcessCluster(tmp_path, brokers=2) as brokers:
+        await brokers.create_topic("t", 2)
+        yield brokers
 
 
 @pytest.fixture
@@ -46,13 +47,14 @@ def free_port_url() -> str:
     return f"http://127.0.0.1:{port}"  # nothing listens here now
 
 
-async def test_ok_answer_is_decoded(cluster: FakeCluster, conn: Connection) -> None:
+async def test_ok_answer_is_decoded(cluster: InProcessCluster, conn: Connection) -> None:
     answer = await conn.request("GET", cluster.urls[0] + "/v1/health")
-    assert answer == {"status": "ok", "broker_id": 1, "ready": True}
+    assert {k: answer[k] for k in ("status", "broker_id", "ready", "cluster_id")} == {
+        "status": "ok", "broker_id": 1, "ready": True, "cluster_id": "raftmq-inprocess"}
     assert cluster.requests[-1].path == "/v1/health"
 
 
-async def test_error_body_becomes_its_class_with_details(cluster: FakeCluster, conn: Connection) -> None:
+async def test_error_body_becomes_its_class_with_details(cluster: InProcessCluster, conn: Connection) -> None:
     cluster.inject("health", Fault("error", "OUTCOME_UNKNOWN", {"raft_index": 12}))
     with pytest.raises(OutcomeUnknown) as info:
         await conn.request("GET", cluster.urls[0] + "/v1/health")
@@ -64,14 +66,14 @@ async def test_error_body_becomes_its_class_with_details(cluster: FakeCluster, c
     assert not_leader.value.details["leader_url"] == cluster.urls[1]
 
 
-async def test_unknown_route_is_not_msgpack_error(cluster: FakeCluster, conn: Connection) -> None:
+async def test_unknown_route_is_not_msgpack_error(cluster: InProcessCluster, conn: Connection) -> None:
     # aiohttp's own 404 is text, not a raftmq error body: the client still raises a RaftMQError.
     with pytest.raises(RaftMQError) as info:
         await conn.request("GET", cluster.urls[0] + "/v1/nope")
     assert isinstance(info.value, UnexpectedResponse | RouteNotFound)
 
 
-async def test_garbage_body_is_unexpected_response(cluster: FakeCluster, conn: Connection) -> None:
+async def test_garbage_body_is_unexpected_response(cluster: InProcessCluster, conn: Connection) -> None:
     cluster.inject("health", Fault("garbage"))
     with pytest.raises(UnexpectedResponse):
         await conn.request("GET", cluster.urls[0] + "/v1/health")
@@ -83,7 +85,7 @@ async def test_refused_connection_is_definite_connection_failed(conn: Connection
     assert info.value.details["sent"] is False
 
 
-async def test_dropped_connection_is_indefinite(cluster: FakeCluster, conn: Connection) -> None:
+async def test_dropped_connection_is_indefinite(cluster: InProcessCluster, conn: Connection) -> None:
     cluster.inject("producers", Fault("drop"))
     with pytest.raises(ConnectionFailed) as info:
         await conn.request("POST", cluster.urls[0] + "/v1/producers")
@@ -91,7 +93,7 @@ async def test_dropped_connection_is_indefinite(cluster: FakeCluster, conn: Conn
     assert len(cluster.requests_for("/v1/producers")) == 1  # a POST is never retried by the transport
 
 
-async def test_dropped_get_is_retried_once_by_aiohttp(cluster: FakeCluster, conn: Connection) -> None:
+async def test_dropped_get_is_retried_once_by_aiohttp(cluster: InProcessCluster, conn: Connection) -> None:
     # aiohttp resends an idempotent method once after a dropped connection; a second drop surfaces.
     cluster.inject("health", Fault("drop"))
     assert (await conn.request("GET", cluster.urls[0] + "/v1/health"))["status"] == "ok"
@@ -100,7 +102,7 @@ async def test_dropped_get_is_retried_once_by_aiohttp(cluster: FakeCluster, conn
         await conn.request("GET", cluster.urls[0] + "/v1/health")
 
 
-async def test_hang_hits_the_client_deadline(cluster: FakeCluster, conn: Connection) -> None:
+async def test_hang_hits_the_client_deadline(cluster: InProcessCluster, conn: Connection) -> None:
     cluster.inject("health", Fault("hang"))
     with pytest.raises(ClientTimeout) as info:
         await conn.request("GET", cluster.urls[0] + "/v1/health", timeout_s=0.2)
@@ -109,14 +111,14 @@ async def test_hang_hits_the_client_deadline(cluster: FakeCluster, conn: Connect
         await conn.request("GET", cluster.urls[0] + "/v1/health", timeout_s=0)
 
 
-async def test_closed_connection_refuses_requests(cluster: FakeCluster) -> None:
+async def test_closed_connection_refuses_requests(cluster: InProcessCluster) -> None:
     connection = Connection()
     await connection.close()
     with pytest.raises(ConnectionFailed):
         await connection.request("GET", cluster.urls[0] + "/v1/health")
 
 
-async def test_metadata_fetcher_skips_dead_bootstrap(cluster: FakeCluster, conn: Connection) -> None:
+async def test_metadata_fetcher_skips_dead_bootstrap(cluster: InProcessCluster, conn: Connection) -> None:
     view = ClusterView([free_port_url(), cluster.urls[1]])
     fetcher = MetadataFetcher(conn, view)
     await fetcher.refresh(timeout_s=2.0)

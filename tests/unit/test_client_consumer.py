@@ -1,7 +1,8 @@
-"""Consumer against the fake broker: assign/seek/poll, long-poll, skip below position, CRC checks,
+"""Consumer against real brokers: assign/seek/poll, long-poll, skip below position, CRC checks,
 OFFSET_OUT_OF_RANGE policies, NOT_LEADER re-routing, bounded prefetch, offsets endpoint, follow mode.
 
-Method: records are appended straight into the fake's log (cluster.append_records: one batch per call),
+Method: records are produced through the leader of an in-process cluster of real brokers
+(tests/inprocess.py: cluster.append_records, one batch and one segment per call),
 then read through real HTTP. Waits are on poll() deadlines or conditions; no sleeps.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +19,7 @@ from raftmq.client import Consumer, ConsumerRecord, TopicPartition
 from raftmq.cluster import limits
 from raftmq.cluster.errors import CorruptBatch, InvalidOffset, OffsetOutOfRange
 
-from tests.unit.fake_broker import FakeCluster, Fault, wait_until
+from tests.inprocess import Fault, InProcessCluster, wait_until
 
 FAST: dict[str, Any] = {"request_timeout_ms": 1000, "max_wait_ms": 100, "retry_backoff_ms": 5,
                         "retry_backoff_ms_max": 20, "rng": random.Random(2)}
@@ -25,15 +27,15 @@ TP0 = TopicPartition("t", 0)
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[FakeCluster]:
-    async with FakeCluster(brokers=2) as fake:
-        fake.create_topic("t", 2)
-        fake.append_records("t", 0, [b"a0", b"a1", b"a2"], timestamp_ms=1000)
-        fake.append_records("t", 0, [b"b3", b"b4", b"b5"], timestamp_ms=2000)
-        yield fake
+async def cluster(tmp_path: Path) -> AsyncIterator[InProcessCluster]:
+    async with InProcessCluster(tmp_path, brokers=2) as brokers:
+        await brokers.create_topic("t", 2)
+        await brokers.append_records("t", 0, [b"a0", b"a1", b"a2"], timestamp_ms=1000)
+        await brokers.append_records("t", 0, [b"b3", b"b4", b"b5"], timestamp_ms=2000)
+        yield brokers
 
 
-def consumer(cluster: FakeCluster, **options: Any) -> Consumer:
+def consumer(cluster: InProcessCluster, **options: Any) -> Consumer:
     return Consumer(cluster.urls, **{**FAST, **options})
 
 
@@ -46,7 +48,7 @@ async def poll_n(c: Consumer, count: int, timeout_s: float = 5.0) -> list[Consum
     return out
 
 
-async def test_assign_and_poll_from_earliest(cluster: FakeCluster) -> None:
+async def test_assign_and_poll_from_earliest(cluster: InProcessCluster) -> None:
     async with consumer(cluster) as c:
         c.assign([("t", 0), ("t", 1)])
         records = await poll_n(c, 6)
@@ -58,7 +60,7 @@ async def test_assign_and_poll_from_earliest(cluster: FakeCluster) -> None:
         assert c.assignment() == [TP0, TopicPartition("t", 1)]
 
 
-async def test_max_records_bounds_a_poll(cluster: FakeCluster) -> None:
+async def test_max_records_bounds_a_poll(cluster: InProcessCluster) -> None:
     async with consumer(cluster) as c:
         c.assign([("t", 0)])
         first = await c.poll(timeout_ms=2000, max_records=4)
@@ -66,7 +68,7 @@ async def test_max_records_bounds_a_poll(cluster: FakeCluster) -> None:
         assert [r.offset for r in await poll_n(c, 2)] == [4, 5]
 
 
-async def test_seek_mid_batch_skips_records_below_position(cluster: FakeCluster) -> None:
+async def test_seek_mid_batch_skips_records_below_position(cluster: InProcessCluster) -> None:
     async with consumer(cluster) as c:
         c.assign([("t", 0)])
         c.seek("t", 0, 4)  # inside the second batch, which the broker returns whole
@@ -78,7 +80,7 @@ async def test_seek_mid_batch_skips_records_below_position(cluster: FakeCluster)
         assert fetches[0].query["offset"] == "4"
 
 
-async def test_long_poll_returns_new_records(cluster: FakeCluster) -> None:
+async def test_long_poll_returns_new_records(cluster: InProcessCluster) -> None:
     async with consumer(cluster, max_wait_ms=5000) as c:
         c.assign([("t", 1)])
         poll = asyncio.create_task(c.poll(timeout_ms=5000))
@@ -89,18 +91,18 @@ async def test_long_poll_returns_new_records(cluster: FakeCluster) -> None:
 
         await wait_until(waiting_at_end, what="a long-poll fetch at the end of t/1")
         assert not poll.done()
-        cluster.append_records("t", 1, [b"new"])
+        await cluster.append_records("t", 1, [b"new"])
         records = await asyncio.wait_for(poll, 5.0)
         assert [(r.offset, r.value) for r in records] == [(0, b"new")]
 
 
-async def test_poll_times_out_empty(cluster: FakeCluster) -> None:
+async def test_poll_times_out_empty(cluster: InProcessCluster) -> None:
     async with consumer(cluster) as c:
         c.assign([("t", 1)])
         assert await c.poll(timeout_ms=50) == []
 
 
-async def test_follow_mode_async_iteration(cluster: FakeCluster) -> None:
+async def test_follow_mode_async_iteration(cluster: InProcessCluster) -> None:
     async with consumer(cluster) as c:
         c.assign([("t", 0)])
         seen = []
@@ -112,7 +114,7 @@ async def test_follow_mode_async_iteration(cluster: FakeCluster) -> None:
         assert seen == list(range(6))
 
 
-async def test_corrupt_batch_raises_and_pauses_until_seek(cluster: FakeCluster) -> None:
+async def test_corrupt_batch_raises_and_pauses_until_seek(cluster: InProcessCluster) -> None:
     cluster.inject("fetch", Fault("corrupt"))
     async with consumer(cluster) as c:
         c.assign([("t", 0)])
@@ -129,7 +131,7 @@ async def test_corrupt_batch_raises_and_pauses_until_seek(cluster: FakeCluster) 
         assert [r.offset for r in await poll_n(c, 3)] == [3, 4, 5]
 
 
-async def test_check_crcs_off_skips_verification(cluster: FakeCluster) -> None:
+async def test_check_crcs_off_skips_verification(cluster: InProcessCluster) -> None:
     # Flip a byte of the first batch's header CRC: decoding still works, only verification objects.
     cluster.inject("fetch", Fault("corrupt", corrupt_index=36))
     async with consumer(cluster, check_crcs=False) as c:
@@ -142,7 +144,7 @@ async def test_check_crcs_off_skips_verification(cluster: FakeCluster) -> None:
             await poll_n(c, 1)
 
 
-async def test_undecodable_batch_raises_once_without_crc_checks(cluster: FakeCluster) -> None:
+async def test_undecodable_batch_raises_once_without_crc_checks(cluster: InProcessCluster) -> None:
     cluster.inject("fetch", Fault("corrupt"))  # the last byte of the last batch's body
     async with consumer(cluster, check_crcs=False) as c:
         c.assign([("t", 0)])
@@ -156,7 +158,7 @@ async def test_undecodable_batch_raises_once_without_crc_checks(cluster: FakeClu
 
 
 @pytest.mark.parametrize(("policy", "expected"), [("earliest", [4, 5]), ("latest", [])])
-async def test_out_of_range_reset_policies(cluster: FakeCluster, policy: str, expected: list[int]) -> None:
+async def test_out_of_range_reset_policies(cluster: InProcessCluster, policy: str, expected: list[int]) -> None:
     cluster.truncate_before("t", 0, 4)  # retention removed the first batch: log start is now 3
     async with consumer(cluster, auto_offset_reset=policy) as c:
         c.assign([("t", 0)])
@@ -169,7 +171,7 @@ async def test_out_of_range_reset_policies(cluster: FakeCluster, policy: str, ex
             assert await c.poll(timeout_ms=50) == []
 
 
-async def test_out_of_range_policy_none_raises(cluster: FakeCluster) -> None:
+async def test_out_of_range_policy_none_raises(cluster: InProcessCluster) -> None:
     cluster.truncate_before("t", 0, 3)
     async with consumer(cluster, auto_offset_reset="none") as c:
         c.assign([("t", 0)])
@@ -183,26 +185,26 @@ async def test_out_of_range_policy_none_raises(cluster: FakeCluster) -> None:
         assert [r.offset for r in await poll_n(c, 3)] == [3, 4, 5]
 
 
-async def test_offset_above_end_is_retried_before_reset(cluster: FakeCluster) -> None:
+async def test_offset_above_end_is_retried_before_reset(cluster: InProcessCluster) -> None:
     async with consumer(cluster, request_timeout_ms=5000) as c:
         c.assign([("t", 0)])
         c.seek("t", 0, 8)  # beyond the high watermark (6): maybe a new leader that has not caught up
         await wait_until(lambda: sum(1 for r in cluster.requests if r.query.get("offset") == "8") >= 2,
                          what="a retry at offset 8")
-        cluster.append_records("t", 0, [b"c6", b"c7", b"c8"])  # the log catches up
+        await cluster.append_records("t", 0, [b"c6", b"c7", b"c8"])  # the log catches up
         records = await poll_n(c, 1)
         assert records[0].offset == 8 and records[0].value == b"c8"
 
 
-async def test_latest_without_position_reads_only_new_records(cluster: FakeCluster) -> None:
+async def test_latest_without_position_reads_only_new_records(cluster: InProcessCluster) -> None:
     async with consumer(cluster, auto_offset_reset="latest") as c:
         c.assign([("t", 0)])
         assert await c.position("t", 0) == 6
-        cluster.append_records("t", 0, [b"n"])
+        await cluster.append_records("t", 0, [b"n"])
         assert [r.offset for r in await poll_n(c, 1)] == [6]
 
 
-async def test_not_leader_reroutes_fetch(cluster: FakeCluster) -> None:
+async def test_not_leader_reroutes_fetch(cluster: InProcessCluster) -> None:
     async with consumer(cluster) as c:
         c.assign([("t", 0)])
         await c.position("t", 0)  # learn the leader (broker 1)
@@ -213,7 +215,7 @@ async def test_not_leader_reroutes_fetch(cluster: FakeCluster) -> None:
     assert brokers[0] == 1 and brokers[-1] == 2
 
 
-async def test_read_from_any_replica_uses_replica_param(cluster: FakeCluster) -> None:
+async def test_read_from_any_replica_uses_replica_param(cluster: InProcessCluster) -> None:
     async with Consumer([cluster.urls[1]], read_from_any_replica=True, **FAST) as c:
         c.assign([("t", 0)])
         assert len(await poll_n(c, 6)) == 6
@@ -221,9 +223,9 @@ async def test_read_from_any_replica_uses_replica_param(cluster: FakeCluster) ->
     assert fetch.query["replica"] == "any" and fetch.broker_id == 2  # the bootstrap broker's replica
 
 
-async def test_prefetch_is_bounded_in_bytes(cluster: FakeCluster) -> None:
+async def test_prefetch_is_bounded_in_bytes(cluster: InProcessCluster) -> None:
     for i in range(20):
-        cluster.append_records("t", 1, [b"x" * 1000] * 50, timestamp_ms=10 + i)  # ~50 KB batches
+        await cluster.append_records("t", 1, [b"x" * 1000] * 50, timestamp_ms=10 + i)  # ~50 KB batches
     cap = limits.batch_bytes_max
     async with consumer(cluster, fetch_max_bytes=64 * 1024, prefetch_bytes_max=cap) as c:
         c.assign([("t", 1)])
@@ -235,13 +237,14 @@ async def test_prefetch_is_bounded_in_bytes(cluster: FakeCluster) -> None:
         assert [r.offset for r in records] == list(range(1000))
 
 
-async def test_offsets_endpoint_helpers(cluster: FakeCluster) -> None:
+async def test_offsets_endpoint_helpers(cluster: InProcessCluster) -> None:
     cluster.truncate_before("t", 0, 3)
     async with consumer(cluster) as c:
         assert await c.beginning_offsets([("t", 0)]) == {TP0: 3}
         assert await c.end_offsets([("t", 0), ("t", 1)]) == {TP0: 6, TopicPartition("t", 1): 0}
         by_time = await c.offsets_for_times({("t", 0): 2001, ("t", 1): 5})
-        assert by_time == {TP0: 4, TopicPartition("t", 1): None}
+        # The broker answers at batch granularity (docs/api.md "Offsets"): the batch of records 3-5 holds 2001.
+        assert by_time == {TP0: 3, TopicPartition("t", 1): None}
         c.assign([("t", 0), ("t", 1)])
         await c.seek_to_end()
         assert await c.position("t", 0) == 6
@@ -253,7 +256,7 @@ async def test_offsets_endpoint_helpers(cluster: FakeCluster) -> None:
             c.seek("t", 0, -1)
 
 
-async def test_non_retriable_fetch_error_surfaces(cluster: FakeCluster) -> None:
+async def test_non_retriable_fetch_error_surfaces(cluster: InProcessCluster) -> None:
     cluster.inject("fetch", Fault("error", "INVALID_OFFSET"))
     async with consumer(cluster) as c:
         c.assign([("t", 0)])
@@ -261,7 +264,7 @@ async def test_non_retriable_fetch_error_surfaces(cluster: FakeCluster) -> None:
             await poll_n(c, 1)
 
 
-async def test_retriable_fetch_errors_are_retried(cluster: FakeCluster) -> None:
+async def test_retriable_fetch_errors_are_retried(cluster: InProcessCluster) -> None:
     cluster.inject("fetch", Fault("error", "LEADER_NOT_AVAILABLE", times=2))
     cluster.inject("fetch", Fault("drop"))
     async with consumer(cluster) as c:
@@ -269,7 +272,7 @@ async def test_retriable_fetch_errors_are_retried(cluster: FakeCluster) -> None:
         assert len(await poll_n(c, 6)) == 6
 
 
-async def test_reassign_keeps_positions_and_stop_is_clean(cluster: FakeCluster) -> None:
+async def test_reassign_keeps_positions_and_stop_is_clean(cluster: InProcessCluster) -> None:
     c = consumer(cluster)
     with pytest.raises(RuntimeError):
         await c.poll()
@@ -285,7 +288,7 @@ async def test_reassign_keeps_positions_and_stop_is_clean(cluster: FakeCluster) 
     assert not c._tasks
 
 
-async def test_no_long_poll_does_not_spin(cluster: FakeCluster) -> None:
+async def test_no_long_poll_does_not_spin(cluster: InProcessCluster) -> None:
     def fetches() -> int:
         return sum(1 for r in cluster.requests if r.method == "GET" and r.path.endswith("/records"))
 

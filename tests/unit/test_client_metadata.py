@@ -26,7 +26,7 @@ from raftmq.cluster.errors import (
     error_from_wire,
 )
 
-from tests.unit.fake_broker import wait_until
+from tests.inprocess import wait_until
 
 B1, B2, B3 = "http://127.0.0.1:9101", "http://127.0.0.1:9102", "http://127.0.0.1:9103"
 

@@ -1,9 +1,10 @@
-"""Producer against the fake broker: batching, ordering, routing, retries, idempotence, outcomes, lifecycle.
+"""Producer against real brokers: batching, ordering, routing, retries, idempotence, outcomes, lifecycle.
 
-Method: real HTTP to tests/unit/fake_broker.py, faults injected per request. The fake stores batches the
-way the real broker does (validate, stamp, dedup by producer id + sequence), so "stored once" and "same
-bytes resent" are checked on what the broker holds and on the request log. No sleeps: tests wait on
-futures or on conditions with deadlines; timeouts are short so the module runs in a few seconds.
+Method: real HTTP to an in-process cluster of real brokers (tests/inprocess.py: the broker's own service,
+validation and producer dedup on in-memory replication), faults injected per request at the HTTP edge.
+"Stored once" and "same bytes resent" are checked on what the leader's log holds and on the request log.
+No sleeps: tests wait on futures or on conditions with deadlines; timeouts are short so the module runs in
+a few seconds.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from raftmq.client import DeliveryReport, Producer
-from raftmq.cluster.batch import parse_header
+from raftmq.cluster.batch import decode_records, iter_batches, parse_header
 from raftmq.cluster.errors import (
     BufferExhausted,
     ClientTimeout,
@@ -31,24 +33,24 @@ from raftmq.cluster.errors import (
 )
 from raftmq.cluster.routing import partition_for
 
-from tests.unit.fake_broker import FakeCluster, Fault, wait_until
+from tests.inprocess import Fault, InProcessCluster, wait_until
 
 FAST: dict[str, Any] = {"request_timeout_ms": 1000, "delivery_timeout_ms": 3000, "retry_backoff_ms": 5,
                         "retry_backoff_ms_max": 20, "rng": random.Random(1)}
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[FakeCluster]:
-    async with FakeCluster(brokers=2) as fake:
-        fake.create_topic("t", 3)
-        yield fake
+async def cluster(tmp_path: Path) -> AsyncIterator[InProcessCluster]:
+    async with InProcessCluster(tmp_path, brokers=2) as brokers:
+        await brokers.create_topic("t", 3)
+        yield brokers
 
 
-def producer(cluster: FakeCluster, **options: Any) -> Producer:
+def producer(cluster: InProcessCluster, **options: Any) -> Producer:
     return Producer(cluster.urls, **{**FAST, **options})
 
 
-def headers_of(cluster: FakeCluster) -> list[Any]:
+def headers_of(cluster: InProcessCluster) -> list[Any]:
     return [parse_header(r.body["batch"]) for r in cluster.produce_requests()]
 
 
@@ -60,7 +62,7 @@ async def gather(futures: list[asyncio.Future[DeliveryReport]],
 # --- batching and routing ----------------------------------------------------------------------------------
 
 
-async def test_linger_collects_records_into_one_batch(cluster: FakeCluster) -> None:
+async def test_linger_collects_records_into_one_batch(cluster: InProcessCluster) -> None:
     async with producer(cluster, linger_ms=200) as p:
         futures = [await p.send("t", b"v%d" % i, partition=0) for i in range(50)]
         reports = await gather(futures)
@@ -70,7 +72,7 @@ async def test_linger_collects_records_into_one_batch(cluster: FakeCluster) -> N
     assert p.counters.batches == 1 and p.counters.acked == 50 and p.counters.sent == 50
 
 
-async def test_batch_bytes_seals_batches(cluster: FakeCluster) -> None:
+async def test_batch_bytes_seals_batches(cluster: InProcessCluster) -> None:
     async with producer(cluster, linger_ms=10_000, batch_bytes=1024) as p:
         futures = [await p.send("t", b"x" * 100, partition=1) for i in range(40)]
         await p.flush(5.0)
@@ -81,7 +83,7 @@ async def test_batch_bytes_seals_batches(cluster: FakeCluster) -> None:
     assert cluster.stored("t", 1) == [(i, None, b"x" * 100) for i in range(40)]
 
 
-async def test_linger_zero_sends_at_once(cluster: FakeCluster) -> None:
+async def test_linger_zero_sends_at_once(cluster: InProcessCluster) -> None:
     async with producer(cluster, linger_ms=0) as p:
         for i in range(3):
             report = await p.send_and_wait("t", b"v", partition=2)
@@ -89,7 +91,7 @@ async def test_linger_zero_sends_at_once(cluster: FakeCluster) -> None:
     assert len(cluster.produce_requests()) == 3
 
 
-async def test_keys_map_to_partition_for(cluster: FakeCluster) -> None:
+async def test_keys_map_to_partition_for(cluster: InProcessCluster) -> None:
     keys = [b"user-%d" % i for i in range(30)]
     async with producer(cluster) as p:
         first = await gather([await p.send("t", b"a", key=k) for k in keys])
@@ -98,7 +100,7 @@ async def test_keys_map_to_partition_for(cluster: FakeCluster) -> None:
         assert r1.partition == r2.partition == partition_for(key, 3)
 
 
-async def test_keyless_records_are_sticky_per_batch_and_spread(cluster: FakeCluster) -> None:
+async def test_keyless_records_are_sticky_per_batch_and_spread(cluster: InProcessCluster) -> None:
     async with producer(cluster, linger_ms=10_000, batch_bytes=600) as p:
         futures = [await p.send("t", b"x" * 50) for _ in range(60)]
         await p.flush(5.0)
@@ -109,7 +111,7 @@ async def test_keyless_records_are_sticky_per_batch_and_spread(cluster: FakeClus
     assert {r.partition for r in reports} == {0, 1, 2}
 
 
-async def test_order_per_partition_survives_retries(cluster: FakeCluster) -> None:
+async def test_order_per_partition_survives_retries(cluster: InProcessCluster) -> None:
     # Faults on some requests; every partition must still hold its records in send order, once.
     cluster.inject("produce", Fault("error", "OUTCOME_UNKNOWN", apply=True, times=2))
     cluster.inject("produce", Fault("drop", apply=True))
@@ -125,17 +127,15 @@ async def test_order_per_partition_survives_retries(cluster: FakeCluster) -> Non
     assert p.counters.retries >= 4
 
 
-async def test_headers_and_timestamps_are_stored(cluster: FakeCluster) -> None:
+async def test_headers_and_timestamps_are_stored(cluster: InProcessCluster) -> None:
     async with producer(cluster) as p:
         await p.send_and_wait("t", "é", key="k", headers={"a": "1", "b": None}, partition=0, timestamp_ms=5)
         # An older timestamp than the open batch's first one starts a new batch (deltas must be >= 0).
         f1 = await p.send("t", b"x", partition=0, timestamp_ms=100)
         f2 = await p.send("t", b"y", partition=0, timestamp_ms=50)
         await gather([f1, f2])
-    part = cluster.topics["t"][0]
-    from raftmq.cluster.batch import decode_records
-
-    records = [r for b in part.batches for r in decode_records(b)]
+    log = cluster.leader("t", 0).state_machine.log
+    records = [r for _, chunk in iter_batches(log.read(0, 1 << 20)) for r in decode_records(chunk)]
     assert records[0].headers == (("a", b"1"), ("b", None)) and records[0].value == "é".encode()
     assert [r.timestamp_ms for r in records] == [5, 100, 50]
 
@@ -143,7 +143,7 @@ async def test_headers_and_timestamps_are_stored(cluster: FakeCluster) -> None:
 # --- NOT_LEADER and metadata --------------------------------------------------------------------------------
 
 
-async def test_not_leader_reroutes_using_details(cluster: FakeCluster) -> None:
+async def test_not_leader_reroutes_using_details(cluster: InProcessCluster) -> None:
     async with producer(cluster) as p:
         await p.send_and_wait("t", b"a", partition=0)
         cluster.set_leader("t", 0, 2)
@@ -155,7 +155,7 @@ async def test_not_leader_reroutes_using_details(cluster: FakeCluster) -> None:
     assert sent == [(1, "/v1/topics/t/partitions/0/records"), (2, "/v1/topics/t/partitions/0/records")]
 
 
-async def test_refresh_metadata_errors_refresh_before_retry(cluster: FakeCluster) -> None:
+async def test_refresh_metadata_errors_refresh_before_retry(cluster: InProcessCluster) -> None:
     async with producer(cluster) as p:
         await p.send_and_wait("t", b"a", partition=0)
         cluster.requests.clear()
@@ -165,20 +165,20 @@ async def test_refresh_metadata_errors_refresh_before_retry(cluster: FakeCluster
     assert paths[0].endswith("/records") and paths[1] == "/v1/metadata" and paths[2].endswith("/records")
 
 
-async def test_unknown_topic_and_partition_raise_from_send(cluster: FakeCluster) -> None:
+async def test_unknown_topic_and_partition_raise_from_send(cluster: InProcessCluster) -> None:
     async with producer(cluster, request_timeout_ms=200) as p:
         with pytest.raises(UnknownTopicOrPartition):
             await p.send("missing", b"x")
         with pytest.raises(UnknownTopicOrPartition):
             await p.send("t", b"x", partition=3)
-        cluster.create_topic("late", 1)  # appears after the producer started: found by a refresh
+        await cluster.create_topic("late", 1)  # appears after the producer started: found by a refresh
         assert (await p.send_and_wait("late", b"x")).offset == 0
 
 
 # --- idempotence and retry dedup ----------------------------------------------------------------------------
 
 
-async def test_retry_after_outcome_unknown_resends_same_bytes_and_dedups(cluster: FakeCluster) -> None:
+async def test_retry_after_outcome_unknown_resends_same_bytes_and_dedups(cluster: InProcessCluster) -> None:
     cluster.inject("produce", Fault("error", "OUTCOME_UNKNOWN", apply=True))
     async with producer(cluster) as p:
         futures = [await p.send("t", b"v%d" % i, partition=0) for i in range(5)]
@@ -192,7 +192,7 @@ async def test_retry_after_outcome_unknown_resends_same_bytes_and_dedups(cluster
     assert header.producer_id == p.producer_id and header.base_sequence == 0
 
 
-async def test_sequences_count_records_per_partition(cluster: FakeCluster) -> None:
+async def test_sequences_count_records_per_partition(cluster: InProcessCluster) -> None:
     async with producer(cluster, linger_ms=0) as p:
         for count in (3, 2):
             await gather([await p.send("t", b"x", partition=0) for _ in range(count)])
@@ -208,14 +208,14 @@ async def test_sequences_count_records_per_partition(cluster: FakeCluster) -> No
     assert by_partition[1] == [0]
 
 
-async def test_duplicate_sequence_is_ok_without_offset(cluster: FakeCluster) -> None:
+async def test_duplicate_sequence_is_ok_without_offset(cluster: InProcessCluster) -> None:
     cluster.inject("produce", Fault("error", "DUPLICATE_SEQUENCE"))
     async with producer(cluster) as p:
         report = await p.send_and_wait("t", b"x", partition=0)
     assert report.status == "ok" and report.offset is None and report.duplicate
 
 
-async def test_out_of_order_sequence_renumbers_under_new_producer_id(cluster: FakeCluster) -> None:
+async def test_out_of_order_sequence_renumbers_under_new_producer_id(cluster: InProcessCluster) -> None:
     cluster.inject("produce", Fault("error", "OUT_OF_ORDER_SEQUENCE"))
     async with producer(cluster) as p:
         first_id = p.producer_id
@@ -226,7 +226,7 @@ async def test_out_of_order_sequence_renumbers_under_new_producer_id(cluster: Fa
     assert len(cluster.stored("t", 1)) == 1
 
 
-async def test_unknown_producer_id_after_indefinite_attempt_is_unknown(cluster: FakeCluster) -> None:
+async def test_unknown_producer_id_after_indefinite_attempt_is_unknown(cluster: InProcessCluster) -> None:
     cluster.inject("produce", Fault("error", "REQUEST_TIMED_OUT"))
     cluster.inject("produce", Fault("error", "UNKNOWN_PRODUCER_ID"))
     async with producer(cluster) as p:
@@ -240,7 +240,7 @@ async def test_unknown_producer_id_after_indefinite_attempt_is_unknown(cluster: 
     assert last.producer_id != first_id and last.base_sequence == 0
 
 
-async def test_non_idempotent_batches_carry_no_producer_id(cluster: FakeCluster) -> None:
+async def test_non_idempotent_batches_carry_no_producer_id(cluster: InProcessCluster) -> None:
     async with producer(cluster, idempotent=False) as p:
         await p.send_and_wait("t", b"x", partition=0)
         assert p.producer_id == -1
@@ -250,7 +250,7 @@ async def test_non_idempotent_batches_carry_no_producer_id(cluster: FakeCluster)
 
 
 @pytest.mark.parametrize("acks", [0, 1])
-async def test_acks_0_and_1_answer_without_offsets(cluster: FakeCluster, acks: int) -> None:
+async def test_acks_0_and_1_answer_without_offsets(cluster: InProcessCluster, acks: int) -> None:
     async with producer(cluster, acks=acks) as p:
         report = await p.send_and_wait("t", b"x", partition=0)
     assert report.ok and report.offset is None
@@ -265,7 +265,7 @@ def test_invalid_acks_rejected() -> None:
 # --- outcome classification ---------------------------------------------------------------------------------
 
 
-async def test_non_retriable_error_fails_at_once(cluster: FakeCluster) -> None:
+async def test_non_retriable_error_fails_at_once(cluster: InProcessCluster) -> None:
     cluster.inject("produce", Fault("error", "CORRUPT_BATCH"))
     async with producer(cluster) as p:
         future = await p.send("t", b"x", partition=0)
@@ -276,7 +276,7 @@ async def test_non_retriable_error_fails_at_once(cluster: FakeCluster) -> None:
     assert p.counters.failed == 1
 
 
-async def test_unknown_then_definite_failure_is_unknown(cluster: FakeCluster) -> None:
+async def test_unknown_then_definite_failure_is_unknown(cluster: InProcessCluster) -> None:
     cluster.inject("produce", Fault("error", "OUTCOME_UNKNOWN"))
     cluster.inject("produce", Fault("error", "CORRUPT_BATCH"))
     async with producer(cluster) as p:
@@ -285,7 +285,7 @@ async def test_unknown_then_definite_failure_is_unknown(cluster: FakeCluster) ->
     assert p.counters.unknown == 1 and p.counters.failed == 0
 
 
-async def test_retriable_definite_errors_until_deadline_fail(cluster: FakeCluster) -> None:
+async def test_retriable_definite_errors_until_deadline_fail(cluster: InProcessCluster) -> None:
     cluster.inject("produce", Fault("error", "NOT_ENOUGH_REPLICAS", times=1000))
     async with producer(cluster, delivery_timeout_ms=300) as p:
         report = await asyncio.wait_for(await p.send("t", b"x", partition=0), 5.0)
@@ -293,7 +293,7 @@ async def test_retriable_definite_errors_until_deadline_fail(cluster: FakeCluste
     assert len(cluster.produce_requests()) >= 2  # retried (backoff 5-20 ms) until the deadline
 
 
-async def test_hung_broker_gives_unknown(cluster: FakeCluster) -> None:
+async def test_hung_broker_gives_unknown(cluster: InProcessCluster) -> None:
     cluster.inject("produce", Fault("hang", times=1000))
     async with producer(cluster, request_timeout_ms=100, delivery_timeout_ms=250) as p:
         reports = await gather([await p.send("t", b"x", partition=0) for _ in range(3)])
@@ -301,7 +301,7 @@ async def test_hung_broker_gives_unknown(cluster: FakeCluster) -> None:
     assert all(isinstance(r.error, ClientTimeout) for r in reports)
 
 
-async def test_unreachable_leader_fails_definitely(cluster: FakeCluster) -> None:
+async def test_unreachable_leader_fails_definitely(cluster: InProcessCluster) -> None:
     async with producer(cluster, delivery_timeout_ms=300) as p:
         await cluster.brokers[1].stop()  # leader of t/1; requests are refused before they are sent
         report = await asyncio.wait_for(await p.send("t", b"x", partition=1), 5.0)
@@ -309,7 +309,7 @@ async def test_unreachable_leader_fails_definitely(cluster: FakeCluster) -> None
     assert report.error.details["sent"] is False
 
 
-async def test_outcome_unknown_then_success_is_ok(cluster: FakeCluster) -> None:
+async def test_outcome_unknown_then_success_is_ok(cluster: InProcessCluster) -> None:
     cluster.inject("produce", Fault("drop"))  # dropped before the append: retry stores it (not a duplicate)
     async with producer(cluster) as p:
         report = await p.send_and_wait("t", b"x", partition=2)
@@ -319,7 +319,7 @@ async def test_outcome_unknown_then_success_is_ok(cluster: FakeCluster) -> None:
 # --- buffer, flush, stop ------------------------------------------------------------------------------------
 
 
-async def test_buffer_backpressure_unblocks_when_batches_complete(cluster: FakeCluster) -> None:
+async def test_buffer_backpressure_unblocks_when_batches_complete(cluster: InProcessCluster) -> None:
     cluster.hold_produce()
     async with producer(cluster, linger_ms=0, batch_bytes=512, buffer_bytes=1024,
                         delivery_timeout_ms=10_000, request_timeout_ms=10_000) as p:
@@ -332,7 +332,7 @@ async def test_buffer_backpressure_unblocks_when_batches_complete(cluster: FakeC
         assert {r.status for r in await gather(futures)} == {"ok"}
 
 
-async def test_buffer_full_until_deadline_raises_buffer_exhausted(cluster: FakeCluster) -> None:
+async def test_buffer_full_until_deadline_raises_buffer_exhausted(cluster: InProcessCluster) -> None:
     cluster.hold_produce()
     async with producer(cluster, linger_ms=0, batch_bytes=512, buffer_bytes=1024,
                         delivery_timeout_ms=300, request_timeout_ms=10_000) as p:
@@ -343,7 +343,7 @@ async def test_buffer_full_until_deadline_raises_buffer_exhausted(cluster: FakeC
         cluster.release_produce()
 
 
-async def test_record_too_large_and_closed(cluster: FakeCluster) -> None:
+async def test_record_too_large_and_closed(cluster: InProcessCluster) -> None:
     p = producer(cluster)
     with pytest.raises(ProducerClosed):
         await p.send("t", b"x")  # not started
@@ -356,7 +356,7 @@ async def test_record_too_large_and_closed(cluster: FakeCluster) -> None:
         await p.send("t", b"x")
 
 
-async def test_flush_sends_without_linger(cluster: FakeCluster) -> None:
+async def test_flush_sends_without_linger(cluster: InProcessCluster) -> None:
     async with producer(cluster, linger_ms=60_000) as p:
         futures = [await p.send("t", b"x", partition=p_) for p_ in (0, 1, 2)]
         await p.flush(5.0)
@@ -364,7 +364,7 @@ async def test_flush_sends_without_linger(cluster: FakeCluster) -> None:
         await p.flush(1.0)  # nothing pending: returns at once
 
 
-async def test_flush_timeout_raises(cluster: FakeCluster) -> None:
+async def test_flush_timeout_raises(cluster: InProcessCluster) -> None:
     cluster.hold_produce()
     async with producer(cluster) as p:
         await p.send("t", b"x", partition=0)
@@ -373,7 +373,7 @@ async def test_flush_timeout_raises(cluster: FakeCluster) -> None:
         cluster.release_produce()
 
 
-async def test_stop_resolves_every_future(cluster: FakeCluster) -> None:
+async def test_stop_resolves_every_future(cluster: InProcessCluster) -> None:
     cluster.inject("produce", Fault("hang", times=1000))
     p = producer(cluster, linger_ms=0, batch_bytes=300, delivery_timeout_ms=60_000, request_timeout_ms=30_000)
     await p.start()
@@ -390,7 +390,7 @@ async def test_stop_resolves_every_future(cluster: FakeCluster) -> None:
     await p.stop()  # idempotent
 
 
-async def test_on_delivery_callbacks_get_every_report_once_without_futures(cluster: FakeCluster) -> None:
+async def test_on_delivery_callbacks_get_every_report_once_without_futures(cluster: InProcessCluster) -> None:
     reports: list[DeliveryReport] = []
     async with producer(cluster, linger_ms=0) as p:
         results = [await p.send("t", b"v%d" % i, partition=0, on_delivery=reports.append) for i in range(5)]
@@ -405,7 +405,7 @@ async def test_on_delivery_callbacks_get_every_report_once_without_futures(clust
 
 
 async def test_a_raising_on_delivery_callback_does_not_break_the_producer(
-        cluster: FakeCluster, caplog: pytest.LogCaptureFixture) -> None:
+        cluster: InProcessCluster, caplog: pytest.LogCaptureFixture) -> None:
     seen: list[int | None] = []
 
     def explode(report: DeliveryReport) -> None:
@@ -421,7 +421,7 @@ async def test_a_raising_on_delivery_callback_does_not_break_the_producer(
     assert "on_delivery callback" in caplog.text and "user bug" in caplog.text
 
 
-async def test_stop_calls_every_on_delivery_callback(cluster: FakeCluster) -> None:
+async def test_stop_calls_every_on_delivery_callback(cluster: InProcessCluster) -> None:
     cluster.inject("produce", Fault("hang", times=1000))
     reports: list[DeliveryReport] = []
     p = producer(cluster, linger_ms=0, batch_bytes=300, delivery_timeout_ms=60_000, request_timeout_ms=30_000)
@@ -433,7 +433,7 @@ async def test_stop_calls_every_on_delivery_callback(cluster: FakeCluster) -> No
     assert len(reports) == 6 and {r.status for r in reports} <= {"unknown", "failed"}
 
 
-async def test_stop_flushes_pending_records(cluster: FakeCluster) -> None:
+async def test_stop_flushes_pending_records(cluster: InProcessCluster) -> None:
     p = producer(cluster, linger_ms=60_000)
     await p.start()
     futures = [await p.send("t", b"x", partition=0) for _ in range(10)]

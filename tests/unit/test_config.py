@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 from raftmq.cluster.errors import InvalidConfig
-from raftmq.node.config import load_config, parse_config, prepare_for_start, render_config
-from raftmq.node.raft_transport import PeerAddress
-from raftmq.node.replication import Durability
+from raftmq.node.config import Durability, PeerAddress, load_config, parse_config, prepare_for_start, render_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "node.example.toml"
 

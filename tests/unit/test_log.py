@@ -859,3 +859,44 @@ def test_reads_are_consistent_while_another_thread_appends(opened: Opener,
     thread.join()
     assert not failures
     assert log.read(0, 1 << 30) == b"".join(batches_to_write)
+
+
+def test_a_read_never_waits_for_a_roll_fsync(opened: Opener, make_batch: MakeBatch,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fetch must not stall behind the writer: the writer's roll fsyncs the old segment with the log lock
+    released, so a read in another thread completes while that fsync is (here: made to be) stuck."""
+    log = opened()
+    stored = fill(log, make_batch, 20, value_bytes=3000)
+    while log.segment_count == 1 or log.log_end_offset == 0:
+        stored += fill(log, make_batch, 1, value_bytes=3000)
+    segments = log.segment_count
+    in_fsync, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def stuck_fsync(fd: int) -> None:
+        if threading.current_thread().name == "writer":
+            in_fsync.set()
+            release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", stuck_fsync)
+
+    def write_until_roll() -> None:
+        while log.segment_count == segments:
+            stored.extend(fill(log, make_batch, 1, value_bytes=3000))
+
+    writer = threading.Thread(target=write_until_roll, name="writer")
+    writer.start()
+    try:
+        assert in_fsync.wait(10), "the writer never rolled"
+        read: list[bytes] = []
+        reader = threading.Thread(target=lambda: read.append(log.read(0, 1 << 20)))
+        reader.start()
+        reader.join(5)
+        assert not reader.is_alive(), "the read waited for the writer's fsync"
+        assert read[0] == b"".join(stored)[:len(read[0])] and read[0]
+    finally:
+        release.set()
+        writer.join(10)
+    assert log.segment_count == segments + 1
+    assert_consistent(log, stored)

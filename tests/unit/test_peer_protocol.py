@@ -207,7 +207,7 @@ def test_random_bytes(data: bytes) -> None:
     _decode_or_protocol_error(data)
 
 
-@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, suppress_health_check=[HealthCheck.too_slow])
 @given(_frames)
 def test_random_msgpack_structures(value: Any) -> None:
     try:

@@ -22,10 +22,10 @@ from raftmq.cluster.metadata import (
     MetadataState,
     ProducerCheck,
     Topic,
-    assign_replicas,
     parse_create_topic,
     parse_producer_name,
 )
+from raftmq.cluster.placement import assign_replicas, plan_create_topic
 from raftmq.cluster.producer_state import ProducerTable, Verdict
 
 
@@ -91,7 +91,7 @@ BROKERS = [1, 2, 3]
 
 
 def test_parse_create_topic_defaults() -> None:
-    payload = parse_create_topic({"name": "orders", "partitions": 2}, BROKERS)
+    payload = plan_create_topic(parse_create_topic({"name": "orders", "partitions": 2}), BROKERS)
     assert payload["replication_factor"] == 3
     assert payload["config"]["min_insync_replicas"] == 2
     assert payload["replicas"] == [[1, 2, 3], [2, 3, 1]]
@@ -112,12 +112,12 @@ def test_parse_create_topic_defaults() -> None:
 ])
 def test_parse_create_topic_rejects(body: dict, error: type[Exception]) -> None:
     with pytest.raises(error):
-        parse_create_topic(body, BROKERS)
+        plan_create_topic(parse_create_topic(body), BROKERS)
 
 
 def test_metadata_state_machine() -> None:
     state = MetadataState()
-    payload = parse_create_topic({"name": "t", "partitions": 3}, BROKERS)
+    payload = plan_create_topic(parse_create_topic({"name": "t", "partitions": 3}), BROKERS)
     topic = state.apply(10, MetadataOp.CREATE_TOPIC, 1234, payload)
     assert isinstance(topic, Topic) and topic.topic_id == 10 and topic.created_ms == 1234
     assert isinstance(state.apply(11, MetadataOp.CREATE_TOPIC, 1, payload), TopicAlreadyExists)
@@ -135,7 +135,7 @@ def test_metadata_state_machine() -> None:
 
 
 def test_assign_replicas_rotates_preferred_leader() -> None:
-    assert assign_replicas(4, [3, 1, 2]) == ((1, 2, 3), (2, 3, 1), (3, 1, 2), (1, 2, 3))
+    assert assign_replicas(4, 3, [3, 1, 2]) == ((1, 2, 3), (2, 3, 1), (3, 1, 2), (1, 2, 3))
 
 
 def test_producer_ids_are_checked_and_named_producers_fence_older_instances() -> None:

@@ -167,13 +167,13 @@ def test_query_int() -> None:
 
 def test_records_to_batch() -> None:
     data = records_to_batch([{"key": "k", "value": "v", "headers": {"h": "x"}, "timestamp_ms": 10},
-                             {"value": b"raw", "timestamp_ms": 5}])
+                             {"value": b"raw", "timestamp_ms": 5}], now_ms=1_000)
     records = batches.decode_records(batches.stamp(data, base_offset=0, leader_epoch=1, raft_index=1, append_time_ms=0))
     assert records[0].key == b"k" and records[0].headers == (("h", b"x"),)
     assert records[1].value == b"raw" and records[1].timestamp_ms == 5  # out-of-order timestamps are kept
     for bad in [[], "x", [1], [{"value": 5}], [{"headers": 5}], [{"timestamp_ms": -1}], [{"headers": [["a"]]}]]:
         with pytest.raises(InvalidRequest):
-            records_to_batch(bad)
+            records_to_batch(bad, now_ms=1_000)
 
 
 def test_murmur2_matches_kafka() -> None:

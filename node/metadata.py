@@ -1,0 +1,123 @@
+"""This broker's replica of the metadata group: the applied view of topics and producer ids, and proposals.
+
+Every broker is a replica of the metadata group (``METADATA_GROUP_ID``); its leader is the controller
+(``node/controller.py``). Readers on the event loop use ``view`` and ``check_producer``, never the live
+state machine; ``propose`` puts a command into the group and waits (bounded) for its applied result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from raftmq.cluster import commands, limits
+from raftmq.cluster.commands import MetadataOp
+from raftmq.cluster.errors import LeaderNotAvailable, RaftMQError, RequestTimedOut, UnknownTopicOrPartition
+from raftmq.cluster.metadata import ProducerCheck, Topic
+from raftmq.node.groups import GroupSpec, GroupStatus, ReplicationEngine, ReplicationGroup
+from raftmq.node.metadata_sm import METADATA_GROUP_ID, MetadataStateMachine
+
+log = logging.getLogger(__name__)
+
+
+class ProposalIds:
+    """Proposal ids unique per broker (``cluster/commands.py``): the broker id in the top 16 bits."""
+
+    def __init__(self, broker_id: int) -> None:
+        self._broker_id = broker_id
+        self._counter = itertools.count(1)
+
+    def next(self) -> int:
+        return (self._broker_id << 48) | (next(self._counter) & ((1 << 48) - 1))
+
+
+class MetadataGroup:
+    def __init__(self, *, broker_id: int, replica_ids: list[int], directory: Path, engine: ReplicationEngine,
+                 proposals: ProposalIds) -> None:
+        self.broker_id = broker_id
+        self.replica_ids = sorted(replica_ids)
+        self.directory = directory
+        self.engine = engine
+        self.proposals = proposals
+        self.state_machine = MetadataStateMachine()
+        self.group: ReplicationGroup | None = None
+
+    async def open(self, on_topics_changed: Callable[[], None]) -> None:
+        self.state_machine.on_topics_changed = on_topics_changed
+        spec = GroupSpec(METADATA_GROUP_ID, self.directory, tuple(self.replica_ids))
+        self.group = await self.engine.open_group(spec, self.state_machine)
+
+    # --- reads (event loop) ---------------------------------------------------------------------
+
+    @property
+    def status(self) -> GroupStatus:
+        return self.group.status if self.group is not None else GroupStatus(METADATA_GROUP_ID)
+
+    @property
+    def ready(self) -> bool:
+        """Replay of the metadata journal is over: the view is at least what was committed at start."""
+        return self.status.ready
+
+    @property
+    def controller_id(self) -> int | None:
+        status = self.status
+        return status.leader_id if not (status.is_leader and not status.quorum) else None
+
+    @property
+    def is_controller(self) -> bool:
+        status = self.status
+        return status.is_leader and status.quorum and status.caught_up
+
+    @property
+    def view(self) -> Mapping[str, Topic]:
+        return self.state_machine.view
+
+    def topic(self, name: str) -> Topic:
+        topic = self.state_machine.view.get(name)
+        if topic is None:
+            raise UnknownTopicOrPartition(f"topic {name!r} does not exist", topic=name)
+        return topic
+
+    def check_producer(self, producer_id: int) -> ProducerCheck:
+        return self.state_machine.state.check_producer(producer_id)
+
+    def applied_event(self) -> asyncio.Event:
+        return self.state_machine.applied_event()
+
+    # --- proposals ------------------------------------------------------------------------------
+
+    async def propose(self, op: MetadataOp, payload: dict[str, Any],
+                      timeout_s: float = limits.metadata_request_timeout_s) -> Any:
+        """Commit ``op`` and return its applied result (a RaftMQError result is raised). Retries while the
+        group has no leader (definite: nothing appended) until the deadline; REQUEST_TIMED_OUT after it."""
+        group = self.group
+        if group is None:
+            raise LeaderNotAvailable("the metadata group is not open yet")
+        command = commands.encode(op, self.proposals.next(), int(time.time() * 1000),
+                                  msgpack.packb(payload, use_bin_type=True))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            future = group.submit(command)
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    result = await asyncio.shield(future)
+            except TimeoutError:
+                raise RequestTimedOut(f"the metadata group did not commit within {timeout_s:.0f} s; the change may "
+                                      "or may not have happened") from None
+            except LeaderNotAvailable:
+                if time.monotonic() + limits.metadata_retry_s >= deadline:
+                    raise
+                await asyncio.sleep(limits.metadata_retry_s)  # an election is running: retry within the deadline
+                continue
+            if isinstance(result, RaftMQError):
+                raise result
+            return result
+
+
+__all__ = ["METADATA_GROUP_ID", "MetadataGroup", "ProposalIds"]

@@ -1,0 +1,237 @@
+"""The partition replicas this broker hosts: opened, closed and deleted to match the metadata, and kept.
+
+The replica manager owns every ``PartitionHandle`` (a partition's state machine, its replication group and
+the produce in-flight budget). ``reconcile`` compares the topics in the metadata with what is open and
+opens, reopens (a re-created topic is a new incarnation, with a new topic id) or closes and deletes
+replicas; it runs whenever the topics change and at least every ``reconcile_interval_s``. Housekeeping
+(time and size retention) runs where the state machines run (``ReplicationEngine.add_housekeeping``).
+
+Lookups for the service: ``handle(topic, partition)`` answers the coded errors a client needs
+(UNKNOWN_TOPIC_OR_PARTITION, BROKER_NOT_READY while a replica opens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raftmq.cluster import limits
+from raftmq.cluster.errors import BrokerNotReady, UnknownTopicOrPartition
+from raftmq.cluster.metadata import Topic
+from raftmq.node.config import Durability
+from raftmq.node.groups import GroupSpec, ReplicationEngine, ReplicationGroup
+from raftmq.node.log import LogConfig
+from raftmq.node.metadata import MetadataGroup
+from raftmq.node.partition import PartitionStateMachine
+
+log = logging.getLogger(__name__)
+
+_MARKER = "partition.json"
+
+
+@dataclass
+class PartitionHandle:
+    """A local partition replica as the event loop sees it."""
+
+    topic: Topic
+    partition: int
+    group: ReplicationGroup
+    state_machine: PartitionStateMachine
+    uncommitted_bytes: int = 0  # proposed here as leader, not yet committed (the BUFFER_FULL budget)
+    uncommitted_entries: int = 0
+    produced_batches: int = 0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.topic.name, self.partition)
+
+    @property
+    def name(self) -> str:
+        return f"{self.topic.name}-{self.partition}"
+
+
+def partition_group_id(topic: Topic, partition: int) -> str:
+    # The topic id makes a re-created topic a different group: stale messages cannot reach it.
+    return f"p/{topic.topic_id}/{partition}"
+
+
+class ReplicaManager:
+    def __init__(self, *, broker_id: int, data_dir: Path, durability: Durability, engine: ReplicationEngine,
+                 metadata: MetadataGroup) -> None:
+        self.broker_id = broker_id
+        self.data_dir = data_dir
+        self.durability = durability
+        self.engine = engine
+        self.metadata = metadata
+        self.partitions: dict[tuple[str, int], PartitionHandle] = {}
+        self._lock = asyncio.Lock()
+        self._requested = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.engine.add_housekeeping(self._housekeeping)
+        self._task = asyncio.get_running_loop().create_task(self._reconcile_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping; failures were logged
+                pass
+            self._task = None
+        self.partitions.clear()  # the engine closes the groups (and their state machines) when it stops
+
+    # --- lookups (event loop) -------------------------------------------------------------------
+
+    def handle(self, topic_name: str, partition: int) -> PartitionHandle:
+        topic = self.metadata.topic(topic_name)
+        if not 0 <= partition < topic.partitions:
+            raise UnknownTopicOrPartition(f"topic {topic_name!r} has no partition {partition} "
+                                          f"(it has {topic.partitions})", topic=topic_name, partition=partition)
+        handle = self.partitions.get((topic_name, partition))
+        if handle is None or handle.topic.topic_id != topic.topic_id:
+            raise BrokerNotReady(f"partition {topic_name}-{partition} is still opening on this broker",
+                                 topic=topic_name, partition=partition)
+        return handle
+
+    def local(self, topic: Topic, partition: int) -> PartitionHandle | None:
+        """This broker's replica of the current incarnation of ``topic``'s partition, if it is open."""
+        handle = self.partitions.get((topic.name, partition))
+        return handle if handle is not None and handle.topic.topic_id == topic.topic_id else None
+
+    async def wait_for_leaders(self, topic: Topic, timeout_s: float) -> bool:
+        """Best effort: a new topic is more useful once its partitions have leaders."""
+        deadline = time.monotonic() + timeout_s
+        self.request_reconcile()
+        while time.monotonic() < deadline:
+            handles = [self.local(topic, p) for p in range(topic.partitions)]
+            if all(h is not None and h.group.status.leader_id is not None for h in handles):
+                return True
+            await asyncio.sleep(0.05)  # polling leadership with a deadline
+        return False
+
+    # --- reconcile ------------------------------------------------------------------------------
+
+    def request_reconcile(self) -> None:
+        self._requested.set()
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(limits.reconcile_interval_s):
+                    await self._requested.wait()
+            except TimeoutError:
+                pass
+            self._requested.clear()
+            try:
+                await self.reconcile()
+            except Exception:  # noqa: BLE001 - retried on the next round; must not kill the loop
+                log.exception("reconcile failed; retrying")
+
+    async def reconcile(self) -> None:
+        async with self._lock:
+            wanted: dict[tuple[str, int], Topic] = {}
+            for topic in self.metadata.view.values():
+                for partition in range(topic.partitions):
+                    if self.broker_id in topic.replicas[partition]:
+                        wanted[(topic.name, partition)] = topic
+            ready = self.metadata.ready
+            for key, topic in wanted.items():
+                handle = self.partitions.get(key)
+                if handle is not None and handle.topic.topic_id == topic.topic_id:
+                    continue
+                if handle is not None:
+                    if not ready:
+                        continue
+                    await self._close(handle, delete=True)
+                await self._open(topic, key[1])
+            if ready:  # only a replayed view may delete: an older view could still lack a new topic
+                for key, handle in list(self.partitions.items()):
+                    if key not in wanted:
+                        await self._close(handle, delete=True)
+
+    def _directory(self, topic_name: str, partition: int) -> Path:
+        return self.data_dir / "partitions" / f"{topic_name}-{partition}"
+
+    async def _open(self, topic: Topic, partition: int) -> None:
+        directory = self._directory(topic.name, partition)
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, _claim_directory, directory, topic, partition):
+            return  # a newer incarnation than the metadata we have replayed so far: wait
+        config = LogConfig(segment_bytes=topic.config.segment_bytes, segment_ms=topic.config.segment_ms,
+                           retention_ms=topic.config.retention_ms, retention_bytes=topic.config.retention_bytes)
+        durable = self.durability is not Durability.NEVER
+        # Opening the log (recovery) may read a lot: do it off the event loop and the replication thread.
+        state_machine = await loop.run_in_executor(None, lambda: PartitionStateMachine(
+            topic=topic.name, partition=partition, topic_id=topic.topic_id, directory=directory, config=config,
+            durable=durable))
+        replica_ids = tuple(topic.replicas[partition])
+        spec = GroupSpec(partition_group_id(topic, partition), directory, replica_ids,
+                         preferred_replica=replica_ids[0])
+        try:
+            group = await self.engine.open_group(spec, state_machine)
+        except BaseException:
+            state_machine.close()
+            raise
+        self.partitions[(topic.name, partition)] = PartitionHandle(topic, partition, group, state_machine)
+        log.info("opened partition %s-%d (topic id %d, replicas %s, log %d..%d)", topic.name, partition,
+                 topic.topic_id, list(replica_ids), state_machine.log.log_start_offset,
+                 state_machine.log.log_end_offset)
+
+    async def _close(self, handle: PartitionHandle, *, delete: bool) -> None:
+        self.partitions.pop(handle.key, None)
+        await self.engine.close_group(handle.group.group_id)
+        if delete:
+            await asyncio.get_running_loop().run_in_executor(
+                None, _remove_tree, self._directory(handle.topic.name, handle.partition))
+            log.info("deleted partition %s", handle.name)
+
+    # --- housekeeping (the engine's thread) -----------------------------------------------------
+
+    def _housekeeping(self, now: float) -> None:
+        now_ms = int(time.time() * 1000)
+        for handle in list(self.partitions.values()):  # a copy: the event loop opens and closes replicas
+            try:
+                deleted = handle.state_machine.log.apply_retention(now_ms)
+            except Exception:  # noqa: BLE001 - e.g. closed meanwhile; the other partitions still get theirs
+                log.warning("%s: retention failed", handle.name, exc_info=True)
+                continue
+            if deleted:
+                log.info("%s: retention deleted segments %s", handle.name, deleted)
+
+
+def _claim_directory(directory: Path, topic: Topic, partition: int) -> bool:
+    """Make ``directory`` hold this incarnation of the partition; False when it holds a newer one."""
+    marker = directory / _MARKER
+    if marker.exists():
+        found: Any = json.loads(marker.read_text())
+        found_id = int(found.get("topic_id", -1)) if isinstance(found, dict) else -1
+        if found_id > topic.topic_id:
+            return False
+        if found_id < topic.topic_id:
+            log.info("%s: removing the replica of an older topic incarnation (id %d)", directory, found_id)
+            _remove_tree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"topic": topic.name, "partition": partition, "topic_id": topic.topic_id}) + "\n")
+    return True
+
+
+def _remove_tree(directory: Path) -> None:
+    if not directory.exists():
+        return
+    trash = directory.with_name(directory.name + f".deleted-{time.time_ns()}")
+    os.replace(directory, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+__all__ = ["PartitionHandle", "ReplicaManager", "partition_group_id"]

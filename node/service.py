@@ -1,0 +1,378 @@
+"""The broker's service: every operation a client can ask for, independent of the protocol it came in.
+
+Listeners (``node/api.py`` for HTTP; a Kafka-protocol listener next) decode a request into the values of
+``node/operations.py``, call a method here, and encode the result; failures are the coded ``RaftMQError``s
+of ``cluster/errors.py``. The rules live here: only the leader with a quorum takes writes (NOT_LEADER with
+the leader's URL otherwise), batches are validated before they are proposed, acks=all checks the in-sync
+replicas against ``min_insync_replicas``, each partition has an in-flight budget (BUFFER_FULL), producer
+ids are checked against the metadata, and reads see only committed records. Disk reads run on the I/O
+pool, never on the event loop.
+
+Produce, in order (README "Architecture" draws it): validate → command envelope (cluster/commands.py) →
+the partition's replication group (node/groups.py) → commit on a majority → every replica applies it
+(node/partition.py) into its log (node/log.py) → the leader's apply result answers acks=all; acks=1
+answers when the leader's own log has the entry, acks=0 as soon as it is handed to the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from raftmq.cluster import batch as batches
+from raftmq.cluster import commands, limits
+from raftmq.cluster.commands import MetadataOp, PartitionOp
+from raftmq.cluster.errors import (
+    BrokerShuttingDown,
+    BufferFull,
+    InvalidAcks,
+    LeaderNotAvailable,
+    NotEnoughReplicas,
+    NotEnoughReplicasAfterAppend,
+    NotLeader,
+    OffsetOutOfRange,
+    ProducerFenced,
+    RaftMQError,
+    RequestTimedOut,
+    UnknownProducerId,
+)
+from raftmq.cluster.metadata import CreateTopicRequest, ProducerCheck, Topic, majority, validate_topic_name
+from raftmq.cluster.routing import partition_for
+from raftmq.cluster.wire import Acks
+from raftmq.node.config import NodeConfig
+from raftmq.node.controller import Controller
+from raftmq.node.groups import AppendInfo, ReplicationEngine
+from raftmq.node.metadata import MetadataGroup
+from raftmq.node.operations import (
+    BrokerDescription,
+    ClusterDescription,
+    DeletedTopic,
+    FetchRequest,
+    FetchResult,
+    Health,
+    OffsetRequest,
+    OffsetResult,
+    PartitionDescription,
+    ProduceRequest,
+    ProduceResult,
+    ProducerIdentity,
+    TopicDescription,
+)
+from raftmq.node.partition import AppendResult
+from raftmq.node.replicas import PartitionHandle, ReplicaManager
+
+log = logging.getLogger(__name__)
+
+
+class BrokerService:
+    def __init__(self, *, config: NodeConfig, engine: ReplicationEngine, metadata: MetadataGroup,
+                 replicas: ReplicaManager, controller: Controller) -> None:
+        self.config = config
+        self.broker_id = config.broker_id
+        self.engine = engine
+        self.metadata = metadata
+        self.replicas = replicas
+        self.controller = controller
+        self.stopping = False
+        self.started_at = time.monotonic()
+
+    # --- leadership -----------------------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self.stopping:
+            raise BrokerShuttingDown("the broker is stopping")
+
+    def _handle(self, topic: str, partition: int) -> PartitionHandle:
+        self._check_running()
+        return self.replicas.handle(topic, partition)
+
+    def _not_leader(self, handle: PartitionHandle) -> RaftMQError:
+        status = handle.group.status
+        if status.is_leader and not status.quorum:
+            return LeaderNotAvailable(
+                f"broker {self.broker_id} leads {handle.name} but cannot reach a majority of its replicas; nothing "
+                "was appended (another broker is probably being elected)", topic=handle.topic.name,
+                partition=handle.partition, leader_epoch=status.term)
+        if status.leader_id is None or status.role == "candidate":
+            return LeaderNotAvailable(f"partition {handle.name} has no leader right now", topic=handle.topic.name,
+                                      partition=handle.partition, leader_epoch=status.term)
+        return NotLeader(f"broker {self.broker_id} is not the leader of {handle.name}", topic=handle.topic.name,
+                         partition=handle.partition, leader_id=status.leader_id,
+                         leader_url=self.config.url_of(status.leader_id), leader_epoch=status.term)
+
+    def _leader_with_quorum(self, handle: PartitionHandle) -> None:
+        """CheckQuorum: a leader cut off from the majority could not commit, and acks=0/1 writes it took
+        would be lost when the majority elects another leader; refuse them and send clients elsewhere."""
+        status = handle.group.status
+        if not status.is_leader or not status.quorum:
+            raise self._not_leader(handle)
+
+    # --- produce --------------------------------------------------------------------------------
+
+    def partition_for_key(self, topic: str, key: bytes) -> int:
+        return partition_for(key, self.metadata.topic(topic).partitions)
+
+    async def produce(self, request: ProduceRequest) -> ProduceResult:
+        handle = self._handle(request.topic, request.partition)
+        self._leader_with_quorum(handle)
+        header = batches.validate_produced(request.batch)
+        if header.producer_id != batches.NO_PRODUCER_ID:
+            if request.acks is not Acks.ALL:
+                # The append/duplicate/gap decision is made at apply time, after commit: an acks=0/1 answer
+                # could not carry it, and a batch acknowledged that way might still be refused, never stored.
+                raise InvalidAcks("an idempotent batch (producer_id set) needs acks=all", acks=request.acks.wire,
+                                  producer_id=header.producer_id)
+            await self._check_producer(header.producer_id, request.timeout_ms / 1000)
+            self._leader_with_quorum(handle)  # the wait may have taken a while
+        if request.acks is Acks.ALL:
+            self._check_in_sync(handle)
+        self._check_budget(handle, len(request.batch))
+        now_ms = int(time.time() * 1000)
+        command = commands.encode(PartitionOp.APPEND, self.metadata.proposals.next(), now_ms, request.batch)
+        future, release = self._propose(handle, command, len(request.batch), request.acks)
+        result = ProduceResult(request.topic, request.partition, self.broker_id, request.acks, None,
+                               header.record_count, handle.group.status.term, None, False, now_ms)
+        if request.acks is Acks.NONE:
+            return result
+        outcome = await self._await_outcome(handle, command, future, release, request)
+        if isinstance(outcome, AppendInfo):
+            return replace(result, raft_index=outcome.raft_index, leader_epoch=outcome.leader_epoch)
+        result = replace(result, base_offset=outcome.base_offset, leader_epoch=outcome.leader_epoch,
+                          raft_index=outcome.raft_index, duplicate=outcome.duplicate,
+                          log_append_time_ms=outcome.log_append_time_ms)
+        required = handle.topic.config.min_insync_replicas
+        if required > majority(len(handle.group.replica_ids)):
+            await self._wait_for_replicas(handle, outcome.raft_index, required,
+                                          time.monotonic() + request.timeout_ms / 1000)
+        return result
+
+    async def _check_producer(self, producer_id: int, timeout_s: float) -> None:
+        """Refuse ids the cluster never allocated, and ids fenced by a newer instance of the same named
+        producer. An id this replica's metadata has not learned yet may have just been allocated on the
+        metadata leader: wait for it, briefly."""
+        deadline = time.monotonic() + min(timeout_s, limits.producer_metadata_wait_ms / 1000)
+        while True:
+            event = self.metadata.applied_event()
+            verdict = self.metadata.check_producer(producer_id)
+            if verdict is ProducerCheck.CURRENT:
+                return
+            if verdict is ProducerCheck.FENCED:
+                raise ProducerFenced(f"producer {producer_id} was fenced: a newer instance with the same name "
+                                     "has started", producer_id=producer_id)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise UnknownProducerId(f"producer id {producer_id} was not allocated by this cluster",
+                                        producer_id=producer_id, allocated=False)
+            try:
+                async with asyncio.timeout(remaining):
+                    await event.wait()
+            except TimeoutError:
+                pass
+
+    def _check_in_sync(self, handle: PartitionHandle) -> None:
+        status = handle.group.status
+        required = handle.topic.config.min_insync_replicas
+        if len(status.in_sync) < required:
+            raise NotEnoughReplicas(
+                f"{len(status.in_sync)} in-sync replicas ({list(status.in_sync)}), min_insync_replicas is "
+                f"{required}; nothing was appended", in_sync=list(status.in_sync), min_insync_replicas=required)
+
+    def _check_budget(self, handle: PartitionHandle, size: int) -> None:
+        if handle.uncommitted_bytes + size > limits.raft_uncommitted_bytes_max \
+                or handle.uncommitted_entries >= limits.raft_uncommitted_entries_max:
+            raise BufferFull(f"{handle.uncommitted_bytes} bytes in {handle.uncommitted_entries} entries are waiting "
+                             f"for replication on {handle.name}; nothing was appended",
+                             uncommitted_bytes=handle.uncommitted_bytes)
+
+    def _propose(self, handle: PartitionHandle, command: bytes, size: int, acks: Acks
+                 ) -> tuple[asyncio.Future[Any], Callable[[], None]]:
+        """Hand ``command`` to the group, counted in the partition's in-flight budget until it resolves (or
+        its waiter gives up: ``release``)."""
+        handle.uncommitted_bytes += size
+        handle.uncommitted_entries += 1
+        handle.produced_batches += 1
+        released = False
+
+        def release(_future: Any = None) -> None:
+            nonlocal released
+            if not released:
+                released = True
+                handle.uncommitted_bytes -= size
+                handle.uncommitted_entries -= 1
+
+        future = handle.group.submit(command, resolve_on_append=acks is Acks.LEADER)
+        future.add_done_callback(release)
+        future.add_done_callback(_consume_exception)
+        return future, release
+
+    async def _await_outcome(self, handle: PartitionHandle, command: bytes, future: asyncio.Future[Any],
+                             release: Callable[[], None], request: ProduceRequest) -> AppendInfo | AppendResult:
+        try:
+            async with asyncio.timeout(request.timeout_ms / 1000):
+                result = await asyncio.shield(future)
+        except TimeoutError:
+            release()
+            handle.group.forget_append_waiter(command)
+            what = "commit" if request.acks is Acks.ALL else "append"
+            raise RequestTimedOut(f"no {what} within {request.timeout_ms} ms; the batch may or may not be stored",
+                                  timeout_ms=request.timeout_ms) from None
+        if isinstance(result, RaftMQError):
+            raise result
+        if not isinstance(result, AppendInfo | AppendResult):
+            raise RaftMQError(f"unexpected apply result {result!r}")
+        return result
+
+    async def _wait_for_replicas(self, handle: PartitionHandle, raft_index: int, required: int,
+                                 deadline: float) -> None:
+        """min_insync_replicas above a majority: Raft committed with a majority; wait until enough replicas
+        hold the entry, or say so (the batch IS stored: NOT_ENOUGH_REPLICAS_AFTER_APPEND, not definite)."""
+        while True:
+            status = handle.group.status
+            holding = 1 + sum(1 for index in status.match_index.values() if index >= raft_index)
+            if holding >= required:
+                return
+            if time.monotonic() >= deadline or not status.is_leader:
+                raise NotEnoughReplicasAfterAppend(
+                    f"committed, but only {holding} of the required {required} replicas confirmed it",
+                    replicas_confirmed=holding, min_insync_replicas=required)
+            await asyncio.sleep(0.005)  # polling match indexes with a deadline
+
+    # --- fetch and offsets ----------------------------------------------------------------------
+
+    async def fetch(self, request: FetchRequest) -> FetchResult:
+        handle = self._handle(request.topic, request.partition)
+        if not request.any_replica and not handle.group.status.is_leader:
+            raise self._not_leader(handle)
+        partition_log = handle.state_machine.log
+        deadline = time.monotonic() + request.max_wait_ms / 1000
+        offset = request.offset
+        while True:
+            start, end = partition_log.log_start_offset, partition_log.log_end_offset
+            if offset > end and not request.any_replica and not handle.group.status.caught_up:
+                # A new leader applies the entries of earlier terms only once its own first entry commits;
+                # until then its high watermark can be below what the previous leader served.
+                raise LeaderNotAvailable(f"the new leader of {handle.name} is still catching up",
+                                         topic=request.topic, partition=request.partition)
+            if offset < start or offset > end:
+                raise OffsetOutOfRange(f"offset {offset} is outside [{start}, {end}]", offset=offset,
+                                       log_start_offset=start, log_end_offset=end)
+            if offset < end:
+                data = await asyncio.get_running_loop().run_in_executor(None, partition_log.read, offset,
+                                                                        request.max_bytes)
+                return self._fetched(request, handle, data)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.stopping:
+                return self._fetched(request, handle, b"")
+            event = handle.state_machine.data_event()
+            if partition_log.log_end_offset != end:
+                continue
+            try:
+                async with asyncio.timeout(remaining):
+                    await event.wait()
+            except TimeoutError:
+                return self._fetched(request, handle, b"")
+
+    @staticmethod
+    def _fetched(request: FetchRequest, handle: PartitionHandle, data: bytes) -> FetchResult:
+        partition_log = handle.state_machine.log
+        return FetchResult(request.topic, request.partition, data, partition_log.log_end_offset,
+                           partition_log.log_start_offset)
+
+    async def list_offset(self, request: OffsetRequest) -> OffsetResult:
+        handle = self._handle(request.topic, request.partition)
+        if not request.any_replica:
+            status = handle.group.status
+            if not status.is_leader:
+                raise self._not_leader(handle)
+            if not status.caught_up:
+                raise LeaderNotAvailable(f"the new leader of {handle.name} is still catching up",
+                                         topic=request.topic, partition=request.partition)
+        partition_log = handle.state_machine.log
+        if request.at == "earliest":
+            offset: int | None = partition_log.log_start_offset
+        elif request.at == "latest":
+            offset = partition_log.log_end_offset
+        else:
+            offset = await asyncio.get_running_loop().run_in_executor(
+                None, partition_log.offset_for_timestamp, int(request.at))
+        return OffsetResult(request.topic, request.partition, offset, partition_log.log_start_offset,
+                            partition_log.log_end_offset)
+
+    # --- topics and producers ---------------------------------------------------------------------
+
+    async def create_topic(self, request: CreateTopicRequest, *, forwarded: bool = False) -> TopicDescription:
+        self._check_running()
+        topic = await self.controller.create_topic(request, forwarded=forwarded)
+        if not forwarded:  # the broker that forwarded waits for leaders itself
+            await self.replicas.wait_for_leaders(topic, limits.topic_leaders_wait_s)
+        return self.describe_topic(topic.name)
+
+    async def delete_topic(self, name: str) -> DeletedTopic:
+        self._check_running()
+        validate_topic_name(name)
+        self.metadata.topic(name)
+        result: dict[str, Any] = await self.metadata.propose(MetadataOp.DELETE_TOPIC, {"name": name})
+        self.replicas.request_reconcile()
+        return DeletedTopic(str(result["deleted"]), int(result["topic_id"]))
+
+    async def init_producer(self, name: str | None) -> ProducerIdentity:
+        """Kafka's InitProducerId (see cluster/metadata.py MetadataState for names and fencing)."""
+        self._check_running()
+        result = await self.metadata.propose(MetadataOp.ALLOCATE_PRODUCER_ID, {"name": name} if name else {})
+        return ProducerIdentity(int(result["producer_id"]), int(result.get("producer_epoch", 0)))
+
+    # --- descriptions ---------------------------------------------------------------------------
+
+    def describe_partition(self, topic: Topic, partition: int) -> PartitionDescription:
+        replicas = tuple(topic.replicas[partition])
+        handle = self.replicas.local(topic, partition)
+        if handle is None:
+            return PartitionDescription(partition, replicas)
+        status = handle.group.status
+        partition_log = handle.state_machine.log
+        # A leader that cannot reach a majority does not advertise itself: clients look elsewhere.
+        leader_id = None if status.is_leader and not status.quorum else status.leader_id
+        return PartitionDescription(
+            partition, replicas, hosted=True, leader_id=leader_id, leader_epoch=status.term, role=status.role,
+            quorum=status.quorum, isr=status.in_sync, commit_index=status.commit_index,
+            applied_index=status.applied_index, last_index=status.last_index,
+            match_index=tuple(sorted(status.match_index.items())), log_start_offset=partition_log.log_start_offset,
+            high_watermark=partition_log.log_end_offset, size_bytes=partition_log.size_bytes)
+
+    def describe_topic(self, name: str) -> TopicDescription:
+        topic = self.metadata.topic(name)
+        return TopicDescription(topic.name, topic.topic_id, topic.replication_factor, topic.config.to_wire(),
+                                topic.created_ms, tuple(self.describe_partition(topic, p)
+                                                        for p in range(topic.partitions)))
+
+    def list_topics(self) -> tuple[TopicDescription, ...]:
+        return tuple(self.describe_topic(name) for name in sorted(self.metadata.view))
+
+    def describe_cluster(self) -> ClusterDescription:
+        status = self.metadata.status if self.metadata.group is not None else None
+        brokers = tuple(BrokerDescription(entry.broker_id, entry.url, str(entry.peer),
+                                          entry.broker_id == self.broker_id or self.engine.is_peer_up(entry.broker_id))
+                        for entry in self.config.brokers)
+        return ClusterDescription(
+            self.config.cluster_id, self.broker_id, self.metadata.controller_id,
+            status.term if status else None, status.commit_index if status else None,
+            status.applied_index if status else None, self.metadata.ready, tuple(self.engine.peer_links()), brokers,
+            self.list_topics())
+
+    def health(self) -> Health:
+        ok = self.engine.failure is None and not self.stopping
+        return Health(ok, self.broker_id, self.config.cluster_id, self.metadata.ready, len(self.replicas.partitions),
+                      time.monotonic() - self.started_at, self.config.durability.value)
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    # acks=0 requests never await the future: retrieve its exception so asyncio does not warn.
+    if not future.cancelled():
+        future.exception()
+
+
+__all__ = ["BrokerService"]
