@@ -33,8 +33,9 @@ Verdict rules (which finding is a bug, i.e. ``expected=False`` → FAIL):
 * Always expected (informational): duplicates from non-idempotent producers, unknown, recovered,
   replica_lag, poll_skips, nonmonotonic_polls.
 
-Example lists are capped at EXAMPLES_MAX; counts are exact. Malformed histories (a send at another acks
-level than the run's, two sends with one value or op id, two logs of one replica) raise ValueError.
+Example lists are capped at ``limits.examples_max`` (chaos/limits.py); counts are exact. Malformed histories
+(a send at another acks level than the run's, two sends with one value or op id, two logs of one replica)
+raise ValueError.
 
 Pure: no I/O, no clock, no randomness.
 """
@@ -45,10 +46,11 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal
 
+from raftmq.chaos import limits
 from raftmq.chaos.history import ACKS_LEVELS, History, ReadRecord, SendOp
 
-# Examples kept per list in a result; counts stay exact.
-EXAMPLES_MAX: Final = 50
+# The old name of limits.examples_max (tests import it from here).
+EXAMPLES_MAX: Final = limits.examples_max
 
 Verdict = Literal["PASS", "FAIL"]
 # Where a lost record's slot stands in the drained log.
@@ -283,7 +285,7 @@ class _Examples:
 
     def add(self, item: Any, weight: int = 1) -> None:
         self.count += weight
-        if len(self.items) < EXAMPLES_MAX:
+        if len(self.items) < limits.examples_max:
             self.items.append(item)
 
 
@@ -294,8 +296,60 @@ def check(history: History, *, acks: str, majority_alive: bool = True) -> CheckR
         raise ValueError(f"acks {acks!r} is not one of {ACKS_LEVELS}")
     send_by_value = _index_sends(history.sends, acks)
     drained, inconsistent = _drain(history.reads)
+    locations, unexpected = _locate(drained, send_by_value)
+    evidence = _Evidence(
+        send_by_value=send_by_value,
+        drained=drained,
+        locations=locations,
+        bounds={tp: (min(log), max(log) + 1) for tp, log in drained.items() if log},
+        replica_values=_replica_values(history),
+    )
+    tally = _Tally(unexpected=unexpected, inconsistent=inconsistent)
+    placed = _trace_sends(history.sends, evidence, tally)
+    tally.reorders = _reorders(placed)
+    tally.gaps = _gaps(drained)
+    tally.divergent, tally.lagging = _replicas(history)
+    tally.polls = _polls(history)
+    return _result(history, tally, acks, majority_alive)
 
+
+@dataclass(frozen=True)
+class _Evidence:
+    """The drain, indexed for tracing each send to where its value ended up."""
+
+    send_by_value: dict[str, SendOp]
+    drained: dict[_TopicPartition, dict[int, _KeyValue]]  # offset -> record per partition
     # value -> [(topic, partition, offset, key)], in (topic, partition, offset) order.
+    locations: dict[str, list[tuple[str, int, int, str | None]]]
+    bounds: dict[_TopicPartition, tuple[int, int]]  # drained [start, end) per non-empty partition
+    replica_values: dict[_TopicPartition, dict[str, list[int]]]
+
+
+@dataclass
+class _Tally:
+    """Every example list of one check (exact counts beside capped examples), filled in by ``check``."""
+
+    unexpected: _Examples
+    inconsistent: list[InconsistentRead]
+    lost: _Examples = field(default_factory=_Examples)
+    recovered: _Examples = field(default_factory=_Examples)
+    failed_present: _Examples = field(default_factory=_Examples)
+    dup_idem: _Examples = field(default_factory=_Examples)
+    dup_plain: _Examples = field(default_factory=_Examples)
+    mismatches: _Examples = field(default_factory=_Examples)
+    misplaced: _Examples = field(default_factory=_Examples)
+    reorders: _Examples = field(default_factory=_Examples)
+    gaps: _Examples = field(default_factory=_Examples)
+    divergent: _Examples = field(default_factory=_Examples)
+    lagging: _Examples = field(default_factory=_Examples)
+    polls: list[PollAnomaly] = field(default_factory=list)
+
+
+def _locate(
+    drained: dict[_TopicPartition, dict[int, _KeyValue]], send_by_value: dict[str, SendOp]
+) -> tuple[dict[str, list[tuple[str, int, int, str | None]]], _Examples]:
+    """Where each attempted value was drained (value -> [(topic, partition, offset, key)] in (topic,
+    partition, offset) order), and the drained records no send attempted (each unknown value once)."""
     locations: dict[str, list[tuple[str, int, int, str | None]]] = defaultdict(list)
     unexpected = _Examples()
     unexpected_values: set[str] = set()
@@ -308,73 +362,91 @@ def check(history: History, *, acks: str, majority_alive: bool = True) -> CheckR
                 if value is not None:
                     unexpected_values.add(value)
                 unexpected.add(ReadRecord(tp[0], tp[1], offset, key, value))
+    return locations, unexpected
 
-    bounds = {tp: (min(log), max(log) + 1) for tp, log in drained.items() if log}
-    replica_values = _replica_values(history)
-    lost, recovered, failed_present = _Examples(), _Examples(), _Examples()
-    dup_idem, dup_plain, mismatches, misplaced = _Examples(), _Examples(), _Examples(), _Examples()
-    # (topic, key, partition) -> [(op, first offset)] for the reorder sweep.
+
+def _trace_sends(
+    sends: list[SendOp], evidence: _Evidence, tally: _Tally
+) -> dict[tuple[str, str, int], list[tuple[SendOp, int]]]:
+    """Trace every send to its drained copies; returns (topic, key, partition) -> [(op, first offset)] for
+    the reorder sweep."""
     placed: dict[tuple[str, str, int], list[tuple[SendOp, int]]] = defaultdict(list)
-    for op in history.sends:
-        locs = locations.get(op.value, [])
+    for op in sends:
+        locs = evidence.locations.get(op.value, [])
         if not locs:
             if op.outcome == "ok":
-                lost.add(_explain_lost(op, drained, bounds, send_by_value, replica_values))
-            continue
-        if op.outcome == "unknown":
-            recovered.add(op)
-        elif op.outcome == "fail":
-            failed_present.add(op)
-        home = op.partition if op.partition is not None else locs[0][1]
-        wrong = [
-            ReadRecord(t, p, o, k, op.value)
-            for t, p, o, k in locs
-            if t != op.topic or k != op.key or p != home
-        ]
-        if wrong:
-            misplaced.add(wrong[0])
-        if len(locs) > 1:
-            dup = Duplicate(op.op_id, op.idempotent, op.value, tuple((t, p, o) for t, p, o, _ in locs))
-            (dup_idem if op.idempotent else dup_plain).add(dup)
-        home_offsets = tuple(o for t, p, o, _ in locs if t == op.topic and p == home)
-        if op.outcome == "ok" and op.offset is not None and op.offset not in home_offsets:
-            now = drained.get((op.topic, home), {}).get(op.offset)
-            mismatches.add(
-                OffsetMismatch(
-                    op.op_id,
-                    op.topic,
-                    op.partition,
-                    op.value,
-                    op.offset,
-                    home_offsets,
-                    now[1] if now else None,
+                tally.lost.add(
+                    _explain_lost(op, evidence.drained, evidence.bounds, evidence.send_by_value,
+                                  evidence.replica_values)
                 )
-            )
+            continue
+        home, home_offsets = _trace_found_send(op, locs, evidence, tally)
         if home_offsets:
             placed[(op.topic, op.key, home)].append((op, home_offsets[0]))
+    return placed
 
-    reorders = _reorders(placed)
-    gaps = _gaps(drained)
-    divergent, lagging = _replicas(history)
-    polls = _polls(history)
-    counts = {
-        "lost": lost.count,
-        "acked_offset_mismatch": mismatches.count,
-        "unexpected": unexpected.count,
-        "failed_but_present": failed_present.count,
-        "offset_gaps": gaps.count,
-        "divergence": divergent.count,
-        "inconsistent_reads": len(inconsistent),
-        "misplaced": misplaced.count,
-        "duplicated_idempotent": dup_idem.count,
-        "duplicated_non_idempotent": dup_plain.count,
-        "reordered": reorders.count,
+
+def _trace_found_send(
+    op: SendOp, locs: list[tuple[str, int, int, str | None]], evidence: _Evidence, tally: _Tally
+) -> tuple[int, tuple[int, ...]]:
+    """A send whose value was drained: recovered, failed-but-present, misplaced, duplicated or moved.
+    Returns its home partition and the offsets holding it there."""
+    if op.outcome == "unknown":
+        tally.recovered.add(op)
+    elif op.outcome == "fail":
+        tally.failed_present.add(op)
+    home = op.partition if op.partition is not None else locs[0][1]
+    wrong = [
+        ReadRecord(t, p, o, k, op.value)
+        for t, p, o, k in locs
+        if t != op.topic or k != op.key or p != home
+    ]
+    if wrong:
+        tally.misplaced.add(wrong[0])
+    if len(locs) > 1:
+        dup = Duplicate(op.op_id, op.idempotent, op.value, tuple((t, p, o) for t, p, o, _ in locs))
+        (tally.dup_idem if op.idempotent else tally.dup_plain).add(dup)
+    home_offsets = tuple(o for t, p, o, _ in locs if t == op.topic and p == home)
+    if op.outcome == "ok" and op.offset is not None and op.offset not in home_offsets:
+        now = evidence.drained.get((op.topic, home), {}).get(op.offset)
+        tally.mismatches.add(
+            OffsetMismatch(
+                op.op_id,
+                op.topic,
+                op.partition,
+                op.value,
+                op.offset,
+                home_offsets,
+                now[1] if now else None,
+            )
+        )
+    return home, home_offsets
+
+
+def _counts(history: History, tally: _Tally) -> dict[str, int]:
+    """Every finding's count, in the order findings are listed."""
+    return {
+        "lost": tally.lost.count,
+        "acked_offset_mismatch": tally.mismatches.count,
+        "unexpected": tally.unexpected.count,
+        "failed_but_present": tally.failed_present.count,
+        "offset_gaps": tally.gaps.count,
+        "divergence": tally.divergent.count,
+        "inconsistent_reads": len(tally.inconsistent),
+        "misplaced": tally.misplaced.count,
+        "duplicated_idempotent": tally.dup_idem.count,
+        "duplicated_non_idempotent": tally.dup_plain.count,
+        "reordered": tally.reorders.count,
         "unknown": sum(op.outcome == "unknown" for op in history.sends),
-        "recovered": recovered.count,
-        "replica_lag": lagging.count,
-        "poll_skips": sum(a.kind == "skip" for a in polls),
-        "nonmonotonic_polls": sum(a.kind == "nonmonotonic" for a in polls),
+        "recovered": tally.recovered.count,
+        "replica_lag": tally.lagging.count,
+        "poll_skips": sum(a.kind == "skip" for a in tally.polls),
+        "nonmonotonic_polls": sum(a.kind == "nonmonotonic" for a in tally.polls),
     }
+
+
+def _result(history: History, tally: _Tally, acks: str, majority_alive: bool) -> CheckResult:
+    counts = _counts(history, tally)
     findings = _findings(counts, acks, majority_alive)
     return CheckResult(
         acks=acks,
@@ -385,35 +457,35 @@ def check(history: History, *, acks: str, majority_alive: bool = True) -> CheckR
         acked=sum(op.outcome == "ok" for op in history.sends),
         failed=sum(op.outcome == "fail" for op in history.sends),
         unknown=counts["unknown"],
-        lost=lost.count,
-        unexpected=unexpected.count,
-        duplicated=dup_idem.count + dup_plain.count,
-        duplicated_idempotent=dup_idem.count,
-        duplicated_non_idempotent=dup_plain.count,
-        recovered=recovered.count,
-        failed_but_present=failed_present.count,
-        reordered=reorders.count,
-        offset_gaps=gaps.count,
-        acked_offset_mismatch=mismatches.count,
-        divergence=divergent.count,
-        replica_lag=lagging.count,
-        inconsistent_reads=len(inconsistent),
-        misplaced=misplaced.count,
+        lost=tally.lost.count,
+        unexpected=tally.unexpected.count,
+        duplicated=tally.dup_idem.count + tally.dup_plain.count,
+        duplicated_idempotent=tally.dup_idem.count,
+        duplicated_non_idempotent=tally.dup_plain.count,
+        recovered=tally.recovered.count,
+        failed_but_present=tally.failed_present.count,
+        reordered=tally.reorders.count,
+        offset_gaps=tally.gaps.count,
+        acked_offset_mismatch=tally.mismatches.count,
+        divergence=tally.divergent.count,
+        replica_lag=tally.lagging.count,
+        inconsistent_reads=len(tally.inconsistent),
+        misplaced=tally.misplaced.count,
         poll_skips=counts["poll_skips"],
         nonmonotonic_polls=counts["nonmonotonic_polls"],
-        lost_records=tuple(lost.items),
-        unexpected_records=tuple(unexpected.items),
-        duplicates=tuple((dup_idem.items + dup_plain.items)[:EXAMPLES_MAX]),
-        recovered_sends=tuple(recovered.items),
-        failed_but_present_sends=tuple(failed_present.items),
-        reorders=tuple(reorders.items),
-        gaps=tuple(gaps.items),
-        offset_mismatches=tuple(mismatches.items),
-        divergent_offsets=tuple(divergent.items),
-        lagging_replicas=tuple(lagging.items),
-        inconsistent_read_offsets=tuple(inconsistent[:EXAMPLES_MAX]),
-        misplaced_reads=tuple(misplaced.items),
-        poll_anomalies=tuple(polls[:EXAMPLES_MAX]),
+        lost_records=tuple(tally.lost.items),
+        unexpected_records=tuple(tally.unexpected.items),
+        duplicates=tuple((tally.dup_idem.items + tally.dup_plain.items)[: limits.examples_max]),
+        recovered_sends=tuple(tally.recovered.items),
+        failed_but_present_sends=tuple(tally.failed_present.items),
+        reorders=tuple(tally.reorders.items),
+        gaps=tuple(tally.gaps.items),
+        offset_mismatches=tuple(tally.mismatches.items),
+        divergent_offsets=tuple(tally.divergent.items),
+        lagging_replicas=tuple(tally.lagging.items),
+        inconsistent_read_offsets=tuple(tally.inconsistent[: limits.examples_max]),
+        misplaced_reads=tuple(tally.misplaced.items),
+        poll_anomalies=tuple(tally.polls[: limits.examples_max]),
     )
 
 

@@ -1,4 +1,4 @@
-"""A local cluster wired through fault proxies, with named fault primitives (research: toxiproxy-api.md §9-§10).
+"""A local cluster wired through fault proxies (Toxiproxy's API: proxies and toxics), with named fault primitives.
 
 Wiring (``ChaosCluster.start``): the proxy server starts FIRST; then one proxy per broker pair on the pair's
 single peer connection (``link_A_B`` with A < B; upstream = the dialer B -> the acceptor A's peer port, since
@@ -20,8 +20,14 @@ both brokers see the link drop at once); ``mode="blackhole"`` adds a ``timeout``
 directions (connections stay open and every byte is dropped: the brokers notice only after their 3 s link
 timeout, and redials never complete their handshake). Removing a black hole closes its connections.
 
+What the primitives rely on the proxy server to do (a disabled proxy refuses connects and closes its live
+connections; a ``timeout`` toxic with timeout 0 keeps connections open and drops every byte, and removing it
+closes them; toxics reach connections that are already open; ``POST /reset`` enables every proxy and removes
+every toxic) is checked by tests/chaos/test_toxiproxy_conformance.py, against raftmq's own server
+(chaos/toxiproxy/) or a real ``toxiproxy-server``.
+
 Thread-safe (one lock around every primitive): the runner calls it from worker threads. All calls block;
-every wait has a deadline.
+every wait has a deadline (chaos/limits.py).
 """
 
 from __future__ import annotations
@@ -41,16 +47,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
+from raftmq.chaos import limits
 from raftmq.chaos.proxy_client import ProxyClient, ServerError, ToxiproxyError, ToxiproxyServerProcess
 from raftmq.deploy.local_cluster import HOST, LocalCluster, find_free_ports, http_json, wait_until
-from raftmq.node.raft_transport import PeerAddress
+from raftmq.node import PeerAddress
 
 log = logging.getLogger("raftmq.chaos.harness")
 
-# Metadata (and its peer_links) is published about once a second; allow a few publications.
-WIRING_DEADLINE_S: Final = 20.0
-CONTROL_TIMEOUT_S: Final = 1.0
-_PROXY_CREATE_ATTEMPTS: Final = 5
+# The state column of /proc/net/tcp for an established connection.
 _TCP_ESTABLISHED: Final = "01"
 
 
@@ -111,7 +115,8 @@ class BrokerExited(RuntimeError):
     """A broker process ended on its own (a crash) while the harness waited for the cluster."""
 
 
-def _wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str, interval_s: float = 0.2) -> None:
+def _wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str,
+              interval_s: float = limits.condition_poll_interval_s) -> None:
     """Poll ``condition`` until true; TimeoutError naming ``what``. Unlike ``wait_until`` it lets the
     condition's exceptions (BrokerExited) out at once."""
     deadline = time.monotonic() + timeout_s
@@ -215,7 +220,7 @@ class ChaosCluster:
             wanted.append((f"http_n{n}", "client", f"{HOST}:{self.cluster.nodes[n].client_port}", (n,)))
         for name, kind, upstream, nodes in wanted:
             state = None
-            for _attempt in range(_PROXY_CREATE_ATTEMPTS):
+            for _attempt in range(limits.proxy_create_attempts_max):
                 port = find_free_ports(1, avoid=taken)[0]
                 taken.add(port)
                 try:
@@ -224,7 +229,7 @@ class ChaosCluster:
                 except ServerError as exc:  # lost the race for the port: try another one
                     log.warning("proxy %s could not listen on %s: %s", name, port, exc)
             if state is None:
-                raise ToxiproxyError(f"could not create proxy {name} after {_PROXY_CREATE_ATTEMPTS} ports")
+                raise ToxiproxyError(f"could not create proxy {name} after {limits.proxy_create_attempts_max} ports")
             info = ProxyInfo(name, kind, state.listen, upstream, nodes)
             self.proxies[name] = info
             if kind == "link":
@@ -233,7 +238,7 @@ class ChaosCluster:
             else:
                 self.cluster.set_advertised_url(nodes[0], f"http://{HOST}:{info.listen_port}")
 
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
+    def wait_ready(self, timeout_s: float = limits.broker_ready_deadline_s) -> None:
         self.cluster.wait_ready(timeout_s=timeout_s)
 
     def stop(self) -> None:
@@ -299,7 +304,7 @@ class ChaosCluster:
         if node not in self.cluster.nodes:
             raise ValueError(f"no broker {node} (brokers are {self.node_ids})")
 
-    def _metadata(self, node: int, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any] | None:
+    def _metadata(self, node: int, timeout_s: float = limits.control_timeout_s) -> dict[str, Any] | None:
         try:
             status, body = http_json(f"{self.direct_url(node)}/v1/metadata", timeout_s=timeout_s)
         except OSError:
@@ -342,7 +347,7 @@ class ChaosCluster:
             problems.extend(socket_problems)
         return problems
 
-    def verify_wiring(self, timeout_s: float = WIRING_DEADLINE_S) -> dict[str, Any]:
+    def verify_wiring(self, timeout_s: float = limits.wiring_deadline_s) -> dict[str, Any]:
         """Assert (waiting up to ``timeout_s`` for the once-a-second metadata) that every pair has its link up,
         every dialer dialed its pair's proxy, and (where /proc is readable) no broker socket talks to another
         broker's port directly and every accepted peer connection comes from the proxy server."""
@@ -354,7 +359,8 @@ class ChaosCluster:
             return not last
 
         try:
-            wait_until(clean, timeout_s=timeout_s, what="every peer link up through its proxy", interval_s=0.2)
+            wait_until(clean, timeout_s=timeout_s, what="every peer link up through its proxy",
+                       interval_s=limits.condition_poll_interval_s)
         except TimeoutError:
             raise WiringError("wiring check failed: " + "; ".join(last)) from None
         report = {"links": {name: p.listen for name, p in self.proxies.items() if p.kind == "link"},
@@ -629,8 +635,9 @@ class ChaosCluster:
             self._record("restart", f"n{node}", {"was_running": was_running, "graceful": graceful,
                                                  "pid": self.cluster.nodes[node].pid}, started=started)
 
-    def rolling_restart(self, order: Sequence[int] | None = None, *, down_s: float = 1.0,
-                        ready_timeout_s: float = 30.0) -> None:
+    def rolling_restart(self, order: Sequence[int] | None = None, *,
+                        down_s: float = limits.rolling_restart_down_s_default,
+                        ready_timeout_s: float = limits.broker_ready_deadline_s) -> None:
         """Restart every broker in turn: graceful stop, ``down_s`` down, start, then wait (bounded) until it is
         ready and its peer links are up before the next one."""
         for node in order if order is not None else self.node_ids:
@@ -639,7 +646,8 @@ class ChaosCluster:
             self.undo(handle)
             self.cluster.wait_ready([node], timeout_s=ready_timeout_s)
             wait_until(functools.partial(self._all_links_up, node), timeout_s=ready_timeout_s,
-                       what=f"broker {node}'s peer links after its restart", interval_s=0.2)
+                       what=f"broker {node}'s peer links after its restart",
+                       interval_s=limits.condition_poll_interval_s)
 
     def _all_links_up(self, node: int) -> bool:
         return len(self.peer_links(node) or []) == len(self.node_ids) - 1
@@ -658,7 +666,7 @@ class ChaosCluster:
                     continue
                 self._reported_exits[key] = process
                 crash = {"node": n, "returncode": process.returncode, "log": str(node.log_path),
-                         "log_tail": self.cluster.tail_log(n, 12)}
+                         "log_tail": self.cluster.tail_log(n, limits.crash_log_tail_lines)}
                 self.crashes.append(crash)
                 found.append(crash)
                 self._record("crash", f"n{n}", {"returncode": process.returncode, "log": str(node.log_path)})
@@ -731,7 +739,8 @@ class ChaosCluster:
 
     # --- convergence ------------------------------------------------------------------------------------
 
-    def leader_claims(self, topic: str, *, timeout_s: float = 0.5) -> dict[int, list[tuple[int, int]]]:
+    def leader_claims(self, topic: str, *,
+                      timeout_s: float = limits.leader_claims_timeout_s) -> dict[int, list[tuple[int, int]]]:
         """partition -> [(broker, term)] of the running, unpaused brokers that say they lead it."""
         claims: dict[int, list[tuple[int, int]]] = {}
         for n, node in self.cluster.nodes.items():
@@ -804,7 +813,8 @@ class ChaosCluster:
                          "log_start_offsets": {n: part.get("log_start_offset") for n, part in copies.items()}}
         return problems, view
 
-    def wait_converged(self, topics: Iterable[str] | None = None, *, timeout_s: float = 60.0) -> dict[str, Any]:
+    def wait_converged(self, topics: Iterable[str] | None = None, *,
+                       timeout_s: float = limits.converge_deadline_s) -> dict[str, Any]:
         """Wait (bounded) until every broker is ready and linked to every other, and every partition has exactly
         one leader that all its replicas name in the same term, with equal high watermarks and commit indexes.
         Returns ``{"topic/p": {leader, term, high_watermark, replicas, ...}}``; raises TimeoutError naming what
@@ -820,14 +830,16 @@ class ChaosCluster:
             for n, node in self.cluster.nodes.items():
                 if node.process is not None and node.process.poll() is not None:
                     raise BrokerExited(f"broker {n} exited with code {node.process.returncode} while the cluster "
-                                       f"was converging; {node.log_path} ends with:\n{self.cluster.tail_log(n, 3)}")
+                                       f"was converging; {node.log_path} ends with:\n"
+                                       f"{self.cluster.tail_log(n, limits.exit_log_tail_lines)}")
             last, result = self.convergence_problems(topic_list)
             return not last
 
         try:
             _wait_for(converged, timeout_s=timeout_s, what="the cluster to converge")
         except TimeoutError:
-            raise TimeoutError(f"cluster did not converge within {timeout_s:.0f} s: " + "; ".join(last[:12])) from None
+            shown = last[: limits.convergence_problems_shown_max]
+            raise TimeoutError(f"cluster did not converge within {timeout_s:.0f} s: " + "; ".join(shown)) from None
         self._record("converged", "cluster", {"after_s": round(time.monotonic() - started, 2),
                                               "partitions": {k: {"leader": v["leader"], "term": v["term"],
                                                                  "high_watermark": v["high_watermark"]}

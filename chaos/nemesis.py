@@ -24,9 +24,9 @@ import random
 from dataclasses import dataclass
 from typing import Any, Final
 
+from raftmq.chaos import limits
 from raftmq.chaos.scenario import FaultSpec, Scenario, ScenarioError, Span
 
-STEPS_MAX: Final = 2_000
 # Step kinds whose "leader" target takes the leader away from its peers: the runner measures failover for them.
 LEADER_FAULT_KINDS: Final = frozenset({"isolate", "partition", "one-way", "kill", "pause", "restart"})
 
@@ -105,7 +105,8 @@ def _resolve_seeded(fault: FaultSpec, rng: random.Random, nodes: int, label: str
     return target  # leader, follower, leader-link, all
 
 
-def generate(scenario: Scenario, *, duration_s: float, seed: int, nodes: int = 3) -> list[Step]:
+def generate(scenario: Scenario, *, duration_s: float, seed: int,
+             nodes: int = limits.cluster_nodes_default) -> list[Step]:
     """The fault schedule of one run of ``scenario`` (see the module docstring)."""
     if nodes < 1:
         raise ScenarioError(f"{scenario.name}: a cluster needs at least one node, got {nodes}")
@@ -121,7 +122,7 @@ def generate(scenario: Scenario, *, duration_s: float, seed: int, nodes: int = 3
     nominal = sched.start
     previous_end: float | None = None
     group = 0
-    while len(steps) < STEPS_MAX:
+    while len(steps) < limits.schedule_steps_max:
         jitter = rng.uniform(-sched.jitter, sched.jitter) if sched.jitter > 0 else 0.0
         at = nominal + jitter
         if previous_end is not None:

@@ -1,7 +1,9 @@
 """raftmq's client for the Toxiproxy API, and a helper that runs a Toxiproxy server as a child process.
 
-`ProxyClient` drives a server through toxiproxy-python 0.1.1 and fixes that library's sharp edges
-(research/toxiproxy-api.md §7):
+`ProxyClient` drives a server through toxiproxy-python 0.1.1 and fixes that library's sharp edges (the
+fixed behaviour is checked by tests/chaos/test_toxiproxy_conformance.py, e.g.
+test_wrapper_confirms_changes, test_wrapper_times_out_and_reports_unreachable_servers and
+test_bind_failure_is_a_clear_500_not_a_key_error):
 
 - host and port belong to the client instance. The library keeps them in class attributes of `APIConsumer`,
   so every library call is made under a process-wide lock with this client's host and port bound;
@@ -16,7 +18,7 @@
   proxy PATCH, the real `/populate` (the library emulates it client-side), single GETs.
 
 All methods block; call them from threads (or `asyncio.to_thread`), never on an event loop that serves
-proxies.
+proxies. Timeouts, deadlines and attempts are in chaos/limits.py.
 """
 
 from __future__ import annotations
@@ -43,18 +45,8 @@ from urllib.parse import quote, urlsplit
 import requests
 import toxiproxy
 import toxiproxy.api as toxiproxy_api
+from raftmq.chaos import limits
 from toxiproxy import exceptions as toxiproxy_exceptions
-
-request_timeout_s_default: Final = 5.0
-# The server answers /version within this after it has started (ours needs ~0.5 s, Go's ~10 ms).
-server_start_deadline_s_default: Final = 15.0
-# SIGTERM, then SIGKILL after this; then wait this long again for the kernel to reap it.
-server_stop_deadline_s_default: Final = 5.0
-# Polling interval while waiting for a starting server to answer.
-server_poll_interval_s: Final = 0.05
-# Attempts at starting a server on a free port (another process may take the port between our probe and
-# the server's bind).
-server_start_attempts_max: Final = 3
 
 _repository_root: Final = Path(__file__).resolve().parent.parent
 
@@ -179,7 +171,7 @@ class _LibraryTransport:
     @staticmethod
     def _request(method: str, url: str, **kwargs: Any) -> requests.Response:
         timeout_s = kwargs.pop("timeout", None) or getattr(
-            _library_settings, "timeout_s", request_timeout_s_default
+            _library_settings, "timeout_s", limits.proxy_request_timeout_s_default
         )
         response = _send(method, url, timeout_s, **kwargs)
         _raise_for_status(response)
@@ -286,7 +278,11 @@ class ProxyClient:
     call and every change confirmed. Errors: `ToxiproxyError` and its subclasses."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 8474, *, timeout_s: float = request_timeout_s_default
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8474,
+        *,
+        timeout_s: float = limits.proxy_request_timeout_s_default,
     ):
         assert 0 < port <= 65535, port
         assert timeout_s > 0, timeout_s
@@ -297,7 +293,7 @@ class ProxyClient:
         _install_library_transport()
 
     @classmethod
-    def from_url(cls, url: str, *, timeout_s: float = request_timeout_s_default) -> ProxyClient:
+    def from_url(cls, url: str, *, timeout_s: float = limits.proxy_request_timeout_s_default) -> ProxyClient:
         parts = urlsplit(url)
         if parts.scheme != "http" or parts.hostname is None:
             raise ValueError(f"not a Toxiproxy API URL: {url!r} (expected http://host:port)")
@@ -642,8 +638,8 @@ class ToxiproxyServerProcess:
         config_path: str | os.PathLike[str] | None = None,
         seed: int | None = None,
         log_path: str | os.PathLike[str] | None = None,
-        start_deadline_s: float = server_start_deadline_s_default,
-        stop_deadline_s: float = server_stop_deadline_s_default,
+        start_deadline_s: float = limits.proxy_server_start_deadline_s_default,
+        stop_deadline_s: float = limits.proxy_server_stop_deadline_s_default,
     ) -> None:
         assert 0 <= port <= 65535, port
         assert start_deadline_s > 0 and stop_deadline_s > 0
@@ -676,7 +672,7 @@ class ToxiproxyServerProcess:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def client(self, *, timeout_s: float = request_timeout_s_default) -> ProxyClient:
+    def client(self, *, timeout_s: float = limits.proxy_request_timeout_s_default) -> ProxyClient:
         assert self.port > 0, "start the server first"
         return ProxyClient(self.host, self.port, timeout_s=timeout_s)
 
@@ -694,7 +690,7 @@ class ToxiproxyServerProcess:
 
     def start(self) -> Self:
         assert self._process is None, "already started"
-        attempts = server_start_attempts_max if self.requested_port == 0 else 1
+        attempts = limits.proxy_server_start_attempts_max if self.requested_port == 0 else 1
         for attempt in range(1, attempts + 1):
             self.port = self.requested_port or free_loopback_port(self.host)
             try:
@@ -726,7 +722,7 @@ class ToxiproxyServerProcess:
                 cwd=str(_repository_root) if not self.executable else None,
             )
         deadline = time.monotonic() + self.start_deadline_s
-        client = ProxyClient(self.host, self.port, timeout_s=1.0)
+        client = ProxyClient(self.host, self.port, timeout_s=limits.proxy_server_probe_timeout_s)
         while True:
             if self._process.poll() is not None:
                 code = self._process.returncode
@@ -741,7 +737,7 @@ class ToxiproxyServerProcess:
                 self.stop()
                 waited = f"{self.kind} did not answer on {self.url} within {self.start_deadline_s} s"
                 raise ToxiproxyError(f"{waited}: {self.log_tail()}")
-            time.sleep(server_poll_interval_s)
+            time.sleep(limits.proxy_server_poll_interval_s)
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after the stop deadline. Returns the exit code (None if never started)."""
@@ -760,7 +756,7 @@ class ToxiproxyServerProcess:
             self.log_path.unlink(missing_ok=True)
         return code
 
-    def log_tail(self, byte_count: int = 2000) -> str:
+    def log_tail(self, byte_count: int = limits.proxy_server_log_tail_bytes) -> str:
         if self.log_path is None or not self.log_path.exists():
             return "(no log)"
         data = self.log_path.read_bytes()[-byte_count:]

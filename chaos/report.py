@@ -3,9 +3,10 @@
 ``report.json`` (format ``raftmq-chaos-report/1``): the configuration and seed, every scenario's schedule,
 the matrix rows, failover times, the overall verdict, and per run the timeline (faults, live-target
 resolutions, leader changes), the checker's full ``CheckResult.to_json()`` and the run's statistics.
-``summary.md``: the matrix, failover times against the 3 s target, and per scenario and ack level the
-findings labelled *expected* or **BUG**, where every lost record went (``LostRecord.describe()``), and the
-timeline. Every run's history, logs and data stay under ``<report dir>/<scenario>/acks-<a>/``.
+``summary.md``: the matrix, failover times against the 3 s target (``limits.failover_target_ms``), and per
+scenario and ack level the findings labelled *expected* or **BUG**, where every lost record went
+(``LostRecord.describe()``), and the timeline. Every run's history, logs and data stay under
+``<report dir>/<scenario>/acks-<a>/``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from raftmq.chaos import limits
 from raftmq.chaos.nemesis import schedule_to_json
 from raftmq.chaos.scenario import Scenario
 from rich.console import Console, Group
@@ -29,10 +31,7 @@ if TYPE_CHECKING:
     from raftmq.chaos.runner import RunResult, RunSettings
 
 REPORT_FORMAT: Final = "raftmq-chaos-report/1"
-FAILOVER_TARGET_MS: Final = 3000.0
 MATRIX_COLUMNS: Final = ("attempted", "acked", "lost", "duplicated", "unknown", "recovered", "reordered", "divergence")
-_TIMELINE_ROWS_MAX: Final = 250
-_LOST_SHOWN_MAX: Final = 20
 
 _EXPECTED_NOTE: Final = {
     "all": "acks=all: nothing acknowledged may be lost while a majority lives; any loss is a bug.",
@@ -104,7 +103,8 @@ def matrix_markdown(results: Sequence[RunResult]) -> str:
 class LiveProgress:
     """Progress while the matrix runs: a live table on a terminal, a line every few seconds elsewhere."""
 
-    def __init__(self, console: Console | None = None, *, total_runs: int = 0, line_interval_s: float = 5.0) -> None:
+    def __init__(self, console: Console | None = None, *, total_runs: int = 0,
+                 line_interval_s: float = limits.progress_line_interval_s_default) -> None:
         self.console = console or Console(stderr=True)
         self.total_runs = total_runs
         self.results: list[RunResult] = []
@@ -116,7 +116,8 @@ class LiveProgress:
     def __enter__(self) -> LiveProgress:
         if self.console.is_terminal:
             # Transient: the caller prints the final matrix once the runs are over.
-            self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
+            self._live = Live(self._render(), console=self.console,
+                              refresh_per_second=limits.live_table_refreshes_per_s, transient=True)
             self._live.__enter__()
         return self
 
@@ -179,7 +180,7 @@ def build_report(scenarios: Sequence[Scenario], acks_levels: Sequence[str], sett
     for result in results:
         for f in result.failovers:
             failovers.append({"scenario": result.scenario, "acks": result.acks, **f.to_json(),
-                              "within_target": f.failover_ms is not None and f.failover_ms < FAILOVER_TARGET_MS})
+                              "within_target": f.failover_ms is not None and f.failover_ms < limits.failover_target_ms})
     all_ms = [f["failover_ms"] for f in failovers if f["acks"] == "all" and f["failover_ms"] is not None]
     return {
         "format": REPORT_FORMAT,
@@ -189,8 +190,10 @@ def build_report(scenarios: Sequence[Scenario], acks_levels: Sequence[str], sett
                    "rate": settings.rate, "durability": settings.durability, "processes": settings.processes,
                    "request_timeout_ms": settings.request_timeout_ms,
                    "delivery_timeout_ms": settings.delivery_timeout_ms, "acks": list(acks_levels),
-                   "scenarios": [s.name for s in scenarios], "topic": {"partitions": 3, "replication_factor": 3,
-                                                                       "min_insync_replicas": 2}},
+                   "scenarios": [s.name for s in scenarios],
+                   "topic": {"partitions": limits.topic_partitions_default,
+                             "replication_factor": limits.topic_replication_factor_default,
+                             "min_insync_replicas": limits.topic_min_insync_replicas_default}},
         "seed": settings.seed,
         "scenarios": {s.name: {"description": s.description, "faults": [asdict(f) for f in s.faults],
                                "schedule": schedule_to_json(generate(s, duration_s=settings.duration_s,
@@ -198,7 +201,7 @@ def build_report(scenarios: Sequence[Scenario], acks_levels: Sequence[str], sett
                       for s in scenarios},
         "verdict": overall_verdict(results),
         "matrix": [matrix_row(r) for r in results],
-        "failover": {"target_ms": FAILOVER_TARGET_MS, "max_ms_acks_all": max(all_ms) if all_ms else None,
+        "failover": {"target_ms": limits.failover_target_ms, "max_ms_acks_all": max(all_ms) if all_ms else None,
                      "measurements": failovers},
         "runs": [r.to_json() for r in results],
     }
@@ -230,87 +233,131 @@ def _describe_timeline_row(row: dict[str, Any]) -> str:
 
 
 def summary_markdown(report: dict[str, Any], results: Sequence[RunResult]) -> str:
+    lines = _summary_head(report, results) + _failover_section(report)
+    by_scenario: dict[str, list[RunResult]] = {}
+    for result in results:
+        by_scenario.setdefault(result.scenario, []).append(result)
+    for name, runs in by_scenario.items():
+        lines += _scenario_section(name, report["scenarios"].get(name, {}), runs)
+    return "\n".join(lines) + "\n"
+
+
+def _summary_head(report: dict[str, Any], results: Sequence[RunResult]) -> list[str]:
+    """The configuration (with the command that reproduces the report), the verdict and the matrix."""
     cfg = report["config"]
+    topic = cfg["topic"]
     lines = ["# raftmq chaos report", ""]
     lines.append(f"Seed {cfg['seed']}, {cfg['duration_s']:g} s per run, {cfg['nodes']} brokers (durability "
                  f"{cfg['durability']}), {cfg['rate']:g} sends/s from {cfg['processes']} producers (half idempotent), "
-                 f"topic with 3 partitions x 3 replicas, min.insync.replicas 2. Reproduce: `raftmq chaos run "
+                 f"topic with {topic['partitions']} partitions x {topic['replication_factor']} replicas, "
+                 f"min.insync.replicas {topic['min_insync_replicas']}. Reproduce: `raftmq chaos run "
                  f"{','.join(cfg['scenarios']) if len(cfg['scenarios']) < 4 else 'all'} --acks {','.join(cfg['acks'])} "
                  f"--seed {cfg['seed']} --duration {cfg['duration_s']:g}s`.")
     lines += ["", f"**Overall verdict: {report['verdict']}** ({len(results)} runs)", "", "## Matrix", "",
               matrix_markdown(results), ""]
     lines += ["Expected behaviour: " + " ".join(_EXPECTED_NOTE[a] for a in ("all", "1", "0")), ""]
+    return lines
+
+
+def _failover_section(report: dict[str, Any]) -> list[str]:
+    """Every failover measurement against the target (nothing when no step took a leader away)."""
     measurements = report["failover"]["measurements"]
-    if measurements:
-        lines += ["## Failover", "",
-                  f"From the fault to the first ok send on the partition acknowledged by a different leader "
-                  f"(target: under {FAILOVER_TARGET_MS / 1000:g} s for acks=all). Election = first metadata poll "
-                  "showing another leader.", "",
-                  "| scenario | acks | step | fault | partition | old leader | new leader (term) | election "
-                  "| failover | target |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for m in measurements:
-            new = f"n{m['new_leader']} (t{m['new_term']})" if m["new_leader"] is not None else "-"
-            ok = "yes" if m["within_target"] else "**no**"
-            lines.append(f"| {m['scenario']} | {m['acks']} | {m['step']} | {m['kind']} | {m['partition']} | "
-                         f"n{m['old_leader']} (t{m['old_term']}) | {new} | {_fmt_ms(m['election_ms'])} | "
-                         f"{_fmt_ms(m['failover_ms'])} | {ok} |")
+    if not measurements:
+        return []
+    lines = ["## Failover", "",
+             f"From the fault to the first ok send on the partition acknowledged by a different leader "
+             f"(target: under {limits.failover_target_ms / 1000:g} s for acks=all). Election = first metadata poll "
+             "showing another leader.", "",
+             "| scenario | acks | step | fault | partition | old leader | new leader (term) | election "
+             "| failover | target |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for m in measurements:
+        new = f"n{m['new_leader']} (t{m['new_term']})" if m["new_leader"] is not None else "-"
+        ok = "yes" if m["within_target"] else "**no**"
+        lines.append(f"| {m['scenario']} | {m['acks']} | {m['step']} | {m['kind']} | {m['partition']} | "
+                     f"n{m['old_leader']} (t{m['old_term']}) | {new} | {_fmt_ms(m['election_ms'])} | "
+                     f"{_fmt_ms(m['failover_ms'])} | {ok} |")
+    lines.append("")
+    return lines
+
+
+def _scenario_section(name: str, info: dict[str, Any], runs: list[RunResult]) -> list[str]:
+    """One scenario: its description, its schedule (shared by every ack level) and each of its runs."""
+    lines = [f"## {name}", "", info.get("description", ""), "", "Schedule (same for every ack level):", ""]
+    for step in info.get("schedule", []):
+        lines.append(f"- {step['at_s']:.2f} s -> {step['end_s']:.2f} s: {step['description']}")
+    lines.append("")
+    for result in runs:
+        lines += _run_section(name, result)
+    return lines
+
+
+def _run_section(name: str, result: RunResult) -> list[str]:
+    """One run: what to expect at its ack level, its sends, findings, failovers, losses and timeline."""
+    lines = [f"### {name}, acks={result.acks}: {result.verdict}", ""]
+    lines.append(_EXPECTED_NOTE.get(result.acks, ""))
+    lines.append("")
+    if result.error:
+        lines += [f"Run error: `{result.error}` (see `{result.run_dir}/error.txt`).", ""]
+    counts = result.stats.get("counts") or {}
+    lines.append(f"Sends: {counts.get('sent', 0)} sent, {counts.get('ok', 0)} ok, {counts.get('fail', 0)} "
+                 f"failed, {counts.get('unknown', 0)} unknown; errors {result.stats.get('errors', {})}; "
+                 f"consumer polled {result.stats.get('polled', 0)} records. Data and logs: `{result.run_dir}`.")
+    lines.append("")
+    findings = _finding_lines(result)
+    lines += (["Findings:", "", *findings, ""] if findings else ["Findings: none.", ""])
+    for f in result.failovers:
+        lines.append(f"- failover after step {f.step} ({f.kind} of n{f.old_leader}, partition {f.partition}): "
+                     f"{_fmt_ms(f.failover_ms)} (election seen after {_fmt_ms(f.election_ms)})")
+    if result.failovers:
         lines.append("")
-    by_scenario: dict[str, list[RunResult]] = {}
-    for result in results:
-        by_scenario.setdefault(result.scenario, []).append(result)
-    for name, runs in by_scenario.items():
-        info = report["scenarios"].get(name, {})
-        lines += [f"## {name}", "", info.get("description", ""), "", "Schedule (same for every ack level):", ""]
-        for step in info.get("schedule", []):
-            lines.append(f"- {step['at_s']:.2f} s -> {step['end_s']:.2f} s: {step['description']}")
+    return lines + _lost_lines(result) + _timeline_lines(result)
+
+
+def _finding_lines(result: RunResult) -> list[str]:
+    """The checker's findings, then the runner's, each labelled expected or BUG."""
+    findings = []
+    if result.check is not None:
+        for finding in result.check.findings:
+            label = "expected" if finding.expected else "**BUG**"
+            findings.append(f"- [{label}] {finding.kind}: {finding.count}: {finding.explanation}")
+    for extra in result.extra_findings:
+        label = "expected" if extra["expected"] else "**BUG**"
+        findings.append(f"- [{label}] {extra['kind']}: {extra['count']}: {extra['explanation']}")
+    return findings
+
+
+def _lost_lines(result: RunResult) -> list[str]:
+    """Lost records grouped by who acknowledged them (exact counts), then where the first few went."""
+    lines: list[str] = []
+    groups = result.stats.get("lost_by_ack") or []
+    if groups:
+        lines += ["Lost records by who acknowledged them:", ""]
+        for g in groups:
+            who = f"broker {g['leader']}" if g["leader"] is not None else "an unknown broker"
+            lines.append(f"- {g['count']} on partition {g['partition']}, acked by {who} in term {g['term']} "
+                         f"between {g['first_ack_ms'] / 1000:.2f} s and {g['last_ack_ms'] / 1000:.2f} s")
         lines.append("")
-        for result in runs:
-            lines += [f"### {name}, acks={result.acks}: {result.verdict}", ""]
-            lines.append(_EXPECTED_NOTE.get(result.acks, ""))
-            lines.append("")
-            if result.error:
-                lines += [f"Run error: `{result.error}` (see `{result.run_dir}/error.txt`).", ""]
-            counts = result.stats.get("counts") or {}
-            lines.append(f"Sends: {counts.get('sent', 0)} sent, {counts.get('ok', 0)} ok, {counts.get('fail', 0)} "
-                         f"failed, {counts.get('unknown', 0)} unknown; errors {result.stats.get('errors', {})}; "
-                         f"consumer polled {result.stats.get('polled', 0)} records. Data and logs: `{result.run_dir}`.")
-            lines.append("")
-            findings = []
-            if result.check is not None:
-                for finding in result.check.findings:
-                    label = "expected" if finding.expected else "**BUG**"
-                    findings.append(f"- [{label}] {finding.kind}: {finding.count}: {finding.explanation}")
-            for extra in result.extra_findings:
-                label = "expected" if extra["expected"] else "**BUG**"
-                findings.append(f"- [{label}] {extra['kind']}: {extra['count']}: {extra['explanation']}")
-            lines += (["Findings:", "", *findings, ""] if findings else ["Findings: none.", ""])
-            for f in result.failovers:
-                lines.append(f"- failover after step {f.step} ({f.kind} of n{f.old_leader}, partition {f.partition}): "
-                             f"{_fmt_ms(f.failover_ms)} (election seen after {_fmt_ms(f.election_ms)})")
-            if result.failovers:
-                lines.append("")
-            groups = result.stats.get("lost_by_ack") or []
-            if groups:
-                lines += ["Lost records by who acknowledged them:", ""]
-                for g in groups:
-                    who = f"broker {g['leader']}" if g["leader"] is not None else "an unknown broker"
-                    lines.append(f"- {g['count']} on partition {g['partition']}, acked by {who} in term {g['term']} "
-                                 f"between {g['first_ack_ms'] / 1000:.2f} s and {g['last_ack_ms'] / 1000:.2f} s")
-                lines.append("")
-            if result.check is not None and result.check.lost_records:
-                shown = result.check.lost_records[:_LOST_SHOWN_MAX]
-                lines += [f"Where the lost records went ({result.check.lost} lost, {len(shown)} shown):", ""]
-                lines += [f"- {record.describe()}" for record in shown]
-                lines.append("")
-            if result.timeline:
-                lines += ["Timeline (t = seconds since the workload started):", "", "| t (s) | event |", "|---|---|"]
-                for row in result.timeline[:_TIMELINE_ROWS_MAX]:
-                    lines.append(f"| {row['t_ms'] / 1000:.2f} | {_describe_timeline_row(row)} |")
-                if len(result.timeline) > _TIMELINE_ROWS_MAX:
-                    lines.append(f"| ... | {len(result.timeline) - _TIMELINE_ROWS_MAX} more rows in report.json |")
-                lines.append("")
-    return "\n".join(lines) + "\n"
+    if result.check is not None and result.check.lost_records:
+        shown = result.check.lost_records[: limits.summary_lost_records_max]
+        lines += [f"Where the lost records went ({result.check.lost} lost, {len(shown)} shown):", ""]
+        lines += [f"- {record.describe()}" for record in shown]
+        lines.append("")
+    return lines
+
+
+def _timeline_lines(result: RunResult) -> list[str]:
+    """The run's timeline as a table, cut after limits.summary_timeline_rows_max rows (report.json has all)."""
+    if not result.timeline:
+        return []
+    rows_max = limits.summary_timeline_rows_max
+    lines = ["Timeline (t = seconds since the workload started):", "", "| t (s) | event |", "|---|---|"]
+    for row in result.timeline[:rows_max]:
+        lines.append(f"| {row['t_ms'] / 1000:.2f} | {_describe_timeline_row(row)} |")
+    if len(result.timeline) > rows_max:
+        lines.append(f"| ... | {len(result.timeline) - rows_max} more rows in report.json |")
+    lines.append("")
+    return lines
 
 
 def write_reports(report_dir: Path, scenarios: Sequence[Scenario], acks_levels: Sequence[str],

@@ -34,9 +34,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import aiohttp
+from raftmq.chaos import limits
 from raftmq.chaos.checker import CheckResult, check
 from raftmq.chaos.harness import BrokerExited, ChaosCluster, FaultEvent, FaultHandle
 from raftmq.chaos.history import History, SendOp
@@ -46,28 +47,20 @@ from raftmq.chaos.workload import Workload, WorkloadConfig
 
 log = logging.getLogger("raftmq.chaos.runner")
 
-POLL_INTERVAL_S: Final = 0.2
-POLL_TIMEOUT_S: Final = 0.5
-FAILOVER_TARGET_MS: Final = 3000.0
-# How long a step waits for "the leader" to exist before falling back to a node drawn from its pick.
-LEADER_RESOLVE_DEADLINE_S: Final = 3.0
-CONVERGE_DEADLINE_S: Final = 60.0
-PROGRESS_INTERVAL_S: Final = 0.5
-
 ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass
 class RunSettings:
-    duration_s: float = 60.0
+    duration_s: float = limits.run_duration_s_default
     seed: int = 1
-    nodes: int = 3
-    rate: float = 200.0
+    nodes: int = limits.cluster_nodes_default
+    rate: float = limits.send_rate_per_s_default
     durability: str = "always"
-    converge_timeout_s: float = CONVERGE_DEADLINE_S
-    processes: int = 4
-    request_timeout_ms: int = 2_000
-    delivery_timeout_ms: int = 8_000
+    converge_timeout_s: float = limits.converge_deadline_s
+    processes: int = limits.producer_processes_default
+    request_timeout_ms: int = limits.request_timeout_ms_default
+    delivery_timeout_ms: int = limits.delivery_timeout_ms_default
     proxy_executable: str | None = None
 
 
@@ -148,13 +141,13 @@ class LeaderTimeline:
         self.polls = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        timeout = aiohttp.ClientTimeout(total=POLL_TIMEOUT_S)
+        timeout = aiohttp.ClientTimeout(total=limits.leader_poll_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while not stop.is_set():
                 started = time.monotonic()
                 await self.poll_once(session)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, POLL_INTERVAL_S - (time.monotonic() - started))):
+                    async with asyncio.timeout(max(0.0, limits.leader_poll_interval_s - (time.monotonic() - started))):
                         await stop.wait()
 
     async def _fetch(self, session: aiohttp.ClientSession, node: int) -> tuple[int, dict[str, Any] | None]:
@@ -208,6 +201,33 @@ class LeaderTimeline:
 # --- executing the schedule ---------------------------------------------------------------------------
 
 
+@dataclass
+class _Target:
+    """A step's target resolved to brokers (``link`` for link faults), and the leader of its partition as
+    claimed when a live selector was resolved (None for selectors that do not look at the leader)."""
+
+    nodes: list[int]
+    link: tuple[int, int] | None = None
+    leader: int | None = None
+    term: int | None = None
+    claims: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    how: str = ""
+
+
+def _resolve_fixed(selector: str, ids: list[int]) -> _Target:
+    """"node:N", "nodes:A,B", "all" or "link:A-B" (the nemesis resolved the seeded selectors to these)."""
+    if selector.startswith("node:"):
+        return _Target([int(selector[5:])])
+    if selector.startswith("nodes:"):
+        return _Target([int(x) for x in selector[6:].split(",")])
+    if selector == "all":
+        return _Target(list(ids))
+    if selector.startswith("link:"):
+        a, b = (int(x) for x in selector[5:].split("-"))
+        return _Target([a, b], (a, b))
+    raise ValueError(f"unknown target {selector!r}")
+
+
 class NemesisExecutor:
     """Applies and undoes the schedule's steps at their offsets from ``t0`` (monotonic s)."""
 
@@ -253,7 +273,7 @@ class NemesisExecutor:
     # -- live target resolution (worker thread) --
 
     def _leader(self, partition: int, pick: float) -> tuple[int, int | None, dict[int, list[tuple[int, int]]], str]:
-        deadline = time.monotonic() + LEADER_RESOLVE_DEADLINE_S
+        deadline = time.monotonic() + limits.leader_resolve_deadline_s
         while True:
             claims = self.harness.leader_claims(self.topic)
             if claims.get(partition):
@@ -262,96 +282,105 @@ class NemesisExecutor:
             if time.monotonic() >= deadline:
                 ids = self.harness.node_ids
                 return ids[int(pick * len(ids)) % len(ids)], None, claims, "no leader found; node drawn from the pick"
-            time.sleep(0.1)  # polling for a condition with a deadline
+            time.sleep(limits.leader_resolve_poll_interval_s)  # polling for a condition with a deadline
 
     def _apply(self, step: Step) -> list[FaultHandle]:
+        rng = random.Random(step.pick)
+        target = self._resolve(step)
+        handles = self._inject(step, target, rng)
+        self._probe_failover(step, target, handles)
+        return handles
+
+    def _resolve(self, step: Step) -> _Target:
+        """The brokers (or link) the step acts on, live selectors resolved now; the resolution is logged."""
+        resolution: dict[str, Any] = {"t_ms": round(self.clock(), 1), "step": step.index, "selector": step.target,
+                                      "partition": step.partition}
+        if step.target in ("leader", "follower", "leader-link"):
+            target = self._resolve_live(step)
+            resolution.update(leader=target.leader, term=target.term, how=target.how)
+        else:
+            target = _resolve_fixed(step.target, self.harness.node_ids)
+        link = target.link
+        resolution["resolved"] = target.nodes if link is None else f"link {link[0]}-{link[1]}"
+        self.resolutions.append(resolution)
+        return target
+
+    def _resolve_live(self, step: Step) -> _Target:
+        """"leader", "follower" or "leader-link" of the step's partition, as the brokers claim it right now."""
+        leader, term, claims, how = self._leader(step.partition, step.pick)
+        followers = [n for n in self.harness.node_ids if n != leader]
+        follower = followers[int(step.pick * len(followers)) % len(followers)] if followers else leader
+        if step.target == "leader":
+            return _Target([leader], None, leader, term, claims, how)
+        if step.target == "follower":
+            return _Target([follower], None, leader, term, claims, how)
+        return _Target([leader, follower], (leader, follower), leader, term, claims, how)
+
+    def _inject(self, step: Step, target: _Target, rng: random.Random) -> list[FaultHandle]:
+        """Apply the step's fault to its resolved target; the handles undo it."""
+        h = self.harness
+        kind = step.kind
+        node = target.nodes[0]
+        if kind in ("isolate", "partition", "bridge", "one-way"):
+            return self._cut_off(step, node, target.leader, rng)
+        if kind == "cut-link":
+            assert target.link is not None, "cut-link needs a link target"
+            return [h.cut_link(*target.link, mode=step.param("mode", "refuse"))]
+        if kind in ("slow", "bandwidth", "reset"):
+            return [self._degrade(step, target.link if target.link is not None else node)]
+        if kind == "kill":
+            return [h.kill(target.nodes)]
+        if kind == "pause":
+            return [h.pause(target.nodes)]
+        if kind == "restart":
+            return [h.shutdown(target.nodes)]
+        raise ValueError(f"unknown fault kind {kind!r}")
+
+    def _cut_off(self, step: Step, node: int, leader: int | None, rng: random.Random) -> list[FaultHandle]:
+        """isolate, partition, bridge or one-way around ``node`` (the others drawn from ``rng``)."""
         h = self.harness
         ids = h.node_ids
-        rng = random.Random(step.pick)
-        started_ms = self.clock()
-        resolution: dict[str, Any] = {"t_ms": round(started_ms, 1), "step": step.index, "selector": step.target,
-                                      "partition": step.partition}
-        leader = term = None
-        claims: dict[int, list[tuple[int, int]]] = {}
-        nodes: list[int]
-        link: tuple[int, int] | None = None
-        if step.target in ("leader", "follower", "leader-link"):
-            leader, term, claims, how = self._leader(step.partition, step.pick)
-            resolution.update(leader=leader, term=term, how=how)
-            followers = [n for n in ids if n != leader]
-            follower = followers[int(step.pick * len(followers)) % len(followers)] if followers else leader
-            if step.target == "leader":
-                nodes = [leader]
-            elif step.target == "follower":
-                nodes = [follower]
-            else:
-                nodes = [leader, follower]
-                link = (leader, follower)
-        elif step.target.startswith("node:"):
-            nodes = [int(step.target[5:])]
-        elif step.target.startswith("nodes:"):
-            nodes = [int(x) for x in step.target[6:].split(",")]
-        elif step.target == "all":
-            nodes = list(ids)
-        elif step.target.startswith("link:"):
-            a, b = (int(x) for x in step.target[5:].split("-"))
-            nodes, link = [a, b], (a, b)
-        else:
-            raise ValueError(f"unknown target {step.target!r}")
-        resolution["resolved"] = nodes if link is None else f"link {link[0]}-{link[1]}"
-        self.resolutions.append(resolution)
         kind = step.kind
-        node = nodes[0]
-        handles: list[FaultHandle]
         if kind == "isolate":
-            handles = [h.isolate(node, step.param("mode", "refuse"))]
-        elif kind == "partition":
+            return [h.isolate(node, step.param("mode", "refuse"))]
+        if kind == "partition":
             size = max(1, (len(ids) - 1) // 2)
             rest = [n for n in ids if n != node]
             minority = {node, *rng.sample(rest, size - 1)}
-            handles = [h.partition([minority, set(ids) - minority], step.param("mode", "refuse"))]
-        elif kind == "bridge":
+            return [h.partition([minority, set(ids) - minority], step.param("mode", "refuse"))]
+        if kind == "bridge":
             rest = [n for n in ids if n != node]
             if leader is not None and leader != node and leader in rest:
                 a = leader
                 b = next(n for n in rest if n != leader)
             else:
                 a, b = sorted(rng.sample(rest, 2))
-            handles = [h.bridge(a, node, b, step.param("mode", "refuse"))]
-        elif kind == "one-way":
-            peers = [n for n in ids if n != node]
-            if step.param("direction", "out") == "out":
-                handles = [h.one_way(node, peers)]
-            else:
-                handles = [h.one_way(peer, node) for peer in peers]
-        elif kind == "cut-link":
-            assert link is not None, "cut-link needs a link target"
-            handles = [h.cut_link(*link, mode=step.param("mode", "refuse"))]
-        elif kind in ("slow", "bandwidth", "reset"):
-            target: int | tuple[int, int] = link if link is not None else node
-            if kind == "slow":
-                handles = [h.slow(target, int(step.param("latency_ms", 200)), int(step.param("jitter_ms", 0)))]
-            elif kind == "bandwidth":
-                handles = [h.bandwidth(target, int(step.param("kb_s", 64)))]
-            else:
-                handles = [h.reset_peer(target)]
-        elif kind == "kill":
-            handles = [h.kill(nodes)]
-        elif kind == "pause":
-            handles = [h.pause(nodes)]
-        elif kind == "restart":
-            handles = [h.shutdown(nodes)]
-        else:
-            raise ValueError(f"unknown fault kind {kind!r}")
+            return [h.bridge(a, node, b, step.param("mode", "refuse"))]
+        peers = [n for n in ids if n != node]  # one-way
+        if step.param("direction", "out") == "out":
+            return [h.one_way(node, peers)]
+        return [h.one_way(peer, node) for peer in peers]
+
+    def _degrade(self, step: Step, target: int | tuple[int, int]) -> FaultHandle:
+        """slow, bandwidth or reset on a node's peer links or on one link."""
+        h = self.harness
+        if step.kind == "slow":
+            return h.slow(target, int(step.param("latency_ms", 200)), int(step.param("jitter_ms", 0)))
+        if step.kind == "bandwidth":
+            return h.bandwidth(target, int(step.param("kb_s", 64)))
+        return h.reset_peer(target)
+
+    def _probe_failover(self, step: Step, target: _Target, handles: list[FaultHandle]) -> None:
+        """Remember when a step that took the leader away (alone in its group) hit, to time the failover."""
+        leader, term = target.leader, target.term
         alone = sum(1 for other in self.schedule if other.group == step.group) == 1
         if step.takes_leader_away and alone and leader is not None and term is not None:
-            event = next(e for e in reversed(h.events) if e.handle == handles[0].id)
+            event = next(e for e in reversed(self.harness.events) if e.handle == handles[0].id)
             fault_ms = self._ms(event.started_mono_s or event.mono_s)
-            also = sorted(p for p, claimed in claims.items() if p != step.partition and claimed
+            also = sorted(p for p, claimed in target.claims.items() if p != step.partition and claimed
                           and max(claimed, key=lambda c: c[1])[0] == leader)
-            self.probes.append({"step": step.index, "kind": kind, "partition": step.partition, "old_leader": leader,
-                                "old_term": term, "fault_ms": fault_ms, "also_led": also})
-        return handles
+            self.probes.append({"step": step.index, "kind": step.kind, "partition": step.partition,
+                                "old_leader": leader, "old_term": term, "fault_ms": fault_ms, "also_led": also})
 
     def _ms(self, mono_s: float) -> float:
         return self.clock() - (time.monotonic() - mono_s) * 1000
@@ -399,7 +428,7 @@ def lost_by_ack(history: History) -> list[dict[str, Any]]:
 
 
 def lost_before_a_kept_record(history: History, acks_levels: tuple[str, ...] = ("1", "all"), *,
-                              witnesses_min: int = 3) -> list[dict[str, Any]]:
+                              witnesses_min: int = limits.kept_record_witnesses_min) -> list[dict[str, Any]]:
     """Acknowledged sends that Raft cannot have lost by failover: send e1 was acknowledged by leader L in term T,
     and a send e2 on the same partition, started after e1's ack and acknowledged by the same L in the same T,
     is in the drained log. Within one term a leader only appends, so e2 committed implies e1 committed (log
@@ -447,182 +476,254 @@ async def run_once(scenario: Scenario, acks: str, settings: RunSettings, report_
                    progress: ProgressCallback | None = None) -> RunResult:
     """One run of ``scenario`` at one ack level (see the module docstring). Never raises for a failed run:
     the result's verdict is ERROR and ``error`` says why."""
-    schedule = generate(scenario, duration_s=settings.duration_s, seed=settings.seed, nodes=settings.nodes)
-    run_dir = run_dir_for(report_dir, scenario.name, acks)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    result = RunResult(scenario=scenario.name, acks=acks, seed=settings.seed, duration_s=settings.duration_s,
-                       schedule=schedule, run_dir=run_dir)
-    wall_start = time.monotonic()
-    status: dict[str, Any] = {"scenario": scenario.name, "acks": acks, "phase": "starting", "t_s": 0.0,
-                              "duration_s": settings.duration_s, "last_event": ""}
-    t0 = time.monotonic()
+    run = _Run(scenario, acks, settings, report_dir, progress)
+    await run.execute()
+    return run.finish()
 
-    def clock() -> float:
-        return (time.monotonic() - t0) * 1000.0
 
-    def on_event(event: FaultEvent) -> None:
-        status["last_event"] = f"{event.action} {event.target}"
+class _Run:
+    """The state of one ``run_once``: the phases in order (set up, faults under load, heal, drain, check),
+    then the findings, timeline and statistics that complete the result."""
 
-    harness = ChaosCluster(run_dir / "cluster", nodes=settings.nodes, durability=settings.durability,
-                           seed=settings.seed, proxy_executable=settings.proxy_executable, on_event=on_event)
-    config = WorkloadConfig(acks=acks, rate=settings.rate, processes=settings.processes, seed=settings.seed,
-                            request_timeout_ms=settings.request_timeout_ms,
-                            delivery_timeout_ms=settings.delivery_timeout_ms)
-    workload: Workload | None = None
-    timeline: LeaderTimeline | None = None
-    executor: NemesisExecutor | None = None
-    stop_polling = asyncio.Event()
-    tasks: list[asyncio.Task[Any]] = []
-    progress_task: asyncio.Task[None] | None = None
+    def __init__(self, scenario: Scenario, acks: str, settings: RunSettings, report_dir: Path,
+                 progress: ProgressCallback | None) -> None:
+        self.scenario = scenario
+        self.acks = acks
+        self.settings = settings
+        self.progress = progress
+        schedule = generate(scenario, duration_s=settings.duration_s, seed=settings.seed, nodes=settings.nodes)
+        self.run_dir = run_dir_for(report_dir, scenario.name, acks)
+        if self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True)
+        self.result = RunResult(scenario=scenario.name, acks=acks, seed=settings.seed,
+                                duration_s=settings.duration_s, schedule=schedule, run_dir=self.run_dir)
+        self.wall_start = time.monotonic()
+        self.status: dict[str, Any] = {"scenario": scenario.name, "acks": acks, "phase": "starting", "t_s": 0.0,
+                                       "duration_s": settings.duration_s, "last_event": ""}
+        # The run clock: restarted when the workload starts (t = 0 in the timeline and the history).
+        self.t0 = time.monotonic()
+        self.harness = ChaosCluster(self.run_dir / "cluster", nodes=settings.nodes, durability=settings.durability,
+                                    seed=settings.seed, proxy_executable=settings.proxy_executable,
+                                    on_event=self._on_event)
+        self.config = WorkloadConfig(acks=acks, rate=settings.rate, processes=settings.processes,
+                                     seed=settings.seed, request_timeout_ms=settings.request_timeout_ms,
+                                     delivery_timeout_ms=settings.delivery_timeout_ms)
+        self.workload: Workload | None = None
+        self.timeline: LeaderTimeline | None = None
+        self.executor: NemesisExecutor | None = None
+        self.stop_polling = asyncio.Event()
+        self.tasks: list[asyncio.Task[Any]] = []  # timeline, nemesis, consumer
+        self.progress_task: asyncio.Task[None] | None = None
 
-    async def report_progress() -> None:
+    def clock(self) -> float:
+        return (time.monotonic() - self.t0) * 1000.0
+
+    def _on_event(self, event: FaultEvent) -> None:
+        self.status["last_event"] = f"{event.action} {event.target}"
+
+    async def _report_progress(self) -> None:
         while True:
-            if progress is not None:
-                if status["phase"] == "running":
-                    status["t_s"] = round(clock() / 1000, 1)
-                snapshot = dict(status)
-                if workload is not None:
-                    snapshot["counts"] = dict(workload.counts)
-                if timeline is not None:
-                    snapshot["leaders"] = {p: list(v) for p, v in sorted(timeline.current.items())}
-                if executor is not None:
-                    snapshot["active"] = list(executor.active.values())
+            if self.progress is not None:
+                if self.status["phase"] == "running":
+                    self.status["t_s"] = round(self.clock() / 1000, 1)
+                snapshot = dict(self.status)
+                if self.workload is not None:
+                    snapshot["counts"] = dict(self.workload.counts)
+                if self.timeline is not None:
+                    snapshot["leaders"] = {p: list(v) for p, v in sorted(self.timeline.current.items())}
+                if self.executor is not None:
+                    snapshot["active"] = list(self.executor.active.values())
                 with contextlib.suppress(Exception):
-                    progress(snapshot)
-            await asyncio.sleep(PROGRESS_INTERVAL_S)  # display refresh period
+                    self.progress(snapshot)
+            await asyncio.sleep(limits.progress_interval_s)  # display refresh period
 
-    try:
-        progress_task = asyncio.create_task(report_progress())
+    # --- the phases ---------------------------------------------------------------------------------
+
+    async def execute(self) -> None:
+        """Every phase; a phase that fails ends the run with verdict ERROR, and the cluster is always stopped."""
+        try:
+            self.progress_task = asyncio.create_task(self._report_progress())
+            workload = await self._set_up()
+            timeline, executor = await self._run_under_faults(workload)
+            converged = await self._heal()
+            await self._drain(workload, converged)
+            await self._check(workload, timeline, executor)
+        except Exception as exc:  # noqa: BLE001 - a run that breaks is reported, the matrix goes on
+            log.exception("run %s acks=%s failed", self.scenario.name, self.acks)
+            self.result.error = f"{type(exc).__name__}: {exc}"
+            (self.run_dir / "error.txt").write_text(traceback.format_exc())
+            self.result.verdict = "ERROR"
+        finally:
+            await self._tear_down()
+
+    async def _set_up(self) -> Workload:
+        """Cluster started with its wiring verified, the topic created, every partition led."""
+        harness = self.harness
         await asyncio.to_thread(harness.start)
-        await asyncio.to_thread(harness.wait_ready, 30.0)
+        await asyncio.to_thread(harness.wait_ready, limits.broker_ready_deadline_s)
         wiring = await asyncio.to_thread(harness.verify_wiring)
-        result.stats["wiring"] = wiring
-        status["phase"] = "setup"
-        workload = Workload(config, harness.client_urls, clock)
+        self.result.stats["wiring"] = wiring
+        self.status["phase"] = "setup"
+        self.workload = workload = Workload(self.config, harness.client_urls, self.clock)
         await workload.create_topic()
-        await asyncio.to_thread(harness.wait_converged, [config.topic], timeout_s=30.0)
-        t0 = time.monotonic()
-        status["phase"] = "running"
-        timeline = LeaderTimeline(harness, config.topic, clock)
-        executor = NemesisExecutor(harness, schedule, config.topic, clock)
-        tasks = [asyncio.create_task(timeline.run(stop_polling), name="chaos-timeline"),
-                 asyncio.create_task(executor.run(t0), name="chaos-nemesis")]
-        consumer_task = asyncio.create_task(workload.run_consumer(), name="chaos-consumer")
-        tasks.append(consumer_task)
-        await workload.run_producers(settings.duration_s)
-        status["phase"] = "healing"
-        nemesis_task = tasks[1]
+        await asyncio.to_thread(harness.wait_converged, [self.config.topic],
+                                timeout_s=limits.topic_converge_deadline_s)
+        return workload
+
+    async def _run_under_faults(self, workload: Workload) -> tuple[LeaderTimeline, NemesisExecutor]:
+        """t = 0: the leader timeline, the nemesis and the consumer start; the producers run for the duration."""
+        self.t0 = time.monotonic()
+        self.status["phase"] = "running"
+        self.timeline = timeline = LeaderTimeline(self.harness, self.config.topic, self.clock)
+        self.executor = executor = NemesisExecutor(self.harness, self.result.schedule, self.config.topic,
+                                                   self.clock)
+        self.tasks = [asyncio.create_task(timeline.run(self.stop_polling), name="chaos-timeline"),
+                      asyncio.create_task(executor.run(self.t0), name="chaos-nemesis")]
+        self.tasks.append(asyncio.create_task(workload.run_consumer(), name="chaos-consumer"))
+        await workload.run_producers(self.settings.duration_s)
+        return timeline, executor
+
+    async def _heal(self) -> dict[str, Any]:
+        """The nemesis finishes (bounded), everything is healed, and the cluster converges (bounded)."""
+        self.status["phase"] = "healing"
+        nemesis_task = self.tasks[1]
         if not nemesis_task.done():
             try:
-                async with asyncio.timeout(30.0):
+                async with asyncio.timeout(limits.nemesis_finish_deadline_s):
                     await asyncio.shield(nemesis_task)
             except TimeoutError:
                 nemesis_task.cancel()
-        await asyncio.to_thread(harness.heal)
+        await asyncio.to_thread(self.harness.heal)
         try:
-            converged = await asyncio.to_thread(harness.wait_converged, [config.topic],
-                                                timeout_s=settings.converge_timeout_s)
+            converged: dict[str, Any] = await asyncio.to_thread(self.harness.wait_converged, [self.config.topic],
+                                                                timeout_s=self.settings.converge_timeout_s)
         except (TimeoutError, BrokerExited) as exc:
-            result.extra_findings.append({"kind": "no_convergence", "expected": False, "count": 1,
-                                          "explanation": f"after healing: {exc}"})
+            self.result.extra_findings.append({"kind": "no_convergence", "expected": False, "count": 1,
+                                               "explanation": f"after healing: {exc}"})
             raise
-        status["phase"] = "draining"
+        return converged
+
+    async def _drain(self, workload: Workload, converged: dict[str, Any]) -> None:
+        """The consumer and the timeline stop; every partition is read from its leader and every replica."""
+        self.status["phase"] = "draining"
         workload.stop_consumer()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10.0):
-                await asyncio.gather(consumer_task, return_exceptions=True)
-        stop_polling.set()
+            async with asyncio.timeout(limits.consumer_stop_deadline_s):
+                await asyncio.gather(self.tasks[2], return_exceptions=True)
+        self.stop_polling.set()
+        harness, topic = self.harness, self.config.topic
         leaders = {int(v["partition"]): int(v["leader"]) for v in converged.values()}
 
         def leader_url(partition: int) -> str:
-            claims = harness.leader_claims(config.topic).get(partition)
+            claims = harness.leader_claims(topic).get(partition)
             if claims:
                 leaders[partition] = max(claims, key=lambda c: c[1])[0]
             return harness.direct_url(leaders[partition])
 
         replicas = {n: harness.direct_url(n) for n in harness.node_ids}
-        result.stats["drain"] = await asyncio.to_thread(workload.drain, leader_url, replicas)
-        result.stats["converged"] = {k: {"leader": v["leader"], "term": v["term"],
-                                         "high_watermark": v["high_watermark"]} for k, v in converged.items()}
-        status["phase"] = "checking"
+        self.result.stats["drain"] = await asyncio.to_thread(workload.drain, leader_url, replicas)
+        self.result.stats["converged"] = {k: {"leader": v["leader"], "term": v["term"],
+                                              "high_watermark": v["high_watermark"]} for k, v in converged.items()}
+
+    async def _check(self, workload: Workload, timeline: LeaderTimeline, executor: NemesisExecutor) -> None:
+        """The history is saved and judged; failovers are timed; the verdict is the checker's."""
+        result = self.result
+        self.status["phase"] = "checking"
         history = workload.build()
-        (run_dir / "history.json").write_text(history.dumps())
-        result.check = await asyncio.to_thread(check, history, acks=acks, majority_alive=True)
+        (self.run_dir / "history.json").write_text(history.dumps())
+        checked = await asyncio.to_thread(check, history, acks=self.acks, majority_alive=True)
+        result.check = checked
         result.failovers = compute_failovers(executor.probes, history, timeline.changes)
         result.stats["lost_by_ack"] = lost_by_ack(history)
         impossible = lost_before_a_kept_record(history, ("0", "1", "all"))
         if impossible:
-            idempotent = sum(1 for row in impossible if row["idempotent"])
-            first = impossible[0]
-            result.stats["lost_before_a_kept_record"] = impossible[:50]
-            weak = " (acks=0: an ok only means queued at the leader, so this is a strong hint, not proof)"
-            result.extra_findings.append({
-                "kind": "lost_before_a_kept_record", "expected": acks == "0", "count": len(impossible),
-                "explanation": (
-                    f"{len(impossible)} acknowledged sends ({idempotent} from idempotent producers) are missing "
-                    "although a later send acknowledged by the same leader in the same term survived: not failover "
-                    "truncation (a leader only appends within a term), so they were committed and then not stored"
-                    f"{weak if acks == '0' else ''}. E.g. "
-                    f"{first['value']!r} acked by broker {first['leader']} in term {first['term']} on partition "
-                    f"{first['partition']} at {first['acked_ms'] / 1000:.2f} s, while {first['witness_value']!r} "
-                    f"(started {first['witness_started_ms'] / 1000:.2f} s, same leader and term) is in the log")})
-        result.verdict = result.check.verdict
-    except Exception as exc:  # noqa: BLE001 - a run that breaks is reported, the matrix goes on
-        log.exception("run %s acks=%s failed", scenario.name, acks)
-        result.error = f"{type(exc).__name__}: {exc}"
-        (run_dir / "error.txt").write_text(traceback.format_exc())
-        result.verdict = "ERROR"
-    finally:
-        stop_polling.set()
-        if workload is not None:
-            workload.stop()
-            workload.stop_consumer()
-        for task in tasks:
+            result.stats["lost_before_a_kept_record"] = impossible[: limits.kept_record_rows_max]
+            result.extra_findings.append(_kept_record_finding(impossible, self.acks))
+        result.verdict = checked.verdict
+
+    async def _tear_down(self) -> None:
+        """Always: stop sending and polling, cancel the run's tasks, stop the cluster and the progress display."""
+        self.stop_polling.set()
+        if self.workload is not None:
+            self.workload.stop()
+            self.workload.stop_consumer()
+        for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        status["phase"] = "stopping"
-        await asyncio.to_thread(harness.stop)
-        if progress_task is not None:
-            progress_task.cancel()
-            await asyncio.gather(progress_task, return_exceptions=True)
-    # timeline, findings, stats
-    for crash in harness.crashes:
-        tail = " | ".join(line.strip() for line in crash["log_tail"].splitlines()[-3:])
-        result.extra_findings.append({"kind": "broker_crashed", "expected": False, "count": 1,
-                                      "explanation": f"broker {crash['node']} exited on its own with code "
-                                                     f"{crash['returncode']} (see {crash['log']}): {tail}"})
-    if timeline is not None:
-        result.leader_changes = timeline.changes
-        for violation in timeline.violations:
-            result.extra_findings.append({"kind": "two_leaders_in_term", "expected": False, "count": 1,
-                                          "explanation": f"partition {violation['partition']}: brokers "
-                                                         f"{violation['leaders']} all claimed leadership in term "
-                                                         f"{violation['term']} (Raft allows one leader per term)"})
-    if executor is not None:
-        for error in executor.errors:
-            result.extra_findings.append({"kind": "nemesis_error", "expected": True, "count": 1,
-                                          "explanation": f"step {error['step']} {error['action']} at "
-                                                         f"{error['t_ms']} ms: {error['error']}"})
-    if any(not f["expected"] for f in result.extra_findings) and result.verdict == "PASS":
-        result.verdict = "FAIL"
-    rows = [_event_row(e, t0) for e in harness.events]
-    if executor is not None:
-        rows += [{**r, "type": "resolve"} for r in executor.resolutions]
-    rows += [{**c, "type": "leader"} for c in result.leader_changes]
-    result.timeline = sorted(rows, key=lambda r: r["t_ms"])
-    if workload is not None:
-        result.stats.update(counts=dict(workload.counts), errors=dict(workload.errors), polled=workload.polled,
-                            poll_errors=dict(workload.poll_errors))
-    if timeline is not None:
-        result.stats["metadata_polls"] = timeline.polls
-    result.wall_s = time.monotonic() - wall_start
-    (run_dir / "run.json").write_text(json.dumps(result.to_json(), indent=1, default=str))
-    if progress is not None:
-        with contextlib.suppress(Exception):
-            progress({**status, "phase": "done", "verdict": result.verdict, "result": result})
-    return result
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.status["phase"] = "stopping"
+        await asyncio.to_thread(self.harness.stop)
+        if self.progress_task is not None:
+            self.progress_task.cancel()
+            await asyncio.gather(self.progress_task, return_exceptions=True)
+
+    # --- the result ---------------------------------------------------------------------------------
+
+    def finish(self) -> RunResult:
+        """The runner's own findings, the timeline and the statistics added to the result; run.json written."""
+        result = self.result
+        if self.timeline is not None:
+            result.leader_changes = self.timeline.changes
+        result.extra_findings += self._crash_findings() + self._two_leader_findings() + self._nemesis_findings()
+        if any(not f["expected"] for f in result.extra_findings) and result.verdict == "PASS":
+            result.verdict = "FAIL"
+        rows = [_event_row(e, self.t0) for e in self.harness.events]
+        if self.executor is not None:
+            rows += [{**r, "type": "resolve"} for r in self.executor.resolutions]
+        rows += [{**c, "type": "leader"} for c in result.leader_changes]
+        result.timeline = sorted(rows, key=lambda r: r["t_ms"])
+        if self.workload is not None:
+            workload = self.workload
+            result.stats.update(counts=dict(workload.counts), errors=dict(workload.errors), polled=workload.polled,
+                                poll_errors=dict(workload.poll_errors))
+        if self.timeline is not None:
+            result.stats["metadata_polls"] = self.timeline.polls
+        result.wall_s = time.monotonic() - self.wall_start
+        (self.run_dir / "run.json").write_text(json.dumps(result.to_json(), indent=1, default=str))
+        if self.progress is not None:
+            with contextlib.suppress(Exception):
+                self.progress({**self.status, "phase": "done", "verdict": result.verdict, "result": result})
+        return result
+
+    def _crash_findings(self) -> list[dict[str, Any]]:
+        found = []
+        for crash in self.harness.crashes:
+            tail = " | ".join(line.strip()
+                              for line in crash["log_tail"].splitlines()[-limits.crash_finding_log_lines_max:])
+            found.append({"kind": "broker_crashed", "expected": False, "count": 1,
+                          "explanation": f"broker {crash['node']} exited on its own with code "
+                                         f"{crash['returncode']} (see {crash['log']}): {tail}"})
+        return found
+
+    def _two_leader_findings(self) -> list[dict[str, Any]]:
+        violations = self.timeline.violations if self.timeline is not None else []
+        return [{"kind": "two_leaders_in_term", "expected": False, "count": 1,
+                 "explanation": f"partition {violation['partition']}: brokers {violation['leaders']} all claimed "
+                                f"leadership in term {violation['term']} (Raft allows one leader per term)"}
+                for violation in violations]
+
+    def _nemesis_findings(self) -> list[dict[str, Any]]:
+        errors = self.executor.errors if self.executor is not None else []
+        return [{"kind": "nemesis_error", "expected": True, "count": 1,
+                 "explanation": f"step {error['step']} {error['action']} at {error['t_ms']} ms: {error['error']}"}
+                for error in errors]
+
+
+def _kept_record_finding(impossible: list[dict[str, Any]], acks: str) -> dict[str, Any]:
+    """The finding for acknowledged sends lost although a later send of the same leader and term survived."""
+    idempotent = sum(1 for row in impossible if row["idempotent"])
+    first = impossible[0]
+    weak = " (acks=0: an ok only means queued at the leader, so this is a strong hint, not proof)"
+    return {
+        "kind": "lost_before_a_kept_record", "expected": acks == "0", "count": len(impossible),
+        "explanation": (
+            f"{len(impossible)} acknowledged sends ({idempotent} from idempotent producers) are missing "
+            "although a later send acknowledged by the same leader in the same term survived: not failover "
+            "truncation (a leader only appends within a term), so they were committed and then not stored"
+            f"{weak if acks == '0' else ''}. E.g. "
+            f"{first['value']!r} acked by broker {first['leader']} in term {first['term']} on partition "
+            f"{first['partition']} at {first['acked_ms'] / 1000:.2f} s, while {first['witness_value']!r} "
+            f"(started {first['witness_started_ms'] / 1000:.2f} s, same leader and term) is in the log")}
 
 
 # --- the matrix -----------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
   sends unique values ``p{w}-{n}`` under a small key set chosen so every partition gets keys, at a bounded
   rate (``rate`` sends/s in total) and bounded in count (``rate x duration x 1.5``) and in time, with at most
   ``in_flight_max`` unresolved sends per worker (when the cluster stalls, the rate drops instead of the buffer
-  growing). Short client timeouts (request 2 s, delivery 8 s) make outcomes resolve during the run.
+  growing). Short client timeouts (request 2 s, delivery 8 s) make outcomes resolve during the run. These
+  numbers and every other timeout, retry backoff and bound of the workload are in chaos/limits.py.
 * Every send is recorded (``HistoryBuilder.record_send``) when its report arrives: start/end in monotonic ms
   since the run started, outcome ok / fail / unknown exactly as the ``DeliveryReport`` says (``unknown`` is
   never turned into ``fail``), partition, offset (acks=all), acknowledging broker and term, error code.
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 from urllib.parse import quote
 
+from raftmq.chaos import limits
 from raftmq.chaos.history import Acks, History, HistoryBuilder, LogRecord, Outcome
 from raftmq.client import Admin, Consumer, DeliveryReport, Producer
 from raftmq.cluster.errors import RaftMQError, TopicAlreadyExists
@@ -38,10 +40,8 @@ from raftmq.deploy.local_cluster import http_json
 
 log = logging.getLogger("raftmq.chaos.workload")
 
+# The history's process id for the consumer's polls (producer workers are 0, 1, ...).
 CONSUMER_PROCESS: Final = 1000
-_DRAIN_PAGE_BYTES: Final = 1024 * 1024
-_DRAIN_DEADLINE_S: Final = 60.0
-_SETUP_DEADLINE_S: Final = 30.0
 _OUTCOMES: Final[dict[str, Outcome]] = {"ok": "ok", "failed": "fail", "unknown": "unknown"}
 
 
@@ -49,16 +49,16 @@ _OUTCOMES: Final[dict[str, Outcome]] = {"ok": "ok", "failed": "fail", "unknown":
 class WorkloadConfig:
     acks: str = "all"
     topic: str = "chaos"
-    partitions: int = 3
-    replication_factor: int = 3
-    min_insync_replicas: int = 2
-    processes: int = 4  # the first half idempotent (acks=all only)
-    rate: float = 200.0  # sends per second, all workers together
-    keys_per_partition: int = 2
-    request_timeout_ms: int = 2_000
-    delivery_timeout_ms: int = 8_000
-    in_flight_max: int = 64  # unresolved sends per worker
-    linger_ms: float = 2.0
+    partitions: int = limits.topic_partitions_default
+    replication_factor: int = limits.topic_replication_factor_default
+    min_insync_replicas: int = limits.topic_min_insync_replicas_default
+    processes: int = limits.producer_processes_default  # the first half idempotent (acks=all only)
+    rate: float = limits.send_rate_per_s_default  # sends per second, all workers together
+    keys_per_partition: int = limits.keys_per_partition_default
+    request_timeout_ms: int = limits.request_timeout_ms_default
+    delivery_timeout_ms: int = limits.delivery_timeout_ms_default
+    in_flight_max: int = limits.in_flight_sends_max  # unresolved sends per worker
+    linger_ms: float = limits.linger_ms_default
     consumer: bool = True
     seed: int = 0
 
@@ -71,7 +71,7 @@ def choose_keys(partitions: int, per_partition: int) -> list[str]:
     """Keys k0, k1, ... picked (with the client's murmur2 routing) until every partition has ``per_partition``."""
     keys: list[str] = []
     counts = Counter[int]()
-    for index in range(100_000):
+    for index in range(limits.key_candidates_max):
         key = f"k{index}"
         partition = partition_for(key.encode(), partitions)
         if counts[partition] < per_partition:
@@ -110,8 +110,8 @@ class Workload:
     async def create_topic(self) -> None:
         """Create the topic (replication factor 3, min.insync.replicas 2) and wait until every partition leads."""
         cfg = self.config
-        async with Admin(self.urls, request_timeout_ms=5_000) as admin:
-            deadline = time.monotonic() + _SETUP_DEADLINE_S
+        async with Admin(self.urls, request_timeout_ms=limits.admin_request_timeout_ms) as admin:
+            deadline = time.monotonic() + limits.topic_create_deadline_s
             while True:
                 try:
                     await admin.create_topic(cfg.topic, cfg.partitions, cfg.replication_factor,
@@ -122,8 +122,9 @@ class Workload:
                 except RaftMQError as exc:
                     if time.monotonic() >= deadline or (exc.definite and not exc.retriable):
                         raise
-                    await asyncio.sleep(0.2)  # retry backoff while the metadata group elects
-            await admin.wait_for_topic(cfg.topic, timeout_s=max(1.0, deadline - time.monotonic()))
+                    await asyncio.sleep(limits.topic_create_retry_s)  # retry backoff while the metadata group elects
+            await admin.wait_for_topic(cfg.topic, timeout_s=max(limits.topic_wait_s_min,
+                                                                   deadline - time.monotonic()))
 
     # --- the run ----------------------------------------------------------------------------------------
 
@@ -158,7 +159,7 @@ class Workload:
                 self.errors[f"producer start: {exc.code}"] += 1
                 if time.monotonic() >= end or self._stop_producing.is_set():
                     return False
-                await asyncio.sleep(0.5)  # retry backoff: the cluster may be faulted right now
+                await asyncio.sleep(limits.producer_start_retry_s)  # retry backoff: the cluster may be faulted now
 
     async def _producer(self, worker: int, idempotent: bool, end: float, duration_s: float) -> None:
         cfg = self.config
@@ -169,7 +170,7 @@ class Workload:
         if not await self._start_producer(producer, end):
             return
         interval = cfg.processes / cfg.rate
-        count_max = int(cfg.rate / cfg.processes * duration_s * 1.5) + 10
+        count_max = int(cfg.rate / cfg.processes * duration_s * limits.send_count_headroom) + limits.send_count_slack
         slots = asyncio.Semaphore(cfg.in_flight_max)
         next_at = time.monotonic()
         try:
@@ -179,7 +180,7 @@ class Workload:
                     break
                 if next_at > now:
                     await asyncio.sleep(next_at - now)  # rate pacing
-                next_at = max(next_at + interval, time.monotonic() - 1.0)
+                next_at = max(next_at + interval, time.monotonic() - limits.send_catch_up_s_max)
                 try:
                     async with asyncio.timeout(max(0.0, end - time.monotonic())):
                         await slots.acquire()
@@ -198,7 +199,7 @@ class Workload:
                 future.add_done_callback(functools.partial(self._on_done, slots, worker, idempotent, key, value,
                                                            start_ms))
         finally:
-            await producer.stop(timeout_s=cfg.delivery_timeout_ms / 1000 + 2.0)
+            await producer.stop(timeout_s=cfg.delivery_timeout_ms / 1000 + limits.producer_stop_grace_s)
 
     def _on_done(self, slots: asyncio.Semaphore, worker: int, idempotent: bool, key: str, value: str,
                  start_ms: float, future: asyncio.Future[DeliveryReport]) -> None:
@@ -212,7 +213,8 @@ class Workload:
             return
         exc = future.exception()
         if exc is not None:  # never happens by the Producer's contract; if it does, the outcome is unknown
-            self._record(worker, idempotent, key, value, start_ms, None, None, unknown_reason=repr(exc)[:80])
+            self._record(worker, idempotent, key, value, start_ms, None, None,
+                         unknown_reason=repr(exc)[: limits.unknown_reason_chars_max])
             return
         self._record(worker, idempotent, key, value, start_ms, future.result(), None)
 
@@ -244,8 +246,9 @@ class Workload:
     async def run_consumer(self) -> None:
         """Poll every partition from offset 0 until ``stop_consumer()``; record each poll per partition."""
         cfg = self.config
-        consumer = Consumer(self.urls, max_wait_ms=300, request_timeout_ms=cfg.request_timeout_ms,
-                            auto_offset_reset="earliest", rng=random.Random(f"{cfg.seed}:consumer"))
+        consumer = Consumer(self.urls, max_wait_ms=limits.consumer_max_wait_ms,
+                            request_timeout_ms=cfg.request_timeout_ms, auto_offset_reset="earliest",
+                            rng=random.Random(f"{cfg.seed}:consumer"))
         consumer.assign([(cfg.topic, p) for p in range(cfg.partitions)])
         while not self._stop_consuming.is_set():
             try:
@@ -253,17 +256,17 @@ class Workload:
                 break
             except RaftMQError as exc:
                 self.poll_errors[exc.code] += 1
-                await asyncio.sleep(0.5)  # retry backoff
+                await asyncio.sleep(limits.consumer_start_retry_s)  # retry backoff
         else:
             return
         try:
             while not self._stop_consuming.is_set():
                 start_ms = self.clock()
                 try:
-                    records = await consumer.poll(timeout_ms=500)
+                    records = await consumer.poll(timeout_ms=limits.consumer_poll_timeout_ms)
                 except RaftMQError as exc:
                     self.poll_errors[exc.code] += 1
-                    await asyncio.sleep(0.2)  # retry backoff after a paused partition's error
+                    await asyncio.sleep(limits.consumer_poll_retry_s)  # retry backoff after a paused partition's error
                     continue
                 end_ms = self.clock()
                 by_partition: dict[int, list[LogRecord]] = {}
@@ -279,7 +282,7 @@ class Workload:
     # --- after the faults -------------------------------------------------------------------------------
 
     def drain(self, leader_url: Callable[[int], str], replicas: dict[int, str], *,
-              timeout_s: float = _DRAIN_DEADLINE_S) -> dict[str, Any]:
+              timeout_s: float = limits.drain_deadline_s) -> dict[str, Any]:
         """Blocking (call from a thread). ``leader_url(partition)``: the current leader's direct URL (asked
         again when leadership moves during the drain); ``replicas``: broker id -> direct URL. Records
         ReadRecords and ReplicaLogs; returns counts."""
@@ -319,15 +322,15 @@ def read_partition(url_for: Callable[[], str], topic: str, partition: int, *, re
         if time.monotonic() >= deadline:
             raise TimeoutError(f"drain of {topic}/{partition} from {url} did not finish in time (at offset {offset};"
                                f" last problem: {last_problem or 'none'})")
-        query = f"?offset={offset if offset is not None else 0}&max_bytes={_DRAIN_PAGE_BYTES}"
+        query = f"?offset={offset if offset is not None else 0}&max_bytes={limits.drain_page_bytes}"
         if replica:
             query += "&replica=any"
         try:
-            status, body = http_json(path + query, timeout_s=5.0)
+            status, body = http_json(path + query, timeout_s=limits.drain_request_timeout_s)
         except OSError as exc:
             last_problem = f"{type(exc).__name__}: {exc}"
             log.warning("drain %s: %s", path, exc)
-            time.sleep(0.2)  # retry backoff
+            time.sleep(limits.drain_retry_s)  # retry backoff
             url = url_for()
             continue
         if status != 200:
@@ -344,7 +347,7 @@ def read_partition(url_for: Callable[[], str], topic: str, partition: int, *, re
                     return log_start, rows
             if code in ("LEADER_NOT_AVAILABLE", "BROKER_NOT_READY", "REQUEST_TIMED_OUT", "NOT_LEADER"):
                 last_problem = str(code)
-                time.sleep(0.2)  # retry backoff
+                time.sleep(limits.drain_retry_s)  # retry backoff
                 url = url_for()
                 continue
             raise RuntimeError(f"drain of {topic}/{partition} from {url}: HTTP {status} {body}")

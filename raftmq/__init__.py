@@ -10,7 +10,7 @@ One import name, one room per subpackage; each room's own docstring says what it
 * ``raftmq.deploy``: running brokers: the local cluster harness, an example config, a systemd unit.
 * ``raftmq.cli``: the ``raftmq`` command: the only room that composes client, chaos, deploy and node.
 
-``tools/check_imports.py`` (run by the tests) keeps these rules.
+``tests/unit/test_import_rules.py`` keeps these rules.
 """
 
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -276,7 +276,8 @@ def make_app(
 
 
 async def _stop_proxies(app: web.Application) -> None:
-    background = list(app[BACKGROUND])
+    running: set[Any] = app[BACKGROUND]
+    background = list(running)
     if background:
         await asyncio.wait(background, timeout=limits.api_shutdown_deadline_s)
     await app[COLLECTION].stop_all()

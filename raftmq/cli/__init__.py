@@ -10,6 +10,9 @@
     raftmq chaos ...                    fault-injection scenarios (when the chaos package provides them)
 
 Exit codes: 0 success; 1 a broker/cluster error or a failed check; 2 a usage or configuration error.
+
+This is the one room allowed to compose the others: it may import client, chaos, deploy and node (the
+broker's entry point, for ``raftmq node start``); nothing imports it.
 """
 
 from __future__ import annotations

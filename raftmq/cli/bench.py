@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import functools
 import gc
+import itertools
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ from raftmq.cli.common import (
 )
 from raftmq.client.admin import Admin
 from raftmq.client.producer import Producer
-from raftmq.client.types import DeliveryReport
+from raftmq.client.types import DeliveryReport, ProducerCounters
 from raftmq.cluster import limits
 from raftmq.cluster.errors import ClientTimeout, ProducerClosed, RaftMQError
 
@@ -71,6 +72,32 @@ _ABORT_GRACE_S = 5.0
 _BALANCE_WAIT_S = 15.0
 # A flat-out sender yields to the event loop every this many records so that batches go out meanwhile.
 _YIELD_EVERY = 64
+# The live progress line is redrawn this often (seconds): often enough to look live, rarely enough to cost
+# nothing next to the sending.
+_TICK_S = 0.25
+# A fresh cluster gets what is left of --max-seconds to become ready, but at least the minimum (a start
+# always takes a few seconds) and at most the maximum (a cluster that is not up by then will not be).
+_READY_TIMEOUT_MIN_S = 5.0
+_READY_TIMEOUT_MAX_S = 60.0
+# Each run's topic gets what is left of --max-seconds for its leaders, within these bounds (same reasons).
+_TOPIC_TIMEOUT_MIN_S = 5.0
+_TOPIC_TIMEOUT_MAX_S = 30.0
+# Brokers get this long after SIGTERM to stop cleanly before they are killed.
+_CLUSTER_STOP_S = 20.0
+# py-spy samples per second: enough for a readable flame graph of a run of some seconds, light on the broker.
+_PROFILE_RATE_HZ = 100
+# py-spy writes its flame graph after SIGINT; a big profile takes a while, a stuck py-spy is killed after this.
+_PROFILER_STOP_S = 20.0
+# After SIGKILL a process is gone at once; this only bounds the wait for the kernel to reap it.
+_PROFILER_REAP_S = 5.0
+# The tail of py-spy's own output that goes into the report when it wrote no profile (enough for its error).
+_PROFILER_LOG_TAIL_CHARS = 2000
+# `git rev-parse` for the report's commit: instant in a checkout; the report must not hang on a stuck git.
+_GIT_TIMEOUT_S = 5.0
+# Every record's value repeats this filler, cut to --record-bytes.
+_FILLER = b"raftmq-bench-"
+# The report's "aborted" reason when --max-seconds passes between runs.
+_DEADLINE_PASSED = "deadline (--max-seconds) passed"
 
 
 @click.group("bench", cls=RaftMQGroup)
@@ -213,84 +240,151 @@ async def _ticker(progress: Progress, task: Any, recorder: _Recorder, t0: list[f
         progress.update(task, completed=recorder.resolved,
                         description=f"acked {recorder.acked:,} ({rate:,.0f}/s)  failed {recorder.failed:,}  "
                                     f"unknown {recorder.unknown:,}")
-        await asyncio.sleep(0.25)  # display refresh period
+        await asyncio.sleep(_TICK_S)
+
+
+@dataclass
+class _Session:
+    """The started producers of one run and what each of its sends shares."""
+
+    producers: list[Producer]
+    topic: str
+    value: bytes
+    deadline: float
+    stop: asyncio.Event  # set by SIGINT/SIGTERM
+
+
+@dataclass
+class _Sending:
+    """What the measured send loop leaves for the result."""
+
+    attempted: int
+    t0: float
+    sent_at: float  # when the last send() returned
+    reason: str | None  # why the run was aborted; None when it was not
+    client_cpu_s: float
+
+
+def _record_value(record_bytes: int) -> bytes:
+    return (_FILLER * (record_bytes // len(_FILLER) + 1))[:record_bytes]
+
+
+def _new_producers(urls: Sequence[str], config: RunConfig) -> list[Producer]:
+    return [Producer(urls, acks=normalize_acks(config.acks), idempotent=config.idempotent,
+                     linger_ms=config.linger_ms, batch_bytes=config.batch_bytes,
+                     buffer_bytes=max(limits.client_buffer_bytes_default, 2 * config.batch_bytes))
+            for _ in range(config.producers)]
+
+
+def _freeze_gc() -> None:
+    # The process's long-lived objects (modules, rich, aiohttp ...) go to the permanent generation, so the
+    # full collections that the in-flight records trigger stop rescanning them: measured 2.3-2.5 s of 13 s
+    # client CPU per 1M records without it, 0.15 s with it.
+    gc.collect()
+    gc.freeze()
 
 
 async def measure(urls: Sequence[str], topic: str, config: RunConfig, deadline: float,
                   progress: Progress) -> RunResult:
-    value = (b"raftmq-bench-" * (config.record_bytes // 13 + 1))[:config.record_bytes]
-    producers = [Producer(urls, acks=normalize_acks(config.acks), idempotent=config.idempotent,
-                          linger_ms=config.linger_ms, batch_bytes=config.batch_bytes,
-                          buffer_bytes=max(limits.client_buffer_bytes_default, 2 * config.batch_bytes))
-                 for _ in range(config.producers)]
-    result = RunResult()
+    producers = _new_producers(urls, config)
     started: list[Producer] = []
     try:
         async with stop_on_signals() as stop:
             for producer in producers:
                 await producer.start()
                 started.append(producer)
+            session = _Session(producers, topic, _record_value(config.record_bytes), deadline, stop)
             if config.gc_freeze:
-                # The process's long-lived objects (modules, rich, aiohttp ...) go to the permanent
-                # generation, so the full collections that the in-flight records trigger stop rescanning
-                # them: measured 2.3-2.5 s of 13 s client CPU per 1M records without it, 0.15 s with it.
-                gc.collect()
-                gc.freeze()
+                _freeze_gc()
             if config.warmup_records:
-                warm = _Recorder()
-                task = progress.add_task("warming up", total=config.warmup_records)
-                await _send_all(producers, topic, config.warmup_records, value, None, warm, deadline, stop)
-                await _flush(producers, deadline)
-                progress.update(task, completed=warm.resolved, description=f"warm-up: acked {warm.acked:,}")
+                await _warm_up(session, config.warmup_records, progress)
             before = [p.counters for p in producers]
             recorder = _Recorder()
-            task = progress.add_task(config.label, total=config.records)
-            t0_box = [0.0]
-            ticker = asyncio.create_task(_ticker(progress, task, recorder, t0_box))
-            try:
-                cpu0 = time.process_time()
-                t0_box[0] = time.perf_counter()
-                attempted, t0, sent_at, reason = await _send_all(producers, topic, config.records, value,
-                                                                config.rate, recorder, deadline, stop)
-                if reason is None:
-                    try:
-                        await _flush(producers, max(deadline, time.perf_counter()) if not stop.is_set()
-                                     else time.perf_counter() + _ABORT_GRACE_S, stop)
-                    except ClientTimeout:
-                        reason = "deadline (--max-seconds) passed while waiting for acknowledgements"
-                    if stop.is_set() and reason is None and recorder.resolved < attempted:
-                        reason = "interrupted"
-                result.client_cpu_s = round(time.process_time() - cpu0, 2)
-                if reason is not None:
-                    for producer in producers:
-                        await producer.stop(timeout_s=_ABORT_GRACE_S)
-            finally:
-                ticker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ticker
-            progress.update(task, completed=recorder.resolved,
-                            description=f"acked {recorder.acked:,}  failed {recorder.failed:,}  "
-                                        f"unknown {recorder.unknown:,}")
+            sending = await _measured_sends(session, config, recorder, progress)
     finally:
         for producer in started:
             await producer.stop(timeout_s=_ABORT_GRACE_S)
     after = [p.counters for p in producers]
+    return _run_result(config, recorder, sending, before, after)
+
+
+async def _warm_up(session: _Session, records: int, progress: Progress) -> None:
+    """Send ``records`` flat out and wait for them, unmeasured."""
+    warm = _Recorder()
+    task = progress.add_task("warming up", total=records)
+    await _send_all(session.producers, session.topic, records, session.value, None, warm, session.deadline,
+                    session.stop)
+    await _flush(session.producers, session.deadline)
+    progress.update(task, completed=warm.resolved, description=f"warm-up: acked {warm.acked:,}")
+
+
+async def _measured_sends(session: _Session, config: RunConfig, recorder: _Recorder,
+                          progress: Progress) -> _Sending:
+    """The measured part: send every record, wait for the acknowledgements, with a live progress line."""
+    task = progress.add_task(config.label, total=config.records)
+    t0_box = [0.0]
+    ticker = asyncio.create_task(_ticker(progress, task, recorder, t0_box))
+    try:
+        cpu0 = time.process_time()
+        t0_box[0] = time.perf_counter()
+        attempted, t0, sent_at, reason = await _send_all(session.producers, session.topic, config.records,
+                                                        session.value, config.rate, recorder,
+                                                        session.deadline, session.stop)
+        if reason is None:
+            reason = await _await_acks(session, recorder, attempted)
+        sending = _Sending(attempted, t0, sent_at, reason, round(time.process_time() - cpu0, 2))
+        if reason is not None:
+            for producer in session.producers:
+                await producer.stop(timeout_s=_ABORT_GRACE_S)
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+    progress.update(task, completed=recorder.resolved, description=recorder.describe())
+    return sending
+
+
+async def _await_acks(session: _Session, recorder: _Recorder, attempted: int) -> str | None:
+    """Wait for every record sent to resolve; returns why the run is cut short, or None."""
+    stop = session.stop
+    reason: str | None = None
+    try:
+        await _flush(session.producers, max(session.deadline, time.perf_counter()) if not stop.is_set()
+                     else time.perf_counter() + _ABORT_GRACE_S, stop)
+    except ClientTimeout:
+        reason = "deadline (--max-seconds) passed while waiting for acknowledgements"
+    if stop.is_set() and reason is None and recorder.resolved < attempted:
+        reason = "interrupted"
+    return reason
+
+
+def _counter_delta(after: Sequence[ProducerCounters], before: Sequence[ProducerCounters],
+                   counter: Callable[[ProducerCounters], int]) -> int:
+    return sum(counter(a) - counter(b) for a, b in zip(after, before, strict=True))
+
+
+def _run_result(config: RunConfig, recorder: _Recorder, sending: _Sending, before: Sequence[ProducerCounters],
+                after: Sequence[ProducerCounters]) -> RunResult:
+    attempted, t0, sent_at = sending.attempted, sending.t0, sending.sent_at
     elapsed = max(recorder.last_done, sent_at) - t0
-    result.attempted = attempted
-    result.acked, result.failed, result.unknown = recorder.acked, recorder.failed, recorder.unknown
-    result.elapsed_s = round(elapsed, 4)
-    result.records_per_s = round(recorder.acked / elapsed, 1) if elapsed > 0 else 0.0
-    result.mb_per_s = round(recorder.acked * config.record_bytes / elapsed / 1e6, 3) if elapsed > 0 else 0.0
-    result.latency = latency_summary(recorder.latencies)
-    result.retries = sum(a.retries - b.retries for a, b in zip(after, before, strict=True))
-    result.batches = sum(a.batches - b.batches for a, b in zip(after, before, strict=True))
-    result.requests = sum(a.requests - b.requests for a, b in zip(after, before, strict=True))
-    result.records_per_batch = round(attempted / result.batches, 1) if result.batches else 0.0
-    result.send_rate_per_s = round(attempted / (sent_at - t0), 1) if sent_at > t0 else 0.0
-    result.aborted = reason
-    result.errors = {code: {"records": count, "message": error.message, "hint": error.hint}
-                     for code, (count, error) in recorder.errors.items()}
-    return result
+    batches = _counter_delta(after, before, lambda c: c.batches)
+    return RunResult(
+        attempted=attempted,
+        acked=recorder.acked, failed=recorder.failed, unknown=recorder.unknown,
+        elapsed_s=round(elapsed, 4),
+        records_per_s=round(recorder.acked / elapsed, 1) if elapsed > 0 else 0.0,
+        mb_per_s=round(recorder.acked * config.record_bytes / elapsed / 1e6, 3) if elapsed > 0 else 0.0,
+        latency=latency_summary(recorder.latencies),
+        retries=_counter_delta(after, before, lambda c: c.retries),
+        batches=batches,
+        requests=_counter_delta(after, before, lambda c: c.requests),
+        records_per_batch=round(attempted / batches, 1) if batches else 0.0,
+        send_rate_per_s=round(attempted / (sent_at - t0), 1) if sent_at > t0 else 0.0,
+        aborted=sending.reason,
+        errors={code: {"records": count, "message": error.message, "hint": error.hint}
+                for code, (count, error) in recorder.errors.items()},
+        client_cpu_s=sending.client_cpu_s,
+    )
 
 
 async def _flush(producers: Sequence[Producer], deadline: float, stop: asyncio.Event | None = None) -> None:
@@ -346,7 +440,7 @@ def _target(bootstrap: list[str] | None, via: str, nodes: int, durability: str,
     harness: Any = None
     local: Any = None
     try:
-        ready_timeout = max(5.0, min(60.0, deadline - time.perf_counter()))
+        ready_timeout = max(_READY_TIMEOUT_MIN_S, min(_READY_TIMEOUT_MAX_S, deadline - time.perf_counter()))
         with err().status(f"starting a fresh {nodes}-node cluster ({via}, durability {durability}) ..."):
             if via == "proxies":
                 try:
@@ -371,7 +465,7 @@ def _target(bootstrap: list[str] | None, via: str, nodes: int, durability: str,
                 with contextlib.suppress(Exception):
                     harness.stop()
             if local is not None:
-                local.stop(timeout_s=20.0)
+                local.stop(timeout_s=_CLUSTER_STOP_S)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -412,7 +506,7 @@ class _Profiler:
         self.stderr_path = output.with_suffix(output.suffix + ".log")
         with open(self.stderr_path, "wb") as log:
             self.process = subprocess.Popen(
-                [py_spy, "record", "--pid", str(pid), "--rate", "100", "--nonblocking", "--format",
+                [py_spy, "record", "--pid", str(pid), "--rate", str(_PROFILE_RATE_HZ), "--nonblocking", "--format",
                  "flamegraph", "--output", str(output)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -420,13 +514,13 @@ class _Profiler:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=_PROFILER_STOP_S)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.process.wait(timeout=5)
+                self.process.wait(timeout=_PROFILER_REAP_S)
         log = ""
         if self.stderr_path.exists():
-            log = self.stderr_path.read_text(errors="replace").strip()[-2000:]
+            log = self.stderr_path.read_text(errors="replace").strip()[-_PROFILER_LOG_TAIL_CHARS:]
         if self.output.exists() and self.output.stat().st_size > 0:
             return {"pid": self.pid, "flamegraph": str(self.output), "log": str(self.stderr_path)}
         return {"pid": self.pid, "error": f"py-spy wrote no profile (exit {self.process.returncode}): {log}",
@@ -456,7 +550,7 @@ def machine_facts() -> dict[str, Any]:
                 break
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                timeout=5, cwd=Path(__file__).resolve().parent, check=False).stdout.strip()
+                                timeout=_GIT_TIMEOUT_S, cwd=Path(__file__).resolve().parent, check=False).stdout.strip()
         if commit:
             facts["raftmq_commit"] = commit
     return facts
@@ -633,6 +727,81 @@ def produce(records: int, record_bytes: int, acks_text: str, partitions: int, re
             report_path: Path | None, warmup_records: int, max_seconds: float, profile: bool,
             no_idempotence: bool, gc_freeze: bool) -> None:
     """Measure producer throughput and per-record latency (send -> delivery report)."""
+    acks_list, durabilities, vias = _matrix(acks_text, durability_text, bootstrap, via_proxies, compare_proxies)
+    if replication_factor is not None and bootstrap is None and replication_factor > nodes:
+        raise click.BadParameter(f"{replication_factor} > --nodes {nodes}",
+                                 param_hint="'--replication-factor'")
+    plan = BenchPlan(records=records, record_bytes=record_bytes, acks=acks_list, partitions=partitions,
+                     replication_factor=replication_factor, rate=rate, linger_ms=linger_ms,
+                     batch_bytes=batch_bytes, producers=producers, durabilities=durabilities, nodes=nodes,
+                     bootstrap=bootstrap, vias=vias, warmup_records=warmup_records, max_seconds=max_seconds,
+                     profile=profile, idempotent=None if not no_idempotence else False, gc_freeze=gc_freeze)
+    bench_run = _bench_run(plan, report_path)
+    report = _new_report(plan, bench_run)
+    _run_plan_and_report(plan, bench_run, report)
+    _exit_unless_complete(report)
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """The checked options of one ``bench produce``: every (durability, via, acks) run it makes."""
+
+    records: int
+    record_bytes: int
+    acks: list[str]
+    partitions: int
+    replication_factor: int | None
+    rate: float | None
+    linger_ms: float
+    batch_bytes: int
+    producers: int
+    durabilities: list[str]
+    nodes: int
+    bootstrap: list[str] | None
+    vias: list[str]
+    warmup_records: int
+    max_seconds: float
+    profile: bool
+    idempotent: bool | None
+    gc_freeze: bool
+
+    @property
+    def cluster_nodes(self) -> int | None:
+        """Brokers of the clusters the benchmark starts (None: an existing cluster, size unknown)."""
+        return self.nodes if self.bootstrap is None else None
+
+    def run_config(self, acks: str, durability: str, via: str) -> RunConfig:
+        return RunConfig(acks=acks, durability=durability, via=via, records=self.records,
+                         record_bytes=self.record_bytes, partitions=self.partitions,
+                         replication_factor=self.replication_factor, rate=self.rate, linger_ms=self.linger_ms,
+                         batch_bytes=self.batch_bytes, producers=self.producers, nodes=self.cluster_nodes,
+                         warmup_records=self.warmup_records, idempotent=self.idempotent,
+                         gc_freeze=self.gc_freeze)
+
+    def settings(self) -> dict[str, Any]:
+        """The report's "settings" (its keys and their order are part of the report format)."""
+        return {"records": self.records, "record_bytes": self.record_bytes, "acks": self.acks,
+                "partitions": self.partitions,
+                "replication_factor": self.replication_factor, "rate": self.rate, "linger_ms": self.linger_ms,
+                "batch_bytes": self.batch_bytes, "producers": self.producers, "durability": self.durabilities,
+                "nodes": self.cluster_nodes, "bootstrap": self.bootstrap, "vias": self.vias,
+                "warmup_records": self.warmup_records, "max_seconds": self.max_seconds,
+                "idempotent": self.idempotent, "profile": self.profile, "gc_freeze": self.gc_freeze}
+
+
+@dataclass(frozen=True)
+class _BenchRun:
+    """What every run of one invocation shares: its time stamp, deadline, profiler and report file."""
+
+    stamp: str  # UTC time of the start, in topic names and the default report name
+    deadline: float  # time.perf_counter() value that --max-seconds ends at
+    py_spy: str | None  # py-spy's path when profiling
+    report_path: Path
+
+
+def _matrix(acks_text: str, durability_text: str | None, bootstrap: list[str] | None, via_proxies: bool,
+            compare_proxies: bool) -> tuple[list[str], list[str], list[str]]:
+    """The ack levels, durabilities and ways to reach the cluster that the runs cover."""
     acks_list = parse_comma_choice(acks_text, ["0", "1", "all", "-1"], "--acks")
     acks_list = list(dict.fromkeys("all" if a == "-1" else a for a in acks_list))
     durabilities = parse_comma_choice(durability_text or "always", ["always", "interval", "never"],
@@ -644,138 +813,160 @@ def produce(records: int, record_bytes: int, acks_text: str, partitions: int, re
         if via_proxies or compare_proxies:
             raise click.BadParameter("--via-proxies/--compare-proxies start their own cluster; "
                                      "drop --bootstrap", param_hint="'--bootstrap'")
-        durabilities = ["(existing cluster)"]
+        return acks_list, ["(existing cluster)"], ["external"]
     vias = ["direct", "proxies"] if compare_proxies else ["proxies"] if via_proxies else ["direct"]
-    if bootstrap is not None:
-        vias = ["external"]
-    if replication_factor is not None and bootstrap is None and replication_factor > nodes:
-        raise click.BadParameter(f"{replication_factor} > --nodes {nodes}",
-                                 param_hint="'--replication-factor'")
+    return acks_list, durabilities, vias
+
+
+def _bench_run(plan: BenchPlan, report_path: Path | None) -> _BenchRun:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     report_path = report_path or Path("reports") / f"bench-{stamp}.json"
-    py_spy = find_py_spy() if profile else None
+    py_spy = _profiler_binary(plan)
+    return _BenchRun(stamp, time.perf_counter() + plan.max_seconds, py_spy, report_path)
+
+
+def _profiler_binary(plan: BenchPlan) -> str | None:
+    """py-spy's path when --profile is given and can be honoured (else None, with a warning)."""
+    py_spy = find_py_spy() if plan.profile else None
     console = err()
-    if profile and py_spy is None:
+    if plan.profile and py_spy is None:
         console.print("[yellow]--profile: py-spy is not installed (pip install py-spy); running without a "
                       "profile[/]")
-    if profile and bootstrap is not None:
+    if plan.profile and plan.bootstrap is not None:
         console.print("[yellow]--profile needs a cluster started by the benchmark (its broker pids); "
                       "running without a profile[/]")
         py_spy = None
+    return py_spy
 
-    deadline = time.perf_counter() + max_seconds
+
+def _new_report(plan: BenchPlan, bench_run: _BenchRun) -> dict[str, Any]:
     report: dict[str, Any] = {
         "tool": "raftmq bench produce",
         "report_version": 1,
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": ["raftmq", *sys.argv[1:]] if sys.argv and "raftmq" in Path(sys.argv[0]).name else None,
         "machine": machine_facts(),
-        "settings": {"records": records, "record_bytes": record_bytes, "acks": acks_list,
-                     "partitions": partitions,
-                     "replication_factor": replication_factor, "rate": rate, "linger_ms": linger_ms,
-                     "batch_bytes": batch_bytes, "producers": producers, "durability": durabilities,
-                     "nodes": nodes if bootstrap is None else None, "bootstrap": bootstrap, "vias": vias,
-                     "warmup_records": warmup_records, "max_seconds": max_seconds,
-                     "idempotent": None if not no_idempotence else False, "profile": profile,
-                     "gc_freeze": gc_freeze},
+        "settings": plan.settings(),
         "runs": [],
         "aborted": None,
     }
-    if profile and py_spy is None:
-        report["profile_skipped"] = ("py-spy is not installed" if bootstrap is None
+    if plan.profile and bench_run.py_spy is None:
+        report["profile_skipped"] = ("py-spy is not installed" if plan.bootstrap is None
                                      else "--profile needs a cluster started by the benchmark")
-    stdout = out()
-    run_number = 0
+    return report
+
+
+def _run_plan_and_report(plan: BenchPlan, bench_run: _BenchRun, report: dict[str, Any]) -> None:
+    """Every run of the plan, then the summary tables and the report file (also after an abort)."""
     try:
-        for durability in durabilities:
-            for via in vias:
-                if time.perf_counter() > deadline:
-                    report["aborted"] = "deadline (--max-seconds) passed"
-                    break
-                with _target(bootstrap, via, nodes, durability, deadline) as target:
-                    for acks in acks_list:
-                        if time.perf_counter() > deadline:
-                            report["aborted"] = "deadline (--max-seconds) passed"
-                            break
-                        run_number += 1
-                        config = RunConfig(acks=acks, durability=durability, via=via, records=records,
-                                           record_bytes=record_bytes, partitions=partitions,
-                                           replication_factor=replication_factor, rate=rate,
-                                           linger_ms=linger_ms,
-                                           batch_bytes=batch_bytes, producers=producers,
-                                           nodes=nodes if bootstrap is None else None,
-                                           warmup_records=warmup_records,
-                                           idempotent=None if not no_idempotence else False,
-                                           gc_freeze=gc_freeze)
-                        run = _one_run(target, config, run_number, stamp, deadline, py_spy, report_path)
-                        report["runs"].append(run)
-                        stdout.print(result_table(config, RunResult(**run["results"])))
-                        if run["results"]["errors"]:
-                            errors = {code: (e["records"], RaftMQError(e["message"])) for code, e in
-                                      run["results"]["errors"].items()}
-                            stdout.print(errors_table(errors, title="errors by code"))
-                        if run["results"]["aborted"]:
-                            report["aborted"] = run["results"]["aborted"]
-                            break
-                if report["aborted"]:
-                    break
-            if report["aborted"]:
-                break
+        _run_plan(plan, bench_run, report)
     except KeyboardInterrupt:
         report["aborted"] = "interrupted"
     finally:
-        if report["runs"]:
-            if len(report["runs"]) > 1:
-                stdout.print(summary_table(report["runs"]))
-            comparisons = compare_rows(report["runs"])
-            if comparisons:
-                report["comparisons"] = comparisons
-                stdout.print(compare_table(comparisons))
+        _print_summary(report)
         report["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(json.dumps(report, indent=2) + "\n")
-        stdout.print(f"report written to {report_path}")
+        bench_run.report_path.parent.mkdir(parents=True, exist_ok=True)
+        bench_run.report_path.write_text(json.dumps(report, indent=2) + "\n")
+        out().print(f"report written to {bench_run.report_path}")
+
+
+def _run_plan(plan: BenchPlan, bench_run: _BenchRun, report: dict[str, Any]) -> None:
+    """One cluster per (durability, via), one run per ack level on it; stops at the first abort."""
+    run_number = 0
+    for durability, via in itertools.product(plan.durabilities, plan.vias):
+        if time.perf_counter() > bench_run.deadline:
+            report["aborted"] = _DEADLINE_PASSED
+            return
+        with _target(plan.bootstrap, via, plan.nodes, durability, bench_run.deadline) as target:
+            for acks in plan.acks:
+                if time.perf_counter() > bench_run.deadline:
+                    report["aborted"] = _DEADLINE_PASSED
+                    return
+                run_number += 1
+                config = plan.run_config(acks, durability, via)
+                run = _one_run(target, config, run_number, bench_run)
+                report["runs"].append(run)
+                _print_run(config, run)
+                if run["results"]["aborted"]:
+                    report["aborted"] = run["results"]["aborted"]
+                    return
+
+
+def _print_run(config: RunConfig, run: dict[str, Any]) -> None:
+    stdout = out()
+    stdout.print(result_table(config, RunResult(**run["results"])))
+    if run["results"]["errors"]:
+        errors = {code: (e["records"], RaftMQError(e["message"])) for code, e in
+                  run["results"]["errors"].items()}
+        stdout.print(errors_table(errors, title="errors by code"))
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    """With several runs, all of them in one table; the proxy overhead when runs can be compared."""
+    if not report["runs"]:
+        return
+    stdout = out()
+    if len(report["runs"]) > 1:
+        stdout.print(summary_table(report["runs"]))
+    comparisons = compare_rows(report["runs"])
+    if comparisons:
+        report["comparisons"] = comparisons
+        stdout.print(compare_table(comparisons))
+
+
+def _exit_unless_complete(report: dict[str, Any]) -> None:
+    """Exit code 1 when the benchmark was aborted or a run did not get every record acknowledged."""
     incomplete = [r for r in report["runs"] if r["results"]["acked"] != r["config"]["records"]]
     if report["aborted"] or incomplete:
         if report["aborted"]:
-            console.print(f"[red]benchmark aborted: {report['aborted']}[/]")
+            err().print(f"[red]benchmark aborted: {report['aborted']}[/]")
         raise click.exceptions.Exit(EXIT_BROKER)
 
 
-def _one_run(target: _Target, config: RunConfig, number: int, stamp: str, deadline: float, py_spy: str | None,
-             report_path: Path) -> dict[str, Any]:
-    topic = f"bench-{stamp.lower()}-{number}-acks{config.acks}"
-    timeout = max(5.0, min(30.0, deadline - time.perf_counter()))
+def _one_run(target: _Target, config: RunConfig, number: int, bench_run: _BenchRun) -> dict[str, Any]:
+    topic = f"bench-{bench_run.stamp.lower()}-{number}-acks{config.acks}"
+    timeout = max(_TOPIC_TIMEOUT_MIN_S, min(_TOPIC_TIMEOUT_MAX_S, bench_run.deadline - time.perf_counter()))
     with err().status(f"creating topic {topic} ({config.partitions} partitions) ..."):
         leaders = asyncio.run(_create_topic(target.urls, topic, config, timeout))
     run: dict[str, Any] = {"config": asdict(config), "topic": topic, "leaders": leaders}
-    profiler: _Profiler | None = None
-    if py_spy is not None:
-        leader = leaders.get(0)
-        pid = target.pid_of(leader) if leader is not None else None
-        if pid is None:
-            run["profile"] = {"error": "could not find the pid of the leader of partition 0"}
-        else:
-            output = report_path.parent / f"{report_path.stem}.run{number}.broker{leader}.svg"
-            output.parent.mkdir(parents=True, exist_ok=True)
-            profiler = _Profiler(py_spy, pid, output.resolve())
+    profiler = _start_profiler(target, leaders, number, bench_run, run)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err())
     broker_ids = sorted(target.local.nodes) if target.local is not None else []
     before = {b: u for b in broker_ids if (u := _usage_of(target, b)) is not None}
     try:
         with progress:
-            result = asyncio.run(measure(target.urls, topic, config, deadline, progress))
+            result = asyncio.run(measure(target.urls, topic, config, bench_run.deadline, progress))
         result.brokers = broker_usage(target, before)
     finally:
         if profiler is not None:
-            run["profile"] = profiler.finish()
-            if "error" in run["profile"]:
-                err().print(f"[yellow]profile: {safe(run['profile']['error'])}[/]")
-            else:
-                err().print(f"profile of broker {leaders.get(0)} written to {run['profile']['flamegraph']}")
+            _finish_profiler(profiler, leaders, run)
     run["results"] = asdict(result)
     if target.local is None:  # an existing cluster: do not leave benchmark topics behind
         with contextlib.suppress(RaftMQError):
             asyncio.run(_delete_topic(target.urls, topic))
     return run
+
+
+def _start_profiler(target: _Target, leaders: dict[int, int | None], number: int, bench_run: _BenchRun,
+                    run: dict[str, Any]) -> _Profiler | None:
+    """py-spy on the leader of partition 0 when profiling (None otherwise, or with an error in ``run``)."""
+    if bench_run.py_spy is None:
+        return None
+    leader = leaders.get(0)
+    pid = target.pid_of(leader) if leader is not None else None
+    if pid is None:
+        run["profile"] = {"error": "could not find the pid of the leader of partition 0"}
+        return None
+    report_path = bench_run.report_path
+    output = report_path.parent / f"{report_path.stem}.run{number}.broker{leader}.svg"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return _Profiler(bench_run.py_spy, pid, output.resolve())
+
+
+def _finish_profiler(profiler: _Profiler, leaders: dict[int, int | None], run: dict[str, Any]) -> None:
+    run["profile"] = profiler.finish()
+    if "error" in run["profile"]:
+        err().print(f"[yellow]profile: {safe(run['profile']['error'])}[/]")
+    else:
+        err().print(f"profile of broker {leaders.get(0)} written to {run['profile']['flamegraph']}")

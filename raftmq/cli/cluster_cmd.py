@@ -45,7 +45,23 @@ from raftmq.cluster.errors import ConnectionFailed, RaftMQError
 
 # Deadline of each status request: a broker that does not answer within it is shown as unreachable.
 STATUS_TIMEOUT_S = 3.0
+# `status` asks the bootstrap brokers, then the brokers they list: two rounds find every broker of a cluster
+# whose members all know each other, and a broker that lists unknown URLs cannot make it probe forever.
+_DISCOVERY_ROUNDS = 2
+# Written into the --dir of `up`: the cluster's size and ports, checked when the folder is reused.
 LAYOUT_FILE = "cluster.json"
+# `up` defaults; the restart command it prints leaves out options at these values.
+DEFAULT_NODES = 3
+DEFAULT_BASE_PORT = 9101
+# Broker i listens for peers on base+100+i (deploy/local_cluster.py), for clients on base+i.
+_PEER_PORT_OFFSET = 100
+_MAX_PORT = 65535
+# `up` checks this often (seconds) whether a broker exited; a signal wakes it at once.
+_WATCH_INTERVAL_S = 0.5
+# Brokers get this long after SIGTERM to stop cleanly before they are killed.
+_STOP_TIMEOUT_S = 20.0
+# The fault-proxy API answers at once on localhost; `up` must not hang on one that does not.
+_PROXY_API_TIMEOUT_S = 5.0
 
 
 @click.group("cluster", cls=RaftMQGroup)
@@ -156,7 +172,7 @@ async def collect(bootstrap: Sequence[str], *, timeout_s: float = STATUS_TIMEOUT
     states: dict[str, BrokerState] = {}
     try:
         pending = [normalize_url(u) for u in bootstrap]
-        for _round in range(2):
+        for _round in range(_DISCOVERY_ROUNDS):
             new = [BrokerState(url) for url in dict.fromkeys(pending) if url not in states]
             if not new:
                 break
@@ -307,12 +323,12 @@ def _check_layout(directory: Path, nodes: int, base_port: int) -> dict[str, Any]
 
 
 def _check_ports(nodes: int, base_port: int, previous: dict[str, Any] | None) -> None:
-    if base_port + 100 + nodes - 1 > 65535:
+    if base_port + _PEER_PORT_OFFSET + nodes - 1 > _MAX_PORT:
         raise ConfigProblem(f"--base-port {base_port} leaves no room for {nodes} peer ports (base+100+i)",
                             "pick a lower --base-port")
     for index in range(nodes):
         for port, what in ((base_port + index, f"client port of broker {index + 1}"),
-                           (base_port + 100 + index, f"peer port of broker {index + 1}")):
+                           (base_port + _PEER_PORT_OFFSET + index, f"peer port of broker {index + 1}")):
             if port_in_use(port):
                 extra = ""
                 if previous is not None and previous.get("base_port") == base_port:
@@ -320,7 +336,8 @@ def _check_ports(nodes: int, base_port: int, previous: dict[str, Any] | None) ->
                 raise ConfigProblem(
                     f"port {port} ({what}) is already in use{extra}",
                     f"free the port, or choose other ports with --base-port (needs {base_port}-"
-                    f"{base_port + nodes - 1} and {base_port + 100}-{base_port + 100 + nodes - 1} free)",
+                    f"{base_port + nodes - 1} and {base_port + _PEER_PORT_OFFSET}-"
+                    f"{base_port + _PEER_PORT_OFFSET + nodes - 1} free)",
                     code="PORT_IN_USE")
 
 
@@ -367,7 +384,7 @@ def _proxies_table(toxiproxy_url: str, known: dict[str, Any]) -> Table:
     for column in ("proxy", "kind", "listen", "upstream", "enabled", "toxics"):
         table.add_column(column)
     try:
-        status_code, body = http_json(toxiproxy_url.rstrip("/") + "/proxies", timeout_s=5.0)
+        status_code, body = http_json(toxiproxy_url.rstrip("/") + "/proxies", timeout_s=_PROXY_API_TIMEOUT_S)
     except OSError as exc:
         table.add_row(f"[red]proxy API did not answer: {safe(exc)}[/]", "", "", "", "", "")
         return table
@@ -405,12 +422,13 @@ def _usage_panel(bootstrap: str, directory: Path, restart: str, extra: str = "")
 
 
 @cluster.command("up")
-@click.option("--nodes", type=click.IntRange(1, 99), default=3, show_default=True, help="Number of brokers.")
+@click.option("--nodes", type=click.IntRange(1, 99), default=DEFAULT_NODES, show_default=True,
+              help="Number of brokers.")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               default=Path(".raftmq/cluster"), show_default=True,
               help="Folder for configs, data and logs (reused when it exists).")
-@click.option("--base-port", type=click.IntRange(1024, 65435), default=9101, show_default=True,
-              help="Client ports are base+i, peer ports base+100+i.")
+@click.option("--base-port", type=click.IntRange(1024, _MAX_PORT - _PEER_PORT_OFFSET), default=DEFAULT_BASE_PORT,
+              show_default=True, help="Client ports are base+i, peer ports base+100+i.")
 @click.option("--durability", type=click.Choice(["always", "interval", "never"]), default="always",
               show_default=True, help="When brokers fsync their Raft log.")
 @click.option("--chaos", is_flag=True, help="Put a fault proxy in front of every link (chaos harness).")
@@ -419,93 +437,159 @@ def _usage_panel(bootstrap: str, directory: Path, restart: str, extra: str = "")
 def up(nodes: int, directory: Path, base_port: int, durability: str, chaos: bool,
        ready_timeout: float) -> None:
     """Start a local cluster and keep it running in the foreground until Ctrl-C."""
-    from raftmq.deploy.local_cluster import LocalCluster
-
-    directory = directory.resolve()
-    previous = _check_layout(directory, nodes, base_port)
+    options = UpOptions(nodes, directory.resolve(), base_port, durability, chaos, ready_timeout)
+    previous = _check_layout(options.directory, nodes, base_port)
     _check_ports(nodes, base_port, previous)
+    local = _LocalRun.create(options)
+    _write_layout(options)
+    console = err()
+    reused = previous is not None or any((node.data_dir).exists() for node in local.nodes.values())
+    with _Stopper() as stopper:
+        started = time.monotonic()
+        _start_or_fail(local, options, reused, console)
+        if stopper.event.is_set():
+            _shutdown(local, console)
+            return
+        _print_ready(local, options, time.monotonic() - started)
+        _watch_brokers(local, stopper, console)
+        console.print(f"{stopper.signal_name or 'signal'} received: stopping {nodes} broker(s)")
+        _shutdown(local, console)
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """The options of ``raftmq cluster up`` (``directory`` resolved)."""
+
+    nodes: int
+    directory: Path
+    base_port: int
+    durability: str
+    chaos: bool
+    ready_timeout: float
+
+    def restart_command(self) -> str:
+        """The command that starts this cluster again (options at their defaults left out)."""
+        restart = f"raftmq cluster up --dir {self.directory}"
+        restart += f" --nodes {self.nodes}" if self.nodes != DEFAULT_NODES else ""
+        restart += f" --base-port {self.base_port}" if self.base_port != DEFAULT_BASE_PORT else ""
+        restart += " --chaos" if self.chaos else ""
+        return restart
+
+
+@dataclass
+class _LocalRun:
+    """The brokers ``up`` runs (a deploy LocalCluster), and with --chaos the fault-proxy harness that owns
+    them and sits in front of every link."""
+
+    cluster: Any
     harness: Any = None
-    if chaos:
+
+    @classmethod
+    def create(cls, options: UpOptions) -> _LocalRun:
+        from raftmq.deploy.local_cluster import LocalCluster
+
+        if not options.chaos:
+            return cls(LocalCluster(options.directory, nodes=options.nodes, base_port=options.base_port,
+                                    durability=options.durability))
         try:
             from raftmq.chaos.harness import ChaosCluster
         except ImportError as exc:
             raise ConfigProblem(f"--chaos needs the chaos harness (chaos.harness): {exc}",
                                 "run without --chaos, or update your checkout") from None
-        harness = ChaosCluster(directory, nodes=nodes, base_port=base_port, durability=durability)
-        local = harness.cluster
-    else:
-        local = LocalCluster(directory, nodes=nodes, base_port=base_port, durability=durability)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / LAYOUT_FILE).write_text(json.dumps(
-        {"nodes": nodes, "base_port": base_port, "durability": durability, "chaos": chaos}, indent=2) + "\n")
-    console = err()
-    reused = previous is not None or any((node.data_dir).exists() for node in local.nodes.values())
-    with _Stopper() as stopper:
-        started = time.monotonic()
-        try:
-            with console.status(f"starting {nodes} broker(s) in {directory}"
-                                f"{' (reusing existing data)' if reused else ''} ..."):
-                if harness is not None:
-                    harness.start()
-                    harness.wait_ready(timeout_s=ready_timeout)
-                else:
-                    local.start()
-                    local.wait_ready(timeout_s=ready_timeout)
-        except (TimeoutError, RuntimeError, OSError, RaftMQError) as exc:
-            _shutdown(harness, local, console, quiet=True)
-            logs = "\n".join(f"  broker {b}: {n.log_path}" for b, n in local.nodes.items())
-            raise CommandFailed("CLUSTER_NOT_READY", f"the cluster did not become ready: {exc}",
-                                f"read the broker logs:\n{logs}") from None
-        if stopper.event.is_set():
-            _shutdown(harness, local, console)
-            return
-        client_urls = list(harness.client_urls) if harness is not None else local.urls
-        bootstrap = ",".join(client_urls)
-        stdout = out()
-        stdout.print(f"[green]{nodes} broker(s) ready in {time.monotonic() - started:.1f} s[/] "
-                     f"(durability {durability}{', through fault proxies' if chaos else ''})")
-        stdout.print(_nodes_table(local, client_urls))
-        extra = ""
-        if harness is not None:
-            stdout.print(_proxies_table(harness.toxiproxy_url, dict(getattr(harness, "proxies", {}))))
-            extra = f"Fault proxy API: {harness.toxiproxy_url}  (raftmq chaos ... drives it)"
-        restart = f"raftmq cluster up --dir {directory}"
-        restart += f" --nodes {nodes}" if nodes != 3 else ""
-        restart += f" --base-port {base_port}" if base_port != 9101 else ""
-        restart += " --chaos" if chaos else ""
-        stdout.print(_usage_panel(bootstrap, directory, restart, extra))
-        sys.stdout.flush()
-        reported: set[int] = set()
-        while not stopper.event.wait(0.5):  # wakes at once on a signal; polls the processes otherwise
-            for broker_id, node in local.nodes.items():
-                if broker_id not in reported and node.process is not None and node.process.poll() is not None:
-                    reported.add(broker_id)
-                    console.print(f"[red]broker {broker_id} exited with code {node.process.returncode}[/];"
-                                  f" see {node.log_path}")
-            if len(reported) == len(local.nodes):
-                console.print("[red]every broker has exited; stopping[/]")
-                _shutdown(harness, local, console)
-                raise click.exceptions.Exit(EXIT_BROKER)
-        console.print(f"{stopper.signal_name or 'signal'} received: stopping {nodes} broker(s)")
-        _shutdown(harness, local, console)
+        harness = ChaosCluster(options.directory, nodes=options.nodes, base_port=options.base_port,
+                               durability=options.durability)
+        return cls(harness.cluster, harness)
+
+    @property
+    def nodes(self) -> dict[int, Any]:
+        nodes: dict[int, Any] = self.cluster.nodes
+        return nodes
+
+    @property
+    def client_urls(self) -> list[str]:
+        """What clients connect to: the brokers, or with --chaos the proxies in front of them."""
+        return list(self.harness.client_urls) if self.harness is not None else list(self.cluster.urls)
+
+    def start(self, ready_timeout: float) -> None:
+        if self.harness is not None:
+            self.harness.start()
+            self.harness.wait_ready(timeout_s=ready_timeout)
+        else:
+            self.cluster.start()
+            self.cluster.wait_ready(timeout_s=ready_timeout)
+
+    def stop(self) -> None:
+        if self.harness is not None:
+            self.harness.stop()
+        self.cluster.stop(timeout_s=_STOP_TIMEOUT_S)
 
 
-def _shutdown(harness: Any, local: Any, console: Any, *, quiet: bool = False) -> None:
-    running = [b for b, n in local.nodes.items() if n.running]
+def _write_layout(options: UpOptions) -> None:
+    """Record the cluster's size and ports so a later ``up`` on the folder can check them."""
+    options.directory.mkdir(parents=True, exist_ok=True)
+    layout = {"nodes": options.nodes, "base_port": options.base_port, "durability": options.durability,
+              "chaos": options.chaos}
+    (options.directory / LAYOUT_FILE).write_text(json.dumps(layout, indent=2) + "\n")
+
+
+def _start_or_fail(local: _LocalRun, options: UpOptions, reused: bool, console: Any) -> None:
+    """Start every broker and wait until all are ready; on failure stop them and point at their logs."""
+    try:
+        with console.status(f"starting {options.nodes} broker(s) in {options.directory}"
+                            f"{' (reusing existing data)' if reused else ''} ..."):
+            local.start(options.ready_timeout)
+    except (TimeoutError, RuntimeError, OSError, RaftMQError) as exc:
+        _shutdown(local, console, quiet=True)
+        logs = "\n".join(f"  broker {b}: {n.log_path}" for b, n in local.nodes.items())
+        raise CommandFailed("CLUSTER_NOT_READY", f"the cluster did not become ready: {exc}",
+                            f"read the broker logs:\n{logs}") from None
+
+
+def _print_ready(local: _LocalRun, options: UpOptions, took_s: float) -> None:
+    """The brokers (and proxies) as started, and how to use the cluster."""
+    client_urls = local.client_urls
+    stdout = out()
+    stdout.print(f"[green]{options.nodes} broker(s) ready in {took_s:.1f} s[/] "
+                 f"(durability {options.durability}{', through fault proxies' if options.chaos else ''})")
+    stdout.print(_nodes_table(local.cluster, client_urls))
+    extra = ""
+    harness = local.harness
+    if harness is not None:
+        stdout.print(_proxies_table(harness.toxiproxy_url, dict(getattr(harness, "proxies", {}))))
+        extra = f"Fault proxy API: {harness.toxiproxy_url}  (raftmq chaos ... drives it)"
+    stdout.print(_usage_panel(",".join(client_urls), options.directory, options.restart_command(), extra))
+    sys.stdout.flush()
+
+
+def _watch_brokers(local: _LocalRun, stopper: _Stopper, console: Any) -> None:
+    """Until a signal arrives, report each broker that exits; when every broker has exited, stop (exit 1)."""
+    reported: set[int] = set()
+    while not stopper.event.wait(_WATCH_INTERVAL_S):  # wakes at once on a signal; polls the processes otherwise
+        for broker_id, node in local.nodes.items():
+            if broker_id not in reported and node.process is not None and node.process.poll() is not None:
+                reported.add(broker_id)
+                console.print(f"[red]broker {broker_id} exited with code {node.process.returncode}[/];"
+                              f" see {node.log_path}")
+        if len(reported) == len(local.nodes):
+            console.print("[red]every broker has exited; stopping[/]")
+            _shutdown(local, console)
+            raise click.exceptions.Exit(EXIT_BROKER)
+
+
+def _shutdown(local: _LocalRun, console: Any, *, quiet: bool = False) -> None:
+    nodes = local.nodes
+    running = [b for b, n in nodes.items() if n.running]
     started = time.monotonic()
-    with console.status("stopping brokers (SIGTERM, up to 20 s, then SIGKILL) ..."):
-        if harness is not None:
-            harness.stop()
-        local.stop(timeout_s=20.0)
+    with console.status(f"stopping brokers (SIGTERM, up to {_STOP_TIMEOUT_S:.0f} s, then SIGKILL) ..."):
+        local.stop()
     if quiet:
         return
-    killed = [b for b in running
-              if local.nodes[b].process is not None and local.nodes[b].process.returncode == -9]
+    killed = [b for b in running if nodes[b].process is not None and nodes[b].process.returncode == -9]
     clean = [b for b in running if b not in killed]
     if clean:
         console.print(f"[green]stopped broker(s) {fmt_ids(clean)} cleanly[/] in "
                       f"{time.monotonic() - started:.1f} s")
     if killed:
-        console.print(f"[yellow]broker(s) {fmt_ids(killed)} did not stop within 20 s and were killed "
-                      "(SIGKILL)[/]")
+        console.print(f"[yellow]broker(s) {fmt_ids(killed)} did not stop within {_STOP_TIMEOUT_S:.0f} s and "
+                      "were killed (SIGKILL)[/]")
     console.print("all brokers stopped.")

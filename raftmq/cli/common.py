@@ -32,6 +32,9 @@ DEFAULT_BOOTSTRAP: Final = "http://127.0.0.1:9101,http://127.0.0.1:9102,http://1
 BOOTSTRAP_ENV: Final = "RAFTMQ_BOOTSTRAP"
 # Width used for tables when output is not a terminal (pipes, CI logs, tests): wide enough not to wrap.
 _PIPE_WIDTH: Final = 160
+# A COLUMNS value outside these bounds is taken for a mistake, and _PIPE_WIDTH is used instead.
+_MIN_COLUMNS: Final = 40
+_MAX_COLUMNS: Final = 10_000
 
 EXIT_OK: Final = 0
 EXIT_BROKER: Final = 1
@@ -48,7 +51,8 @@ def _width(stream: IO[str]) -> int | None:
     except (AttributeError, ValueError):
         pass
     columns = os.environ.get("COLUMNS", "")
-    return int(columns) if columns.isascii() and columns.isdigit() and 40 < int(columns) < 10_000 else _PIPE_WIDTH
+    valid = columns.isascii() and columns.isdigit() and _MIN_COLUMNS < int(columns) < _MAX_COLUMNS
+    return int(columns) if valid else _PIPE_WIDTH
 
 
 def out() -> Console:

@@ -22,6 +22,12 @@ from raftmq.client.types import ConsumerRecord, TopicPartition
 from raftmq.cluster.errors import ClientTimeout, UnknownTopicOrPartition
 
 NULL_TEXT = "-"  # how a missing key/value is shown in text mode
+# How long a fetch may wait on the broker for records (ms): with --follow long polls keep requests few; without
+# it the command ends soon after the last record.
+_FOLLOW_MAX_WAIT_MS = 1000
+_READ_MAX_WAIT_MS = 200
+# Each poll returns after at most this long (ms), so Ctrl-C, --max and the --timeout check are noticed.
+_POLL_TIMEOUT_MS = 500
 
 
 def _text_field(data: bytes | None) -> str:
@@ -106,16 +112,11 @@ async def _consume(topic: str, bootstrap: list[str], partitions: list[int], star
     fmt = format_json if output_format == "json" else format_text
     stdout = sys.stdout
     printed = 0
-    async with Consumer(bootstrap, read_from_any_replica=any_replica, max_wait_ms=1000 if follow else 200,
+    max_wait_ms = _FOLLOW_MAX_WAIT_MS if follow else _READ_MAX_WAIT_MS
+    async with Consumer(bootstrap, read_from_any_replica=any_replica, max_wait_ms=max_wait_ms,
                         auto_offset_reset="earliest") as consumer:
         consumer.assign(chosen)
-        if offset is not None:
-            for tp in chosen:
-                consumer.seek(tp.topic, tp.partition, offset)
-        elif start == "end":
-            await consumer.seek_to_end()
-        else:
-            await consumer.seek_to_beginning()
+        await _seek(consumer, chosen, start, offset)
         ends: dict[TopicPartition, int] = {}
         pending: set[TopicPartition] = set()
         if not follow:
@@ -128,7 +129,7 @@ async def _consume(topic: str, bootstrap: list[str], partitions: list[int], star
             while not interrupted.is_set() and (follow or pending):
                 if max_records is not None and printed >= max_records:
                     break
-                records = await consumer.poll(timeout_ms=500)
+                records = await consumer.poll(timeout_ms=_POLL_TIMEOUT_MS)
                 lines = []
                 for record in records:
                     tp = TopicPartition(record.topic, record.partition)
@@ -150,12 +151,26 @@ async def _consume(topic: str, bootstrap: list[str], partitions: list[int], star
                         if await consumer.position(*tp) >= ends[tp]:
                             pending.discard(tp)
                     if pending and time.monotonic() - last_progress > timeout_s:
-                        behind = ", ".join([
-                            f"{tp.partition} (at {await consumer.position(*tp)}, end {ends[tp]})"
-                            for tp in sorted(pending)])
-                        raise CommandFailed(ClientTimeout.code,
-                                            f"no record arrived for {timeout_s:.0f} s; partitions still "
-                                            f"behind: {behind}",
-                                            "check the partition leaders (raftmq cluster status), or raise "
-                                            "--timeout")
+                        raise await _stalled(consumer, pending, ends, timeout_s)
     return printed, len(chosen)
+
+
+async def _seek(consumer: Consumer, chosen: list[TopicPartition], start: str, offset: int | None) -> None:
+    """Where reading starts: --offset in every partition, else the log start or the high watermark."""
+    if offset is not None:
+        for tp in chosen:
+            consumer.seek(tp.topic, tp.partition, offset)
+    elif start == "end":
+        await consumer.seek_to_end()
+    else:
+        await consumer.seek_to_beginning()
+
+
+async def _stalled(consumer: Consumer, pending: set[TopicPartition], ends: dict[TopicPartition, int],
+                   timeout_s: float) -> CommandFailed:
+    """The error for partitions that got no record for --timeout seconds, with where each one is."""
+    behind = ", ".join([f"{tp.partition} (at {await consumer.position(*tp)}, end {ends[tp]})"
+                        for tp in sorted(pending)])
+    return CommandFailed(ClientTimeout.code, f"no record arrived for {timeout_s:.0f} s; partitions still "
+                                             f"behind: {behind}",
+                         "check the partition leaders (raftmq cluster status), or raise --timeout")

@@ -30,9 +30,33 @@ from raftmq.client.producer import Producer
 from raftmq.client.types import ConsumerRecord, DeliveryReport, TopicPartition
 
 TOPIC = "demo"
+# Three partitions on three brokers: each partition is its own Raft group, and killing one broker leaves
+# every partition a majority (two of three replicas) to elect a new leader and keep acknowledging acks=all.
 PARTITIONS = 3
 NODES = 3
-STEPS = 8
+STEPS = 8  # the steps _DemoSteps narrates ("Step n/8")
+
+# Seconds for all brokers (or the restarted one) to serve clients: a start takes a few seconds.
+READY_TIMEOUT_S = 30
+# Seconds for the new topic's partitions to elect their first leaders.
+LEADERS_TIMEOUT_S = 20
+# Seconds to find the leader of partition 0 before killing it (it was elected moments ago).
+LEADER_TIMEOUT_S = 10
+# A record may wait out the election after the kill (a few seconds) well within its delivery timeout; short
+# requests and back-offs let the first acknowledgement from the new leader come soon after the election.
+DELIVERY_TIMEOUT_MS = 30_000
+REQUEST_TIMEOUT_MS = 5_000
+RETRY_BACKOFF_MS = 50
+RETRY_BACKOFF_MAX_MS = 250
+# Reading back: the high watermarks are asked within END_OFFSETS_TIMEOUT_S and reached within
+# READ_BACK_TIMEOUT_S (a few thousand small records take well under a second); each poll waits at most
+# POLL_TIMEOUT_MS, each fetch at most CONSUMER_MAX_WAIT_MS on the broker.
+END_OFFSETS_TIMEOUT_S = 20
+READ_BACK_TIMEOUT_S = 30
+POLL_TIMEOUT_MS = 500
+CONSUMER_MAX_WAIT_MS = 200
+# Brokers get this long after SIGTERM to stop cleanly before they are killed.
+STOP_TIMEOUT_S = 20.0
 
 
 @dataclass
@@ -153,7 +177,7 @@ def demo(directory: Path | None, records: int, max_seconds: float) -> None:
                       + (" (removed with the temporary folder; use --dir to keep them)" if temporary else ""))
     finally:
         with err().status("stopping the cluster ..."):
-            cluster.stop(timeout_s=20.0)
+            cluster.stop(timeout_s=STOP_TIMEOUT_S)
         codes = {b: n.process.returncode for b, n in cluster.nodes.items() if n.process is not None}
         killed = [b for b, code in codes.items() if code == -9]
         note = f" (broker(s) {fmt_ids(killed)} needed SIGKILL)" if killed else ""
@@ -196,61 +220,92 @@ async def _produce_phase(producer: Producer, sent: list[Sent], first: int, count
 async def _consume_all(urls: Sequence[str]) -> dict[int, list[ConsumerRecord]]:
     consumed: dict[int, list[ConsumerRecord]] = {p: [] for p in range(PARTITIONS)}
     tps = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)]
-    async with Consumer(urls, auto_offset_reset="none", max_wait_ms=200) as consumer:
+    async with Consumer(urls, auto_offset_reset="none", max_wait_ms=CONSUMER_MAX_WAIT_MS) as consumer:
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp.topic, tp.partition, 0)
-        ends = await consumer.end_offsets(tps, timeout_s=20)
-        deadline = time.monotonic() + 30
+        ends = await consumer.end_offsets(tps, timeout_s=END_OFFSETS_TIMEOUT_S)
+        deadline = time.monotonic() + READ_BACK_TIMEOUT_S
 
         async def behind() -> bool:
             return any([await consumer.position(*tp) < ends[tp] for tp in tps])
 
         while await behind():
             if time.monotonic() > deadline:
-                raise TimeoutError("reading back did not reach the high watermarks within 30 s")
-            for record in await consumer.poll(timeout_ms=500):
+                raise TimeoutError(f"reading back did not reach the high watermarks within "
+                                   f"{READ_BACK_TIMEOUT_S} s")
+            for record in await consumer.poll(timeout_ms=POLL_TIMEOUT_MS):
                 if record.offset < ends[TopicPartition(record.topic, record.partition)]:
                     consumed[record.partition].append(record)
     return consumed
 
 
 async def _demo(cluster: Any, records: int, console: Console) -> bool:
-    step = _Narrator(console)
-    status = err()
+    steps = _DemoSteps(cluster, records, console)
+    urls = await steps.start_cluster()
+    await steps.create_topic(urls)
+    sent, leader = await steps.produce_through_failover(urls)
+    await steps.restart(leader)
+    verdict = await steps.read_back_and_check(urls, sent)
+    steps.print_verdict(verdict)
+    return verdict.passed
 
-    step(f"Start a fresh {NODES}-node cluster")
-    step.say(f"Every broker is a real `python -m raftmq.node` process on 127.0.0.1, with its data under "
-             f"{cluster.root}.")
-    started = time.monotonic()
-    with status.status("starting brokers ..."):
-        await asyncio.to_thread(cluster.start)
-        await asyncio.to_thread(cluster.wait_ready, timeout_s=30)
-    urls = cluster.urls
-    step.say(f"All {NODES} brokers are ready after {time.monotonic() - started:.1f} s.")
-    console.print(_nodes_table(cluster, urls))
 
-    step(f"Create topic '{TOPIC}' with {PARTITIONS} partitions, each replicated on all {NODES} brokers")
-    async with Admin(urls) as admin:
-        await admin.create_topic(TOPIC, PARTITIONS, NODES)
-        with status.status("waiting for partition leaders ..."):
-            info = await admin.wait_for_topic(TOPIC, timeout_s=20)
-    leaders = ", ".join(f"partition {p.partition} -> broker {p.leader_id}" for p in info.partitions)
-    step.say(f"Leaders: {leaders}. Each partition is its own Raft group.")
+class _DemoSteps:
+    """The demo's steps, in order; each narrates itself on ``console`` (spinners go to stderr)."""
 
-    sent: list[Sent] = []
-    async with Producer(urls, acks="all", delivery_timeout_ms=30_000, request_timeout_ms=5_000,
-                        retry_backoff_ms=50, retry_backoff_ms_max=250) as producer:
-        step(f"Produce {records:,} records with acks=all")
-        step.say("acks=all: a record is acknowledged once a majority of its replicas stored it.")
-        with status.status("producing ..."):
-            stats = await _produce_phase(producer, sent, 0, records, 1)
-        console.print(summary_table(stats, retries=producer.counters.retries, title="first batch"))
+    def __init__(self, cluster: Any, records: int, console: Console) -> None:
+        self.cluster = cluster
+        self.records = records
+        self.console = console
+        self.step = _Narrator(console)
+        self.status = err()
 
-        step("Cluster status")
-        console.print(render_status(await collect(urls)))
+    async def start_cluster(self) -> list[str]:
+        cluster, step = self.cluster, self.step
+        step(f"Start a fresh {NODES}-node cluster")
+        step.say(f"Every broker is a real `python -m raftmq.node` process on 127.0.0.1, with its data under "
+                 f"{cluster.root}.")
+        started = time.monotonic()
+        with self.status.status("starting brokers ..."):
+            await asyncio.to_thread(cluster.start)
+            await asyncio.to_thread(cluster.wait_ready, timeout_s=READY_TIMEOUT_S)
+        urls: list[str] = cluster.urls
+        step.say(f"All {NODES} brokers are ready after {time.monotonic() - started:.1f} s.")
+        self.console.print(_nodes_table(cluster, urls))
+        return urls
 
-        leader = await asyncio.to_thread(cluster.wait_for_leader, TOPIC, 0, timeout_s=10)
+    async def create_topic(self, urls: Sequence[str]) -> None:
+        self.step(f"Create topic '{TOPIC}' with {PARTITIONS} partitions, each replicated on all {NODES} brokers")
+        async with Admin(urls) as admin:
+            await admin.create_topic(TOPIC, PARTITIONS, NODES)
+            with self.status.status("waiting for partition leaders ..."):
+                info = await admin.wait_for_topic(TOPIC, timeout_s=LEADERS_TIMEOUT_S)
+        leaders = ", ".join(f"partition {p.partition} -> broker {p.leader_id}" for p in info.partitions)
+        self.step.say(f"Leaders: {leaders}. Each partition is its own Raft group.")
+
+    async def produce_through_failover(self, urls: Sequence[str]) -> tuple[list[Sent], int]:
+        """Produce, show the status, kill the leader of partition 0 and produce again; returns what was
+        sent and the id of the killed broker."""
+        sent: list[Sent] = []
+        async with Producer(urls, acks="all", delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
+                            request_timeout_ms=REQUEST_TIMEOUT_MS, retry_backoff_ms=RETRY_BACKOFF_MS,
+                            retry_backoff_ms_max=RETRY_BACKOFF_MAX_MS) as producer:
+            self.step(f"Produce {self.records:,} records with acks=all")
+            self.step.say("acks=all: a record is acknowledged once a majority of its replicas stored it.")
+            with self.status.status("producing ..."):
+                stats = await _produce_phase(producer, sent, 0, self.records, 1)
+            self.console.print(summary_table(stats, retries=producer.counters.retries, title="first batch"))
+
+            self.step("Cluster status")
+            self.console.print(render_status(await collect(urls)))
+
+            leader = await self._kill_leader_and_produce(producer, sent)
+        return sent, leader
+
+    async def _kill_leader_and_produce(self, producer: Producer, sent: list[Sent]) -> int:
+        cluster, step, records = self.cluster, self.step, self.records
+        leader: int = await asyncio.to_thread(cluster.wait_for_leader, TOPIC, 0, timeout_s=LEADER_TIMEOUT_S)
         pid = cluster.nodes[leader].pid
         step(f"SIGKILL broker {leader}, the leader of {TOPIC}/0, and keep producing {records:,} records")
         retries_before = producer.counters.retries
@@ -266,44 +321,56 @@ async def _demo(cluster: Any, records: int, console: Console) -> bool:
                     and report.leader_id is not None and report.leader_id != leader):
                 first_new.append(item)
 
-        with status.status("producing while a new leader is elected ..."):
-            stats2 = await _produce_phase(producer, sent, records, records, 2, on_ack)
-        console.print(summary_table(stats2, retries=producer.counters.retries - retries_before,
-                                    title="during the failover"))
-        if first_new:
-            item = first_new[0]
-            assert item.report is not None
-            step.say(f"[green]Partition 0 moved to broker {item.report.leader_id} (term "
-                     f"{item.report.leader_epoch}); its first acknowledgement came "
-                     f"{item.done_at - killed_at:.2f} s after the kill.[/]")
+        with self.status.status("producing while a new leader is elected ..."):
+            stats = await _produce_phase(producer, sent, records, records, 2, on_ack)
+        self.console.print(summary_table(stats, retries=producer.counters.retries - retries_before,
+                                         title="during the failover"))
+        self._say_failover(first_new[0] if first_new else None, killed_at)
+        return leader
+
+    def _say_failover(self, first_new: Sent | None, killed_at: float) -> None:
+        """How long partition 0 was without a leader, as the first acknowledgement of its new one shows."""
+        if first_new is None:
+            self.step.say("[yellow]No acknowledgement from a new leader of partition 0 was seen.[/]")
+            return
+        assert first_new.report is not None
+        self.step.say(f"[green]Partition 0 moved to broker {first_new.report.leader_id} (term "
+                      f"{first_new.report.leader_epoch}); its first acknowledgement came "
+                      f"{first_new.done_at - killed_at:.2f} s after the kill.[/]")
+
+    async def restart(self, leader: int) -> None:
+        cluster = self.cluster
+        self.step(f"Restart broker {leader}")
+        with self.status.status(f"starting broker {leader} ..."):
+            await asyncio.to_thread(cluster.start, [leader])
+            await asyncio.to_thread(cluster.wait_ready, [leader], timeout_s=READY_TIMEOUT_S)
+        self.step.say(f"Broker {leader} is back (pid {cluster.nodes[leader].pid}); it replays its log and "
+                      "catches up from the leaders as a follower.")
+
+    async def read_back_and_check(self, urls: Sequence[str], sent: Sequence[Sent]) -> Verdict:
+        self.step("Read everything back from offset 0 and check it")
+        with self.status.status("consuming ..."):
+            consumed = await _consume_all(urls)
+        verdict = verify(sent, consumed)
+        self.console.print(_verdict_table(verdict))
+        return verdict
+
+    def print_verdict(self, verdict: Verdict) -> None:
+        self.step("Verdict")
+        if verdict.passed:
+            self.console.print(f"[bold green]PASS[/]: all {verdict.acked:,} acknowledged records were read back "
+                               f"exactly once, in send order per partition, at their acknowledged offsets "
+                               f"({verdict.consumed:,} read; {verdict.unknown} with unknown outcome, "
+                               f"{verdict.unknown_present} of them stored).")
         else:
-            step.say("[yellow]No acknowledgement from a new leader of partition 0 was seen.[/]")
+            self.console.print(f"[bold red]FAIL[/]: {safe('; '.join(verdict.problems))}")
 
-    step(f"Restart broker {leader}")
-    with status.status(f"starting broker {leader} ..."):
-        await asyncio.to_thread(cluster.start, [leader])
-        await asyncio.to_thread(cluster.wait_ready, [leader], timeout_s=30)
-    step.say(f"Broker {leader} is back (pid {cluster.nodes[leader].pid}); it replays its log and catches up "
-             "from the leaders as a follower.")
 
-    step("Read everything back from offset 0 and check it")
-    with status.status("consuming ..."):
-        consumed = await _consume_all(urls)
-    verdict = verify(sent, consumed)
+def _verdict_table(verdict: Verdict) -> Table:
     table = Table(title=f"topic {TOPIC}: read back vs acknowledged", title_justify="left")
     for column in ("partition", "read", "acked", "missing", "duplicates", "out of order", "wrong offset",
                    "unknown present"):
         table.add_column(column, justify="right")
     for row in verdict.rows:
         table.add_row(*row)
-    console.print(table)
-
-    step("Verdict")
-    if verdict.passed:
-        console.print(f"[bold green]PASS[/]: all {verdict.acked:,} acknowledged records were read back "
-                      f"exactly once, in send order per partition, at their acknowledged offsets "
-                      f"({verdict.consumed:,} read; {verdict.unknown} with unknown outcome, "
-                      f"{verdict.unknown_present} of them stored).")
-    else:
-        console.print(f"[bold red]FAIL[/]: {safe('; '.join(verdict.problems))}")
-    return verdict.passed
+    return table

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import IO, Any, Literal
 
 import click
@@ -47,7 +49,13 @@ from raftmq.cluster.errors import ProducerClosed, RaftMQError, UnknownTopicOrPar
 
 # Most bytes read from stdin at once (a chunk of lines handed to the event loop).
 _STDIN_CHUNK_BYTES = 64 * 1024
+# Chunks read ahead of the producer: enough to keep it busy, few enough that a producer that is behind stops
+# the reader (at most this many chunks of stdin in memory).
 _STDIN_QUEUE_CHUNKS = 8
+# The reader thread, waiting for room in the queue, wakes this often (seconds) to notice it was told to stop.
+_HAND_OVER_POLL_S = 0.5
+# The live progress line is redrawn this often (seconds).
+_TICK_S = 0.2
 
 
 class ProduceStats(OutcomeTally):
@@ -91,6 +99,18 @@ def produce_progress(*, disable: bool = False) -> Progress:
                     TimeElapsedColumn(), console=err(), transient=False, disable=disable)
 
 
+def _raw_reader(stream: IO[bytes]) -> Callable[[int], bytes]:
+    """``read(size)`` returning what ``stream`` has available (at most ``size`` bytes; b"" at its end)."""
+    try:
+        # The raw descriptor: a thread blocked in BufferedReader.read1 would hold the buffer's lock and
+        # make interpreter shutdown abort after Ctrl-C; os.read holds no Python-level lock.
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's in-memory stdin)
+        read: Callable[[int], bytes] = getattr(stream, "read1", None) or stream.readline
+        return read
+    return functools.partial(os.read, fd)
+
+
 async def _stdin_chunks(stream: IO[bytes], stop: threading.Event,
                         interrupted: asyncio.Event) -> AsyncGenerator[list[bytes], None]:
     """Lines of ``stream`` (without their newline), read in a thread so a slow writer never blocks the
@@ -103,22 +123,14 @@ async def _stdin_chunks(stream: IO[bytes], stop: threading.Event,
         future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
         while not stop.is_set():
             try:
-                future.result(timeout=0.5)  # wakes to notice `stop` (the reader may be abandoned)
+                future.result(timeout=_HAND_OVER_POLL_S)  # wakes to notice `stop` (the reader may be abandoned)
                 return True
             except TimeoutError:
                 continue
         future.cancel()
         return False
 
-    try:
-        # The raw descriptor: a thread blocked in BufferedReader.read1 would hold the buffer's lock and
-        # make interpreter shutdown abort after Ctrl-C; os.read holds no Python-level lock.
-        fd = stream.fileno()
-
-        def read(size: int) -> bytes:
-            return os.read(fd, size)
-    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's in-memory stdin)
-        read = getattr(stream, "read1", None) or stream.readline  # type: ignore[assignment]
+    read = _raw_reader(stream)
 
     def reader() -> None:
         carry = b""
@@ -210,12 +222,13 @@ def produce(topic: str, acks: str, key: str | None, key_separator: str | None, p
     stdin: IO[bytes] | None = getattr(sys.stdin, "buffer", None) if count is None else None
     if count is None and stdin is None:
         raise click.UsageError("stdin is not readable as bytes; use --count N instead")
-    stats = ProduceStats()
-    retries = asyncio.run(_produce(
-        topic, bootstrap, stats, acks=normalize_acks(acks), key=key.encode() if key is not None else None,
+    options = ProduceOptions(
+        topic, acks=normalize_acks(acks), key=key.encode() if key is not None else None,
         separator=key_separator.encode() if key_separator else None, partition=partition, count=count,
         size=size, idempotent=None if not no_idempotence else False, linger_ms=linger_ms, batch_bytes=batch_bytes,
-        timeout_s=timeout_s, stdin=stdin))
+        timeout_s=timeout_s)
+    stats = ProduceStats()
+    retries = asyncio.run(_produce(options, bootstrap, stats, stdin))
     console = out()
     console.print(summary_table(stats, retries=retries))
     if stats.errors:
@@ -224,86 +237,144 @@ def produce(topic: str, acks: str, key: str | None, key_separator: str | None, p
         raise click.exceptions.Exit(EXIT_BROKER)
 
 
-async def _produce(topic: str, bootstrap: list[str], stats: ProduceStats, *, acks: Literal[0, 1, "all"],
-                   key: bytes | None, separator: bytes | None, partition: int | None, count: int | None,
-                   size: int, idempotent: bool | None, linger_ms: float, batch_bytes: int, timeout_s: float,
+@dataclass(frozen=True)
+class ProduceOptions:
+    """What to send, and how (the checked options of ``raftmq produce``)."""
+
+    topic: str
+    acks: Literal[0, 1, "all"]
+    key: bytes | None  # the key of every record (stdin lines: unless --key-separator splits one off)
+    separator: bytes | None  # --key-separator
+    partition: int | None
+    count: int | None  # generated records; None: stdin lines
+    size: int  # bytes per generated record
+    idempotent: bool | None
+    linger_ms: float
+    batch_bytes: int
+    timeout_s: float  # per record, retries included
+
+
+async def _produce(options: ProduceOptions, bootstrap: list[str], stats: ProduceStats,
                    stdin: IO[bytes] | None) -> int:
-    async with Admin(bootstrap) as admin:
-        info = await admin.describe_topic(topic)
-    if partition is not None and partition >= info.partition_count:
-        raise UnknownTopicOrPartition(f"topic {topic!r} has {info.partition_count} partition(s); "
-                                      f"there is no partition {partition}", topic=topic, partition=partition)
-    delivery_ms = max(1, int(timeout_s * 1000))
-    producer = Producer(bootstrap, acks=acks, idempotent=idempotent, linger_ms=linger_ms,
-                        batch_bytes=batch_bytes,
-                        buffer_bytes=max(limits.client_buffer_bytes_default, batch_bytes),
-                        delivery_timeout_ms=delivery_ms,
-                        request_timeout_ms=min(limits.client_request_timeout_ms_default, delivery_ms))
+    """Send every record, wait for its delivery report (counted in ``stats``); returns the retries."""
+    await _check_partition(bootstrap, options.topic, options.partition)
+    producer = _new_producer(bootstrap, options)
     reader_stop = threading.Event()
-    try:
-        typing = stdin is not None and stdin.isatty()  # a live bar would fight with the user's typing
-    except (AttributeError, ValueError):
-        typing = False
-    progress = produce_progress(disable=typing)
-    task = progress.add_task(f"producing to {topic}", total=count)
+    progress = produce_progress(disable=_is_typing(stdin))  # a live bar would fight with the user's typing
+    task = progress.add_task(f"producing to {options.topic}", total=options.count)
     await producer.start()
     try:
         async with stop_on_signals() as interrupted:
             with progress:
-                ticker = asyncio.create_task(_tick(progress, task, stats))
-                try:
+                async with _progress_ticker(progress, task, stats):
                     stats.started = time.monotonic()
-
-                    async def send(k: bytes | None, value: bytes) -> bool:
-                        stats.attempted += 1
-                        try:
-                            future = await producer.send(topic, value, key=k, partition=partition)
-                        except ProducerClosed:
-                            stats.attempted -= 1
-                            return False
-                        except RaftMQError as exc:
-                            stats.send_raised(exc)
-                            return True
-                        length = len(value) + (len(k) if k is not None else 0)
-                        future.add_done_callback(lambda f: stats.on_report(f.result(), length))
-                        return True
-
-                    if count is not None:
-                        for index in range(count):
-                            if interrupted.is_set() or not await send(key, generated_value(index, size)):
-                                break
+                    sender = _Sender(producer, options.topic, options.partition, stats)
+                    if options.count is not None:
+                        await _send_generated(sender, options, interrupted)
                     else:
                         assert stdin is not None
-                        chunks = _stdin_chunks(stdin, reader_stop, interrupted)
-                        try:
-                            async for chunk in chunks:
-                                for line in chunk:
-                                    k, value = _split(line, separator, key)
-                                    if interrupted.is_set() or not await send(k, value):
-                                        break
-                                if interrupted.is_set():
-                                    break
-                        finally:
-                            reader_stop.set()
-                            await chunks.aclose()
+                        await _send_lines(sender, options, stdin, reader_stop, interrupted)
                     if interrupted.is_set():
-                        err().print(f"interrupted: waiting up to {timeout_s:.0f} s for the records "
+                        err().print(f"interrupted: waiting up to {options.timeout_s:.0f} s for the records "
                                     "already sent")
                     progress.update(task, total=stats.attempted)
                     await producer.stop()
-                finally:
-                    ticker.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await ticker
-                    stats.finished = time.monotonic()
-                    progress.update(task, completed=stats.resolved, description=stats.describe())
     finally:
         reader_stop.set()
         await producer.stop()
     return producer.counters.retries
 
 
+async def _check_partition(bootstrap: list[str], topic: str, partition: int | None) -> None:
+    """The topic exists (else UnknownTopicOrPartition), and so does ``partition`` when one is named."""
+    async with Admin(bootstrap) as admin:
+        info = await admin.describe_topic(topic)
+    if partition is not None and partition >= info.partition_count:
+        raise UnknownTopicOrPartition(f"topic {topic!r} has {info.partition_count} partition(s); "
+                                      f"there is no partition {partition}", topic=topic, partition=partition)
+
+
+def _new_producer(bootstrap: list[str], options: ProduceOptions) -> Producer:
+    delivery_ms = max(1, int(options.timeout_s * 1000))
+    return Producer(bootstrap, acks=options.acks, idempotent=options.idempotent, linger_ms=options.linger_ms,
+                    batch_bytes=options.batch_bytes,
+                    buffer_bytes=max(limits.client_buffer_bytes_default, options.batch_bytes),
+                    delivery_timeout_ms=delivery_ms,
+                    request_timeout_ms=min(limits.client_request_timeout_ms_default, delivery_ms))
+
+
+def _is_typing(stdin: IO[bytes] | None) -> bool:
+    """True when the records come from a terminal (someone typing them)."""
+    try:
+        return stdin is not None and stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextlib.asynccontextmanager
+async def _progress_ticker(progress: Progress, task: Any, stats: ProduceStats) -> AsyncIterator[None]:
+    """Keep the progress line current while the block runs; on the way out, stop the clock and show the
+    final counts."""
+    ticker = asyncio.create_task(_tick(progress, task, stats))
+    try:
+        yield
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        stats.finished = time.monotonic()
+        progress.update(task, completed=stats.resolved, description=stats.describe())
+
+
+@dataclass
+class _Sender:
+    """Sends one record at a time to the topic and counts its outcome in ``stats``."""
+
+    producer: Producer
+    topic: str
+    partition: int | None
+    stats: ProduceStats
+
+    async def send(self, key: bytes | None, value: bytes) -> bool:
+        """False once the producer is closed (stop sending); a send() that raised counts as failed."""
+        stats = self.stats
+        stats.attempted += 1
+        try:
+            future = await self.producer.send(self.topic, value, key=key, partition=self.partition)
+        except ProducerClosed:
+            stats.attempted -= 1
+            return False
+        except RaftMQError as exc:
+            stats.send_raised(exc)
+            return True
+        length = len(value) + (len(key) if key is not None else 0)
+        future.add_done_callback(lambda f: stats.on_report(f.result(), length))
+        return True
+
+
+async def _send_generated(sender: _Sender, options: ProduceOptions, interrupted: asyncio.Event) -> None:
+    assert options.count is not None
+    for index in range(options.count):
+        if interrupted.is_set() or not await sender.send(options.key, generated_value(index, options.size)):
+            break
+
+
+async def _send_lines(sender: _Sender, options: ProduceOptions, stdin: IO[bytes], reader_stop: threading.Event,
+                      interrupted: asyncio.Event) -> None:
+    """One record per line of ``stdin`` until its end or Ctrl-C."""
+    chunks = _stdin_chunks(stdin, reader_stop, interrupted)
+    try:
+        async for chunk in chunks:
+            for line in chunk:
+                key, value = _split(line, options.separator, options.key)
+                if interrupted.is_set() or not await sender.send(key, value):
+                    return  # Ctrl-C, or the producer closed: read no further (the rest would not be sent)
+    finally:
+        reader_stop.set()
+        await chunks.aclose()
+
+
 async def _tick(progress: Progress, task: Any, stats: ProduceStats) -> None:
     while True:
         progress.update(task, completed=stats.resolved, description=stats.describe())
-        await asyncio.sleep(0.2)  # display refresh period
+        await asyncio.sleep(_TICK_S)
