@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast chaos-matrix bench lint clean
+.PHONY: demo test test-fast chaos-matrix bench lint typecheck clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "raftmq needs Python >= 3.11"'
@@ -22,8 +22,9 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/raftmq demo
 
-# Install and run every test (unit, real-process cluster tests, the short chaos suite).
-test: $(VENV)/.installed-test
+# Install, lint, type-check and run every test (unit, in-process and real-process cluster tests, the short
+# chaos suite). The import rules between rooms are tests too (tests/unit/test_import_rules.py).
+test: lint typecheck
 	$(BIN)/python -m pytest -q
 
 test-fast: $(VENV)/.installed-test
@@ -37,8 +38,15 @@ bench: $(VENV)/.installed
 	$(BIN)/raftmq bench produce --records 1000000 --record-bytes 100 --acks all,1,0 --report reports/bench.json
 
 lint: $(VENV)/.installed-test
-	$(BIN)/python -m pip install --quiet ruff
 	$(BIN)/ruff check raftmq cluster node client chaos deploy tests
+
+# mypy sees the installed layout (raftmq.cluster is ./cluster, ...) through a tree of symlinks in the venv.
+TYPECHECK_TREE := $(VENV)/typecheck
+typecheck: $(VENV)/.installed-test
+	rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/raftmq
+	ln -s $(CURDIR)/raftmq/__init__.py $(CURDIR)/raftmq/cli $(TYPECHECK_TREE)/raftmq/
+	for room in cluster node client chaos deploy; do ln -s $(CURDIR)/$$room $(TYPECHECK_TREE)/raftmq/$$room; done
+	cd $(TYPECHECK_TREE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/$(VENV)/mypy-cache -p raftmq
 
 clean:
 	rm -rf $(VENV) .pytest_cache reports
