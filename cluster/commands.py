@@ -34,6 +34,13 @@ class MetadataOp(enum.IntEnum):
     CREATE_TOPIC = 101
     DELETE_TOPIC = 102
     ALLOCATE_PRODUCER_ID = 103
+    REGISTER_BROKER = 104       # a broker starts (id, addresses, rack, incarnation)
+    SET_BROKER_STATE = 105      # fence / unfence / draining / alive / removed
+    CREATE_PARTITIONS = 106     # raise a topic's partition count
+    SET_REPLICATION_FACTOR = 107
+    BEGIN_REASSIGNMENT = 108    # a partition gets a target replica set
+    SET_PARTITION_REPLICAS = 109  # one membership step committed in the partition's group: its voters now
+    END_REASSIGNMENT = 110      # the move is over (target reached or cancelled)
 
 
 class Command(NamedTuple):

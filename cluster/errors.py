@@ -210,7 +210,7 @@ class InvalidConfig(RaftMQError):
 
 @_register
 class InvalidReplicationFactor(RaftMQError):
-    """The replication factor is not allowed (for now it must equal the number of brokers)."""
+    """The replication factor is not allowed (below 1, or more than the brokers that can host a replica)."""
 
     code = "INVALID_REPLICATION_FACTOR"
     http_status = 400
@@ -274,6 +274,51 @@ class NotController(RaftMQError):
     http_status = 421
     retriable = True
     refresh_metadata = True
+
+
+@_register
+class UnknownBroker(RaftMQError):
+    """No broker with this id is registered with the controller."""
+
+    code = "UNKNOWN_BROKER"
+    http_status = 404
+    hint = "`raftmq cluster status` lists the registered brokers"
+
+
+@_register
+class NotEnoughBrokers(RaftMQError):
+    """Too few live brokers for what was asked (a drain or a replication factor would leave replicas nowhere)."""
+
+    code = "NOT_ENOUGH_BROKERS"
+    http_status = 409
+    hint = "add a broker (`raftmq cluster add-broker`) or lower the replication factor first"
+
+
+@_register
+class ReassignmentInProgress(RaftMQError):
+    """The partition's replica set is already changing (one membership change at a time); retry when it ends."""
+
+    code = "REASSIGNMENT_IN_PROGRESS"
+    http_status = 409
+    retriable = True
+
+
+@_register
+class StaleBrokerIncarnation(RaftMQError):
+    """A newer start of this broker id is registered: this process is an old copy and must stop."""
+
+    code = "STALE_BROKER_INCARNATION"
+    http_status = 409
+    hint = "two processes run with the same broker_id: stop the older one (each broker needs its own id)"
+
+
+@_register
+class ClusterIdMismatch(RaftMQError):
+    """The request comes from a broker of another cluster (its cluster_id differs)."""
+
+    code = "CLUSTER_ID_MISMATCH"
+    http_status = 409
+    hint = "check cluster_id in the node's config: every broker of a cluster uses the same one"
 
 
 @_register

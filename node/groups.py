@@ -47,6 +47,11 @@ class GroupStatus:
     quorum: bool = False
     # This replica has applied every entry that was committed when it started (replay is over).
     ready: bool = False
+    # The group's voters as this replica knows them, a membership change it has appended included (Raft
+    # applies a configuration entry when it is appended, not when it commits).
+    voters: tuple[int, ...] = ()
+    # A membership change is appended but not yet committed (a leader refuses another until it commits).
+    membership_pending: bool = False
 
     @property
     def is_leader(self) -> bool:
@@ -59,6 +64,18 @@ class AppendInfo:
 
     raft_index: int
     leader_epoch: int
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    """One single-server membership change of a group (Raft's one-at-a-time rule): add a voter or remove one."""
+
+    add: int | None = None
+    remove: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.add is None) == (self.remove is None):
+            raise ValueError("a membership change adds one voter or removes one, never both or neither")
 
 
 @dataclass(frozen=True)
@@ -122,6 +139,12 @@ class ReplicationGroup(Protocol):
     def transfer_leadership(self, to_broker: int) -> None:
         """Leader only: hand leadership to a caught-up replica (no-op if refused)."""
 
+    def change_membership(self, change: MembershipChange) -> asyncio.Future[None]:
+        """Leader only (event loop thread): add or remove one voter. The future resolves once the change is
+        committed; it fails with NotLeader / LeaderNotAvailable (definite: nothing appended),
+        REASSIGNMENT_IN_PROGRESS (another change is not committed yet: definite) or OutcomeUnknown. Adding a
+        voter that is already one, or removing one that is not, resolves at once (idempotent)."""
+
 
 class ReplicationEngine(Protocol):
     """The groups of one broker and the machinery they share (threads, peer links, timers)."""
@@ -148,8 +171,12 @@ class ReplicationEngine(Protocol):
     def is_peer_up(self, broker_id: int) -> bool:
         """Whether this broker has a working link to ``broker_id``."""
 
+    def set_peer(self, broker_id: int, address: tuple[str, int] | None) -> None:
+        """Learn (or forget, with None) where broker ``broker_id`` listens for peers: brokers added after this
+        one started are known from the metadata's broker registry, not from the config."""
+
     def peer_links(self) -> list[dict[str, Any]]:
         """One row per peer link that is up (for metadata and status)."""
 
 
-__all__ = ["AppendInfo", "GroupSpec", "GroupStatus", "ReplicationEngine", "ReplicationGroup", "StateMachine"]
+__all__ = ["AppendInfo", "GroupSpec", "MembershipChange", "GroupStatus", "ReplicationEngine", "ReplicationGroup", "StateMachine"]
