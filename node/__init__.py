@@ -20,6 +20,7 @@ from __future__ import annotations
 from raftmq.node.config import (
     BrokerEntry,
     Durability,
+    Liveness,
     NodeConfig,
     PeerAddress,
     RaftTimers,
@@ -28,5 +29,5 @@ from raftmq.node.config import (
     render_config,
 )
 
-__all__ = ["BrokerEntry", "Durability", "NodeConfig", "PeerAddress", "RaftTimers", "load_config", "parse_config",
-           "render_config"]
+__all__ = ["BrokerEntry", "Durability", "Liveness", "NodeConfig", "PeerAddress", "RaftTimers", "load_config",
+           "parse_config",           "render_config"]

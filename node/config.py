@@ -69,6 +69,28 @@ class RaftTimers:
 
 
 @dataclass(frozen=True)
+class Liveness:
+    """How the controller decides a broker is gone, and how fast it moves replicas (``[controller]``)."""
+
+    heartbeat_s: float = 1.0        # a broker heartbeats to the controller this often
+    session_timeout_s: float = 6.0  # no heartbeat for this long: the broker is fenced
+    heal_grace_s: float = 300.0     # fenced for this long: its replicas are moved to live brokers
+    moves_max: int = 2              # concurrent replica moves the controller runs (the throttle)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not 0.01 <= self.heartbeat_s <= 60:
+            problems.append("heartbeat_ms must be between 10 and 60000")
+        if not self.session_timeout_s >= 2 * self.heartbeat_s:
+            problems.append("session_timeout_ms must be at least 2 x heartbeat_ms")
+        if not self.heal_grace_s >= 0:
+            problems.append("heal_grace_ms must not be negative")
+        if not 1 <= self.moves_max <= 64:
+            problems.append("moves_max must be between 1 and 64")
+        return problems
+
+
+@dataclass(frozen=True)
 class BrokerEntry:
     broker_id: int
     peer: PeerAddress        # canonical peer address (identity of the link, where it listens)
@@ -101,10 +123,19 @@ class NodeConfig:
     leader_rebalance: bool = True
     http_connections_max: int = limits.http_connections_max
     timers: RaftTimers = field(default_factory=RaftTimers)
+    rack: str | None = None
+    # The brokers that vote in the metadata group (its Raft voters); empty: the first three of ``brokers``
+    # by id. The others follow the metadata as learners. Fixed for the life of a cluster.
+    metadata_voters: tuple[int, ...] = ()
+    liveness: Liveness = field(default_factory=Liveness)
 
     @property
     def broker_ids(self) -> list[int]:
         return sorted(b.broker_id for b in self.brokers)
+
+    @property
+    def voters(self) -> list[int]:
+        return sorted(self.metadata_voters) if self.metadata_voters else self.broker_ids[:3]
 
     def broker(self, broker_id: int) -> BrokerEntry | None:
         for entry in self.brokers:
@@ -138,7 +169,7 @@ def _address(text: str, key: str) -> PeerAddress:
 _KNOWN_KEYS = frozenset({
     "broker_id", "cluster_id", "data_dir", "client_listen", "peer_listen", "advertised_url", "durability",
     "flush_interval_ms", "cluster_secret", "cluster_secret_file", "allow_insecure_peers", "log_level",
-    "leader_rebalance", "http_connections_max", "brokers", "raft"})
+    "leader_rebalance", "http_connections_max", "brokers", "raft", "rack", "metadata_voters", "controller"})
 
 
 def parse_config(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> NodeConfig:
@@ -167,15 +198,57 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Nod
     if not 16 <= http_connections_max <= 1_000_000:
         raise InvalidConfig("http_connections_max must be between 16 and 1000000", key="http_connections_max")
     cluster_secret, secret_file = _parse_secret(raw, base_dir)
+    brokers = _parse_brokers(raw, broker_id)
+    voters = _parse_voters(raw)
+    missing = sorted(set(voters) - {b.broker_id for b in brokers})
+    if missing:
+        raise InvalidConfig(f"metadata_voters {missing} are not listed in [[brokers]]: a broker must know where "
+                            "the metadata voters are", key="metadata_voters")
     return NodeConfig(broker_id=broker_id, cluster_id=cluster_id, data_dir=_path(raw, "data_dir", base_dir),
                       client_listen=client_listen, peer_listen=_address(_get(raw, "peer_listen", str), "peer_listen"),
                       advertised_url=_get(raw, "advertised_url", str, f"http://{client_listen}"),
-                      brokers=_parse_brokers(raw, broker_id), durability=durability,
+                      brokers=brokers, durability=durability,
                       flush_interval_ms=flush_interval_ms, cluster_secret=cluster_secret,
                       cluster_secret_file=secret_file,
                       allow_insecure_peers=_get(raw, "allow_insecure_peers", bool, False), log_level=log_level,
                       leader_rebalance=_get(raw, "leader_rebalance", bool, True),
-                      http_connections_max=http_connections_max, timers=_parse_timers(raw))
+                      http_connections_max=http_connections_max, timers=_parse_timers(raw),
+                      rack=_parse_rack(raw), metadata_voters=voters, liveness=_parse_liveness(raw))
+
+
+def _parse_rack(raw: Mapping[str, Any]) -> str | None:
+    rack = _get(raw, "rack", str, "")
+    if len(rack) > 64 or not rack.isprintable():
+        raise InvalidConfig("rack must be at most 64 printable characters", key="rack")
+    return rack or None
+
+
+def _parse_voters(raw: Mapping[str, Any]) -> tuple[int, ...]:
+    voters = _get(raw, "metadata_voters", list, [])
+    if any(type(v) is not int or v < 1 for v in voters) or len(set(voters)) != len(voters):
+        raise InvalidConfig("metadata_voters must be distinct positive broker ids", key="metadata_voters")
+    if len(voters) > 7:
+        raise InvalidConfig("metadata_voters lists at most 7 brokers (3 or 5 is usual)", key="metadata_voters")
+    return tuple(sorted(voters))
+
+
+def _parse_liveness(raw: Mapping[str, Any]) -> Liveness:
+    table = raw.get("controller", {})
+    if not isinstance(table, Mapping):
+        raise InvalidConfig("[controller] must be a table", key="controller")
+    unknown = sorted(set(table) - {"heartbeat_ms", "session_timeout_ms", "heal_grace_ms", "moves_max"})
+    if unknown:
+        raise InvalidConfig(f"unknown keys in [controller]: {', '.join(unknown)}", keys=unknown)
+    defaults = Liveness()
+    liveness = Liveness(
+        heartbeat_s=_get(table, "heartbeat_ms", int, int(defaults.heartbeat_s * 1000)) / 1000,
+        session_timeout_s=_get(table, "session_timeout_ms", int, int(defaults.session_timeout_s * 1000)) / 1000,
+        heal_grace_s=_get(table, "heal_grace_ms", int, int(defaults.heal_grace_s * 1000)) / 1000,
+        moves_max=_get(table, "moves_max", int, defaults.moves_max))
+    problems = liveness.validate()
+    if problems:
+        raise InvalidConfig("[controller] " + "; ".join(problems), key="controller")
+    return liveness
 
 
 def _path(raw: Mapping[str, Any], key: str, base_dir: Path | None) -> Path:
@@ -308,6 +381,14 @@ def render_config(config: NodeConfig) -> str:
               f"heartbeat_ms = {round(timers.heartbeat_period_s * 1000)}",
               f"connection_timeout_ms = {round(timers.connection_timeout_s * 1000)}",
               f"leader_fallback_timeout_ms = {round(timers.leader_fallback_timeout_s * 1000)}"]
+    if config.rack is not None:
+        lines.insert(1, f"rack = {_toml_str(config.rack)}")
+    if config.metadata_voters:
+        lines.insert(1, f"metadata_voters = {list(config.metadata_voters)}")
+    live = config.liveness
+    lines += ["", "[controller]", f"heartbeat_ms = {round(live.heartbeat_s * 1000)}",
+              f"session_timeout_ms = {round(live.session_timeout_s * 1000)}",
+              f"heal_grace_ms = {round(live.heal_grace_s * 1000)}", f"moves_max = {live.moves_max}"]
     for entry in config.brokers:
         lines += ["", "[[brokers]]", f"id = {entry.broker_id}", f"peer = {_toml_str(str(entry.peer))}",
                   f"url = {_toml_str(entry.url)}"]
@@ -321,5 +402,5 @@ def _toml_str(text: str) -> str:
     return json.dumps(text)
 
 
-__all__ = ["BrokerEntry", "Durability", "NodeConfig", "PeerAddress", "RaftTimers", "load_config", "parse_config",
-           "prepare_for_start", "render_config"]
+__all__ = ["BrokerEntry", "Durability", "Liveness", "NodeConfig", "PeerAddress", "RaftTimers", "load_config",
+           "parse_config",           "prepare_for_start", "render_config"]
