@@ -114,6 +114,13 @@ metadata_retry_s: Final = 0.1
 # The replica manager compares the partitions this broker hosts with the metadata at least this often
 # (and at once whenever the topics change).
 reconcile_interval_s: Final = 1.0
+# A learner's copy of the metadata is encoded while the replication thread applies: tries before giving up.
+metadata_export_attempts_max: Final = 20
+# The controller: how often it checks liveness and drives moves, and how long one step request may take.
+controller_tick_s: Final = 0.25
+move_step_timeout_s: Final = 5.0
+# Partitions a heartbeat may report as led (bounds the request and the controller's leaders table).
+heartbeat_partitions_max: Final = 100_000
 # After creating a topic, the answer waits up to this long for every partition to have a leader.
 topic_leaders_wait_s: Final = 10.0
 # Opening partition logs, deleting directories, reading for fetches: a fixed pool, whatever the partition

@@ -16,7 +16,7 @@ import enum
 import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -26,9 +26,12 @@ from raftmq.cluster.errors import (
     InvalidConfig,
     InvalidPartitions,
     InvalidRequest,
+    InvalidReplicationFactor,
     InvalidTopic,
     RaftMQError,
+    StaleBrokerIncarnation,
     TopicAlreadyExists,
+    UnknownBroker,
     UnknownTopicOrPartition,
 )
 
@@ -54,22 +57,75 @@ class Topic:
     topic_id: int
     partitions: int
     replication_factor: int
-    replicas: tuple[tuple[int, ...], ...]  # per partition; first = preferred leader
+    replicas: tuple[tuple[int, ...], ...]  # per partition: the committed voters; first = preferred leader
     config: TopicConfig
     created_ms: int
+    # Per partition: the replica set an ongoing move heads for (None: no move), why, and how many times the
+    # replica set changed (the partition epoch).
+    targets: tuple[tuple[int, ...] | None, ...] = ()
+    move_reasons: tuple[str | None, ...] = ()
+    epochs: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.targets) != self.partitions:  # a topic made without moves (create, old snapshots)
+            object.__setattr__(self, "targets", (None,) * self.partitions)
+            object.__setattr__(self, "move_reasons", (None,) * self.partitions)
+        if len(self.epochs) != self.partitions:
+            object.__setattr__(self, "epochs", (0,) * self.partitions)
+
+    def hosts(self, partition: int) -> tuple[int, ...]:
+        """Every broker that holds (or is getting) a replica: the replicas, then the target's newcomers."""
+        target = self.targets[partition] or ()
+        return self.replicas[partition] + tuple(b for b in target if b not in self.replicas[partition])
 
     def to_wire(self) -> dict[str, Any]:
         return {"name": self.name, "topic_id": self.topic_id, "partitions": self.partitions,
                 "replication_factor": self.replication_factor, "replicas": [list(r) for r in self.replicas],
-                "config": self.config.to_wire(), "created_ms": self.created_ms}
+                "config": self.config.to_wire(), "created_ms": self.created_ms,
+                "targets": [list(t) if t is not None else None for t in self.targets],
+                "move_reasons": list(self.move_reasons), "epochs": list(self.epochs)}
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Topic:
+        targets = data.get("targets") or ()
         return cls(name=data["name"], topic_id=int(data["topic_id"]), partitions=int(data["partitions"]),
                    replication_factor=int(data["replication_factor"]),
                    replicas=tuple(tuple(int(b) for b in r) for r in data["replicas"]),
                    config=TopicConfig(**{k: int(v) for k, v in data["config"].items() if k in _CONFIG_KEYS}),
-                   created_ms=int(data["created_ms"]))
+                   created_ms=int(data["created_ms"]),
+                   targets=tuple(tuple(int(b) for b in t) if t is not None else None for t in targets),
+                   move_reasons=tuple(data.get("move_reasons") or ()),
+                   epochs=tuple(int(e) for e in data.get("epochs") or ()))
+
+
+class BrokerState(enum.StrEnum):
+    ALIVE = "alive"        # heartbeating
+    FENCED = "fenced"      # missed heartbeats for the session timeout
+    DRAINING = "draining"  # asked to leave: its replicas move off
+    REMOVED = "removed"    # gone (fenced or drained) and hosts nothing; starting again rejoins it
+
+
+@dataclass(frozen=True)
+class BrokerRecord:
+    """A broker as the controller registered it."""
+
+    broker_id: int
+    url: str
+    peer: str  # host:port of its peer port
+    rack: str | None
+    incarnation: int
+    state: BrokerState = BrokerState.ALIVE
+    state_since_ms: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"id": self.broker_id, "url": self.url, "peer": self.peer, "rack": self.rack,
+                "incarnation": self.incarnation, "state": self.state.value, "state_since_ms": self.state_since_ms}
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> BrokerRecord:
+        return cls(broker_id=int(data["id"]), url=str(data["url"]), peer=str(data["peer"]),
+                   rack=data.get("rack"), incarnation=int(data["incarnation"]), state=BrokerState(data["state"]),
+                   state_since_ms=int(data.get("state_since_ms", 0)))
 
 
 def majority(replication_factor: int) -> int:
@@ -164,6 +220,31 @@ def parse_create_topic(body: Any) -> CreateTopicRequest:
     return CreateTopicRequest(name, partitions, replication_factor, dict(config))
 
 
+@dataclass(frozen=True)
+class AlterTopicRequest:
+    partitions: int | None
+    replication_factor: int | None
+
+
+def parse_alter_topic(body: Any) -> AlterTopicRequest:
+    """Validate the shape of an alter-topic request (PATCH /v1/topics/{topic})."""
+    if not isinstance(body, Mapping):
+        raise InvalidRequest("body must be an object")
+    unknown = sorted(set(body) - {"partitions", "replication_factor"})
+    if unknown:
+        raise InvalidRequest(f"unknown fields: {', '.join(map(str, unknown))}", fields=unknown)
+    partitions = body.get("partitions")
+    replication_factor = body.get("replication_factor")
+    if partitions is None and replication_factor is None:
+        raise InvalidRequest("give partitions and/or replication_factor")
+    if partitions is not None and (type(partitions) is not int
+                                   or not 1 <= partitions <= limits.partitions_per_topic_max):
+        raise InvalidPartitions(f"partitions must be an integer between 1 and {limits.partitions_per_topic_max}")
+    if replication_factor is not None and (type(replication_factor) is not int or replication_factor < 1):
+        raise InvalidReplicationFactor("replication_factor must be a positive integer")
+    return AlterTopicRequest(partitions, replication_factor)
+
+
 def create_topic_payload(request: CreateTopicRequest, replicas: Sequence[Sequence[int]]) -> dict[str, Any]:
     """The CREATE_TOPIC command payload for ``request`` placed on ``replicas`` (one replica list per partition,
     preferred leader first); checks the config against the replication factor."""
@@ -216,6 +297,8 @@ class MetadataState:
     producer_names: OrderedDict[str, list[int]] = field(default_factory=OrderedDict)
     # Ids superseded by a newer instance of their name, oldest first (bounded by producer_fenced_max).
     fenced_producer_ids: OrderedDict[int, None] = field(default_factory=OrderedDict)
+    brokers: dict[int, BrokerRecord] = field(default_factory=dict)
+    brokers_version: int = 0  # bumped on every broker change
 
     def apply(self, index: int, op: int, time_ms: int, payload: Mapping[str, Any]) -> Any:
         if op == MetadataOp.CREATE_TOPIC:
@@ -230,7 +313,74 @@ class MetadataState:
         if op == MetadataOp.ALLOCATE_PRODUCER_ID:
             name = payload.get("name")
             return self._init_producer(name if isinstance(name, str) else None)
+        if op == MetadataOp.REGISTER_BROKER:
+            return self._register_broker(time_ms, payload)
+        if op == MetadataOp.SET_BROKER_STATE:
+            return self._set_broker_state(time_ms, payload)
+        if op in _PARTITION_OPS:
+            return self._change_topic(op, payload)
         return InvalidRequest(f"unknown metadata operation {op}")
+
+    # --- brokers --------------------------------------------------------------------------------
+
+    def _register_broker(self, time_ms: int, payload: Mapping[str, Any]) -> BrokerRecord | RaftMQError:
+        broker_id = int(payload["id"])
+        known = self.brokers.get(broker_id)
+        incarnation = int(payload["incarnation"])
+        if known is not None and incarnation < known.incarnation:
+            return StaleBrokerIncarnation(f"broker {broker_id} incarnation {incarnation} is older than the "
+                                          f"registered {known.incarnation}", broker_id=broker_id)
+        state = BrokerState.ALIVE
+        if known is not None and known.state is BrokerState.DRAINING:
+            state = BrokerState.DRAINING  # a restart does not cancel a drain
+        since = known.state_since_ms if known is not None and known.state is state else time_ms
+        record = BrokerRecord(broker_id, str(payload["url"]), str(payload["peer"]), payload.get("rack"),
+                              incarnation, state, since)
+        if record != known:
+            self.brokers[broker_id] = record
+            self.brokers_version += 1
+        return record
+
+    def _set_broker_state(self, time_ms: int, payload: Mapping[str, Any]) -> BrokerRecord | RaftMQError:
+        broker_id = int(payload["id"])
+        known = self.brokers.get(broker_id)
+        if known is None:
+            return UnknownBroker(f"broker {broker_id} is not registered", broker_id=broker_id)
+        expected = payload.get("expect")  # compare-and-set: the controller decided on this state
+        if expected is not None and known.state.value != expected:
+            return InvalidRequest(f"broker {broker_id} is {known.state.value}, not {expected}", broker_id=broker_id,
+                                  state=known.state.value)
+        state = BrokerState(payload["state"])
+        if state is not known.state:
+            self.brokers[broker_id] = replace(known, state=state, state_since_ms=time_ms)
+            self.brokers_version += 1
+        return self.brokers[broker_id]
+
+    # --- partition changes ----------------------------------------------------------------------
+
+    def _change_topic(self, op: int, payload: Mapping[str, Any]) -> Topic | RaftMQError:
+        name = payload["name"]
+        topic = self.topics.get(name)
+        if topic is None or topic.topic_id != int(payload["topic_id"]):
+            return UnknownTopicOrPartition(f"topic {name!r} (id {payload['topic_id']}) does not exist", topic=name)
+        if op == MetadataOp.CREATE_PARTITIONS:
+            added = tuple(tuple(int(b) for b in r) for r in payload["replicas"])
+            if int(payload["from"]) != topic.partitions:
+                return InvalidPartitions(f"topic {name!r} has {topic.partitions} partitions now", topic=name)
+            changed = replace(topic, partitions=topic.partitions + len(added), replicas=topic.replicas + added,
+                              targets=topic.targets + (None,) * len(added),
+                              move_reasons=topic.move_reasons + (None,) * len(added),
+                              epochs=topic.epochs + (0,) * len(added))
+        elif op == MetadataOp.SET_REPLICATION_FACTOR:
+            changed = replace(topic, replication_factor=int(payload["replication_factor"]))
+        else:
+            partition = int(payload["partition"])
+            if not 0 <= partition < topic.partitions:
+                return UnknownTopicOrPartition(f"{name}-{partition} does not exist", topic=name, partition=partition)
+            changed = _change_partition(topic, op, partition, payload)
+        self.topics[name] = changed
+        self.topics_version += 1
+        return changed
 
     # --- producers ------------------------------------------------------------------------------
 
@@ -276,7 +426,9 @@ class MetadataState:
         return topic
 
     def to_bytes(self) -> bytes:
-        data: bytes = msgpack.packb({"v": 1, "topics": [t.to_wire() for t in self.topics.values()],
+        data: bytes = msgpack.packb({"v": 2, "topics": [t.to_wire() for t in self.topics.values()],
+                              "brokers": [b.to_wire() for b in self.brokers.values()],
+                              "brokers_version": self.brokers_version,
                               "next_producer_id": self.next_producer_id,
                               "topics_version": self.topics_version,
                               "producer_names": [[name, ids[0], ids[1]] for name, ids in self.producer_names.items()],
@@ -290,6 +442,37 @@ class MetadataState:
         topics = {t["name"]: Topic.from_wire(t) for t in raw["topics"]}
         names = OrderedDict((str(name), [int(pid), int(epoch)]) for name, pid, epoch in raw.get("producer_names", []))
         fenced = OrderedDict((int(pid), None) for pid in raw.get("fenced_producer_ids", []))
+        brokers = {int(b["id"]): BrokerRecord.from_wire(b) for b in raw.get("brokers", [])}
         return cls(topics=topics, next_producer_id=int(raw["next_producer_id"]),
                    topics_version=int(raw.get("topics_version", 0)), producer_names=names,
-                   fenced_producer_ids=fenced)
+                   fenced_producer_ids=fenced, brokers=brokers, brokers_version=int(raw.get("brokers_version", 0)))
+
+
+_PARTITION_OPS = frozenset({MetadataOp.CREATE_PARTITIONS, MetadataOp.SET_REPLICATION_FACTOR,
+                            MetadataOp.BEGIN_REASSIGNMENT, MetadataOp.SET_PARTITION_REPLICAS,
+                            MetadataOp.END_REASSIGNMENT})
+
+
+def _with(values: tuple[Any, ...], index: int, value: Any) -> tuple[Any, ...]:
+    return values[:index] + (value,) + values[index + 1:]
+
+
+def _change_partition(topic: Topic, op: int, partition: int, payload: Mapping[str, Any]) -> Topic:
+    if op == MetadataOp.BEGIN_REASSIGNMENT:
+        target = tuple(int(b) for b in payload["target"])
+        return replace(topic, targets=_with(topic.targets, partition, target),
+                       move_reasons=_with(topic.move_reasons, partition, str(payload.get("reason", "admin"))))
+    if op == MetadataOp.SET_PARTITION_REPLICAS:
+        replicas = tuple(int(b) for b in payload["replicas"])
+        if replicas == topic.replicas[partition]:
+            return topic
+        return replace(topic, replicas=_with(topic.replicas, partition, replicas),
+                       epochs=_with(topic.epochs, partition, topic.epochs[partition] + 1))
+    # END_REASSIGNMENT: the move is over; the replicas take the target's order (its first is the preferred
+    # leader) when they are the target's members.
+    target = topic.targets[partition]
+    replicas = topic.replicas[partition]
+    if target is not None and set(target) == set(replicas) and target != replicas:
+        topic = replace(topic, replicas=_with(topic.replicas, partition, target))
+    return replace(topic, targets=_with(topic.targets, partition, None),
+                   move_reasons=_with(topic.move_reasons, partition, None))

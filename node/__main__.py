@@ -60,7 +60,14 @@ async def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=limits.io_threads, thread_name_prefix="raftmq-io"))
     client_socket = _bind_client_port(config)
-    broker = Broker(config)
+    stop = asyncio.Event()
+    refused: list[RaftMQError] = []
+
+    def on_fatal(error: RaftMQError) -> None:
+        refused.append(error)  # the controller refused this broker (stale incarnation, foreign cluster)
+        stop.set()
+
+    broker = Broker(config, on_fatal=on_fatal)
     try:
         await broker.start()
     except BaseException:
@@ -75,7 +82,6 @@ async def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
              config.advertised_url)
     if ready_file is not None:
         await asyncio.to_thread(ready_file.write_text, "ready\n")
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -87,6 +93,8 @@ async def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
             await broker.stop()
     except TimeoutError:
         log.error("clean shutdown took longer than %.0f s; exiting anyway", limits.shutdown_timeout_s)
+    if refused:
+        raise refused[0]  # main() prints it with its hint and exits 2
 
 
 def main(argv: list[str] | None = None) -> int:

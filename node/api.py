@@ -29,7 +29,7 @@ from raftmq.cluster.errors import (
     RequestTooLarge,
     RouteNotFound,
 )
-from raftmq.cluster.metadata import parse_create_topic, parse_producer_name
+from raftmq.cluster.metadata import parse_alter_topic, parse_create_topic, parse_producer_name
 from raftmq.cluster.wire import (
     Acks,
     decode_body,
@@ -44,12 +44,14 @@ from raftmq.cluster.wire import (
 )
 from raftmq.node.broker import Broker
 from raftmq.node.forwarding import FORWARDED_HEADER
+from raftmq.node.internal_api import check_token, internal_token, parse_heartbeat, parse_proposal, parse_step
 from raftmq.node.operations import FetchRequest, OffsetRequest, OffsetSpec, ProduceRequest
 from raftmq.node.service import BrokerService
 
 log = logging.getLogger(__name__)
 
 BROKER: web.AppKey[Broker] = web.AppKey("broker", Broker)
+INTERNAL_TOKEN: web.AppKey[str] = web.AppKey("internal_token", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -140,6 +142,49 @@ async def describe_topic(request: web.Request) -> web.Response:
 
 async def delete_topic(request: web.Request) -> web.Response:
     return _respond(request, (await _service(request).delete_topic(request.match_info["topic"])).to_wire())
+
+
+async def alter_topic(request: web.Request) -> web.Response:
+    alter = parse_alter_topic(await read_body(request))
+    forwarded = FORWARDED_HEADER in request.headers
+    topic = await _service(request).alter_topic(request.match_info["topic"], alter, forwarded=forwarded)
+    return _respond(request, {"topic": topic.to_wire()})
+
+
+def _broker_arg(request: web.Request) -> int:
+    return parse_partition(request.match_info["broker"])  # the same digits-only rule as partition numbers
+
+
+async def drain_broker(request: web.Request) -> web.Response:
+    forwarded = FORWARDED_HEADER in request.headers
+    broker = await _service(request).set_draining(_broker_arg(request), request.method == "POST",
+                                                  forwarded=forwarded)
+    return _respond(request, {"broker": broker.to_wire()})
+
+
+def _internal(request: web.Request) -> BrokerService:
+    check_token(request, request.app[INTERNAL_TOKEN])
+    return _service(request)
+
+
+async def internal_heartbeat(request: web.Request) -> web.Response:
+    service = _internal(request)
+    return _respond(request, await service.heartbeat(parse_heartbeat(await read_body(request))))
+
+
+async def internal_metadata(request: web.Request) -> web.Response:
+    return _respond(request, _internal(request).metadata_state())
+
+
+async def internal_propose(request: web.Request) -> web.Response:
+    service = _internal(request)
+    op, payload = parse_proposal(await read_body(request))
+    return _respond(request, await service.propose_here(op, payload))
+
+
+async def internal_step(request: web.Request) -> web.Response:
+    service = _internal(request)
+    return _respond(request, await service.partition_step(parse_step(await read_body(request))))
 
 
 async def create_producer(request: web.Request) -> web.Response:
@@ -242,12 +287,20 @@ async def list_offsets(request: web.Request) -> web.Response:
 def build_app(broker: Broker) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=limits.request_bytes_max)
     app[BROKER] = broker
+    app[INTERNAL_TOKEN] = internal_token(broker.config.cluster_secret)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/metadata", metadata)
     app.router.add_get("/v1/topics", list_topics)
     app.router.add_post("/v1/topics", create_topic)
     app.router.add_get("/v1/topics/{topic}", describe_topic)
     app.router.add_delete("/v1/topics/{topic}", delete_topic)
+    app.router.add_patch("/v1/topics/{topic}", alter_topic)
+    app.router.add_post("/v1/brokers/{broker}/drain", drain_broker)
+    app.router.add_delete("/v1/brokers/{broker}/drain", drain_broker)
+    app.router.add_post("/v1/internal/heartbeat", internal_heartbeat)
+    app.router.add_get("/v1/internal/metadata", internal_metadata)
+    app.router.add_post("/v1/internal/metadata/propose", internal_propose)
+    app.router.add_post("/v1/internal/partitions/step", internal_step)
     app.router.add_post("/v1/producers", create_producer)
     app.router.add_post("/v1/topics/{topic}/records", produce_by_key)
     app.router.add_post("/v1/topics/{topic}/partitions/{partition}/records", produce)

@@ -19,16 +19,21 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 
-from raftmq.cluster.errors import InvalidConfig
-from raftmq.node.config import NodeConfig
+from raftmq.cluster import limits
+from raftmq.cluster.errors import InvalidConfig, RaftMQError
+from raftmq.node.config import NodeConfig, PeerAddress
 from raftmq.node.controller import Controller
 from raftmq.node.forwarding import ControllerForwarder
 from raftmq.node.fsutil import write_file_atomically
 from raftmq.node.groups import ReplicationEngine
+from raftmq.node.internal_api import internal_token
 from raftmq.node.metadata import MetadataGroup, ProposalIds
+from raftmq.node.reassignment import Reassigner
 from raftmq.node.replicas import ReplicaManager
 from raftmq.node.service import BrokerService
+from raftmq.node.session import BrokerSession
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +59,16 @@ def pysyncobj_engine(config: NodeConfig, loop: asyncio.AbstractEventLoop) -> Rep
 
 
 class Broker:
-    def __init__(self, config: NodeConfig, *, engine_factory: EngineFactory = pysyncobj_engine) -> None:
+    def __init__(self, config: NodeConfig, *, engine_factory: EngineFactory = pysyncobj_engine,
+                 on_fatal: Callable[[RaftMQError], None] | None = None,
+                 controller_tick_s: float = limits.controller_tick_s) -> None:
         self.config = config
+        self.on_fatal = on_fatal
+        self.controller_tick_s = controller_tick_s
+        self.incarnation = 0
+        self.session: BrokerSession | None = None
+        self.reassigner: Reassigner | None = None
+        self._peers_known: dict[int, str] = {}
         self.broker_id = config.broker_id
         self.data_dir = config.data_dir
         self._engine_factory = engine_factory
@@ -64,7 +77,7 @@ class Broker:
         self.replicas: ReplicaManager | None = None
         self.controller: Controller | None = None
         self._service: BrokerService | None = None
-        self._forwarder = ControllerForwarder(config.broker_id)
+        self._forwarder = ControllerForwarder(config.broker_id, internal_token(config.cluster_secret))
         self._lock_fd: int | None = None
         self._stopping = False
 
@@ -85,16 +98,28 @@ class Broker:
         except OSError as exc:
             raise _listen_error(exc, self.config) from None
         proposals = ProposalIds(self.broker_id)
-        self.metadata = MetadataGroup(broker_id=self.broker_id, replica_ids=self.config.broker_ids,
-                                      directory=self.data_dir / "metadata", engine=engine, proposals=proposals)
-        self.replicas = ReplicaManager(broker_id=self.broker_id, data_dir=self.data_dir,
-                                       durability=self.config.durability, engine=engine, metadata=self.metadata)
-        self.controller = Controller(broker_id=self.broker_id, broker_ids=self.config.broker_ids,
-                                     metadata=self.metadata, url_of=self.config.url_of, forward=self._forwarder)
-        self._service = BrokerService(config=self.config, engine=engine, metadata=self.metadata,
-                                      replicas=self.replicas, controller=self.controller)
-        await self.metadata.open(on_topics_changed=self.replicas.request_reconcile)
-        self.replicas.start()
+        metadata = self.metadata = MetadataGroup(broker_id=self.broker_id, replica_ids=self.config.voters,
+                                                 directory=self.data_dir / "metadata", engine=engine,
+                                                 proposals=proposals)
+        replicas = self.replicas = ReplicaManager(broker_id=self.broker_id, data_dir=self.data_dir,
+                                                  durability=self.config.durability, engine=engine, metadata=metadata)
+        controller = self.controller = Controller(
+            broker_id=self.broker_id, cluster_id=self.config.cluster_id, metadata=metadata, url_of=self.url_of,
+            forward=self._forwarder, call=self._forwarder.call, liveness=self.config.liveness,
+            tick_s=self.controller_tick_s)
+        self.reassigner = Reassigner(controller, self._step)
+        controller.on_tick = self.reassigner.drive
+        self._service = BrokerService(config=self.config, engine=engine, metadata=metadata, replicas=replicas,
+                                      controller=controller, describe_moves=self.reassigner.describe)
+        self.session = BrokerSession(config=self.config, incarnation=self.incarnation, metadata=metadata,
+                                     controller=controller, call=self._forwarder.call, leads=replicas.led_partitions,
+                                     on_fatal=self._fatal)
+        replicas.leader_of = self._leader_of
+        replicas.url_of = self.url_of
+        await metadata.open(on_topics_changed=self._metadata_changed)
+        replicas.start()
+        controller.start()
+        self.session.start()
         log.info("broker %d started: peers %s, durability %s", self.broker_id,
                  {e.broker_id: str(e.dial_address) for e in self.config.brokers if e.broker_id != self.broker_id},
                  self.config.durability.value)
@@ -105,6 +130,9 @@ class Broker:
         self._stopping = True
         if self._service is not None:
             self._service.stopping = True
+        for task_owner in (self.session, self.controller):
+            if task_owner is not None:
+                await task_owner.stop()
         if self.replicas is not None:
             await self.replicas.stop()
         if self.engine is not None:
@@ -114,6 +142,52 @@ class Broker:
             os.close(self._lock_fd)
             self._lock_fd = None
         log.info("broker %d stopped", self.broker_id)
+
+    # --- wiring ---------------------------------------------------------------------------------
+
+    def url_of(self, broker_id: int | None) -> str | None:
+        """A broker's client URL: from the controller's registry (brokers added later), else the config."""
+        if broker_id is None:
+            return None
+        record = self.metadata.brokers.get(broker_id) if self.metadata is not None else None
+        return record.url if record is not None else self.config.url_of(broker_id)
+
+    def _leader_of(self, topic: str, partition: int) -> int | None:
+        if self.controller is not None and self.controller.active:
+            known = self.controller.leaders.get((topic, partition))
+        else:
+            known = self.session.leaders.get((topic, partition)) if self.session is not None else None
+        return known[0] if known is not None else None
+
+    async def _step(self, leader_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        if leader_id == self.broker_id:
+            return await self.service.partition_step(body)
+        url = self.url_of(leader_id)
+        if url is None:
+            raise RaftMQError(f"no URL known for broker {leader_id}")
+        answer: dict[str, Any] = await self._forwarder.call(url, "POST", "/v1/internal/partitions/step", body,
+                                                            limits.move_step_timeout_s)
+        return answer
+
+    def _metadata_changed(self) -> None:
+        """Topics or brokers changed: open/close replicas, and dial brokers the config does not list."""
+        assert self.replicas is not None and self.metadata is not None and self.engine is not None
+        self.replicas.request_reconcile()
+        configured = {e.broker_id for e in self.config.brokers}
+        for record in self.metadata.brokers.values():
+            if record.broker_id in configured or self._peers_known.get(record.broker_id) == record.peer:
+                continue
+            try:
+                address = PeerAddress.parse(record.peer)
+            except ValueError:
+                log.warning("broker %d registered an unusable peer address %r", record.broker_id, record.peer)
+                continue
+            self._peers_known[record.broker_id] = record.peer
+            self.engine.set_peer(record.broker_id, (address.host, address.port))
+
+    def _fatal(self, error: RaftMQError) -> None:
+        if self.on_fatal is not None:
+            self.on_fatal(error)
 
     def _lock_data_dir(self) -> None:
         try:
@@ -133,9 +207,11 @@ class Broker:
 
     def _check_identity(self) -> None:
         identity_path = self.data_dir / _NODE_FILE
-        identity = {"broker_id": self.broker_id, "cluster_id": self.config.cluster_id, "format": 1}
+        identity: dict[str, Any] = {"broker_id": self.broker_id, "cluster_id": self.config.cluster_id, "format": 1,
+                                    "incarnation": 1}
         if not identity_path.exists():
             write_file_atomically(identity_path, (json.dumps(identity) + "\n").encode(), durable=True)
+            self.incarnation = 1
             return
         try:
             found = json.loads(identity_path.read_text(encoding="utf-8"))
@@ -149,6 +225,11 @@ class Broker:
                 f"data_dir {self.data_dir} belongs to broker {found.get('broker_id')} of cluster "
                 f"{found.get('cluster_id')!r}, not broker {self.broker_id} of {self.config.cluster_id!r}; "
                 "point data_dir elsewhere", key="data_dir")
+        # Every start is a new incarnation: the controller refuses an older copy of this broker id.
+        previous = found.get("incarnation")
+        self.incarnation = (previous if type(previous) is int and previous > 0 else 0) + 1
+        identity["incarnation"] = self.incarnation
+        write_file_atomically(identity_path, (json.dumps(identity) + "\n").encode(), durable=True)
 
 
 def _listen_error(exc: OSError, config: NodeConfig) -> InvalidConfig:

@@ -1,8 +1,11 @@
 """This broker's replica of the metadata group: the applied view of topics and producer ids, and proposals.
 
-Every broker is a replica of the metadata group (``METADATA_GROUP_ID``); its leader is the controller
-(``node/controller.py``). Readers on the event loop use ``view`` and ``check_producer``, never the live
-state machine; ``propose`` puts a command into the group and waits (bounded) for its applied result.
+The metadata voters (``NodeConfig.voters``, three by default) are the replicas of the metadata group
+(``METADATA_GROUP_ID``); its leader is the controller (``node/controller.py``). Every other broker is a
+learner: it does not open the group, and installs the controller's state whenever its heartbeat says the
+metadata moved on (``install_state``, fed by ``node/session.py``). Readers on the event loop use ``view``,
+``brokers`` and ``check_producer``, never the live state machine; ``propose`` (voters only) puts a command
+into the group and waits (bounded) for its applied result.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import msgpack
 from raftmq.cluster import commands, limits
 from raftmq.cluster.commands import MetadataOp
 from raftmq.cluster.errors import LeaderNotAvailable, RaftMQError, RequestTimedOut, UnknownTopicOrPartition
-from raftmq.cluster.metadata import ProducerCheck, Topic
+from raftmq.cluster.metadata import BrokerRecord, ProducerCheck, Topic
 from raftmq.node.groups import GroupSpec, GroupStatus, ReplicationEngine, ReplicationGroup
 from raftmq.node.metadata_sm import METADATA_GROUP_ID, MetadataStateMachine
 
@@ -47,27 +50,66 @@ class MetadataGroup:
         self.proposals = proposals
         self.state_machine = MetadataStateMachine()
         self.group: ReplicationGroup | None = None
+        self.learned_controller_id: int | None = None  # a learner's controller, from its heartbeats
+        self._learned = False
+
+    @property
+    def voter(self) -> bool:
+        return self.broker_id in self.replica_ids
 
     async def open(self, on_topics_changed: Callable[[], None]) -> None:
         self.state_machine.on_topics_changed = on_topics_changed
+        if not self.voter:
+            return  # a learner: session.py installs the controller's state
         spec = GroupSpec(METADATA_GROUP_ID, self.directory, tuple(self.replica_ids))
         self.group = await self.engine.open_group(spec, self.state_machine)
+
+    def install_state(self, applied_index: int, state: bytes) -> None:
+        """Learner (event loop): take the controller's metadata state at ``applied_index``."""
+        if self.voter or applied_index <= self.state_machine.applied_index and self._learned:
+            return
+        self.state_machine.restore(msgpack.packb({"applied_index": applied_index, "state": state},
+                                                 use_bin_type=True))
+        self._learned = True
+        notify = self.state_machine.on_progress()
+        if notify is not None:
+            notify()
+
+    def export_state(self) -> tuple[int, bytes]:
+        """Voter (event loop): the applied state for a learner, at least as new as the index returned (the
+        replication thread may apply more meanwhile; a learner re-pulls whenever its index is behind). A
+        dict that changes while it is encoded raises RuntimeError: encode again."""
+        for _ in range(limits.metadata_export_attempts_max):
+            index = self.state_machine.applied_index
+            try:
+                return index, self.state_machine.state.to_bytes()
+            except RuntimeError:
+                continue
+        raise LeaderNotAvailable("the metadata kept changing while it was copied; retry")
 
     # --- reads (event loop) ---------------------------------------------------------------------
 
     @property
     def status(self) -> GroupStatus:
-        return self.group.status if self.group is not None else GroupStatus(METADATA_GROUP_ID)
+        if self.group is not None:
+            return self.group.status
+        return GroupStatus(METADATA_GROUP_ID, applied_index=self.state_machine.applied_index,
+                           commit_index=self.state_machine.applied_index, ready=self._learned,
+                           leader_id=self.learned_controller_id)
 
     @property
     def ready(self) -> bool:
-        """Replay of the metadata journal is over: the view is at least what was committed at start."""
+        """Replay of the metadata journal is over (a learner: it installed the controller's state once)."""
         return self.status.ready
 
     @property
     def controller_id(self) -> int | None:
         status = self.status
         return status.leader_id if not (status.is_leader and not status.quorum) else None
+
+    @property
+    def brokers(self) -> Mapping[int, BrokerRecord]:
+        return self.state_machine.brokers
 
     @property
     def is_controller(self) -> bool:

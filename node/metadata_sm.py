@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 import msgpack
 from raftmq.cluster import commands
 from raftmq.cluster.errors import InternalError
-from raftmq.cluster.metadata import MetadataState, Topic
+from raftmq.cluster.metadata import BrokerRecord, MetadataState, Topic
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class MetadataStateMachine:
         self.state = MetadataState()
         self.applied_index = 0
         self.view: Mapping[str, Topic] = MappingProxyType({})
+        self.brokers: Mapping[int, BrokerRecord] = MappingProxyType({})
         self.on_topics_changed: Callable[[], None] | None = None
         self._announced_version = -1
         self._announced_index = -1
@@ -44,11 +45,15 @@ class MetadataStateMachine:
             return InternalError("metadata entry is not a raftmq command")
         if not isinstance(payload, dict):
             return InternalError("metadata payload is not a map")
-        version = self.state.topics_version
+        versions = (self.state.topics_version, self.state.brokers_version)
         result = self.state.apply(index, decoded.op, decoded.time_ms, payload)
-        if self.state.topics_version != version:
-            self.view = MappingProxyType(dict(self.state.topics))
+        if versions != (self.state.topics_version, self.state.brokers_version):
+            self._publish()
         return result
+
+    def _publish(self) -> None:
+        self.view = MappingProxyType(dict(self.state.topics))
+        self.brokers = MappingProxyType(dict(self.state.brokers))
 
     def restore(self, state: bytes | None) -> None:
         if state is None:
@@ -56,7 +61,7 @@ class MetadataStateMachine:
         data = msgpack.unpackb(state, raw=False)
         self.state = MetadataState.from_bytes(data["state"])
         self.applied_index = int(data["applied_index"])
-        self.view = MappingProxyType(dict(self.state.topics))
+        self._publish()
 
     def snapshot(self) -> bytes:
         return msgpack.packb({"applied_index": self.applied_index, "state": self.state.to_bytes()},
@@ -76,8 +81,9 @@ class MetadataStateMachine:
         if self.applied_index == self._announced_index:
             return None
         self._announced_index = self.applied_index
-        topics_changed = self.state.topics_version != self._announced_version
-        self._announced_version = self.state.topics_version
+        version = self.state.topics_version + self.state.brokers_version
+        topics_changed = version != self._announced_version
+        self._announced_version = version
         on_topics_changed = self.on_topics_changed if topics_changed else None
 
         def notify() -> None:

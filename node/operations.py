@@ -113,6 +113,9 @@ class PartitionDescription:
     replicas: tuple[int, ...]
     hosted: bool = False  # this broker has the replica open; the fields below are meaningful only then
     leader_id: int | None = None  # None while no leader is known or the local leader has no quorum
+    target: tuple[int, ...] | None = None  # where an ongoing move heads
+    partition_epoch: int = 0
+    voters: tuple[int, ...] = ()
     leader_epoch: int | None = None
     role: str | None = None
     quorum: bool = False
@@ -127,6 +130,8 @@ class PartitionDescription:
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"partition": self.partition, "replicas": list(self.replicas),
+                                "target": list(self.target) if self.target is not None else None,
+                                "partition_epoch": self.partition_epoch, "voters": list(self.voters),
                                 "leader_id": self.leader_id, "leader_epoch": self.leader_epoch,
                                 "isr": list(self.isr), "role": self.role, "commit_index": self.commit_index,
                                 "applied_index": self.applied_index, "log_start_offset": self.log_start_offset,
@@ -159,9 +164,19 @@ class BrokerDescription:
     url: str
     peer: str
     connected: bool
+    state: str | None = None  # alive | fenced | draining | removed (None: not registered yet)
+    rack: str | None = None
+    incarnation: int | None = None
+    metadata_voter: bool = False
+    replicas: int = 0
+    leaders: int = 0
+    heartbeat_age_s: float | None = None  # known on the controller only
 
     def to_wire(self) -> dict[str, Any]:
-        return {"id": self.broker_id, "url": self.url, "peer": self.peer, "connected": self.connected}
+        return {"id": self.broker_id, "url": self.url, "peer": self.peer, "connected": self.connected,
+                "state": self.state, "rack": self.rack, "incarnation": self.incarnation,
+                "metadata_voter": self.metadata_voter, "replicas": self.replicas, "leaders": self.leaders,
+                "heartbeat_age_s": self.heartbeat_age_s}
 
 
 @dataclass(frozen=True)
@@ -176,13 +191,19 @@ class ClusterDescription:
     peer_links: tuple[dict[str, Any], ...]
     brokers: tuple[BrokerDescription, ...]
     topics: tuple[TopicDescription, ...]
+    controller_url: str | None = None
+    metadata_voter: bool = True
+    moves: tuple[dict[str, Any], ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         return {"cluster_id": self.cluster_id, "broker_id": self.broker_id, "controller_id": self.controller_id,
+                "controller_url": self.controller_url,
                 "metadata": {"term": self.metadata_term, "commit_index": self.metadata_commit_index,
-                             "applied_index": self.metadata_applied_index, "ready": self.metadata_ready},
+                             "applied_index": self.metadata_applied_index, "ready": self.metadata_ready,
+                             "voter": self.metadata_voter},
                 "peer_links": [dict(link) for link in self.peer_links],
-                "brokers": [b.to_wire() for b in self.brokers], "topics": [t.to_wire() for t in self.topics]}
+                "brokers": [b.to_wire() for b in self.brokers], "topics": [t.to_wire() for t in self.topics],
+                "moves": [dict(m) for m in self.moves]}
 
 
 @dataclass(frozen=True)

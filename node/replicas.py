@@ -3,7 +3,10 @@
 The replica manager owns every ``PartitionHandle`` (a partition's state machine, its replication group and
 the produce in-flight budget). ``reconcile`` compares the topics in the metadata with what is open and
 opens, reopens (a re-created topic is a new incarnation, with a new topic id) or closes and deletes
-replicas; it runs whenever the topics change and at least every ``reconcile_interval_s``. Housekeeping
+replicas; it runs whenever the topics change and at least every ``reconcile_interval_s``. A broker hosts
+a partition when it is one of its replicas or in the target of a move (``Topic.hosts``): a replica being
+added opens its group with the current voters plus itself and waits for the leader to add it; a replica
+that is in neither (the move removed it from the group, and the controller recorded that) is deleted. Housekeeping
 (time and size retention) runs where the state machines run (``ReplicationEngine.add_housekeeping``).
 
 Lookups for the service: ``handle(topic, partition)`` answers the coded errors a client needs
@@ -18,12 +21,13 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from raftmq.cluster import limits
-from raftmq.cluster.errors import BrokerNotReady, UnknownTopicOrPartition
+from raftmq.cluster.errors import BrokerNotReady, LeaderNotAvailable, NotLeader, UnknownTopicOrPartition
 from raftmq.cluster.metadata import Topic
 from raftmq.node.config import Durability
 from raftmq.node.groups import GroupSpec, ReplicationEngine, ReplicationGroup
@@ -74,6 +78,9 @@ class ReplicaManager:
         self._lock = asyncio.Lock()
         self._requested = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Where a partition this broker does not host is led (the controller's leaders table), and URLs.
+        self.leader_of: Callable[[str, int], int | None] = lambda _topic, _partition: None
+        self.url_of: Callable[[int | None], str | None] = lambda _broker: None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -99,6 +106,13 @@ class ReplicaManager:
             raise UnknownTopicOrPartition(f"topic {topic_name!r} has no partition {partition} "
                                           f"(it has {topic.partitions})", topic=topic_name, partition=partition)
         handle = self.partitions.get((topic_name, partition))
+        if self.broker_id not in topic.hosts(partition):
+            leader_id = self.leader_of(topic_name, partition)
+            if leader_id is None or leader_id == self.broker_id:
+                raise LeaderNotAvailable(f"broker {self.broker_id} does not host {topic_name}-{partition} and "
+                                         "knows no leader for it yet", topic=topic_name, partition=partition)
+            raise NotLeader(f"broker {self.broker_id} does not host {topic_name}-{partition}", topic=topic_name,
+                            partition=partition, leader_id=leader_id, leader_url=self.url_of(leader_id))
         if handle is None or handle.topic.topic_id != topic.topic_id:
             raise BrokerNotReady(f"partition {topic_name}-{partition} is still opening on this broker",
                                  topic=topic_name, partition=partition)
@@ -109,13 +123,27 @@ class ReplicaManager:
         handle = self.partitions.get((topic.name, partition))
         return handle if handle is not None and handle.topic.topic_id == topic.topic_id else None
 
+    def leader_id(self, topic: Topic, partition: int) -> int | None:
+        handle = self.local(topic, partition)
+        if handle is not None:
+            return handle.group.status.leader_id
+        return self.leader_of(topic.name, partition)
+
+    def led_partitions(self) -> list[list[Any]]:
+        """[topic, partition, term] of every partition this broker leads with a quorum (for heartbeats)."""
+        led = []
+        for handle in self.partitions.values():
+            status = handle.group.status
+            if status.is_leader and status.quorum:
+                led.append([handle.topic.name, handle.partition, status.term])
+        return led
+
     async def wait_for_leaders(self, topic: Topic, timeout_s: float) -> bool:
         """Best effort: a new topic is more useful once its partitions have leaders."""
         deadline = time.monotonic() + timeout_s
         self.request_reconcile()
         while time.monotonic() < deadline:
-            handles = [self.local(topic, p) for p in range(topic.partitions)]
-            if all(h is not None and h.group.status.leader_id is not None for h in handles):
+            if all(self.leader_id(topic, p) is not None for p in range(topic.partitions)):
                 return True
             await asyncio.sleep(0.05)  # polling leadership with a deadline
         return False
@@ -143,12 +171,13 @@ class ReplicaManager:
             wanted: dict[tuple[str, int], Topic] = {}
             for topic in self.metadata.view.values():
                 for partition in range(topic.partitions):
-                    if self.broker_id in topic.replicas[partition]:
+                    if self.broker_id in topic.hosts(partition):
                         wanted[(topic.name, partition)] = topic
             ready = self.metadata.ready
             for key, topic in wanted.items():
                 handle = self.partitions.get(key)
                 if handle is not None and handle.topic.topic_id == topic.topic_id:
+                    self._follow(handle, topic)
                     continue
                 if handle is not None:
                     if not ready:
@@ -176,8 +205,10 @@ class ReplicaManager:
             topic=topic.name, partition=partition, topic_id=topic.topic_id, directory=directory, config=config,
             durable=durable))
         replica_ids = tuple(topic.replicas[partition])
+        if self.broker_id not in replica_ids:  # being added by a move: the leader adds it to the group
+            replica_ids += (self.broker_id,)
         spec = GroupSpec(partition_group_id(topic, partition), directory, replica_ids,
-                         preferred_replica=replica_ids[0])
+                         preferred_replica=topic.replicas[partition][0])
         try:
             group = await self.engine.open_group(spec, state_machine)
         except BaseException:
@@ -187,6 +218,16 @@ class ReplicaManager:
         log.info("opened partition %s-%d (topic id %d, replicas %s, log %d..%d)", topic.name, partition,
                  topic.topic_id, list(replica_ids), state_machine.log.log_start_offset,
                  state_machine.log.log_end_offset)
+
+    @staticmethod
+    def _follow(handle: PartitionHandle, topic: Topic) -> None:
+        """The partition's replica set changed (a move): keep the newest topic record and preferred leader."""
+        if handle.topic is topic:
+            return
+        handle.topic = topic
+        preferred = topic.replicas[handle.partition][0]
+        if getattr(handle.group, "preferred_replica", preferred) != preferred:
+            handle.group.preferred_replica = preferred  # type: ignore[attr-defined]
 
     async def _close(self, handle: PartitionHandle, *, delete: bool) -> None:
         self.partitions.pop(handle.key, None)

@@ -30,6 +30,7 @@ from raftmq.cluster.errors import (
     BrokerShuttingDown,
     BufferFull,
     InvalidAcks,
+    InvalidRequest,
     LeaderNotAvailable,
     NotEnoughReplicas,
     NotEnoughReplicasAfterAppend,
@@ -39,8 +40,17 @@ from raftmq.cluster.errors import (
     RaftMQError,
     RequestTimedOut,
     UnknownProducerId,
+    UnknownTopicOrPartition,
 )
-from raftmq.cluster.metadata import CreateTopicRequest, ProducerCheck, Topic, majority, validate_topic_name
+from raftmq.cluster.metadata import (
+    AlterTopicRequest,
+    BrokerRecord,
+    CreateTopicRequest,
+    ProducerCheck,
+    Topic,
+    majority,
+    validate_topic_name,
+)
 from raftmq.cluster.routing import partition_for
 from raftmq.cluster.wire import Acks
 from raftmq.node.config import NodeConfig
@@ -63,6 +73,7 @@ from raftmq.node.operations import (
     TopicDescription,
 )
 from raftmq.node.partition import AppendResult
+from raftmq.node.reassignment import perform_step
 from raftmq.node.replicas import PartitionHandle, ReplicaManager
 
 log = logging.getLogger(__name__)
@@ -70,13 +81,15 @@ log = logging.getLogger(__name__)
 
 class BrokerService:
     def __init__(self, *, config: NodeConfig, engine: ReplicationEngine, metadata: MetadataGroup,
-                 replicas: ReplicaManager, controller: Controller) -> None:
+                 replicas: ReplicaManager, controller: Controller,
+                 describe_moves: Callable[[], dict[tuple[str, int], dict[str, Any]]] = dict) -> None:
         self.config = config
         self.broker_id = config.broker_id
         self.engine = engine
         self.metadata = metadata
         self.replicas = replicas
         self.controller = controller
+        self.describe_moves = describe_moves
         self.stopping = False
         self.started_at = time.monotonic()
 
@@ -315,29 +328,120 @@ class BrokerService:
         self._check_running()
         validate_topic_name(name)
         self.metadata.topic(name)
-        result: dict[str, Any] = await self.metadata.propose(MetadataOp.DELETE_TOPIC, {"name": name})
+        result: dict[str, Any] = await self.controller.propose(MetadataOp.DELETE_TOPIC, {"name": name})
         self.replicas.request_reconcile()
         return DeletedTopic(str(result["deleted"]), int(result["topic_id"]))
 
     async def init_producer(self, name: str | None) -> ProducerIdentity:
         """Kafka's InitProducerId (see cluster/metadata.py MetadataState for names and fencing)."""
         self._check_running()
-        result = await self.metadata.propose(MetadataOp.ALLOCATE_PRODUCER_ID, {"name": name} if name else {})
+        result = await self.controller.propose(MetadataOp.ALLOCATE_PRODUCER_ID, {"name": name} if name else {})
         return ProducerIdentity(int(result["producer_id"]), int(result.get("producer_epoch", 0)))
+
+    async def alter_topic(self, name: str, request: AlterTopicRequest, *, forwarded: bool = False) -> TopicDescription:
+        """Raise the partition count / change the replication factor (at the controller)."""
+        self._check_running()
+        validate_topic_name(name)
+        self.metadata.topic(name)
+        if self.controller.active:
+            topic = await self.controller.alter_topic(name, request)
+        elif forwarded:
+            raise self.controller.not_controller()
+        else:
+            body = {k: v for k, v in (("partitions", request.partitions),
+                                       ("replication_factor", request.replication_factor)) if v is not None}
+            await self.controller.at_controller("PATCH", f"/v1/topics/{name}", body,
+                                                limits.metadata_request_timeout_s)
+            topic = await self._wait_for(lambda: self._altered(name, request))
+        return self.describe_topic(topic.name)
+
+    def _altered(self, name: str, request: AlterTopicRequest) -> Topic | None:
+        topic = self.metadata.view.get(name)
+        if topic is None:
+            return None
+        if request.partitions is not None and topic.partitions < request.partitions:
+            return None
+        if request.replication_factor is not None and topic.replication_factor != request.replication_factor:
+            return None
+        return topic
+
+    async def _wait_for(self, found: Callable[[], Any], timeout_s: float = limits.metadata_request_timeout_s) -> Any:
+        """Wait until this broker's metadata shows what the controller committed."""
+        deadline = time.monotonic() + timeout_s
+        while (result := found()) is None:
+            event = self.metadata.applied_event()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RequestTimedOut("the controller made the change but this broker has not learned of it yet")
+            try:
+                async with asyncio.timeout(min(remaining, 0.5)):  # a learner is told by its heartbeat, not an event
+                    await event.wait()
+            except TimeoutError:
+                pass
+        return result
+
+    async def set_draining(self, broker_id: int, draining: bool, *, forwarded: bool = False) -> BrokerDescription:
+        self._check_running()
+        if self.controller.active:
+            record = await self.controller.set_draining(broker_id, draining)
+        elif forwarded:
+            raise self.controller.not_controller()
+        else:
+            await self.controller.at_controller("POST" if draining else "DELETE", f"/v1/brokers/{broker_id}/drain",
+                                                None, limits.metadata_request_timeout_s)
+            wanted = ("draining",) if draining else ("alive", "fenced", "removed")
+            record = await self._wait_for(lambda: (r if (r := self.metadata.brokers.get(broker_id)) is not None
+                                                   and r.state.value in wanted else None))
+        return self._describe_broker(record)
+
+    # --- the controller's internal calls --------------------------------------------------------
+
+    async def heartbeat(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._check_running()
+        return await self.controller.heartbeat(body)
+
+    def metadata_state(self) -> dict[str, Any]:
+        if not self.controller.active:
+            raise self.controller.not_controller()
+        index, state = self.metadata.export_state()
+        return {"applied_index": index, "state": state}
+
+    async def propose_here(self, op: int, payload: dict[str, Any]) -> Any:
+        """A learner's metadata command, at the controller."""
+        if not self.controller.active:
+            raise self.controller.not_controller()
+        if op not in (MetadataOp.DELETE_TOPIC, MetadataOp.ALLOCATE_PRODUCER_ID):
+            raise InvalidRequest(f"metadata operation {op} cannot be forwarded")
+        result = await self.metadata.propose(MetadataOp(op), payload)
+        return result.to_wire() if isinstance(result, (Topic, BrokerRecord)) else result
+
+    async def partition_step(self, body: dict[str, Any]) -> dict[str, Any]:
+        """On a partition's leader: one membership step of a move the controller drives."""
+        self._check_running()
+        handle = self._handle(str(body["topic"]), int(body["partition"]))
+        if handle.topic.topic_id != int(body["topic_id"]):
+            raise UnknownTopicOrPartition("the topic was re-created", topic=body["topic"])
+        if not handle.group.status.is_leader:
+            raise self._not_leader(handle)
+        return await perform_step(handle, self.broker_id, tuple(int(b) for b in body["target"]),
+                                  frozenset(int(b) for b in body["alive"]))
 
     # --- descriptions ---------------------------------------------------------------------------
 
     def describe_partition(self, topic: Topic, partition: int) -> PartitionDescription:
         replicas = tuple(topic.replicas[partition])
         handle = self.replicas.local(topic, partition)
+        moving = {"target": topic.targets[partition], "partition_epoch": topic.epochs[partition]}
         if handle is None:
-            return PartitionDescription(partition, replicas)
+            return PartitionDescription(partition, replicas, leader_id=self.replicas.leader_of(topic.name, partition),
+                                        **moving)
         status = handle.group.status
         partition_log = handle.state_machine.log
         # A leader that cannot reach a majority does not advertise itself: clients look elsewhere.
         leader_id = None if status.is_leader and not status.quorum else status.leader_id
         return PartitionDescription(
-            partition, replicas, hosted=True, leader_id=leader_id, leader_epoch=status.term, role=status.role,
+            partition, replicas, hosted=True, leader_id=leader_id, **moving, voters=status.voters,
+            leader_epoch=status.term, role=status.role,
             quorum=status.quorum, isr=status.in_sync, commit_index=status.commit_index,
             applied_index=status.applied_index, last_index=status.last_index,
             match_index=tuple(sorted(status.match_index.items())), log_start_offset=partition_log.log_start_offset,
@@ -352,16 +456,52 @@ class BrokerService:
     def list_topics(self) -> tuple[TopicDescription, ...]:
         return tuple(self.describe_topic(name) for name in sorted(self.metadata.view))
 
+    def _describe_broker(self, record: BrokerRecord) -> BrokerDescription:
+        broker_id = record.broker_id
+        topics = self.metadata.view.values()
+        replicas = sum(1 for t in topics for r in t.replicas if broker_id in r)
+        leaders = sum(1 for t in topics for p in range(t.partitions) if self.replicas.leader_id(t, p) == broker_id)
+        seen = self.controller.last_seen.get(broker_id) if self.controller.active else None
+        return BrokerDescription(broker_id, record.url, record.peer,
+                                 broker_id == self.broker_id or self.engine.is_peer_up(broker_id),
+                                 record.state.value, record.rack, record.incarnation,
+                                 broker_id in self.config.voters, replicas, leaders,
+                                 round(time.monotonic() - seen, 2) if seen is not None else None)
+
     def describe_cluster(self) -> ClusterDescription:
-        status = self.metadata.status if self.metadata.group is not None else None
-        brokers = tuple(BrokerDescription(entry.broker_id, entry.url, str(entry.peer),
-                                          entry.broker_id == self.broker_id or self.engine.is_peer_up(entry.broker_id))
-                        for entry in self.config.brokers)
+        status = self.metadata.status
+        registered = dict(self.metadata.brokers)
+        brokers = [self._describe_broker(registered.pop(e.broker_id)) if e.broker_id in registered
+                   else BrokerDescription(e.broker_id, e.url, str(e.peer),
+                                          e.broker_id == self.broker_id or self.engine.is_peer_up(e.broker_id),
+                                          metadata_voter=e.broker_id in self.config.voters)
+                   for e in self.config.brokers]
+        brokers += [self._describe_broker(r) for r in registered.values()]
         return ClusterDescription(
-            self.config.cluster_id, self.broker_id, self.metadata.controller_id,
-            status.term if status else None, status.commit_index if status else None,
-            status.applied_index if status else None, self.metadata.ready, tuple(self.engine.peer_links()), brokers,
-            self.list_topics())
+            self.config.cluster_id, self.broker_id, self.metadata.controller_id, status.term, status.commit_index,
+            status.applied_index, self.metadata.ready, tuple(self.engine.peer_links()),
+            tuple(sorted(brokers, key=lambda b: b.broker_id)), self.list_topics(),
+            controller_url=self.controller.url_of(self.metadata.controller_id), metadata_voter=self.metadata.voter,
+            moves=tuple(self._moves()))
+
+    def _moves(self) -> list[dict[str, Any]]:
+        progress = self.describe_moves() if self.controller.active else {}
+        moves = []
+        for topic in self.metadata.view.values():
+            for partition, target in enumerate(topic.targets):
+                if target is None:
+                    continue
+                replicas = topic.replicas[partition]
+                known = progress.get((topic.name, partition), {})
+                moves.append({"topic": topic.name, "partition": partition, "replicas": list(replicas),
+                              "target": list(target), "reason": topic.move_reasons[partition],
+                              "adding": next((b for b in target if b not in replicas), None),
+                              "removing": next((b for b in replicas if b not in target), None),
+                              "running_s": known.get("running_s"),
+                              "progress": {k: known[k] for k in ("broker", "match_index", "leader_last_index")
+                                           if k in known} or None,
+                              "step": known.get("step"), "why": known.get("why")})
+        return moves
 
     def health(self) -> Health:
         ok = self.engine.failure is None and not self.stopping

@@ -33,7 +33,7 @@ from raftmq.cluster.metadata import parse_create_topic
 from raftmq.cluster.wire import Acks
 from raftmq.node.api import build_app
 from raftmq.node.broker import Broker
-from raftmq.node.config import BrokerEntry, NodeConfig, PeerAddress, RaftTimers
+from raftmq.node.config import BrokerEntry, Liveness, NodeConfig, PeerAddress, RaftTimers
 from raftmq.node.http_server import GuardedAppRunner
 from raftmq.node.memory_groups import ManualClock, MemoryNetwork
 from raftmq.node.operations import ProduceRequest
@@ -43,6 +43,9 @@ MSGPACK: Final = "application/msgpack"
 HOST: Final = "127.0.0.1"
 # A hung request never outlives this, even if a test forgets to stop the cluster.
 hang_s_max: Final = 10.0
+
+# Brokers heartbeat in real time on the event loop: short periods keep registration and healing fast.
+TEST_LIVENESS: Final = Liveness(heartbeat_s=0.05, session_timeout_s=1.0, heal_grace_s=1.0, moves_max=2)
 
 FaultKind = Literal["produce", "fetch", "offsets", "metadata", "producers", "topics", "health"]
 
@@ -99,7 +102,8 @@ class InProcessNode:
         self.config = config
         self.url = config.advertised_url
         self._socket: socket.socket | None = client_socket
-        self.broker = Broker(config, engine_factory=lambda c, loop: cluster.network.engine(broker_id))
+        self.broker = Broker(config, engine_factory=lambda c, loop: cluster.network.engine(broker_id),
+                             controller_tick_s=0.05)
         self._runner: GuardedAppRunner | None = None
 
     async def start(self) -> None:
@@ -135,7 +139,8 @@ def _bind(port: int = 0) -> socket.socket:
 class InProcessCluster:
     """``async with InProcessCluster(tmp_path, brokers=3) as cluster``: every broker started and ready."""
 
-    def __init__(self, root: Path, brokers: int = 3, *, seed: int = 0, timers: RaftTimers | None = None) -> None:
+    def __init__(self, root: Path, brokers: int = 3, *, seed: int = 0, timers: RaftTimers | None = None,
+                 liveness: Liveness = TEST_LIVENESS) -> None:
         self.root = root
         self.clock = ManualClock()
         self.network = MemoryNetwork(timers=timers, clock=self.clock, seed=seed)
@@ -147,7 +152,7 @@ class InProcessCluster:
         for (broker_id, port), sock in zip(zip(range(1, brokers + 1), ports, strict=True), sockets, strict=True):
             config = NodeConfig(broker_id=broker_id, cluster_id="raftmq-inprocess", data_dir=root / f"n{broker_id}",
                                 client_listen=PeerAddress(HOST, port), peer_listen=PeerAddress(HOST, 1),
-                                advertised_url=f"http://{HOST}:{port}", brokers=entries)
+                                advertised_url=f"http://{HOST}:{port}", brokers=entries, liveness=liveness)
             self.nodes[broker_id] = InProcessNode(self, broker_id, config, sock)
         self.requests: list[RequestLog] = []
         self._faults: dict[str, collections.deque[Fault]] = collections.defaultdict(collections.deque)
@@ -286,6 +291,8 @@ class InProcessCluster:
         @web.middleware
         async def faults(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                          ) -> web.StreamResponse:
+            if request.path.startswith("/v1/internal/"):
+                return await handler(request)  # broker-to-broker (heartbeats, moves): not what tests inspect
             body: Any = None
             if request.can_read_body:
                 raw = await request.read()

@@ -15,7 +15,9 @@ from raftmq.cluster.errors import (
     InvalidReplicationFactor,
     InvalidRequest,
     InvalidTopic,
+    StaleBrokerIncarnation,
     TopicAlreadyExists,
+    UnknownBroker,
     UnknownTopicOrPartition,
 )
 from raftmq.cluster.metadata import (
@@ -102,7 +104,8 @@ def test_parse_create_topic_defaults() -> None:
     ({"name": "x" * 250}, InvalidTopic), ({"name": 5}, InvalidTopic),
     ({"name": "t", "partitions": 0}, InvalidPartitions), ({"name": "t", "partitions": 10_000}, InvalidPartitions),
     ({"name": "t", "partitions": "3"}, InvalidRequest),
-    ({"name": "t", "replication_factor": 2}, InvalidReplicationFactor),
+    ({"name": "t", "replication_factor": 4}, InvalidReplicationFactor),
+    ({"name": "t", "replication_factor": 0}, InvalidReplicationFactor),
     ({"name": "t", "config": {"bogus": 1}}, InvalidConfig),
     ({"name": "t", "config": {"retention_ms": 0}}, InvalidConfig),
     ({"name": "t", "config": {"min_insync_replicas": 1}}, InvalidConfig),
@@ -135,7 +138,27 @@ def test_metadata_state_machine() -> None:
 
 
 def test_assign_replicas_rotates_preferred_leader() -> None:
-    assert assign_replicas(4, 3, [3, 1, 2]) == ((1, 2, 3), (2, 3, 1), (3, 1, 2), (1, 2, 3))
+    assert [r[0] for r in assign_replicas(4, 3, [3, 1, 2])] == [1, 2, 3, 1]
+
+
+def test_moves_and_brokers_in_the_metadata_state() -> None:
+    state = MetadataState()
+    topic = state.apply(5, MetadataOp.CREATE_TOPIC, 1, plan_create_topic(
+        parse_create_topic({"name": "t", "partitions": 2}), BROKERS))
+    ids = {"name": "t", "topic_id": topic.topic_id, "partition": 0}
+    register = {"id": 4, "url": "http://h:4", "peer": "h:5", "rack": None, "incarnation": 2}
+    assert state.apply(6, MetadataOp.REGISTER_BROKER, 1, register).state.value == "alive"
+    assert isinstance(state.apply(7, MetadataOp.REGISTER_BROKER, 1, {**register, "incarnation": 1}),
+                      StaleBrokerIncarnation)
+    state.apply(8, MetadataOp.BEGIN_REASSIGNMENT, 1, {**ids, "target": [1, 2, 4], "reason": "heal"})
+    assert state.topics["t"].hosts(0) == (*topic.replicas[0], 4)
+    state.apply(9, MetadataOp.SET_PARTITION_REPLICAS, 1, {**ids, "replicas": [*topic.replicas[0], 4]})
+    state.apply(10, MetadataOp.SET_PARTITION_REPLICAS, 1, {**ids, "replicas": [1, 2, 4]})
+    state.apply(11, MetadataOp.END_REASSIGNMENT, 1, ids)
+    moved = state.topics["t"]
+    assert moved.replicas[0] == (1, 2, 4) and moved.targets[0] is None and moved.epochs == (2, 0)
+    assert MetadataState.from_bytes(state.to_bytes()) == state
+    assert isinstance(state.apply(12, MetadataOp.SET_BROKER_STATE, 1, {"id": 9, "state": "fenced"}), UnknownBroker)
 
 
 def test_producer_ids_are_checked_and_named_producers_fence_older_instances() -> None:
