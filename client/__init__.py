@@ -17,7 +17,15 @@ from __future__ import annotations
 from raftmq.client.admin import Admin
 from raftmq.client.connection import Connection, MetadataFetcher
 from raftmq.client.consumer import Consumer
-from raftmq.client.metadata import BrokerInfo, ClusterMetadata, ClusterView, PartitionInfo, TopicInfo
+from raftmq.client.metadata import (
+    BrokerInfo,
+    ClusterMetadata,
+    ClusterView,
+    MoveInfo,
+    MoveProgress,
+    PartitionInfo,
+    TopicInfo,
+)
 from raftmq.client.producer import Producer
 from raftmq.client.sync import SyncAdmin, SyncConsumer, SyncProducer
 from raftmq.client.types import (
@@ -60,6 +68,8 @@ __all__ = [
     "DeliveryStatus",
     "HealthInfo",
     "MetadataFetcher",
+    "MoveInfo",
+    "MoveProgress",
     "NotLeader",
     "OffsetInfo",
     "OffsetOutOfRange",

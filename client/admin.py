@@ -1,8 +1,10 @@
-"""Cluster administration: topics, metadata, health.
+"""Cluster administration: topics, brokers (drain), metadata, health.
 
-Where requests go: topic changes go to the controller (the metadata group leader, from ``/v1/metadata``)
-when it is known, else to any broker; a ``NOT_LEADER`` answer whose details name another broker
-(``leader_url``/``leader_id``) is followed once. Reads (list/describe/metadata) go to any broker.
+Where requests go: topic and broker changes go to the controller (the metadata group leader, from
+``/v1/metadata``) when it is known, else to any broker; a ``NOT_LEADER``/``NOT_CONTROLLER`` answer whose
+details name another broker (``leader_url``/``leader_id``, ``controller_url``/``controller_id``) is followed
+once. Reads (list/describe/metadata) go to any broker, except :meth:`Admin.controller_metadata`: only the
+controller fills in move progress and heartbeat ages (docs/api.md "Health and metadata").
 
 Retries: an admin call moves to the next broker only when the previous one certainly did not act (a
 connect failure, or a retriable definite error such as ``BROKER_NOT_READY``). A timeout on
@@ -16,24 +18,38 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
 from raftmq.client.connection import AsyncLifecycle, Connection, MetadataFetcher, backoff_s
 from raftmq.client.metadata import (
+    BrokerInfo,
     ClusterMetadata,
     ClusterView,
     TopicInfo,
     normalize_url,
+    parse_broker,
     parse_metadata,
     parse_topic,
 )
 from raftmq.client.types import HealthInfo
 from raftmq.cluster import limits
-from raftmq.cluster.errors import ClientTimeout, NotLeader, RaftMQError, UnexpectedResponse, UnknownTopicOrPartition
+from raftmq.cluster.errors import (
+    ClientTimeout,
+    NotController,
+    NotLeader,
+    RaftMQError,
+    UnexpectedResponse,
+    UnknownTopicOrPartition,
+)
 
-__all__ = ["Admin", "TopicInfo", "ClusterMetadata", "HealthInfo"]
+__all__ = ["Admin", "TopicInfo", "ClusterMetadata", "HealthInfo", "drain_finished", "hosted_partitions",
+           "moves_finished"]
+
+# How often the wait_for_drain / wait_for_moves polls ask the controller (a poll interval, not a pause that
+# orders anything): moves take seconds, and each poll is one small GET.
+MOVE_POLL_INTERVAL_S = 0.5
 
 
 class Admin(AsyncLifecycle):
@@ -189,6 +205,135 @@ class Admin(AsyncLifecycle):
         return HealthInfo(url, status, broker_id if type(broker_id) is int else None,
                           bool(response.get("ready")))
 
+    async def controller_metadata(self, *, timeout_s: float | None = None) -> ClusterMetadata:
+        """``GET /v1/metadata`` from the controller (the ``controller_url`` the metadata names): only its
+        answer has move progress, running times and heartbeat ages. Falls back to any broker's answer (check
+        ``.from_controller``) when the controller cannot be reached.
+
+        Raises: ConnectionFailed, ClientTimeout, UnexpectedResponse (no broker answered at all).
+        """
+        deadline = time.monotonic() + self._timeout(timeout_s)
+        fallback: ClusterMetadata | None = None
+        url = None if self._view.is_stale(time.monotonic()) else self._view.controller_url()
+        tried: set[str] = {url} if url is not None else set()
+        last_error: RaftMQError | None = None
+        # At most three answers: any broker (to learn the controller), the controller, and, if the controller
+        # changed in between, the new one.
+        for _hop in range(3):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                # A controller that does not answer may use half of what is left: the fallback needs the rest.
+                meta = await self.metadata(url=url, timeout_s=remaining if url is None else remaining / 2)
+            except RaftMQError as exc:
+                if url is None:
+                    raise
+                last_error, url = exc, None  # the controller did not answer: ask any broker
+                if fallback is not None:
+                    break
+                continue
+            if meta.from_controller:
+                return meta
+            fallback = meta
+            url = meta.controller_url or self._view.controller_url()
+            if url is None or url in tried:
+                break
+            tried.add(url)
+        if fallback is not None:
+            return fallback
+        raise last_error or ClientTimeout("controller metadata: deadline passed", sent=False)
+
+    # --- topic and broker changes (the controller) ----------------------------------------------------------
+
+    async def alter_topic(self, name: str, partitions: int | None = None, replication_factor: int | None = None,
+                          *, timeout_s: float | None = None) -> TopicInfo:
+        """``PATCH /v1/topics/{name}``: raise the partition count and/or change the replication factor.
+        Answers once the controller committed the change; a new replication factor is then reached by moves
+        (:meth:`wait_for_moves`).
+
+        Raises:
+            ValueError: neither ``partitions`` nor ``replication_factor`` given.
+            UnknownTopicOrPartition, InvalidPartitions (the count can only grow), InvalidReplicationFactor,
+            NotEnoughBrokers, ReassignmentInProgress; ClientTimeout / ConnectionFailed (outcome unknown unless
+            ``sent=False``; the same PATCH may be sent again: it names the end state).
+        """
+        if partitions is None and replication_factor is None:
+            raise ValueError("alter_topic needs partitions and/or replication_factor")
+        body = {k: v for k, v in (("partitions", partitions), ("replication_factor", replication_factor))
+                if v is not None}
+        response = await self._controller_request("PATCH", f"/v1/topics/{quote(name, safe='')}", body,
+                                                  self._timeout(timeout_s))
+        self._view.mark_stale()
+        return parse_topic(response.get("topic"))
+
+    async def drain_broker(self, broker_id: int, *, timeout_s: float | None = None) -> BrokerInfo:
+        """``POST /v1/brokers/{id}/drain``: the controller moves every replica off the broker (a few at a
+        time); :meth:`wait_for_drain` waits for the end. Returns the broker (state ``draining``).
+
+        Raises:
+            UnknownBroker, NotEnoughBrokers (the other live brokers cannot hold its replicas), InvalidRequest
+            (the broker is neither alive nor draining); ClientTimeout / ConnectionFailed (asking again is safe).
+        """
+        response = await self._controller_request("POST", f"/v1/brokers/{broker_id}/drain", None,
+                                                  self._timeout(timeout_s))
+        self._view.mark_stale()
+        return parse_broker(response.get("broker"))
+
+    async def cancel_drain(self, broker_id: int, *, timeout_s: float | None = None) -> BrokerInfo | None:
+        """``DELETE /v1/brokers/{id}/drain``: the broker is ``alive`` again; moves not yet started are
+        dropped (running ones finish). Returns the broker when the answer includes it.
+
+        Raises: UnknownBroker, InvalidRequest; ClientTimeout / ConnectionFailed.
+        """
+        response = await self._controller_request("DELETE", f"/v1/brokers/{broker_id}/drain", None,
+                                                  self._timeout(timeout_s))
+        self._view.mark_stale()
+        return parse_broker(response["broker"]) if response.get("broker") is not None else None
+
+    async def wait_for_drain(self, broker_id: int, *, timeout_s: float,
+                             on_progress: Callable[[ClusterMetadata], None] | None = None,
+                             poll_interval_s: float = MOVE_POLL_INTERVAL_S) -> ClusterMetadata:
+        """Poll the controller until :func:`drain_finished` (the broker hosts nothing, is removed, or is
+        ``alive`` again because the drain was cancelled: check ``meta.broker(id).state``).
+        ``on_progress`` gets every answer. Raises ClientTimeout after ``timeout_s`` (the drain goes on)."""
+        return await self._poll_controller(lambda m: drain_finished(m, broker_id), f"drain of broker {broker_id}",
+                                           timeout_s, on_progress, poll_interval_s)
+
+    async def wait_for_moves(self, topic: str, *, timeout_s: float, partitions: int | None = None,
+                             replication_factor: int | None = None,
+                             on_progress: Callable[[ClusterMetadata], None] | None = None,
+                             poll_interval_s: float = MOVE_POLL_INTERVAL_S) -> ClusterMetadata:
+        """Poll the controller until :func:`moves_finished` for ``topic``. Raises ClientTimeout after
+        ``timeout_s`` (the moves go on)."""
+        return await self._poll_controller(
+            lambda m: moves_finished(m, topic, partitions=partitions, replication_factor=replication_factor),
+            f"moves of topic {topic!r}", timeout_s, on_progress, poll_interval_s)
+
+    async def _poll_controller(self, done: Callable[[ClusterMetadata], bool], what: str, timeout_s: float,
+                               on_progress: Callable[[ClusterMetadata], None] | None,
+                               poll_interval_s: float) -> ClusterMetadata:
+        """Ask the controller every ``poll_interval_s`` until ``done``; errors of single polls are kept and
+        named in the ClientTimeout (a controller election in between must not end the wait)."""
+        deadline = time.monotonic() + timeout_s
+        last_error: RaftMQError | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                why = f" (last error: {last_error.message})" if last_error is not None else ""
+                raise ClientTimeout(f"{what} not finished after {timeout_s:g} s{why}") from last_error
+            try:
+                meta = await self.controller_metadata(timeout_s=min(remaining, self.request_timeout_s))
+                if on_progress is not None:
+                    on_progress(meta)
+                if done(meta):
+                    return meta
+            except RaftMQError as exc:
+                if exc.definite and not exc.retriable:
+                    raise  # a broker's final answer: waiting longer cannot change it
+                last_error = exc
+            await asyncio.sleep(min(poll_interval_s, max(0.0, deadline - time.monotonic())))  # poll interval
+
     # --- internals ------------------------------------------------------------------------------------------
 
     async def _controller_request(self, method: str, path: str, body: Mapping[str, Any] | None,
@@ -212,11 +357,10 @@ class Admin(AsyncLifecycle):
                 break
             try:
                 return await self._conn.request(method, url + path, body=body, timeout_s=remaining)
-            except NotLeader as exc:
+            except (NotLeader, NotController) as exc:
                 last_error = exc
-                target = exc.details.get("leader_url")
-                if not isinstance(target, str) and type(exc.details.get("leader_id")) is int:
-                    target = self._view.broker_url(exc.details["leader_id"])
+                self._view.mark_stale()
+                target = _redirect_url(exc.details, self._view)
                 if isinstance(target, str) and not followed:
                     followed = True
                     urls.insert(index, normalize_url(target))
@@ -225,3 +369,52 @@ class Admin(AsyncLifecycle):
                     raise
                 last_error = exc
         raise last_error or ClientTimeout(f"{method} {path}: deadline passed", sent=False)
+
+
+def _redirect_url(details: Mapping[str, Any], view: ClusterView) -> str | None:
+    """The broker a NOT_LEADER / NOT_CONTROLLER answer points at: its URL, else the URL of the id it names."""
+    for url_key, id_key in (("leader_url", "leader_id"), ("controller_url", "controller_id")):
+        if isinstance(details.get(url_key), str):
+            return str(details[url_key])
+        if type(details.get(id_key)) is int:
+            url = view.broker_url(details[id_key])
+            if url is not None:
+                return url
+    return None
+
+
+# --- what the waits wait for (pure: tests and the CLI call them on canned metadata) ----------------------
+
+
+def hosted_partitions(meta: ClusterMetadata, broker_id: int) -> list[tuple[str, int]]:
+    """Partitions whose committed replica set or move target includes ``broker_id``."""
+    return [(t.name, p.partition) for t in meta.topics for p in t.partitions
+            if broker_id in p.replicas or (p.target is not None and broker_id in p.target)]
+
+
+def drain_finished(meta: ClusterMetadata, broker_id: int) -> bool:
+    """The drain of ``broker_id`` is over: it hosts nothing and no move involves it (or it is ``removed``,
+    or gone from the broker list). A broker that is ``alive`` again had its drain cancelled: also over."""
+    broker = meta.broker(broker_id)
+    if broker is None or broker.state == "removed":
+        return True
+    if broker.state == "alive":
+        # Only the controller's word counts: a lagging broker may not have applied the drain yet.
+        return meta.from_controller
+    if broker.replicas:
+        return False
+    return not hosted_partitions(meta, broker_id) and not any(m.involves(broker_id) for m in meta.moves)
+
+
+def moves_finished(meta: ClusterMetadata, topic: str, *, partitions: int | None = None,
+                   replication_factor: int | None = None) -> bool:
+    """No move of ``topic`` runs and it has the partition count and replication factor asked for (each
+    None: not checked)."""
+    info = meta.topic(topic)
+    if info is None:
+        return False
+    if any(m.topic == topic for m in meta.moves) or any(p.target is not None for p in info.partitions):
+        return False
+    if partitions is not None and info.partition_count < partitions:
+        return False
+    return replication_factor is None or all(len(p.replicas) == replication_factor for p in info.partitions)

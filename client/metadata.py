@@ -34,13 +34,28 @@ def normalize_url(url: str) -> str:
     return url
 
 
+# Broker states (docs/api.md "Health and metadata"). A broker that predates the controller sends no state: it
+# is taken as alive, which is what every broker of such a cluster is as long as it answers.
+BROKER_STATES = ("alive", "fenced", "draining", "removed")
+
+
 @dataclass(frozen=True)
 class BrokerInfo:
-    """One broker as listed by ``/v1/metadata``: its id, client URL and peer address."""
+    """One broker as listed by ``/v1/metadata``: its id, client URL and peer address, and (from brokers with
+    a controller) its state, rack, incarnation, whether it votes in the metadata group, how many partitions
+    it hosts / leads, and the age of its last heartbeat (only the controller knows it: None elsewhere).
+    Fields an older broker does not send keep their defaults (None: unknown)."""
 
     broker_id: int
     url: str
     peer: str | None = None
+    state: str = "alive"
+    rack: str | None = None
+    incarnation: int | None = None
+    metadata_voter: bool | None = None
+    replicas: int | None = None
+    leaders: int | None = None
+    heartbeat_age_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,11 @@ class PartitionInfo:
     log_start_offset: int | None = None
     high_watermark: int | None = None
     role: str | None = None
+    # The replica set an ongoing move heads for (None: no move); grows with every change of ``replicas``;
+    # the Raft group's own voters as the answering broker's replica sees them (() when it hosts none).
+    target: tuple[int, ...] | None = None
+    partition_epoch: int | None = None
+    voters: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,43 @@ class TopicInfo:
 
 
 @dataclass(frozen=True)
+class MoveProgress:
+    """How far the replica being added has caught up: its Raft match index against the leader's last index."""
+
+    broker: int | None
+    match_index: int | None
+    leader_last_index: int | None
+
+    @property
+    def fraction(self) -> float | None:
+        """0.0-1.0, or None when the indexes are unknown."""
+        if self.match_index is None or self.leader_last_index is None:
+            return None
+        if self.leader_last_index <= 0:
+            return 1.0
+        return max(0.0, min(1.0, self.match_index / self.leader_last_index))
+
+
+@dataclass(frozen=True)
+class MoveInfo:
+    """One partition whose replica set is changing (``moves`` in ``/v1/metadata``). ``running_s`` and
+    ``progress`` are only filled in by the controller (None elsewhere)."""
+
+    topic: str
+    partition: int
+    replicas: tuple[int, ...]
+    target: tuple[int, ...]
+    reason: str | None = None
+    adding: int | None = None
+    removing: int | None = None
+    running_s: float | None = None
+    progress: MoveProgress | None = None
+
+    def involves(self, broker_id: int) -> bool:
+        return broker_id in self.replicas or broker_id in self.target
+
+
+@dataclass(frozen=True)
 class ClusterMetadata:
     """A decoded ``GET /v1/metadata`` answer: the cluster as ONE broker sees it."""
 
@@ -86,6 +143,20 @@ class ClusterMetadata:
     controller_id: int | None
     brokers: tuple[BrokerInfo, ...]
     topics: tuple[TopicInfo, ...]
+    controller_url: str | None = None
+    moves: tuple[MoveInfo, ...] = ()
+
+    @property
+    def from_controller(self) -> bool:
+        """True when the answering broker is the controller (only its answer has move progress and
+        heartbeat ages)."""
+        return self.broker_id is not None and self.broker_id == self.controller_id
+
+    def broker(self, broker_id: int) -> BrokerInfo | None:
+        return next((b for b in self.brokers if b.broker_id == broker_id), None)
+
+    def topic(self, name: str) -> TopicInfo | None:
+        return next((t for t in self.topics if t.name == name), None)
 
 
 # --- parsing (pure; raises UnexpectedResponse on a shape that is not the documented one) ---------------
@@ -113,6 +184,26 @@ def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     return tuple(value)
 
 
+# The controller's fields (docs/api.md: broker state, partition target/epoch/voters, moves) are read leniently:
+# a value of the wrong type counts as unknown instead of failing the whole answer, because the same answer
+# feeds the leader lookups of every producer and consumer (ClusterView.update), and those must keep working
+# whatever a newer or older broker adds.
+
+
+def _loose_int(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
+def _loose_float(value: Any) -> float | None:
+    return float(value) if type(value) in (int, float) else None
+
+
+def _loose_ids(value: Any) -> tuple[int, ...] | None:
+    if not isinstance(value, list | tuple) or any(type(v) is not int for v in value):
+        return None
+    return tuple(value)
+
+
 def parse_partition(topic: str, raw: Any) -> PartitionInfo:
     """Decode one partition object of a topic. Raises UnexpectedResponse."""
     if not isinstance(raw, Mapping):
@@ -130,6 +221,9 @@ def parse_partition(topic: str, raw: Any) -> PartitionInfo:
         log_start_offset=_opt_int(raw.get("log_start_offset"), "log_start_offset"),
         high_watermark=_opt_int(raw.get("high_watermark"), "high_watermark"),
         role=role if isinstance(role, str) else None,
+        target=_loose_ids(raw.get("target")),
+        partition_epoch=_loose_int(raw.get("partition_epoch")),
+        voters=_loose_ids(raw.get("voters")) or (),
     )
 
 
@@ -156,6 +250,49 @@ def parse_topic(raw: Any) -> TopicInfo:
     )
 
 
+def parse_broker(item: Any) -> BrokerInfo:
+    """Decode one broker object (as in ``/v1/metadata`` and the drain answers). Raises UnexpectedResponse."""
+    if not isinstance(item, Mapping) or not isinstance(item.get("url"), str):
+        raise UnexpectedResponse("broker entry is not an object with a url")
+    try:
+        url = normalize_url(item["url"])
+    except ValueError as exc:
+        raise UnexpectedResponse(str(exc)) from None
+    peer, rack, state, voter = item.get("peer"), item.get("rack"), item.get("state"), item.get("metadata_voter")
+    return BrokerInfo(
+        broker_id=_req_int(item.get("id"), "broker id"),
+        url=url,
+        peer=peer if isinstance(peer, str) else None,
+        state=state if isinstance(state, str) else "alive",
+        rack=rack if isinstance(rack, str) else None,
+        incarnation=_loose_int(item.get("incarnation")),
+        metadata_voter=voter if isinstance(voter, bool) else None,
+        replicas=_loose_int(item.get("replicas")),
+        leaders=_loose_int(item.get("leaders")),
+        heartbeat_age_s=_loose_float(item.get("heartbeat_age_s")),
+    )
+
+
+def parse_move(raw: Any) -> MoveInfo | None:
+    """Decode one ``moves`` entry; None when it lacks the topic, partition or replica sets."""
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("topic"), str):
+        return None
+    partition, replicas, target = _loose_int(raw.get("partition")), _loose_ids(raw.get("replicas")), \
+        _loose_ids(raw.get("target"))
+    if partition is None or replicas is None or target is None:
+        return None
+    reason, progress = raw.get("reason"), raw.get("progress")
+    return MoveInfo(
+        topic=raw["topic"], partition=partition, replicas=replicas, target=target,
+        reason=reason if isinstance(reason, str) else None,
+        adding=_loose_int(raw.get("adding")), removing=_loose_int(raw.get("removing")),
+        running_s=_loose_float(raw.get("running_s")),
+        progress=MoveProgress(_loose_int(progress.get("broker")), _loose_int(progress.get("match_index")),
+                              _loose_int(progress.get("leader_last_index")))
+        if isinstance(progress, Mapping) else None,
+    )
+
+
 def parse_metadata(raw: Any) -> ClusterMetadata:
     """Decode a ``GET /v1/metadata`` body. Raises UnexpectedResponse."""
     if not isinstance(raw, Mapping):
@@ -164,24 +301,20 @@ def parse_metadata(raw: Any) -> ClusterMetadata:
     raw_topics = raw.get("topics") or []
     if not isinstance(raw_brokers, list) or not isinstance(raw_topics, list):
         raise UnexpectedResponse("metadata response needs lists 'brokers' and 'topics'")
-    brokers = []
-    for item in raw_brokers:
-        if not isinstance(item, Mapping) or not isinstance(item.get("url"), str):
-            raise UnexpectedResponse("broker entry is not an object with a url")
-        try:
-            url = normalize_url(item["url"])
-        except ValueError as exc:
-            raise UnexpectedResponse(str(exc)) from None
-        peer = item.get("peer")
-        broker_id = _req_int(item.get("id"), "broker id")
-        brokers.append(BrokerInfo(broker_id, url, peer if isinstance(peer, str) else None))
-    cluster_id = raw.get("cluster_id")
+    cluster_id, controller_url, raw_moves = raw.get("cluster_id"), raw.get("controller_url"), raw.get("moves")
+    try:
+        controller_url = normalize_url(controller_url) if isinstance(controller_url, str) else None
+    except ValueError:
+        controller_url = None
+    moves = [parse_move(m) for m in raw_moves] if isinstance(raw_moves, list) else []
     return ClusterMetadata(
         cluster_id=cluster_id if isinstance(cluster_id, str) else None,
         broker_id=_opt_int(raw.get("broker_id"), "broker_id"),
         controller_id=_opt_int(raw.get("controller_id"), "controller_id"),
-        brokers=tuple(brokers),
+        brokers=tuple(parse_broker(b) for b in raw_brokers),
         topics=tuple(parse_topic(t) for t in raw_topics),
+        controller_url=controller_url,
+        moves=tuple(m for m in moves if m is not None),
     )
 
 
@@ -217,6 +350,8 @@ class ClusterView:
         self.max_age_ms = max_age_ms
         self.cluster_id: str | None = None
         self.controller_id: int | None = None
+        # The controller's URL as the last answer named it (used when its id is not in the broker list).
+        self._controller_url: str | None = None
         self._brokers: dict[int, str] = {}
         self._topics: dict[str, TopicInfo] = {}
         self._updated_at_s: float | None = None
@@ -272,7 +407,9 @@ class ClusterView:
         return None
 
     def controller_url(self) -> str | None:
-        return None if self.controller_id is None else self._brokers.get(self.controller_id)
+        if self.controller_id is not None and self.controller_id in self._brokers:
+            return self._brokers[self.controller_id]
+        return self._controller_url
 
     def replica_urls(self, topic: str, partition: int) -> list[str]:
         """Client URLs of the partition's replicas (those whose URL is known), in replica order."""
@@ -318,6 +455,7 @@ class ClusterView:
         parsed = parse_metadata(response)
         self.cluster_id = parsed.cluster_id
         self.controller_id = parsed.controller_id
+        self._controller_url = parsed.controller_url
         if parsed.brokers:
             self._brokers = {b.broker_id: b.url for b in parsed.brokers}
         topics: dict[str, TopicInfo] = {}

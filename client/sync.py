@@ -20,7 +20,7 @@ from typing import Any, Final, Generic, Self, TypeVar
 
 from raftmq.client.admin import Admin
 from raftmq.client.consumer import Consumer
-from raftmq.client.metadata import ClusterMetadata, TopicInfo
+from raftmq.client.metadata import BrokerInfo, ClusterMetadata, TopicInfo
 from raftmq.client.producer import HeadersArg, Producer
 from raftmq.client.types import ConsumerRecord, DeliveryReport, HealthInfo, ProducerCounters, TopicPartition
 from raftmq.cluster.errors import ClientTimeout
@@ -272,3 +272,34 @@ class SyncAdmin(_SyncBase[Admin]):
 
     def health(self, url: str | None = None, *, timeout_s: float | None = None) -> HealthInfo:
         return self._thread.call(lambda: self._client.health(url), self._t(timeout_s))
+
+    def _outer(self, timeout_s: float | None) -> float:
+        """The thread call's deadline when the async call gets ``timeout_s`` itself: later by the margin, so
+        the async client's own ClientTimeout (which names what it waited for) is the one raised."""
+        return self._t(None) if timeout_s is None else timeout_s + sync_call_margin_s
+
+    def controller_metadata(self, *, timeout_s: float | None = None) -> ClusterMetadata:
+        return self._thread.call(lambda: self._client.controller_metadata(timeout_s=timeout_s), self._outer(timeout_s))
+
+    def alter_topic(self, name: str, partitions: int | None = None, replication_factor: int | None = None,
+                    *, timeout_s: float | None = None) -> TopicInfo:
+        return self._thread.call(lambda: self._client.alter_topic(name, partitions, replication_factor,
+                                                                  timeout_s=timeout_s), self._outer(timeout_s))
+
+    def drain_broker(self, broker_id: int, *, timeout_s: float | None = None) -> BrokerInfo:
+        return self._thread.call(lambda: self._client.drain_broker(broker_id, timeout_s=timeout_s),
+                                 self._outer(timeout_s))
+
+    def cancel_drain(self, broker_id: int, *, timeout_s: float | None = None) -> BrokerInfo | None:
+        return self._thread.call(lambda: self._client.cancel_drain(broker_id, timeout_s=timeout_s),
+                                 self._outer(timeout_s))
+
+    def wait_for_drain(self, broker_id: int, *, timeout_s: float) -> ClusterMetadata:
+        return self._thread.call(lambda: self._client.wait_for_drain(broker_id, timeout_s=timeout_s),
+                                 timeout_s + sync_call_margin_s)
+
+    def wait_for_moves(self, topic: str, *, timeout_s: float, partitions: int | None = None,
+                       replication_factor: int | None = None) -> ClusterMetadata:
+        return self._thread.call(lambda: self._client.wait_for_moves(
+            topic, timeout_s=timeout_s, partitions=partitions, replication_factor=replication_factor),
+            timeout_s + sync_call_margin_s)

@@ -1,7 +1,8 @@
 """The ``raftmq`` command line (console script ``raftmq = raftmq.cli:main``).
 
-    raftmq cluster up | status          a local cluster in the foreground; brokers and partitions
-    raftmq topic create | list | describe | delete
+    raftmq cluster up | status | drain  a local cluster in the foreground; brokers, moves, partitions;
+                                        moving every replica off a broker
+    raftmq topic create | list | describe | alter | delete
     raftmq produce TOPIC                stdin lines or --count generated records; a summary at the end
     raftmq consume TOPIC                print records (text or JSON lines), optionally --follow
     raftmq node start --config FILE     run one broker (same as python -m raftmq.node)

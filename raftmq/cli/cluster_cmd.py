@@ -1,9 +1,5 @@
-"""``raftmq cluster up`` (a local cluster in the foreground) and ``raftmq cluster status``.
-
-``status`` asks EVERY broker it can find (the bootstrap URLs plus the brokers they list) for
-``/v1/health`` and ``/v1/metadata``. Partition fields other than the replica list are each broker's local
-Raft view, so a partition row shows the view of the broker that says it leads the partition (the newest
-leader epoch wins if two claim it); a partition no reachable broker leads is shown in red.
+"""``raftmq cluster up`` (a local cluster in the foreground), ``raftmq cluster status`` (collected and
+rendered by raftmq/cli/cluster_status.py) and ``raftmq cluster drain`` (raftmq/cli/cluster_moves.py).
 """
 
 from __future__ import annotations
@@ -14,17 +10,22 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
-from rich.text import Text
 
+from raftmq.cli.cluster_moves import drain
+from raftmq.cli.cluster_status import STATUS_TIMEOUT_S as STATUS_TIMEOUT_S
+from raftmq.cli.cluster_status import BrokerState as BrokerState
+from raftmq.cli.cluster_status import ClusterSnapshot as ClusterSnapshot
+from raftmq.cli.cluster_status import collect as collect
+from raftmq.cli.cluster_status import partitions_table as partitions_table
+from raftmq.cli.cluster_status import render_status as render_status
 from raftmq.cli.common import (
     EXIT_BROKER,
     CommandFailed,
@@ -32,22 +33,13 @@ from raftmq.cli.common import (
     RaftMQGroup,
     bootstrap_option,
     err,
-    fmt_bytes,
     fmt_ids,
-    fmt_int,
     out,
     port_in_use,
     safe,
 )
-from raftmq.client.connection import Connection
-from raftmq.client.metadata import normalize_url
 from raftmq.cluster.errors import ConnectionFailed, RaftMQError
 
-# Deadline of each status request: a broker that does not answer within it is shown as unreachable.
-STATUS_TIMEOUT_S = 3.0
-# `status` asks the bootstrap brokers, then the brokers they list: two rounds find every broker of a cluster
-# whose members all know each other, and a broker that lists unknown URLs cannot make it probe forever.
-_DISCOVERY_ROUNDS = 2
 # Written into the --dir of `up`: the cluster's size and ports, checked when the folder is reused.
 LAYOUT_FILE = "cluster.json"
 # `up` defaults; the restart command it prints leaves out options at these values.
@@ -69,225 +61,7 @@ def cluster() -> None:
     """Run a local cluster, or show the state of one."""
 
 
-# --- status: collection (shared with `topic describe`) ------------------------------------------------
-
-
-@dataclass
-class BrokerState:
-    url: str
-    broker_id: int | None = None
-    reachable: bool = False
-    ready: bool | None = None
-    error: RaftMQError | None = None
-    metadata: dict[str, Any] | None = None
-
-    @property
-    def controller_id(self) -> int | None:
-        value = (self.metadata or {}).get("controller_id")
-        return value if type(value) is int else None
-
-
-@dataclass
-class PartitionRow:
-    topic: str
-    partition: int
-    view: dict[str, Any]  # the raw partition object chosen
-    source_id: int | None  # broker whose view it is
-    has_leader: bool  # some reachable broker says it leads the partition
-    last_known_leader: int | None = None
-
-
-@dataclass
-class ClusterSnapshot:
-    brokers: list[BrokerState] = field(default_factory=list)
-    topics: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> raw topic (config etc.)
-    partitions: dict[str, list[PartitionRow]] = field(default_factory=dict)
-
-    @property
-    def reachable(self) -> list[BrokerState]:
-        return [b for b in self.brokers if b.reachable]
-
-
-async def _probe(conn: Connection, state: BrokerState, timeout_s: float) -> None:
-    answers: tuple[dict[str, Any] | BaseException, dict[str, Any] | BaseException] = await asyncio.gather(
-        conn.request("GET", state.url + "/v1/health", timeout_s=timeout_s),
-        conn.request("GET", state.url + "/v1/metadata", timeout_s=timeout_s),
-        return_exceptions=True)
-    health, metadata = answers
-    if isinstance(health, BaseException) and not isinstance(health, Exception):
-        raise health
-    if isinstance(metadata, BaseException) and not isinstance(metadata, Exception):
-        raise metadata
-    if isinstance(health, dict):
-        state.reachable = True
-        state.ready = bool(health.get("ready"))
-        if type(health.get("broker_id")) is int:
-            state.broker_id = health["broker_id"]
-    elif isinstance(health, RaftMQError):
-        state.error = health
-    if isinstance(metadata, dict):
-        state.reachable = True
-        state.metadata = metadata
-        if type(metadata.get("broker_id")) is int:
-            state.broker_id = metadata["broker_id"]
-    elif isinstance(metadata, RaftMQError) and state.error is None:
-        state.error = metadata
-
-
-def _pick_partitions(brokers: Sequence[BrokerState]) -> tuple[dict[str, dict[str, Any]],
-                                                               dict[str, list[PartitionRow]]]:
-    topics: dict[str, dict[str, Any]] = {}
-    views: dict[tuple[str, int], list[tuple[int | None, dict[str, Any]]]] = {}
-    for broker in brokers:
-        for topic in (broker.metadata or {}).get("topics") or []:
-            name = topic.get("name")
-            if not isinstance(name, str):
-                continue
-            topics.setdefault(name, topic)
-            for part in topic.get("partitions") or []:
-                if type(part.get("partition")) is int:
-                    views.setdefault((name, part["partition"]), []).append((broker.broker_id, part))
-
-    def epoch(item: tuple[int | None, dict[str, Any]]) -> int:
-        value = item[1].get("leader_epoch")
-        return value if type(value) is int else -1
-
-    rows: dict[str, list[PartitionRow]] = {name: [] for name in sorted(topics)}
-    for (name, index), candidates in sorted(views.items()):
-        leaders = [c for c in candidates if c[1].get("role") == "leader"]
-        if leaders:
-            source, view = max(leaders, key=epoch)
-            rows[name].append(PartitionRow(name, index, view, source, True))
-        else:
-            source, view = max(candidates, key=epoch)
-            last = view.get("leader_id")
-            rows[name].append(PartitionRow(name, index, view, source, False,
-                                           last if type(last) is int else None))
-    return topics, rows
-
-
-async def collect(bootstrap: Sequence[str], *, timeout_s: float = STATUS_TIMEOUT_S) -> ClusterSnapshot:
-    """Probe the bootstrap brokers, then any broker they list that was not probed yet."""
-    conn = Connection(request_timeout_ms=int(timeout_s * 1000), connect_timeout_ms=int(timeout_s * 1000))
-    states: dict[str, BrokerState] = {}
-    try:
-        pending = [normalize_url(u) for u in bootstrap]
-        for _round in range(_DISCOVERY_ROUNDS):
-            new = [BrokerState(url) for url in dict.fromkeys(pending) if url not in states]
-            if not new:
-                break
-            for state in new:
-                states[state.url] = state
-            await asyncio.gather(*(_probe(conn, s, timeout_s) for s in new))
-            pending = []
-            for state in list(states.values()):
-                for entry in (state.metadata or {}).get("brokers") or []:
-                    url = entry.get("url")
-                    if isinstance(url, str):
-                        try:
-                            pending.append(normalize_url(url))
-                        except ValueError:
-                            continue
-    finally:
-        await conn.close()
-    # Name unreachable brokers by the id other brokers list for their URL.
-    ids_by_url: dict[str, int] = {}
-    for state in states.values():
-        for entry in (state.metadata or {}).get("brokers") or []:
-            if isinstance(entry.get("url"), str) and type(entry.get("id")) is int:
-                ids_by_url[entry["url"].rstrip("/")] = entry["id"]
-    for state in states.values():
-        if state.broker_id is None:
-            state.broker_id = ids_by_url.get(state.url)
-    brokers = sorted(states.values(), key=lambda s: (s.broker_id is None, s.broker_id or 0, s.url))
-    topics, rows = _pick_partitions(brokers)
-    return ClusterSnapshot(brokers, topics, rows)
-
-
-# --- status: rendering ----------------------------------------------------------------------------------
-
-
-def brokers_table(snapshot: ClusterSnapshot) -> Table:
-    table = Table(title="brokers", title_justify="left")
-    table.add_column("id", justify="right")
-    table.add_column("URL")
-    table.add_column("reachable")
-    table.add_column("ready")
-    table.add_column("metadata role")
-    table.add_column("controller", justify="right")
-    table.add_column("metadata term", justify="right")
-    table.add_column("commit/applied", justify="right")
-    table.add_column("leads", justify="right")
-    for broker in snapshot.brokers:
-        bid = str(broker.broker_id) if broker.broker_id is not None else "?"
-        if not broker.reachable:
-            reason = broker.error.code if broker.error is not None else "no answer"
-            table.add_row(bid, broker.url, f"[red]no ({safe(reason)})[/]", "-", "-", "-", "-", "-", "-")
-            continue
-        meta = broker.metadata or {}
-        group = meta.get("metadata") or {}
-        controller = broker.controller_id
-        if controller is None:
-            role = "[yellow]no controller known[/]"
-        elif controller == broker.broker_id:
-            role = "[bold]controller (leader)[/]"
-        else:
-            role = "follower"
-        leads = sum(1 for t in meta.get("topics") or [] for p in t.get("partitions") or []
-                    if p.get("role") == "leader")
-        table.add_row(bid, broker.url, "[green]yes[/]",
-                      "[green]yes[/]" if broker.ready else "[yellow]no (replaying metadata)[/]",
-                      role, fmt_ids([controller]) if controller is not None else "-",
-                      fmt_int(group.get("term")),
-                      f"{fmt_int(group.get('commit_index'))}/{fmt_int(group.get('applied_index'))}",
-                      fmt_int(leads))
-    return table
-
-
-def partitions_table(name: str, rows: Iterable[PartitionRow], *, title: str | None = None) -> Table:
-    table = Table(title=title if title is not None else f"topic {name}", title_justify="left")
-    for column in ("partition", "leader", "replicas", "ISR", "term", "commit index", "applied index",
-                   "high watermark", "log start", "size"):
-        table.add_column(column, justify="left" if column in ("leader", "replicas", "ISR") else "right")
-    for row in rows:
-        view = row.view
-        if row.has_leader:
-            leader = str(row.source_id)
-            isr = fmt_ids(view.get("isr"))
-            replicas = set(view.get("replicas") or [])
-            if replicas and set(view.get("isr") or []) != replicas:
-                isr = f"[yellow]{isr}[/]"
-            cells = [leader, fmt_ids(view.get("replicas")), isr, fmt_int(view.get("leader_epoch")),
-                     fmt_int(view.get("commit_index")), fmt_int(view.get("applied_index")),
-                     fmt_int(view.get("high_watermark")), fmt_int(view.get("log_start_offset")),
-                     fmt_bytes(view.get("size_bytes"))]
-            table.add_row(str(row.partition), *cells)
-        else:
-            last = f" (last known {row.last_known_leader})" if row.last_known_leader is not None else ""
-            table.add_row(f"[red]{row.partition}[/]", f"[red]none{last}[/]", fmt_ids(view.get("replicas")),
-                          "[red]-[/]", f"[red]{fmt_int(view.get('leader_epoch'))}[/]",
-                          f"[red]{fmt_int(view.get('commit_index'))}[/]",
-                          f"[red]{fmt_int(view.get('applied_index'))}[/]",
-                          f"[red]{fmt_int(view.get('high_watermark'))}[/]",
-                          f"[red]{fmt_int(view.get('log_start_offset'))}[/]",
-                          f"[red]{fmt_bytes(view.get('size_bytes'))}[/]")
-    return table
-
-
-def render_status(snapshot: ClusterSnapshot) -> Group:
-    parts: list[Any] = [brokers_table(snapshot)]
-    if not snapshot.partitions:
-        parts.append(Text("no topics yet (create one with: raftmq topic create NAME --partitions 3)"))
-    for name, rows in snapshot.partitions.items():
-        parts.append(partitions_table(name, rows))
-    leaderless = [f"{r.topic}/{r.partition}" for rows in snapshot.partitions.values() for r in rows
-                  if not r.has_leader]
-    if leaderless:
-        parts.append(Text(f"{len(leaderless)} partition(s) without a reachable leader: "
-                          f"{', '.join(leaderless)} (an election may be running; a majority of each "
-                          "partition's replicas must be up)",
-                          style="red"))
-    return Group(*parts)
+# --- status (collection and rendering: raftmq/cli/cluster_status.py) ------------------------------------
 
 
 @cluster.command("status")
@@ -295,13 +69,17 @@ def render_status(snapshot: ClusterSnapshot) -> Group:
 @click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 60), default=STATUS_TIMEOUT_S,
               show_default=True, help="Seconds to wait for each broker's answer.")
 def status(bootstrap: list[str], timeout_s: float) -> None:
-    """Brokers (reachable, ready, metadata role) and every partition as its leader reports it."""
+    """Brokers (state, rack, metadata role, replicas, heartbeat), running moves, and every partition as its
+    leader reports it; under-replicated and leaderless partitions are called out."""
     snapshot = asyncio.run(collect(bootstrap, timeout_s=timeout_s))
     out().print(render_status(snapshot))
     if not snapshot.reachable:
         raise CommandFailed(ConnectionFailed.code, f"no broker answered at {', '.join(bootstrap)}",
                             "start a cluster (raftmq cluster up) or pass the right --bootstrap / "
                             "RAFTMQ_BOOTSTRAP")
+
+
+cluster.add_command(drain)
 
 
 # --- up ----------------------------------------------------------------------------------------------------

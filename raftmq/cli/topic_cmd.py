@@ -1,30 +1,39 @@
-"""``raftmq topic create|list|describe|delete``."""
+"""``raftmq topic create|list|describe|alter|delete``."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import click
 from rich.console import Group
 from rich.table import Table
 
-from raftmq.cli.cluster_cmd import collect, partitions_table
+from raftmq.cli.cluster_moves import DURATION, EXIT_INTERRUPTED, fmt_timeout, watch
+from raftmq.cli.cluster_status import collect, partitions_table
 from raftmq.cli.common import (
+    CommandFailed,
+    ConfigProblem,
     RaftMQGroup,
     bootstrap_option,
     err,
     fmt_bytes,
     fmt_duration_ms,
+    fmt_ids,
     fmt_int,
+    fmt_seconds,
     kv_table,
     out,
     safe,
 )
 from raftmq.client.admin import Admin
-from raftmq.client.metadata import TopicInfo
-from raftmq.cluster.errors import ConnectionFailed, UnknownTopicOrPartition
+from raftmq.client.metadata import ClusterMetadata, TopicInfo
+from raftmq.cluster.errors import ClientTimeout, ConnectionFailed, UnknownTopicOrPartition
+
+# How often `topic alter --wait` asks the controller (a poll interval; tests lower it).
+POLL_INTERVAL_S = 0.5
 
 
 @click.group("topic", cls=RaftMQGroup)
@@ -146,6 +155,75 @@ def describe(name: str, bootstrap: list[str]) -> None:
     config = raw["config"] if isinstance(raw.get("config"), dict) else {}
     out().print(Group(kv_table(f"topic {name}", facts + _config_rows(config)), "",
                       partitions_table(name, rows, title="partitions")))
+
+
+def _alter_headline(name: str, timeout_s: float) -> Callable[[ClusterMetadata, float], str]:
+    def headline(meta: ClusterMetadata, elapsed_s: float) -> str:
+        info = meta.topic(name)
+        running = sum(1 for m in meta.moves if m.topic == name)
+        shape = (f"{info.partition_count} partition(s), replica sets of "
+                 f"{fmt_ids(sorted({len(p.replicas) for p in info.partitions}))}") if info is not None else "?"
+        return (f"topic {safe(name)}: {shape}; [bold]{running}[/] move(s) running "
+                f"[dim]({fmt_seconds(elapsed_s)} of at most {fmt_timeout(timeout_s)})[/]")
+    return headline
+
+
+async def _alter(bootstrap: list[str], name: str, partitions: int | None, replication_factor: int | None,
+                 wait: bool, timeout_s: float) -> tuple[TopicInfo, ClusterMetadata | None]:
+    async with Admin(bootstrap) as admin:
+        info = await admin.alter_topic(name, partitions, replication_factor)
+        if not wait:
+            return info, None
+
+        def waiter(show: Callable[[ClusterMetadata], None]) -> Awaitable[ClusterMetadata]:
+            return admin.wait_for_moves(name, timeout_s=timeout_s, partitions=partitions,
+                                        replication_factor=replication_factor, on_progress=show,
+                                        poll_interval_s=POLL_INTERVAL_S)
+
+        try:
+            final = await watch(waiter, _alter_headline(name, timeout_s), lambda m: m.topic == name,
+                                f"moves of topic {name}")
+        except ClientTimeout as exc:
+            raise CommandFailed("ALTER_TIMEOUT", f"the moves of topic {name!r} did not end within "
+                                f"{fmt_timeout(timeout_s)}: {exc.message}",
+                                "they go on: watch them with raftmq cluster status") from None
+        if final is None:
+            err().print(f"[yellow]stopped waiting; the moves of topic {safe(name)} go on[/] "
+                        "(raftmq cluster status shows them)")
+            raise click.exceptions.Exit(EXIT_INTERRUPTED)
+        return info, final
+
+
+@topic.command("alter")
+@click.argument("name")
+@click.option("--partitions", "-p", type=click.IntRange(1, 256), default=None,
+              help="New partition count (can only grow).")
+@click.option("--replication-factor", "-r", type=click.IntRange(1, 99), default=None,
+              help="New replicas per partition (reached by moving replicas).")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait (showing progress) until the topic's moves end.")
+@click.option("--timeout", "timeout_s", type=DURATION, default="10m", show_default=True,
+              help="How long to wait (e.g. 90s, 10m); the moves go on after it.")
+@bootstrap_option()
+def alter(name: str, partitions: int | None, replication_factor: int | None, wait: bool, timeout_s: float,
+          bootstrap: list[str]) -> None:
+    """Add partitions to topic NAME or change its replication factor."""
+    if partitions is None and replication_factor is None:
+        raise ConfigProblem("nothing to alter", "give --partitions N and/or --replication-factor R")
+    started = time.monotonic()
+    info, final = asyncio.run(_alter(bootstrap, name, partitions, replication_factor, wait, timeout_s))
+    asked = ", ".join(part for part in (f"{partitions} partitions" if partitions is not None else "",
+                                        f"replication factor {replication_factor}"
+                                        if replication_factor is not None else "") if part)
+    console = out()
+    if final is None:
+        console.print(f"[green]topic {safe(name)} altered[/] ({asked}); moves may still run: "
+                      "raftmq cluster status shows them")
+        return
+    done = final.topic(name) or info
+    console.print(f"[green]topic {safe(name)} altered[/] ({asked}) and its moves ended in "
+                  f"{fmt_seconds(time.monotonic() - started)}")
+    console.print(_partition_summary(done))
 
 
 @topic.command("delete")

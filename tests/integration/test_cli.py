@@ -173,7 +173,9 @@ def test_cluster_status_shows_partitions_and_leaders(shared_cluster: LocalCluste
         leader = shared_cluster.wait_for_leader(name, partition, timeout_s=10)
         assert re.search(rf"│\s+{partition}\s+│\s+{leader}\s+│\s+[123],[123],[123]\s+│", section), section
     for broker_id, node in shared_cluster.nodes.items():
-        assert re.search(rf"│\s+{broker_id}\s+│\s+{re.escape(node.url)}\s+│\s+yes", result.stdout)
+        # id │ state │ rack │ URL │ reachable (raftmq/cli/cluster_status.py brokers_table)
+        assert re.search(rf"│\s+{broker_id}\s+│\s+alive\s+│\s+\S+\s+│\s+{re.escape(node.url)}\s+│\s+yes",
+                         result.stdout)
 
 
 def test_status_marks_unreachable_brokers(shared_cluster: LocalCluster) -> None:

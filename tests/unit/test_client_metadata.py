@@ -221,3 +221,79 @@ async def test_byte_budget_fifo_timeout_and_close() -> None:
         await asyncio.wait_for(waiter, 1.0)
     with pytest.raises(ValueError):
         await ByteBudget(10).acquire(11, 1.0)
+
+
+# --- the controller's fields (docs/api.md "Health and metadata") ------------------------------------------
+
+
+def controller_metadata() -> dict:
+    raw = metadata()
+    raw["controller_url"] = B2 + "/"
+    raw["brokers"] = [
+        {"id": 1, "url": B1, "peer": "p1", "rack": "a", "state": "alive", "incarnation": 3,
+         "metadata_voter": True, "replicas": 4, "leaders": 2, "heartbeat_age_s": 0.2},
+        {"id": 2, "url": B2, "state": "fenced", "rack": None, "incarnation": 1, "metadata_voter": False,
+         "replicas": 1, "leaders": 0, "heartbeat_age_s": 9},
+        {"id": 3, "url": B3, "state": "draining"},
+    ]
+    part = raw["topics"][0]["partitions"][0]
+    part.update({"target": [1, 3, 4], "partition_epoch": 5, "voters": [1, 2, 3]})
+    raw["moves"] = [{"topic": "orders", "partition": 0, "replicas": [1, 2, 3], "target": [1, 3, 4],
+                     "reason": "heal", "adding": 4, "removing": 2, "running_s": 2.5,
+                     "progress": {"broker": 4, "match_index": 900, "leader_last_index": 1200}}]
+    return raw
+
+
+def test_new_broker_partition_and_move_fields_are_parsed() -> None:
+    meta = parse_metadata(controller_metadata())
+    b1, b2, b3 = meta.brokers
+    assert (b1.state, b1.rack, b1.incarnation, b1.metadata_voter, b1.replicas, b1.leaders, b1.heartbeat_age_s) == \
+        ("alive", "a", 3, True, 4, 2, 0.2)
+    assert (b2.state, b2.rack, b2.metadata_voter, b2.heartbeat_age_s) == ("fenced", None, False, 9.0)
+    assert (b3.state, b3.incarnation, b3.replicas) == ("draining", None, None)
+    p0 = meta.topics[0].partitions[0]
+    assert (p0.target, p0.partition_epoch, p0.voters) == ((1, 3, 4), 5, (1, 2, 3))
+    assert meta.topics[0].partitions[1].target is None
+    (move,) = meta.moves
+    assert (move.topic, move.partition, move.replicas, move.target, move.reason) == \
+        ("orders", 0, (1, 2, 3), (1, 3, 4), "heal")
+    assert (move.adding, move.removing, move.running_s) == (4, 2, 2.5)
+    assert move.progress is not None and move.progress.fraction == 0.75
+    assert move.involves(4) and move.involves(2) and not move.involves(5)
+    assert meta.controller_url == B2 and not meta.from_controller  # broker 1 answered, broker 2 controls
+    assert meta.broker(2) is b2 and meta.topic("orders") is meta.topics[0]
+
+
+def test_an_old_broker_without_the_fields_parses_with_defaults() -> None:
+    meta = parse_metadata(metadata())
+    broker = meta.brokers[0]
+    assert (broker.state, broker.rack, broker.incarnation, broker.metadata_voter, broker.replicas,
+            broker.heartbeat_age_s) == ("alive", None, None, None, None, None)
+    part = meta.topics[0].partitions[0]
+    assert (part.target, part.partition_epoch, part.voters) == (None, None, ())
+    assert meta.moves == () and meta.controller_url is None
+
+
+def test_malformed_controller_fields_do_not_break_routing() -> None:
+    raw = controller_metadata()
+    raw["brokers"][0].update({"state": 7, "incarnation": "x", "heartbeat_age_s": "soon"})
+    raw["topics"][0]["partitions"][0].update({"target": "1,2", "voters": [1, "2"]})
+    raw["moves"] = [{"topic": "orders"}, "junk", raw["moves"][0]]
+    raw["controller_url"] = "ftp://nope"
+    view = ClusterView([B1])
+    meta = view.update(raw, now_s=0.0)
+    assert view.leader_url("orders", 0) == B1  # leader lookups unaffected
+    assert meta.brokers[0].state == "alive" and meta.brokers[0].incarnation is None
+    assert meta.topics[0].partitions[0].target is None and meta.topics[0].partitions[0].voters == ()
+    assert len(meta.moves) == 1 and meta.controller_url is None
+
+
+def test_view_uses_the_named_controller_url_when_its_id_is_not_listed() -> None:
+    raw = controller_metadata()
+    raw["controller_id"] = 9
+    raw["controller_url"] = "http://127.0.0.1:9109"
+    view = ClusterView([B1])
+    view.update(raw, now_s=0.0)
+    assert view.controller_url() == "http://127.0.0.1:9109"
+    view.update(controller_metadata(), now_s=1.0)
+    assert view.controller_url() == B2
