@@ -23,6 +23,13 @@ The model keeps the Raft rules the broker relies on, not Raft's message-level ma
   ``StateMachine.install`` (the follower's annotations tell the leader where its log ends).
 * ``resolve_on_append`` resolves as soon as the entry is in the leader's log; a follower's ``submit`` is
   forwarded to a connected leader and resolves when it has applied the entry there, as pysyncobj does.
+* membership (``change_membership``), as ``node/replication.py`` does it over pysyncobj: the leader appends
+  a configuration entry, which takes effect at once (on append: the new voters count for commits and
+  elections, an added voter starts to receive the log, a removed one stops); one change at a time (the
+  next is refused until this one commits); the leader does not remove itself (it hands leadership to a
+  caught-up voter and answers NOT_LEADER). A removed replica, like pysyncobj's, usually never receives the
+  entry that removed it; it neither votes nor campaigns any more. A replica of a broker that is not a voter
+  opens empty and catches up like any follower once it is added.
 
 Replica state that the real engine keeps on disk (the journal prefix a replica holds, its snapshot) is
 kept in the network, so a broker stopped and started again with the same data directory sees it again.
@@ -39,9 +46,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raftmq.cluster import limits
-from raftmq.cluster.errors import LeaderNotAvailable, OutcomeUnknown
+from raftmq.cluster.errors import LeaderNotAvailable, NotLeader, OutcomeUnknown, RaftMQError, ReassignmentInProgress
 from raftmq.node.config import RaftTimers
-from raftmq.node.groups import AppendInfo, GroupSpec, GroupStatus, StateMachine
+from raftmq.node.groups import AppendInfo, GroupSpec, GroupStatus, MembershipChange, StateMachine
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,7 @@ class ManualClock:
 class _Entry:
     term: int
     command: bytes
+    change: MembershipChange | None = None  # a configuration entry (never given to a state machine)
 
 
 @dataclass
@@ -79,6 +87,7 @@ class _Snapshot:
     index: int
     term: int
     state: bytes
+    voters: tuple[int, ...] = ()  # the group's voters at ``index``
 
 
 @dataclass
@@ -91,6 +100,7 @@ class _Replica:
     snapshot: _Snapshot | None = None  # its own durable snapshot (survives a restart)
     group: MemoryGroup | None = None  # None while its broker is stopped
     last_contact_s: float = 0.0  # when it last heard from (or was) the leader
+    initial_voters: tuple[int, ...] = ()  # what its broker believed when it first opened it (GroupSpec)
 
 
 @dataclass
@@ -98,11 +108,12 @@ class _Core:
     """A group's one true history, as far as the running replicas can know it."""
 
     group_id: str
-    replica_ids: tuple[int, ...]
+    replica_ids: tuple[int, ...]  # the voters: the configuration at the end of the leader's log
     preferred: int | None
     replicas: dict[int, _Replica]
     entries: list[_Entry] = field(default_factory=list)  # entries after ``base``
     base: _Snapshot = field(default_factory=lambda: _Snapshot(0, 0, b""))
+    configs: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)  # (index, voters) after ``base``
     term: int = 0
     leader: int | None = None
     commit: int = 0
@@ -120,6 +131,48 @@ class _Core:
 
     def majority(self) -> int:
         return len(self.replica_ids) // 2 + 1
+
+    def config_at(self, index: int) -> tuple[int, ...]:
+        """The voters after the entry at ``index`` (Raft: the newest configuration entry up to it)."""
+        for at, voters in reversed(self.configs):
+            if at <= index:
+                return voters
+        return self.base.voters
+
+    def last_config_index(self) -> int:
+        return self.configs[-1][0] if self.configs else 0
+
+    def append_config(self, change: MembershipChange) -> int:
+        """The leader appends a configuration entry; it takes effect at once (on append)."""
+        voters = set(self.replica_ids)
+        if change.add is not None:
+            voters.add(change.add)
+            self.replicas.setdefault(change.add, _Replica(change.add))
+        else:
+            voters.discard(change.remove)
+        self.entries.append(_Entry(self.term, _NO_OP, change))
+        index = self.last_index
+        self.replica_ids = tuple(sorted(voters))
+        self.configs.append((index, self.replica_ids))
+        return index
+
+    def truncate(self, keep: int) -> None:
+        """Drop the entries after ``keep`` (a new leader lacks them); their configurations go with them."""
+        del self.entries[keep - self.base.index:]
+        self.configs = [(at, voters) for at, voters in self.configs if at <= keep]
+        self.replica_ids = self.config_at(self.last_index)
+
+    def rebase(self, snapshot: _Snapshot) -> None:
+        """The log now starts after ``snapshot`` (compaction)."""
+        self.entries = self.entries[snapshot.index - self.base.index:]
+        self.configs = [(at, voters) for at, voters in self.configs if at > snapshot.index]
+        self.base = snapshot
+
+    def voters_of(self, replica: _Replica) -> tuple[int, ...]:
+        """The voters as ``replica``'s own log says (what pysyncobj's replica would report)."""
+        if replica.match == 0 or replica.match < self.base.index:
+            return replica.initial_voters or self.base.voters  # nothing replicated to it yet
+        return self.config_at(replica.match)
 
 
 class MemoryNetwork:
@@ -177,7 +230,7 @@ class MemoryNetwork:
         if core.leader == broker_id:
             return
         target = core.replicas[broker_id]
-        _check(target.group is not None and self._reaches_majority(core, broker_id)
+        _check(broker_id in core.replica_ids and target.group is not None and self._reaches_majority(core, broker_id)
                and target.match == core.last_index and target.applied >= core.base.index,
                f"broker {broker_id} cannot lead {group_id} now (not running, cut off, or behind)")
         self._elect(core, broker_id)
@@ -190,12 +243,10 @@ class MemoryNetwork:
         for replica in core.replicas.values():
             if replica.group is not None and replica.applied > 0:
                 replica.snapshot = _Snapshot(replica.applied, core.term_at(replica.applied),
-                                             replica.group.state_machine.snapshot())
+                                             replica.group.state_machine.snapshot(), core.config_at(replica.applied))
         leader = core.replicas.get(core.leader) if core.leader is not None else None
         if leader is not None and leader.snapshot is not None and leader.snapshot.index > core.base.index:
-            drop = leader.snapshot.index - core.base.index
-            core.entries = core.entries[drop:]
-            core.base = leader.snapshot
+            core.rebase(leader.snapshot)
         self.schedule()
 
     # --- stepping -------------------------------------------------------------------------------
@@ -285,7 +336,7 @@ class MemoryNetwork:
         keep = core.replicas[broker_id].match
         for index in range(keep + 1, core.last_index + 1):
             self._fail_waiters(core, index, OutcomeUnknown("leadership changed before the entry committed"))
-        del core.entries[keep - core.base.index:]
+        core.truncate(keep)
         for replica in core.replicas.values():
             replica.match = min(replica.match, keep)
         core.term += 1
@@ -300,9 +351,10 @@ class MemoryNetwork:
     def _replicate(self, core: _Core, now: float) -> None:
         leader = core.replicas[core.leader]  # type: ignore[index]
         leader.last_contact_s = now
-        for replica in core.replicas.values():
-            if replica is leader or not self._running_replica(core, replica.broker_id) \
-                    or not self.connected(leader.broker_id, replica.broker_id):
+        for broker_id in core.replica_ids:  # the leader sends to the voters of its configuration only
+            replica = core.replicas[broker_id]
+            if replica is leader or not self._running_replica(core, broker_id) \
+                    or not self.connected(leader.broker_id, broker_id):
                 continue
             replica.last_contact_s = now
             if replica.applied < core.base.index:
@@ -388,13 +440,41 @@ class MemoryNetwork:
             match_index = {b: r.match for b, r in core.replicas.items() if b != me}
             quorum = core.quorum_lost_since_s is None
         knows = self._knows_commit(core, me)
+        commit_seen = min(core.commit, replica.match) if knows else replica.applied
+        pending = any(commit_seen < at <= replica.match for at, _voters in core.configs)
         return GroupStatus(
             group_id=core.group_id, role="leader" if leads else "follower",
             leader_id=core.leader if knows else None, term=core.term, commit_index=min(core.commit, replica.match)
             if knows else replica.applied, applied_index=replica.applied, last_index=replica.match,
             in_sync=in_sync, match_index=match_index, connected=connected, caught_up=leads
             and replica.applied >= core.noop_index, quorum=quorum, ready=replica.applied >= (
-                min(core.commit, replica.match) if knows else replica.applied))
+                min(core.commit, replica.match) if knows else replica.applied),
+            voters=core.voters_of(replica), membership_pending=pending)
+
+    # --- membership -----------------------------------------------------------------------------
+
+    def membership_refusal(self, core: _Core, broker_id: int) -> RaftMQError | None:
+        """Why ``broker_id`` cannot start a membership change of ``core`` now (None: it can)."""
+        if core.leader != broker_id:
+            if core.leader is None or not self.connected(broker_id, core.leader):
+                return LeaderNotAvailable(f"{core.group_id} has no leader right now; nothing was appended")
+            return NotLeader(f"broker {broker_id} is not the leader of {core.group_id}", leader_id=core.leader)
+        if core.replicas[broker_id].applied < core.noop_index:
+            return LeaderNotAvailable(f"the new leader of {core.group_id} has not committed its first entry yet")
+        if core.last_config_index() > core.commit:
+            return ReassignmentInProgress(f"{core.group_id}: the previous membership change is not committed yet")
+        return None
+
+    def hand_over(self, core: _Core, leader_id: int) -> None:
+        """The leader asked to remove itself: leadership goes to a caught-up voter if there is one."""
+        for broker_id in core.replica_ids:
+            replica = core.replicas[broker_id]
+            if broker_id != leader_id and self._running_replica(core, broker_id) \
+                    and self.connected(leader_id, broker_id) and replica.match == core.last_index \
+                    and replica.applied >= core.base.index:
+                self._elect(core, broker_id)
+                self.schedule()
+                return
 
 
 class MemoryGroup:
@@ -404,7 +484,6 @@ class MemoryGroup:
         self.network = network
         self.core = core
         self.group_id = core.group_id
-        self.replica_ids = list(core.replica_ids)
         self.broker_id = broker_id
         self.state_machine = state_machine
         self.annotations: dict[str, Any] = {}
@@ -428,11 +507,40 @@ class MemoryGroup:
         network.schedule()
         return future
 
+    @property
+    def replica_ids(self) -> list[int]:
+        """The voters as this replica's log says (like ``RaftGroup.replica_ids``)."""
+        return list(self.core.voters_of(self.core.replicas[self.broker_id]))
+
     def forget_append_waiter(self, command: bytes) -> None:
         return None  # appends resolve at once here
 
     def transfer_leadership(self, to_broker: int) -> None:
         self.network.transfer(self.group_id, to_broker)
+
+    def change_membership(self, change: MembershipChange) -> asyncio.Future[None]:
+        """See ``node.groups.ReplicationGroup.change_membership``."""
+        network, core = self.network, self.core
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        network.step()
+        refusal = network.membership_refusal(core, self.broker_id)
+        if refusal is not None:
+            future.set_exception(refusal)
+            return future
+        if change.add in core.replica_ids or (change.remove is not None and change.remove not in core.replica_ids):
+            future.set_result(None)  # already so: idempotent
+            return future
+        if change.remove == self.broker_id:
+            network.hand_over(core, self.broker_id)
+            future.set_exception(NotLeader(
+                f"broker {self.broker_id} leads {self.group_id} and is the voter to remove: leadership is being "
+                "handed over; nothing was appended, retry at the new leader"))
+            return future
+        index = core.append_config(change)
+        core.replicas[self.broker_id].match = index
+        core.waiters.setdefault(index, []).append(_Waiter(self.broker_id, core.term, future))
+        network.schedule()
+        return future
 
 
 class MemoryEngine:
@@ -460,11 +568,17 @@ class MemoryEngine:
 
     async def open_group(self, spec: GroupSpec, state_machine: StateMachine) -> MemoryGroup:
         core = self.network.cores.get(spec.group_id)
+        voters = tuple(sorted(spec.replica_ids))
         if core is None:
-            core = _Core(spec.group_id, tuple(sorted(spec.replica_ids)), spec.preferred_replica,
-                         {b: _Replica(b) for b in spec.replica_ids})
+            core = _Core(spec.group_id, voters, spec.preferred_replica,
+                         {b: _Replica(b, initial_voters=voters) for b in spec.replica_ids},
+                         base=_Snapshot(0, 0, b"", voters))
             self.network.cores[spec.group_id] = core
-        replica = core.replicas[self.broker_id]
+        replica = core.replicas.get(self.broker_id)
+        if replica is None or (self.broker_id not in core.replica_ids and replica.group is None):
+            # Not a voter (a replica about to be added, or one removed before): it starts empty, as a new
+            # replica directory does, and catches up once it is added.
+            replica = core.replicas[self.broker_id] = _Replica(self.broker_id, initial_voters=voters)
         group = MemoryGroup(self.network, core, self.broker_id, state_machine)
         state_machine.bind_annotations(group.annotations)
         state_machine.restore(replica.snapshot.state if replica.snapshot is not None else None)
@@ -490,6 +604,9 @@ class MemoryEngine:
 
     def is_peer_up(self, broker_id: int) -> bool:
         return self.network.connected(self.broker_id, broker_id) and broker_id in self.network.running
+
+    def set_peer(self, broker_id: int, address: tuple[str, int] | None) -> None:
+        return None  # every broker of the network reaches every other: there are no addresses
 
     def peer_links(self) -> list[dict[str, Any]]:
         return [{"peer_id": b, "dialer": b < self.broker_id, "remote": f"memory:{b}"}
