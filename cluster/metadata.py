@@ -25,8 +25,8 @@ from raftmq.cluster.commands import MetadataOp
 from raftmq.cluster.errors import (
     InvalidConfig,
     InvalidPartitions,
-    InvalidRequest,
     InvalidReplicationFactor,
+    InvalidRequest,
     InvalidTopic,
     RaftMQError,
     StaleBrokerIncarnation,

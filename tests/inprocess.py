@@ -225,7 +225,8 @@ class InProcessCluster:
                            leaders: list[int] | None = None) -> None:
         request = parse_create_topic({"name": name, "partitions": partitions, "config": config or {}})
         await self.service(1).create_topic(request)
-        await wait_until(lambda: all(len(self.handles(name, p)) == len(self.nodes) for p in range(partitions)),
+        topic = self.service(1).metadata.topic(name)
+        await wait_until(lambda: all(len(self.handles(name, p)) == len(topic.replicas[p]) for p in range(partitions)),
                          what=f"every replica of {name} to open")
         for partition, leader in enumerate(leaders or []):
             self.set_leader(name, partition, leader)
@@ -262,6 +263,19 @@ class InProcessCluster:
 
     def advance(self, seconds: float) -> None:
         self.network.advance(seconds)
+
+    async def pass_time_until(self, condition: Callable[[], bool], *, timeout_s: float, what: str,
+                              raft_step_s: float = 0.05) -> None:
+        """Let real time (heartbeats, the controller) and the Raft clock run together until ``condition``."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            self.network.advance(raft_step_s)
+            await asyncio.sleep(0.02)  # real time for heartbeats and the controller's ticks
+
+    def running(self) -> list[InProcessNode]:
+        return [n for n in self.nodes.values() if n.broker._service is not None and not n.broker._stopping]
 
     # --- faults at the HTTP edge ----------------------------------------------------------------
 
