@@ -18,9 +18,11 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-# Install, start a local three-node cluster, run a short acks=all produce/consume demo (with a leader kill).
+# Install, start a local cluster (NODES brokers, default 3; partitions keep replication factor 3), run a short
+# acks=all produce/consume demo (with a leader kill). E.g. `make demo NODES=5`.
+NODES ?= 3
 demo: $(VENV)/.installed
-	$(BIN)/raftmq demo
+	$(BIN)/raftmq demo --nodes $(NODES)
 
 # Install, lint, type-check and run every test (unit, in-process and real-process cluster tests, the short
 # chaos suite). The import rules between rooms are tests too (tests/unit/test_import_rules.py).

@@ -48,6 +48,7 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from raftmq.chaos import limits
+from raftmq.chaos import placement as placing
 from raftmq.chaos.proxy_client import ProxyClient, ServerError, ToxiproxyError, ToxiproxyServerProcess
 from raftmq.deploy.local_cluster import HOST, LocalCluster, find_free_ports, http_json, wait_until
 from raftmq.node import PeerAddress
@@ -107,6 +108,7 @@ class FaultHandle:
     killed: list[int] = dataclasses.field(default_factory=list)
     paused: list[int] = dataclasses.field(default_factory=list)
     stopped: list[int] = dataclasses.field(default_factory=list)
+    retired: list[int] = dataclasses.field(default_factory=list)  # killed for good: never started again
     applied_mono_s: float = 0.0
     undone: bool = False
 
@@ -124,6 +126,15 @@ def _wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str,
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout_s:.1f} s waiting for {what}")
         time.sleep(interval_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlacementGoal:
+    """What converged placement means for the workload's topic (chaos/placement.py)."""
+
+    topic: str
+    partitions: int
+    replication_factor: int
 
 
 class WiringError(AssertionError):
@@ -156,6 +167,9 @@ class ChaosCluster:
         self.crashes: list[dict[str, Any]] = []
         self._crash_lock = threading.Lock()  # not the main lock: the metadata poller calls check_crashes
         self._lock = threading.RLock()
+        # Brokers killed for good (kill-for-good): heal and undo never start them again, and convergence
+        # expects the cluster to have moved their replicas elsewhere.
+        self.retired: set[int] = set()
         self._started = False
         self._stopped = False
 
@@ -208,16 +222,22 @@ class ChaosCluster:
         return self
 
     def _create_proxies(self) -> None:
-        assert self._client is not None
         ids = self.node_ids
+        wanted = [self._link_wanted(a, b) for a in ids for b in ids if a < b]  # b (the larger id) dials a
+        wanted += [self._client_wanted(n) for n in ids]
+        self._create(wanted)
+
+    def _link_wanted(self, a: int, b: int) -> tuple[str, str, str, tuple[int, ...]]:
+        return (f"link_{a}_{b}", "link", f"{HOST}:{self.cluster.nodes[a].peer_port}", (a, b))
+
+    def _client_wanted(self, n: int) -> tuple[str, str, str, tuple[int, ...]]:
+        return (f"http_n{n}", "client", f"{HOST}:{self.cluster.nodes[n].client_port}", (n,))
+
+    def _create(self, wanted: list[tuple[str, str, str, tuple[int, ...]]]) -> None:
+        """Create each proxy on a free port, and point its dialer (or the broker's advertised URL) at it."""
+        assert self._client is not None
         taken = {port for n in self.cluster.nodes.values() for port in (n.client_port, n.peer_port)}
-        wanted: list[tuple[str, str, str, tuple[int, ...]]] = []
-        for a in ids:
-            for b in ids:
-                if a < b:  # b (the larger id) dials a
-                    wanted.append((f"link_{a}_{b}", "link", f"{HOST}:{self.cluster.nodes[a].peer_port}", (a, b)))
-        for n in ids:
-            wanted.append((f"http_n{n}", "client", f"{HOST}:{self.cluster.nodes[n].client_port}", (n,)))
+        taken |= {p.listen_port for p in self.proxies.values()}
         for name, kind, upstream, nodes in wanted:
             state = None
             for _attempt in range(limits.proxy_create_attempts_max):
@@ -606,6 +626,68 @@ class ChaosCluster:
 
         return self._process_fault("shutdown", nodes, stop_one, "stopped")
 
+    # --- fault primitives: membership (permanent: undo changes nothing) ---------------------------------
+
+    def kill_for_good(self, node: int) -> FaultHandle:
+        """SIGKILL ``node`` and never start it again (heal and undo skip it): a dead disk or host."""
+        def retire(n: int) -> None:
+            self._expect_exit(n)
+            self.retired.add(n)
+            self.cluster.kill(n)
+
+        return self._process_fault("kill-for-good", [node], retire, "retired")
+
+    def add_broker(self, ready_timeout_s: float = limits.broker_ready_deadline_s) -> FaultHandle:
+        """Start a new broker (id = highest + 1) wired like the others: a link proxy to every existing broker
+        (it has the larger id, so it dials) and a client proxy it advertises. Waits (bounded) until it is
+        ready. Existing brokers' configs are not touched: it registers with the controller by heartbeat."""
+        with self._lock:
+            started = time.monotonic()
+            new = self.cluster.add_node(start=False)
+            self._create([self._link_wanted(a, new) for a in self.node_ids if a != new] + [self._client_wanted(new)])
+            self.cluster.start([new])
+            handle = self._new_handle("add-broker", f"n{new}")
+            handle.applied_mono_s = time.monotonic()
+            self._record("add-broker", f"n{new}", {"node": new, "pid": self.cluster.nodes[new].pid,
+                                                   "url": self.cluster.nodes[new].advertised_url},
+                         handle=handle.id, started=started)
+        self.cluster.wait_ready([new], timeout_s=ready_timeout_s)
+        return handle
+
+    def drain(self, node: int, *, timeout_s: float = limits.drain_request_deadline_s) -> FaultHandle:
+        """``POST /v1/brokers/{node}/drain`` (to each live broker in turn until one accepts; bounded). The
+        drain is not cancelled by undo: it runs until the broker hosts nothing."""
+        self._check_node(node)
+        started = time.monotonic()
+        status, answer = self._post_drain(node, timeout_s)
+        with self._lock:
+            handle = self._new_handle("drain", f"n{node}")
+            handle.applied_mono_s = time.monotonic()
+            self._record("drain", f"n{node}", {"node": node, "status": status, "answer": answer},
+                         handle=handle.id, started=started)
+        if status != 200:
+            raise RuntimeError(f"drain of broker {node} refused: HTTP {status} {answer}")
+        return handle
+
+    def _post_drain(self, node: int, timeout_s: float) -> tuple[int, Any]:
+        """The first definite answer to the drain request; retried while brokers are down or electing."""
+        deadline = time.monotonic() + timeout_s
+        last: tuple[int, Any] = (0, "no broker answered")
+        while time.monotonic() < deadline:
+            for n in self.node_ids:
+                if not self.cluster.nodes[n].running or self.cluster.nodes[n].paused:
+                    continue
+                try:
+                    last = http_json(f"{self.direct_url(n)}/v1/brokers/{node}/drain", method="POST", body={},
+                                     timeout_s=limits.control_timeout_s)
+                except OSError as exc:
+                    last = (0, f"{type(exc).__name__}: {exc}")
+                    continue
+                if last[0] < 500 and last[0] != 421:  # 421 NOT_CONTROLLER, 5xx: ask another broker
+                    return last
+            time.sleep(limits.condition_poll_interval_s)  # retry backoff while the controller is elected
+        return last
+
     def resume(self, node: int) -> None:
         self._check_node(node)
         with self._lock:
@@ -724,7 +806,7 @@ class ChaosCluster:
             resumed = [n for n, node in self.cluster.nodes.items() if node.paused]
             for node in resumed:
                 self.cluster.resume(node)
-            down = [n for n, node in self.cluster.nodes.items() if not node.running]
+            down = [n for n, node in self.cluster.nodes.items() if not node.running and n not in self.retired]
             if down:
                 self.cluster.start(down)
             for handle in self._handles.values():
@@ -738,6 +820,20 @@ class ChaosCluster:
             return [h for h in self._handles.values() if not h.undone]
 
     # --- convergence ------------------------------------------------------------------------------------
+
+    def live_metadata(self) -> dict[int, dict[str, Any] | None]:
+        """Every running, unpaused broker's /v1/metadata (None where it did not answer)."""
+        return {n: self._metadata(n) for n, node in self.cluster.nodes.items() if node.running and not node.paused}
+
+    def replicas_of(self, topic: str, partition: int) -> list[int] | None:
+        """The partition's replica set as the first answering broker's metadata has it (None: unknown)."""
+        for n in self.node_ids:
+            node = self.cluster.nodes[n]
+            body = self._metadata(n) if node.running and not node.paused else None
+            snap = placing.snapshot(body, topic, 0.0) if body is not None else None
+            if snap is not None and snap.replicas.get(partition):
+                return list(snap.replicas[partition])
+        return None
 
     def leader_claims(self, topic: str, *,
                       timeout_s: float = limits.leader_claims_timeout_s) -> dict[int, list[tuple[int, int]]]:
@@ -757,28 +853,14 @@ class ChaosCluster:
                         claims.setdefault(int(part["partition"]), []).append((n, int(part.get("leader_epoch") or 0)))
         return claims
 
-    def convergence_problems(self, topics: Iterable[str] | None = None) -> tuple[list[str], dict[str, Any]]:
-        """What keeps the cluster from being converged, and the per-partition view when it is."""
-        problems: list[str] = []
-        bodies: dict[int, dict[str, Any]] = {}
-        for n, node in self.cluster.nodes.items():
-            if not node.running or node.paused:
-                problems.append(f"broker {n} is {'paused' if node.paused else 'not running'}")
-                continue
-            body = self._metadata(n)
-            if body is None:
-                problems.append(f"broker {n} does not answer")
-                continue
-            if not (body.get("metadata") or {}).get("ready"):
-                problems.append(f"broker {n} is not ready")
-            for broker in body.get("brokers") or []:
-                if not broker.get("connected"):
-                    problems.append(f"broker {n} has no link to broker {broker.get('id')}")
-            bodies[n] = body
+    def convergence_problems(self, topics: Iterable[str] | None = None, *,
+                             placement: PlacementGoal | None = None) -> tuple[list[str], dict[str, Any]]:
+        """What keeps the cluster from being converged, and the per-partition view when it is. With
+        ``placement``, the topic's replica sets must also have converged (chaos/placement.py)."""
+        problems, bodies = self._broker_problems()
         if problems:
             return problems, {}
         wanted = set(topics) if topics is not None else None
-        view: dict[str, Any] = {}
         partitions: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
         for n, body in bodies.items():
             for item in body.get("topics") or []:
@@ -791,30 +873,54 @@ class ChaosCluster:
             for name in wanted:
                 if not any(t == name for t, _ in partitions):
                     problems.append(f"topic {name} is not in the metadata")
+        view: dict[str, Any] = {}
         for (topic, p), copies in sorted(partitions.items()):
-            key = f"{topic}/{p}"
-            leaders = [n for n, part in copies.items() if part.get("role") == "leader"]
-            if len(leaders) != 1:
-                problems.append(f"{key}: {len(leaders)} brokers say they lead it ({leaders})")
-                continue
-            leader = leaders[0]
-            term = copies[leader].get("leader_epoch")
-            named = {n: (part.get("leader_id"), part.get("leader_epoch")) for n, part in copies.items()}
-            if any(v != (leader, term) for v in named.values()):
-                problems.append(f"{key}: brokers disagree on (leader, term): {named}")
-            hws = {n: part.get("high_watermark") for n, part in copies.items()}
-            if len(set(hws.values())) != 1:
-                problems.append(f"{key}: high watermarks differ: {hws}")
-            commits = {n: (part.get("commit_index"), part.get("applied_index")) for n, part in copies.items()}
-            if any(c != a for c, a in commits.values()) or len({c for c, _ in commits.values()}) != 1:
-                problems.append(f"{key}: commit/applied indexes differ: {commits}")
-            view[key] = {"topic": topic, "partition": p, "leader": leader, "term": term,
-                         "high_watermark": hws[leader], "replicas": sorted(copies),
-                         "log_start_offsets": {n: part.get("log_start_offset") for n, part in copies.items()}}
+            problems += _partition_problems(topic, p, copies, view)
+        if placement is not None:
+            problems += self._placement_problems(placement, bodies, partitions)
         return problems, view
 
-    def wait_converged(self, topics: Iterable[str] | None = None, *,
-                       timeout_s: float = limits.converge_deadline_s) -> dict[str, Any]:
+    def _broker_problems(self) -> tuple[list[str], dict[int, dict[str, Any]]]:
+        """Every broker (but those killed for good) running, answering, ready and linked to its live peers."""
+        problems: list[str] = []
+        bodies: dict[int, dict[str, Any]] = {}
+        for n, node in self.cluster.nodes.items():
+            if n in self.retired:
+                continue
+            if not node.running or node.paused:
+                problems.append(f"broker {n} is {'paused' if node.paused else 'not running'}")
+                continue
+            body = self._metadata(n)
+            if body is None:
+                problems.append(f"broker {n} does not answer")
+                continue
+            if not (body.get("metadata") or {}).get("ready"):
+                problems.append(f"broker {n} is not ready")
+            for broker in body.get("brokers") or []:
+                # A broker gone for good (fenced, then removed) is rightly unreachable.
+                if broker.get("id") in self.retired or broker.get("state") in ("fenced", "removed"):
+                    continue
+                if "connected" in broker and not broker["connected"]:
+                    problems.append(f"broker {n} has no link to broker {broker.get('id')}")
+            bodies[n] = body
+        return problems, bodies
+
+    def _placement_problems(self, goal: PlacementGoal, bodies: dict[int, dict[str, Any]],
+                            partitions: dict[tuple[str, int], dict[int, dict[str, Any]]]) -> list[str]:
+        body = placing.controller_view(bodies)
+        snap = placing.snapshot(body, goal.topic, 0.0) if body is not None else None
+        if snap is None:
+            return [f"no broker's metadata lists topic {goal.topic}"]
+        problems = placing.placement_problems(snap, partitions=goal.partitions,
+                                                replication_factor=goal.replication_factor, gone=self.retired)
+        for p, replicas in sorted(snap.replicas.items()):
+            reporting = sorted(partitions.get((goal.topic, p), {}))
+            if reporting != sorted(replicas):
+                problems.append(f"{goal.topic}/{p}: replicas {sorted(replicas)} but {reporting} report hosting it")
+        return problems
+
+    def wait_converged(self, topics: Iterable[str] | None = None, *, timeout_s: float = limits.converge_deadline_s,
+                       placement: PlacementGoal | None = None) -> dict[str, Any]:
         """Wait (bounded) until every broker is ready and linked to every other, and every partition has exactly
         one leader that all its replicas name in the same term, with equal high watermarks and commit indexes.
         Returns ``{"topic/p": {leader, term, high_watermark, replicas, ...}}``; raises TimeoutError naming what
@@ -828,11 +934,11 @@ class ChaosCluster:
             nonlocal last, result
             self.check_crashes()
             for n, node in self.cluster.nodes.items():
-                if node.process is not None and node.process.poll() is not None:
+                if n not in self.retired and node.process is not None and node.process.poll() is not None:
                     raise BrokerExited(f"broker {n} exited with code {node.process.returncode} while the cluster "
                                        f"was converging; {node.log_path} ends with:\n"
                                        f"{self.cluster.tail_log(n, limits.exit_log_tail_lines)}")
-            last, result = self.convergence_problems(topic_list)
+            last, result = self.convergence_problems(topic_list, placement=placement)
             return not last
 
         try:
@@ -845,6 +951,31 @@ class ChaosCluster:
                                                                  "high_watermark": v["high_watermark"]}
                                                              for k, v in result.items()}}, started=started)
         return result
+
+
+def _partition_problems(topic: str, p: int, copies: dict[int, dict[str, Any]], view: dict[str, Any]) -> list[str]:
+    """One leader that every replica names in the same term, equal high watermarks and commit indexes; the
+    partition's entry of ``view`` is filled in."""
+    key = f"{topic}/{p}"
+    leaders = [n for n, part in copies.items() if part.get("role") == "leader"]
+    if len(leaders) != 1:
+        return [f"{key}: {len(leaders)} brokers say they lead it ({leaders})"]
+    problems: list[str] = []
+    leader = leaders[0]
+    term = copies[leader].get("leader_epoch")
+    named = {n: (part.get("leader_id"), part.get("leader_epoch")) for n, part in copies.items()}
+    if any(v != (leader, term) for v in named.values()):
+        problems.append(f"{key}: brokers disagree on (leader, term): {named}")
+    hws = {n: part.get("high_watermark") for n, part in copies.items()}
+    if len(set(hws.values())) != 1:
+        problems.append(f"{key}: high watermarks differ: {hws}")
+    commits = {n: (part.get("commit_index"), part.get("applied_index")) for n, part in copies.items()}
+    if any(c != a for c, a in commits.values()) or len({c for c, _ in commits.values()}) != 1:
+        problems.append(f"{key}: commit/applied indexes differ: {commits}")
+    view[key] = {"topic": topic, "partition": p, "leader": leader, "term": term,
+                 "high_watermark": hws[leader], "replicas": sorted(copies),
+                 "log_start_offsets": {n: part.get("log_start_offset") for n, part in copies.items()}}
+    return problems
 
 
 # --- /proc helpers ------------------------------------------------------------------------------------

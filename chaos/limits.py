@@ -172,3 +172,8 @@ summary_lost_records_max: Final = 20
 # Without a terminal (CI logs) progress is one line every few seconds; on a terminal a live table redraws.
 progress_line_interval_s_default: Final = 5.0
 live_table_refreshes_per_s: Final = 4
+
+# A drain request (POST /v1/brokers/{id}/drain) is retried on other brokers while the controller is elected.
+drain_request_deadline_s: Final = 10.0
+# Placement snapshots the metadata poller keeps (only changes are kept; a run has a few dozen).
+placement_snapshots_max: Final = 10_000

@@ -28,7 +28,8 @@ from raftmq.chaos import limits
 from raftmq.chaos.scenario import FaultSpec, Scenario, ScenarioError, Span
 
 # Step kinds whose "leader" target takes the leader away from its peers: the runner measures failover for them.
-LEADER_FAULT_KINDS: Final = frozenset({"isolate", "partition", "one-way", "kill", "pause", "restart"})
+LEADER_FAULT_KINDS: Final = frozenset({"isolate", "partition", "one-way", "kill", "pause", "restart",
+                                       "kill-for-good"})
 
 
 @dataclass(frozen=True)

@@ -52,9 +52,25 @@ def matrix_row(result: RunResult) -> dict[str, Any]:
     for column in MATRIX_COLUMNS:
         row[column] = summary.get(column)
     row["failover_ms"] = None if result.failover_max_ms is None else round(result.failover_max_ms, 1)
+    for metric in PLACEMENT_METRICS:
+        row[metric] = result.placement_ms(metric)
     row["verdict"] = result.verdict
     row["expected_loss"] = bool(result.check and result.check.lost and result.acks != "all")
     return row
+
+
+# Heal / balance / drain times (chaos/placement.py): the matrix shows them after the failover column.
+PLACEMENT_METRICS = ("heal_ms", "balance_ms", "drain_ms")
+_PLACEMENT_HEADS = ("heal", "balance", "drain")
+
+
+def _placement_cells(result: RunResult, row: dict[str, Any]) -> list[str]:
+    """A metric the run has a fault for but never reached shows "never"; no such fault: "-"."""
+    cells = []
+    for metric in PLACEMENT_METRICS:
+        expected = any(r["metric"] == metric for r in result.placement)
+        cells.append(_fmt_ms(row[metric]) if row[metric] is not None or not expected else "never")
+    return cells
 
 
 def _fmt_ms(value: float | None) -> str:
@@ -72,6 +88,8 @@ def matrix_table(results: Sequence[RunResult], title: str = "raftmq chaos matrix
     for column in MATRIX_COLUMNS:
         table.add_column(column, justify="right")
     table.add_column("failover", justify="right")
+    for head in _PLACEMENT_HEADS:
+        table.add_column(head, justify="right")
     table.add_column("verdict")
     for result in results:
         row = matrix_row(result)
@@ -79,12 +97,13 @@ def matrix_table(results: Sequence[RunResult], title: str = "raftmq chaos matrix
         if row["expected_loss"]:
             cells[MATRIX_COLUMNS.index("lost")] += " (expected)"
         verdict = Text(result.verdict, style=_verdict_style(result.verdict))
-        table.add_row(result.scenario, result.acks, *cells, _fmt_ms(row["failover_ms"]), verdict)
+        table.add_row(result.scenario, result.acks, *cells, _fmt_ms(row["failover_ms"]),
+                      *_placement_cells(result, row), verdict)
     return table
 
 
 def matrix_markdown(results: Sequence[RunResult]) -> str:
-    head = ["scenario", "acks", *MATRIX_COLUMNS, "failover", "verdict"]
+    head = ["scenario", "acks", *MATRIX_COLUMNS, "failover", *_PLACEMENT_HEADS, "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for result in results:
         row = matrix_row(result)
@@ -92,8 +111,8 @@ def matrix_markdown(results: Sequence[RunResult]) -> str:
         if row["expected_loss"]:
             cells[MATRIX_COLUMNS.index("lost")] += " (expected)"
         verdict = result.verdict if result.verdict == "PASS" else f"**{result.verdict}**"
-        lines.append("| " + " | ".join([result.scenario, result.acks, *cells, _fmt_ms(row["failover_ms"]), verdict])
-                     + " |")
+        lines.append("| " + " | ".join([result.scenario, result.acks, *cells, _fmt_ms(row["failover_ms"]),
+                                        *_placement_cells(result, row), verdict]) + " |")
     return "\n".join(lines)
 
 
@@ -196,8 +215,11 @@ def build_report(scenarios: Sequence[Scenario], acks_levels: Sequence[str], sett
                              "min_insync_replicas": limits.topic_min_insync_replicas_default}},
         "seed": settings.seed,
         "scenarios": {s.name: {"description": s.description, "faults": [asdict(f) for f in s.faults],
+                               "nodes": settings.nodes or s.nodes, "partitions": s.partitions,
+                               "replication_factor": s.replication_factor, "liveness": dict(s.liveness),
                                "schedule": schedule_to_json(generate(s, duration_s=settings.duration_s,
-                                                                     seed=settings.seed, nodes=settings.nodes))}
+                                                                     seed=settings.seed,
+                                                                     nodes=settings.nodes or s.nodes))}
                       for s in scenarios},
         "verdict": overall_verdict(results),
         "matrix": [matrix_row(r) for r in results],
@@ -310,6 +332,12 @@ def _run_section(name: str, result: RunResult) -> list[str]:
         lines.append(f"- failover after step {f.step} ({f.kind} of n{f.old_leader}, partition {f.partition}): "
                      f"{_fmt_ms(f.failover_ms)} (election seen after {_fmt_ms(f.election_ms)})")
     if result.failovers:
+        lines.append("")
+    for row in result.placement:
+        what = {"heal_ms": "healed", "balance_ms": "balanced", "drain_ms": "drained"}[row["metric"]]
+        lines.append(f"- {row['action']} n{row['node']} at {row['t_ms'] / 1000:.2f} s: {what} after "
+                     f"{_fmt_ms(row['value']) if row['value'] is not None else 'never (within the run)'}")
+    if result.placement:
         lines.append("")
     return lines + _lost_lines(result) + _timeline_lines(result)
 

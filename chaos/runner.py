@@ -4,14 +4,16 @@ One run (``run_once``):
 
 1. A fresh ``ChaosCluster`` (proxy server first, then brokers) under ``<report dir>/<scenario>/acks-<a>/cluster``
    (kept for post-mortem: every broker's data directory and log, the proxy server's log); wiring verified.
-2. The topic (3 partitions, replication factor 3, min.insync.replicas 2) is created and every partition
-   has a leader. The run clock starts (t = 0).
+2. The topic (the scenario's partitions and replication factor, 3 and 3 by default; min.insync.replicas 2)
+   is created and every partition has a leader. The run clock starts (t = 0).
 3. Concurrently: the workload (producers + consumer through the client proxies), the nemesis (the schedule's
    steps applied and undone at their offsets; live targets such as "the leader of partition 0" resolved when
    the step starts, the resolution logged), and a metadata poller (every ~200 ms, straight to each broker's
    client port) that records leader changes and terms per partition.
-4. After ``duration``: stop sending, let outstanding sends resolve, heal everything, wait (bounded) until the
-   cluster converged (one leader per partition, replicas agree), drain (leaders and every replica).
+4. After ``duration``: stop sending, let outstanding sends resolve, heal everything (a broker killed for good
+   stays dead), wait (bounded) until the cluster converged (one leader per partition, replicas agree, every
+   partition at its replication factor with no move running), drain (leaders and every final replica).
+   Heal / balance / drain times come from the placement the metadata poller saw (chaos/placement.py).
 5. ``chaos.checker.check(history, acks=..., majority_alive=True)`` (every shipped scenario brings a majority
    back before the drain, and durability "always" keeps logs across SIGKILL). Extra checks from the
    timeline: at most one leader per term per partition. Failover time for every step that takes the leader
@@ -39,10 +41,11 @@ from typing import Any
 import aiohttp
 from raftmq.chaos import limits
 from raftmq.chaos.checker import CheckResult, check
-from raftmq.chaos.harness import BrokerExited, ChaosCluster, FaultEvent, FaultHandle
+from raftmq.chaos.harness import BrokerExited, ChaosCluster, FaultEvent, FaultHandle, PlacementGoal
 from raftmq.chaos.history import History, SendOp
 from raftmq.chaos.nemesis import Step, generate
-from raftmq.chaos.scenario import Scenario
+from raftmq.chaos.placement import PlacementSnapshot, controller_view, placement_times, snapshot
+from raftmq.chaos.scenario import Scenario, liveness_of
 from raftmq.chaos.workload import Workload, WorkloadConfig
 
 log = logging.getLogger("raftmq.chaos.runner")
@@ -54,7 +57,7 @@ ProgressCallback = Callable[[dict[str, Any]], None]
 class RunSettings:
     duration_s: float = limits.run_duration_s_default
     seed: int = 1
-    nodes: int = limits.cluster_nodes_default
+    nodes: int | None = None  # None: the scenario's `nodes`
     rate: float = limits.send_rate_per_s_default
     durability: str = "always"
     converge_timeout_s: float = limits.converge_deadline_s
@@ -104,6 +107,14 @@ class RunResult:
     extra_findings: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
+    # One row per permanent fault (kill-for-good, add-broker, drain): how long the cluster took to heal,
+    # balance or drain after it (chaos/placement.py); value None: it never did within the run.
+    placement: list[dict[str, Any]] = field(default_factory=list)
+
+    def placement_ms(self, metric: str) -> float | None:
+        """The longest heal_ms / balance_ms / drain_ms of the run (None: no such fault or never reached)."""
+        values = [row["value"] for row in self.placement if row["metric"] == metric and row["value"] is not None]
+        return max(values) if values else None
 
     @property
     def failover_max_ms(self) -> float | None:
@@ -115,7 +126,7 @@ class RunResult:
                 "verdict": self.verdict, "error": self.error, "run_dir": str(self.run_dir),
                 "wall_s": round(self.wall_s, 1),
                 "summary": self.check.summary_row() if self.check else None,
-                "failover_max_ms": self.failover_max_ms,
+                "failover_max_ms": self.failover_max_ms, "placement": self.placement,
                 "failovers": [f.to_json() for f in self.failovers],
                 "extra_findings": self.extra_findings, "stats": self.stats,
                 "leader_changes": self.leader_changes, "timeline": self.timeline,
@@ -139,6 +150,17 @@ class LeaderTimeline:
         self.term_leaders: dict[tuple[int, int], set[int]] = {}
         self.violations: list[dict[str, Any]] = []
         self.polls = 0
+        # The topic's placement (replica sets, moves, broker states) each time it changed: heal, balance and
+        # drain times are measured on it (chaos/placement.py).
+        self.placement: list[PlacementSnapshot] = []
+
+    def record_placement(self, bodies: dict[int, dict[str, Any] | None], t_ms: float) -> None:
+        body = controller_view(bodies)
+        snap = snapshot(body, self.topic, t_ms) if body is not None else None
+        if snap is None or len(self.placement) >= limits.placement_snapshots_max:
+            return
+        if not self.placement or self.placement[-1].key() != snap.key():
+            self.placement.append(snap)
 
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=limits.leader_poll_timeout_s)
@@ -167,6 +189,7 @@ class LeaderTimeline:
         answers = await asyncio.gather(*(self._fetch(session, n) for n in self.harness.node_ids))
         t_ms = self.clock()
         self.polls += 1
+        self.record_placement(dict(answers), t_ms)
         claims: dict[int, list[tuple[int, int]]] = {}
         for node, body in answers:
             if body is None:
@@ -308,7 +331,9 @@ class NemesisExecutor:
     def _resolve_live(self, step: Step) -> _Target:
         """"leader", "follower" or "leader-link" of the step's partition, as the brokers claim it right now."""
         leader, term, claims, how = self._leader(step.partition, step.pick)
-        followers = [n for n in self.harness.node_ids if n != leader]
+        # With a replication factor below the broker count only the partition's replicas are its followers.
+        replicas = self.harness.replicas_of(self.topic, step.partition) or self.harness.node_ids
+        followers = [n for n in replicas if n != leader and n not in self.harness.retired]
         follower = followers[int(step.pick * len(followers)) % len(followers)] if followers else leader
         if step.target == "leader":
             return _Target([leader], None, leader, term, claims, how)
@@ -330,6 +355,12 @@ class NemesisExecutor:
             return [self._degrade(step, target.link if target.link is not None else node)]
         if kind == "kill":
             return [h.kill(target.nodes)]
+        if kind == "kill-for-good":
+            return [h.kill_for_good(node)]
+        if kind == "add-broker":
+            return [h.add_broker()]
+        if kind == "drain":
+            return [h.drain(node)]
         if kind == "pause":
             return [h.pause(target.nodes)]
         if kind == "restart":
@@ -491,7 +522,8 @@ class _Run:
         self.acks = acks
         self.settings = settings
         self.progress = progress
-        schedule = generate(scenario, duration_s=settings.duration_s, seed=settings.seed, nodes=settings.nodes)
+        self.nodes = settings.nodes or scenario.nodes
+        schedule = generate(scenario, duration_s=settings.duration_s, seed=settings.seed, nodes=self.nodes)
         self.run_dir = run_dir_for(report_dir, scenario.name, acks)
         if self.run_dir.exists():
             shutil.rmtree(self.run_dir)
@@ -503,10 +535,12 @@ class _Run:
                                        "duration_s": settings.duration_s, "last_event": ""}
         # The run clock: restarted when the workload starts (t = 0 in the timeline and the history).
         self.t0 = time.monotonic()
-        self.harness = ChaosCluster(self.run_dir / "cluster", nodes=settings.nodes, durability=settings.durability,
+        liveness = liveness_of(scenario.liveness) if scenario.liveness else None
+        self.harness = ChaosCluster(self.run_dir / "cluster", nodes=self.nodes, durability=settings.durability,
                                     seed=settings.seed, proxy_executable=settings.proxy_executable,
-                                    on_event=self._on_event)
+                                    on_event=self._on_event, liveness=liveness)
         self.config = WorkloadConfig(acks=acks, rate=settings.rate, processes=settings.processes,
+                                     partitions=scenario.partitions, replication_factor=scenario.replication_factor,
                                      seed=settings.seed, request_timeout_ms=settings.request_timeout_ms,
                                      delivery_timeout_ms=settings.delivery_timeout_ms)
         self.workload: Workload | None = None
@@ -595,13 +629,18 @@ class _Run:
             except TimeoutError:
                 nemesis_task.cancel()
         await asyncio.to_thread(self.harness.heal)
+        goal = PlacementGoal(self.config.topic, self.config.partitions, self.config.replication_factor)
         try:
-            converged: dict[str, Any] = await asyncio.to_thread(self.harness.wait_converged, [self.config.topic],
-                                                                timeout_s=self.settings.converge_timeout_s)
+            converged: dict[str, Any] = await asyncio.to_thread(
+                self.harness.wait_converged, [self.config.topic], timeout_s=self.settings.converge_timeout_s,
+                placement=goal)
         except (TimeoutError, BrokerExited) as exc:
             self.result.extra_findings.append({"kind": "no_convergence", "expected": False, "count": 1,
                                                "explanation": f"after healing: {exc}"})
             raise
+        if self.timeline is not None:  # the converged placement, in case the last poll came just before it
+            bodies = await asyncio.to_thread(self.harness.live_metadata)
+            self.timeline.record_placement(bodies, self.clock())
         return converged
 
     async def _drain(self, workload: Workload, converged: dict[str, Any]) -> None:
@@ -621,8 +660,11 @@ class _Run:
                 leaders[partition] = max(claims, key=lambda c: c[1])[0]
             return harness.direct_url(leaders[partition])
 
-        replicas = {n: harness.direct_url(n) for n in harness.node_ids}
-        self.result.stats["drain"] = await asyncio.to_thread(workload.drain, leader_url, replicas)
+        # Every final replica of every partition is read back directly (fetch with replica=any, docs/api.md
+        # "Fetch"): with a replication factor below the broker count that is a subset of the brokers.
+        hosts = {int(v["partition"]): [int(n) for n in v["replicas"]] for v in converged.values()}
+        replicas = {n: harness.direct_url(n) for n in harness.node_ids if n not in harness.retired}
+        self.result.stats["drain"] = await asyncio.to_thread(workload.drain, leader_url, replicas, hosts=hosts)
         self.result.stats["converged"] = {k: {"leader": v["leader"], "term": v["term"],
                                               "high_watermark": v["high_watermark"]} for k, v in converged.items()}
 
@@ -635,12 +677,24 @@ class _Run:
         checked = await asyncio.to_thread(check, history, acks=self.acks, majority_alive=True)
         result.check = checked
         result.failovers = compute_failovers(executor.probes, history, timeline.changes)
+        result.placement = placement_times(timeline.placement, self._permanent_events(),
+                                           replication_factor=self.config.replication_factor)
         result.stats["lost_by_ack"] = lost_by_ack(history)
         impossible = lost_before_a_kept_record(history, ("0", "1", "all"))
         if impossible:
             result.stats["lost_before_a_kept_record"] = impossible[: limits.kept_record_rows_max]
             result.extra_findings.append(_kept_record_finding(impossible, self.acks))
         result.verdict = checked.verdict
+
+    def _permanent_events(self) -> list[dict[str, Any]]:
+        """kill-for-good, add-broker and drain as they happened (run clock), for placement_times."""
+        rows = []
+        for event in self.harness.events:
+            if event.action in ("kill-for-good", "add-broker", "drain") and event.target.startswith("n"):
+                at = event.started_mono_s or event.mono_s
+                rows.append({"action": event.action, "node": int(event.target[1:]),
+                             "t_ms": (at - self.t0) * 1000.0})
+        return rows
 
     async def _tear_down(self) -> None:
         """Always: stop sending and polling, cancel the run's tasks, stop the cluster and the progress display."""
@@ -736,7 +790,8 @@ async def run_matrix(scenarios: Sequence[Scenario], acks_levels: Sequence[str], 
     from raftmq.chaos.report import write_reports
 
     await asyncio.to_thread(report_dir.mkdir, parents=True, exist_ok=True)
-    schedules = {s.name: generate(s, duration_s=settings.duration_s, seed=settings.seed, nodes=settings.nodes)
+    schedules = {s.name: generate(s, duration_s=settings.duration_s, seed=settings.seed,
+                                  nodes=settings.nodes or s.nodes)
                  for s in scenarios}  # fail fast on a duration too short for any scenario
     del schedules
     results: list[RunResult] = []

@@ -8,6 +8,15 @@ Format::
 
     name = "kill-leader"                 # must equal the file name
     description = "SIGKILL the leader of partition 0; ..."   # one or two sentences: what it does, what to expect
+    nodes = 3                            # brokers at the start (default 3; `chaos run --nodes` overrides)
+    partitions = 3                       # partitions of the workload's topic (default 3)
+    replication_factor = 3               # its replication factor (default 3; below `nodes`: a subset per partition)
+
+    [liveness]           # optional: the controller's timings ([controller] of the node config), in ms
+    heartbeat_ms = 200
+    session_timeout_ms = 1000
+    heal_grace_ms = 2000
+    moves_max = 2
 
     [schedule]
     start = 4.0          # s after the workload starts when the first fault begins (before: a quiet warm-up)
@@ -46,6 +55,12 @@ Fault kinds (keys besides kind/target/partition; defaults in brackets):
 * ``kill``: SIGKILL the target node(s); restarted when the fault ends.
 * ``pause``: SIGSTOP the target node(s); SIGCONT when the fault ends.
 * ``restart``: graceful stop (SIGTERM) of the target node(s); started again when the fault ends.
+* ``kill-for-good``: SIGKILL the target node and never start it again (not even by the final heal). The
+  controller must fence it and, after the heal grace, move its replicas to live brokers.
+* ``add-broker``: start a new broker (id = highest + 1, wired through proxies like the others) that stays.
+  No target (``"all"``, the default). The controller should rebalance replicas onto it.
+* ``drain``: ``POST /v1/brokers/{id}/drain`` for the target node: its replicas are moved off it while it runs.
+  Not cancelled when the fault's duration ends (a drain runs to completion).
 * ``rolling-restart``: every node in turn (order drawn from the seed): graceful stop for ``fault_duration``,
   start, then ``settle_s`` [4.0] before the next one goes down. Expands into one ``restart`` step per node.
 
@@ -69,6 +84,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
+from raftmq.node import Liveness
+
 SCENARIO_DIR: Final = Path(__file__).resolve().parent / "scenarios"
 
 # kind -> {param: (type, default)}
@@ -85,12 +102,17 @@ FAULT_KINDS: Final[dict[str, dict[str, tuple[type, Any]]]] = {
     "pause": {},
     "restart": {},
     "rolling-restart": {"settle_s": (float, 4.0)},
+    "kill-for-good": {},
+    "add-broker": {},
+    "drain": {},
 }
 NETWORK_KINDS: Final = frozenset({"isolate", "partition", "bridge", "one-way", "cut-link", "slow", "bandwidth",
                                   "reset"})
-PROCESS_KINDS: Final = frozenset({"kill", "pause", "restart", "rolling-restart"})
+PROCESS_KINDS: Final = frozenset({"kill", "pause", "restart", "rolling-restart", "kill-for-good", "add-broker"})
+# Kinds whose effect outlasts the step: the runner never undoes them (the cluster must heal around them).
+PERMANENT_KINDS: Final = frozenset({"kill-for-good", "add-broker", "drain"})
 # Kinds whose target is one node (resolved live or from the seed).
-_ONE_NODE_KINDS: Final = frozenset({"isolate", "partition", "bridge", "one-way"})
+_ONE_NODE_KINDS: Final = frozenset({"isolate", "partition", "bridge", "one-way", "kill-for-good", "drain"})
 # Kinds that take a node or a link.
 _NODE_OR_LINK_KINDS: Final = frozenset({"slow", "bandwidth", "reset"})
 _MODES: Final = ("refuse", "blackhole")
@@ -101,7 +123,12 @@ _NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _NODE_RE: Final = re.compile(r"node:([1-9][0-9]{0,3})")
 _LINK_RE: Final = re.compile(r"link:([1-9][0-9]{0,3})-([1-9][0-9]{0,3})")
 
-_TOP_KEYS: Final = {"name", "description", "schedule", "fault"}
+_TOP_KEYS: Final = {"name", "description", "schedule", "fault", "nodes", "partitions", "replication_factor",
+                    "liveness"}
+_LIVENESS_KEYS: Final = ("heartbeat_ms", "session_timeout_ms", "heal_grace_ms", "moves_max")
+# A scenario's cluster and topic sizes: small enough for one machine.
+_NODES_MAX: Final = 9
+_PARTITIONS_MAX: Final = 64
 _SCHEDULE_KEYS: Final = {"start", "interval", "fault_duration", "jitter", "heal_gap", "tail", "pick", "combine"}
 _FAULT_COMMON_KEYS: Final = {"kind", "target", "partition"}
 
@@ -153,6 +180,16 @@ class Scenario:
     faults: tuple[FaultSpec, ...]
     path: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    nodes: int = 3
+    partitions: int = 3
+    replication_factor: int = 3
+    # The [liveness] table as given (keys of _LIVENESS_KEYS, milliseconds / a count); empty: node defaults.
+    liveness: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def permanent(self) -> bool:
+        """Some fault changes the cluster for good: the run must wait for placement to converge."""
+        return any(f.kind in PERMANENT_KINDS for f in self.faults)
 
     def fault_summary(self) -> str:
         kinds = list(dict.fromkeys(f.kind for f in self.faults))
@@ -266,8 +303,57 @@ def _validate(doc: dict[str, Any], label: str, source: str | Path) -> Scenario:
     rolling = [f for f in faults if f.kind == "rolling-restart"]
     if rolling and (len(faults) > 1 or schedule.pick == "random"):
         raise ctx.fail("[[fault]]", "a rolling-restart must be the scenario's only fault")
+    nodes, partitions, replication_factor = _sizes(ctx, doc)
     return Scenario(name=name, description=" ".join(description.split()), schedule=schedule, faults=faults,
-                    path=str(source))
+                    path=str(source), nodes=nodes, partitions=partitions, replication_factor=replication_factor,
+                    liveness=_liveness(ctx, doc.get("liveness", {})))
+
+
+def _count(ctx: _Ctx, doc: dict[str, Any], key: str, default: int, maximum: int) -> int:
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise ctx.fail(key, f"must be an integer from 1 to {maximum}, got {value!r}")
+    return value
+
+
+def _sizes(ctx: _Ctx, doc: dict[str, Any]) -> tuple[int, int, int]:
+    nodes = _count(ctx, doc, "nodes", 3, _NODES_MAX)
+    partitions = _count(ctx, doc, "partitions", 3, _PARTITIONS_MAX)
+    replication_factor = _count(ctx, doc, "replication_factor", 3, _NODES_MAX)
+    if replication_factor > nodes:
+        raise ctx.fail("replication_factor", f"{replication_factor} is more than the {nodes} nodes")
+    return nodes, partitions, replication_factor
+
+
+def _liveness(ctx: _Ctx, raw: Any) -> tuple[tuple[str, int], ...]:
+    """The [liveness] table, checked the way the node checks its [controller] table (node/config.py)."""
+    if not isinstance(raw, dict):
+        raise ctx.fail("[liveness]", "must be a table")
+    unknown = sorted(set(raw) - set(_LIVENESS_KEYS))
+    if unknown:
+        raise ctx.fail(f"[liveness].{unknown[0]}", f"unknown key (known: {', '.join(_LIVENESS_KEYS)})")
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ctx.fail(f"[liveness].{key}", f"must be an integer >= 0, got {value!r}")
+    values = tuple((key, raw[key]) for key in _LIVENESS_KEYS if key in raw)
+    problems = liveness_of(values).validate()
+    if problems:
+        raise ctx.fail("[liveness]", "; ".join(problems))
+    return values
+
+
+def liveness_of(values: tuple[tuple[str, int], ...]) -> Liveness:
+    """The node's Liveness for a scenario's [liveness] values (missing keys: the node defaults)."""
+    given = dict(values)
+    defaults = Liveness()
+
+    def seconds(key: str, default_s: float) -> float:
+        return given[key] / 1000 if key in given else default_s
+
+    return Liveness(heartbeat_s=seconds("heartbeat_ms", defaults.heartbeat_s),
+                    session_timeout_s=seconds("session_timeout_ms", defaults.session_timeout_s),
+                    heal_grace_s=seconds("heal_grace_ms", defaults.heal_grace_s),
+                    moves_max=int(given.get("moves_max", defaults.moves_max)))
 
 
 def _schedule(ctx: _Ctx, raw: Any) -> Schedule:
@@ -337,7 +423,7 @@ def _fault(ctx: _Ctx, number: int, raw: Any) -> FaultSpec:
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ctx.fail(f"{where}: {unknown[0]}", f"unknown key for kind {kind!r} (known: {', '.join(sorted(allowed))})")
-    default_target = "all" if kind == "rolling-restart" else None
+    default_target = "all" if kind in ("rolling-restart", "add-broker") else None
     raw_target = raw.get("target", default_target)
     if raw_target is None:
         raise ctx.fail(f"{where}: target", "is required")
@@ -357,6 +443,8 @@ def _fault(ctx: _Ctx, number: int, raw: Any) -> FaultSpec:
         raise ctx.fail(f"{where}: target", f"{kind} takes one node or one link, got {target!r}")
     if kind == "rolling-restart" and target != "all":
         raise ctx.fail(f"{where}: target", "rolling-restart always covers every node (target = \"all\")")
+    if kind == "add-broker" and target != "all":
+        raise ctx.fail(f"{where}: target", "add-broker starts a new broker and takes no target")
     partition = raw.get("partition", 0)
     if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
         raise ctx.fail(f"{where}: partition", f"must be an integer >= 0, got {partition!r}")

@@ -282,9 +282,10 @@ class Workload:
     # --- after the faults -------------------------------------------------------------------------------
 
     def drain(self, leader_url: Callable[[int], str], replicas: dict[int, str], *,
-              timeout_s: float = limits.drain_deadline_s) -> dict[str, Any]:
+              hosts: dict[int, list[int]] | None = None, timeout_s: float = limits.drain_deadline_s) -> dict[str, Any]:
         """Blocking (call from a thread). ``leader_url(partition)``: the current leader's direct URL (asked
-        again when leadership moves during the drain); ``replicas``: broker id -> direct URL. Records
+        again when leadership moves during the drain); ``replicas``: broker id -> direct URL; ``hosts``:
+        partition -> the brokers holding a replica (default: every broker in ``replicas``). Records
         ReadRecords and ReplicaLogs; returns counts."""
         cfg = self.config
         deadline = time.monotonic() + timeout_s
@@ -297,6 +298,8 @@ class Workload:
             summary["leader_records"][partition] = len(rows)
         for broker_id, url in sorted(replicas.items()):
             for partition in range(cfg.partitions):
+                if hosts is not None and broker_id not in hosts.get(partition, ()):
+                    continue
                 start, rows = read_partition(functools.partial(str, url), cfg.topic, partition, replica=True,
                                              deadline=deadline)
                 self.history.record_replica(broker_id, cfg.topic, partition, start, rows)

@@ -23,13 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raftmq.node import BrokerEntry, Durability, NodeConfig, PeerAddress, RaftTimers, render_config
+from raftmq.node import BrokerEntry, Durability, Liveness, NodeConfig, PeerAddress, RaftTimers, render_config
 
 HOST = "127.0.0.1"
 SECRET_FILE = "cluster.secret"
 # Fixed-range ports stay clear of the kernel's ephemeral range (32768-60999) so a port we picked is not
 # handed to some outgoing connection between picking it and binding it.
 _PORT_RANGE = (20000, 32000)
+# With a fixed base port, broker i (0-based) listens for clients on base+i and for peers on base+100+i.
+PEER_PORT_OFFSET = 100
 
 
 def find_free_ports(count: int, *, host: str = HOST, avoid: Iterable[int] = ()) -> list[int]:
@@ -96,6 +98,10 @@ class LocalNode:
     process: subprocess.Popen[bytes] | None = None
     paused: bool = False
     dial: dict[int, PeerAddress] = field(default_factory=dict)
+    # The brokers its config lists ([[brokers]]). Fixed when the node is created: a broker added later is
+    # found through the controller (it registers by heartbeat), so older nodes' files never change.
+    known: tuple[int, ...] = ()
+    rack: str | None = None
 
     @property
     def url(self) -> str:
@@ -127,9 +133,13 @@ class LocalCluster:
 
     def __init__(self, root: Path, *, nodes: int = 3, base_port: int | None = None, durability: str = "always",
                  cluster_id: str = "raftmq-local", log_level: str = "info", timers: RaftTimers | None = None,
-                 leader_rebalance: bool = True, python: str = sys.executable, secure: bool = True) -> None:
+                 leader_rebalance: bool = True, python: str = sys.executable, secure: bool = True,
+                 liveness: Liveness | None = None, racks: dict[int, str] | None = None,
+                 metadata_voters: tuple[int, ...] = ()) -> None:
         """``secure``: the brokers authenticate each other with a cluster secret, generated once and kept in
-        ``root/cluster.secret`` (mode 0600), so the same folder keeps its secret across restarts."""
+        ``root/cluster.secret`` (mode 0600), so the same folder keeps its secret across restarts.
+        ``liveness``: the controller's heartbeat/session/heal timings (tests and chaos pass short ones; default
+        the node's own defaults). ``racks``: broker id -> rack. ``metadata_voters``: empty = the first three."""
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         self.root = root.resolve()
@@ -140,17 +150,45 @@ class LocalCluster:
         self.leader_rebalance = leader_rebalance
         self.timers = timers or RaftTimers()
         self.python = python
-        if base_port is not None:
-            client_ports = [base_port + i for i in range(nodes)]
-            peer_ports = [base_port + 100 + i for i in range(nodes)]
-        else:
-            ports = find_free_ports(2 * nodes)
-            client_ports, peer_ports = ports[:nodes], ports[nodes:]
+        self.base_port = base_port
+        self.liveness = liveness or Liveness()
+        self.racks = dict(racks or {})
+        self.metadata_voters = tuple(metadata_voters)
+        client_ports, peer_ports = self._ports(range(nodes))
         self.nodes: dict[int, LocalNode] = {}
+        everyone = tuple(range(1, nodes + 1))
         for index in range(nodes):
-            broker_id = index + 1
-            self.nodes[broker_id] = LocalNode(broker_id, client_ports[index], peer_ports[index],
-                                              self.root / f"n{broker_id}", f"http://{HOST}:{client_ports[index]}")
+            self._new_node(index + 1, client_ports[index], peer_ports[index], everyone)
+
+    def _ports(self, indexes: range) -> tuple[list[int], list[int]]:
+        """Client and peer ports for the nodes at ``indexes`` (0-based): base+i and base+100+i, or free ones."""
+        if self.base_port is not None:
+            return [self.base_port + i for i in indexes], [self.base_port + PEER_PORT_OFFSET + i for i in indexes]
+        taken = [port for node in getattr(self, "nodes", {}).values() for port in (node.client_port, node.peer_port)]
+        ports = find_free_ports(2 * len(indexes), avoid=taken)
+        return ports[:len(indexes)], ports[len(indexes):]
+
+    def _new_node(self, broker_id: int, client_port: int, peer_port: int, known: tuple[int, ...]) -> LocalNode:
+        node = LocalNode(broker_id, client_port, peer_port, self.root / f"n{broker_id}",
+                         f"http://{HOST}:{client_port}", known=known, rack=self.racks.get(broker_id))
+        self.nodes[broker_id] = node
+        return node
+
+    def add_node(self, *, start: bool = True, rack: str | None = None) -> int:
+        """A new broker with id max+1 whose [[brokers]] lists every existing broker and itself; its config is
+        written (and it is started unless ``start`` is false, e.g. so the chaos harness can wire proxies
+        first). Existing nodes' configs stay as they are: the new broker registers with the controller by
+        heartbeat. Returns its id."""
+        broker_id = max(self.nodes) + 1
+        if rack is not None:
+            self.racks[broker_id] = rack
+        client_ports, peer_ports = self._ports(range(broker_id - 1, broker_id))
+        self._new_node(broker_id, client_ports[0], peer_ports[0], tuple(sorted([*self.nodes, broker_id])))
+        if start:
+            self.start([broker_id])
+        else:
+            self.write_configs()
+        return broker_id
 
     # --- configuration --------------------------------------------------------------------------
 
@@ -177,15 +215,17 @@ class LocalCluster:
 
     def config_for(self, broker_id: int) -> NodeConfig:
         node = self.nodes[broker_id]
+        listed = [self.nodes[b] for b in node.known if b in self.nodes] if node.known else self.nodes.values()
         brokers = tuple(BrokerEntry(broker_id=other.broker_id, peer=PeerAddress(HOST, other.peer_port),
                                     url=other.advertised_url, dial=node.dial.get(other.broker_id))
-                        for other in self.nodes.values())
+                        for other in listed)
         return NodeConfig(broker_id=broker_id, cluster_id=self.cluster_id, data_dir=node.data_dir,
                           client_listen=PeerAddress(HOST, node.client_port),
                           peer_listen=PeerAddress(HOST, node.peer_port),
                           advertised_url=node.advertised_url, brokers=brokers, durability=self.durability,
                           log_level=self.log_level, leader_rebalance=self.leader_rebalance, timers=self.timers,
-                          cluster_secret_file=self.secret_path if self.secure else None)
+                          cluster_secret_file=self.secret_path if self.secure else None, rack=node.rack,
+                          metadata_voters=self.metadata_voters, liveness=self.liveness)
 
     def write_configs(self) -> None:
         if self.secure:

@@ -96,8 +96,9 @@ def list_scenarios() -> None:
 @click.argument("scenario")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the schedule.")
 @click.option("--duration", default="60s", show_default=True, help="Run length (60s, 2m, 1m30s).")
-@click.option("--nodes", type=click.IntRange(3, 9), default=3, show_default=True, help="Number of brokers.")
-def show(scenario: str, seed: int, duration: str, nodes: int) -> None:
+@click.option("--nodes", type=click.IntRange(3, 9), default=None,
+              help="Number of brokers at the start [default: the scenario's `nodes`, 3 unless it says].")
+def show(scenario: str, seed: int, duration: str, nodes: int | None) -> None:
     """Print the fault schedule a run of SCENARIO would execute (same seed: same schedule)."""
     from raftmq.chaos.nemesis import generate
     from raftmq.chaos.scenario import ScenarioError
@@ -105,10 +106,11 @@ def show(scenario: str, seed: int, duration: str, nodes: int) -> None:
     seconds = parse_duration(duration)
     for item in _load_scenarios(scenario):
         try:
-            steps = generate(item, duration_s=seconds, seed=seed, nodes=nodes)
+            steps = generate(item, duration_s=seconds, seed=seed, nodes=nodes or item.nodes)
         except ScenarioError as exc:
             raise ConfigProblem(str(exc), code="INVALID_SCENARIO") from None
-        table = Table(title=f"{item.name}: seed {seed}, {seconds:g} s, {nodes} brokers", title_justify="left")
+        table = Table(title=f"{item.name}: seed {seed}, {seconds:g} s, {nodes or item.nodes} brokers",
+                      title_justify="left")
         for column in ("step", "start", "end", "fault", "target", "params"):
             table.add_column(column)
         for step in steps:
@@ -126,12 +128,13 @@ def show(scenario: str, seed: int, duration: str, nodes: int) -> None:
 @click.option("--duration", default="60s", show_default=True, help="Workload length per run (60s, 2m, 1m30s).")
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/chaos"),
               show_default=True, help="Where report.json, summary.md and every run's data and logs go.")
-@click.option("--nodes", type=click.IntRange(3, 9), default=3, show_default=True, help="Number of brokers.")
+@click.option("--nodes", type=click.IntRange(3, 9), default=None,
+              help="Number of brokers at the start [default: the scenario's `nodes`, 3 unless it says].")
 @click.option("--rate", type=click.FloatRange(1, 5000), default=200.0, show_default=True,
               help="Sends per second, all producers together.")
 @click.option("--durability", type=click.Choice(["always", "interval", "never"]), default="always",
               show_default=True, help="Broker fsync policy (the acks=all promise assumes 'always').")
-def run(scenario: str, acks_text: str, seed: int, duration: str, report_dir: Path, nodes: int, rate: float,
+def run(scenario: str, acks_text: str, seed: int, duration: str, report_dir: Path, nodes: int | None, rate: float,
         durability: str) -> None:
     """Run SCENARIO (a name, several comma-separated, a .toml path, or 'all') once per ack level.
 
@@ -151,15 +154,16 @@ def run(scenario: str, acks_text: str, seed: int, duration: str, report_dir: Pat
         raise ConfigProblem("no scenario named", "raftmq chaos list shows the scenarios")
     for item in scenarios:
         try:
-            generate(item, duration_s=seconds, seed=seed, nodes=nodes)
+            generate(item, duration_s=seconds, seed=seed, nodes=nodes or item.nodes)
         except ScenarioError as exc:
             raise ConfigProblem(str(exc), "use a longer --duration", code="INVALID_SCENARIO") from None
     settings = RunSettings(duration_s=seconds, seed=seed, nodes=nodes, rate=rate, durability=durability)
     report_dir = report_dir.resolve()
     console = err()
     total = len(scenarios) * len(levels)
+    brokers = nodes or "the scenario's"
     console.print(f"chaos: {len(scenarios)} scenario(s) x acks {','.join(levels)} = {total} run(s) of "
-                  f"{seconds:g} s, seed {seed}, {nodes} brokers, {rate:g} sends/s; report in {report_dir}")
+                  f"{seconds:g} s, seed {seed}, {brokers} brokers, {rate:g} sends/s; report in {report_dir}")
     with LiveProgress(console, total_runs=total) as progress:
         results = asyncio.run(run_matrix(scenarios, levels, settings, report_dir, progress=progress))
     stdout = out()

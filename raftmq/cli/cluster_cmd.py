@@ -5,13 +5,13 @@ rendered by raftmq/cli/cluster_status.py) and ``raftmq cluster drain`` (raftmq/c
 from __future__ import annotations
 
 import asyncio
-import json
+import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,15 @@ import click
 from rich.panel import Panel
 from rich.table import Table
 
+from raftmq.cli.cluster_local import (
+    LAYOUT_FILE,
+    answer,
+    pending_requests,
+    read_layout,
+    request_add_broker,
+    up_running,
+    write_layout,
+)
 from raftmq.cli.cluster_moves import drain
 from raftmq.cli.cluster_status import STATUS_TIMEOUT_S as STATUS_TIMEOUT_S
 from raftmq.cli.cluster_status import BrokerState as BrokerState
@@ -40,8 +49,6 @@ from raftmq.cli.common import (
 )
 from raftmq.cluster.errors import ConnectionFailed, RaftMQError
 
-# Written into the --dir of `up`: the cluster's size and ports, checked when the folder is reused.
-LAYOUT_FILE = "cluster.json"
 # `up` defaults; the restart command it prints leaves out options at these values.
 DEFAULT_NODES = 3
 DEFAULT_BASE_PORT = 9101
@@ -85,26 +92,30 @@ cluster.add_command(drain)
 # --- up ----------------------------------------------------------------------------------------------------
 
 
-def _check_layout(directory: Path, nodes: int, base_port: int) -> dict[str, Any] | None:
-    """Refuse to reuse a folder that holds a cluster of another size (Raft membership is fixed)."""
-    path = directory / LAYOUT_FILE
-    if not path.exists():
-        return None
-    try:
-        layout = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if layout.get("nodes") != nodes:
+def _check_layout(directory: Path, nodes: int | None) -> tuple[dict[str, Any] | None, int]:
+    """The folder's previous layout and the node count to start: --nodes, else the layout's (which
+    ``add-broker`` raises), else 3. Refuse a folder that holds a cluster of another size."""
+    layout = read_layout(directory)
+    if layout is None:
+        return None, nodes or DEFAULT_NODES
+    if up_running(layout):
+        raise ConfigProblem(f"{directory} is already in use by a running `raftmq cluster up` (pid "
+                            f"{layout['up_pid']})", "stop it with Ctrl-C in its terminal, or use another --dir",
+                            code="PORT_IN_USE")
+    if nodes is not None and layout.get("nodes") != nodes:
         raise ConfigProblem(f"{directory} holds a {layout.get('nodes')}-node cluster, not {nodes} nodes",
-                            f"run with --nodes {layout.get('nodes')}, or use another --dir for a new cluster")
-    return layout if isinstance(layout, dict) else None
+                            f"run with --nodes {layout.get('nodes')} (or without --nodes), or use another --dir "
+                            "for a new cluster")
+    count = layout.get("nodes")
+    return layout, count if type(count) is int and count >= 1 else DEFAULT_NODES
 
 
-def _check_ports(nodes: int, base_port: int, previous: dict[str, Any] | None) -> None:
+def _check_ports(nodes: int, base_port: int, previous: dict[str, Any] | None, *, only: int | None = None) -> None:
+    """Every broker's ports (or only broker ``only``'s) are free and below 65536."""
     if base_port + _PEER_PORT_OFFSET + nodes - 1 > _MAX_PORT:
         raise ConfigProblem(f"--base-port {base_port} leaves no room for {nodes} peer ports (base+100+i)",
                             "pick a lower --base-port")
-    for index in range(nodes):
+    for index in range(nodes) if only is None else [only - 1]:
         for port, what in ((base_port + index, f"client port of broker {index + 1}"),
                            (base_port + _PEER_PORT_OFFSET + index, f"peer port of broker {index + 1}")):
             if port_in_use(port):
@@ -200,8 +211,10 @@ def _usage_panel(bootstrap: str, directory: Path, restart: str, extra: str = "")
 
 
 @cluster.command("up")
-@click.option("--nodes", type=click.IntRange(1, 99), default=DEFAULT_NODES, show_default=True,
-              help="Number of brokers.")
+@click.option("--nodes", type=click.IntRange(1, 99), default=None,
+              help="Number of brokers [default: as many as the --dir held last time (add-broker adds one), "
+                   "else 3]. Topics still default to replication factor 3: the controller places each "
+                   "partition on a subset.")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               default=Path(".raftmq/cluster"), show_default=True,
               help="Folder for configs, data and logs (reused when it exists).")
@@ -212,26 +225,31 @@ def _usage_panel(bootstrap: str, directory: Path, restart: str, extra: str = "")
 @click.option("--chaos", is_flag=True, help="Put a fault proxy in front of every link (chaos harness).")
 @click.option("--ready-timeout", type=click.FloatRange(1, 600), default=60.0, show_default=True,
               help="Seconds to wait for every broker to be ready.")
-def up(nodes: int, directory: Path, base_port: int, durability: str, chaos: bool,
+def up(nodes: int | None, directory: Path, base_port: int, durability: str, chaos: bool,
        ready_timeout: float) -> None:
-    """Start a local cluster and keep it running in the foreground until Ctrl-C."""
-    options = UpOptions(nodes, directory.resolve(), base_port, durability, chaos, ready_timeout)
-    previous = _check_layout(options.directory, nodes, base_port)
-    _check_ports(nodes, base_port, previous)
+    """Start a local cluster and keep it running in the foreground until Ctrl-C.
+
+    While it runs, `raftmq cluster add-broker --dir DIR` starts one more broker under it."""
+    previous, count = _check_layout(directory.resolve(), nodes)
+    options = UpOptions(count, directory.resolve(), base_port, durability, chaos, ready_timeout)
+    _check_ports(count, base_port, previous)
     local = _LocalRun.create(options)
-    _write_layout(options)
+    _write_layout(options, up_pid=os.getpid())
     console = err()
     reused = previous is not None or any((node.data_dir).exists() for node in local.nodes.values())
-    with _Stopper() as stopper:
-        started = time.monotonic()
-        _start_or_fail(local, options, reused, console)
-        if stopper.event.is_set():
+    try:
+        with _Stopper() as stopper:
+            started = time.monotonic()
+            _start_or_fail(local, options, reused, console)
+            if stopper.event.is_set():
+                _shutdown(local, console)
+                return
+            _print_ready(local, options, time.monotonic() - started)
+            _watch_brokers(local, stopper, console, options)
+            console.print(f"{stopper.signal_name or 'signal'} received: stopping {len(local.nodes)} broker(s)")
             _shutdown(local, console)
-            return
-        _print_ready(local, options, time.monotonic() - started)
-        _watch_brokers(local, stopper, console)
-        console.print(f"{stopper.signal_name or 'signal'} received: stopping {nodes} broker(s)")
-        _shutdown(local, console)
+    finally:
+        _write_layout(replace(options, nodes=len(local.nodes)), up_pid=None)
 
 
 @dataclass(frozen=True)
@@ -301,13 +319,24 @@ class _LocalRun:
             self.harness.stop()
         self.cluster.stop(timeout_s=_STOP_TIMEOUT_S)
 
+    def add_broker(self, rack: str | None, options: UpOptions) -> int:
+        """One more broker (id = highest + 1), started and ready (bounded); with --chaos wired through new
+        proxies like the others. Returns its id."""
+        new_id = max(self.nodes) + 1
+        _check_ports(new_id, options.base_port, None, only=new_id)
+        if self.harness is not None:
+            handle = self.harness.add_broker(ready_timeout_s=options.ready_timeout)
+            return int(handle.target[1:])
+        new = self.cluster.add_node(rack=rack)
+        self.cluster.wait_ready([new], timeout_s=options.ready_timeout)
+        return int(new)
 
-def _write_layout(options: UpOptions) -> None:
-    """Record the cluster's size and ports so a later ``up`` on the folder can check them."""
-    options.directory.mkdir(parents=True, exist_ok=True)
-    layout = {"nodes": options.nodes, "base_port": options.base_port, "durability": options.durability,
-              "chaos": options.chaos}
-    (options.directory / LAYOUT_FILE).write_text(json.dumps(layout, indent=2) + "\n")
+
+def _write_layout(options: UpOptions, *, up_pid: int | None) -> None:
+    """Record the cluster's size and ports so a later ``up`` on the folder can check them, and (while it
+    runs) the pid of the ``up`` that manages it, which ``add-broker`` asks."""
+    write_layout(options.directory, {"nodes": options.nodes, "base_port": options.base_port,
+                                     "durability": options.durability, "chaos": options.chaos, "up_pid": up_pid})
 
 
 def _start_or_fail(local: _LocalRun, options: UpOptions, reused: bool, console: Any) -> None:
@@ -339,10 +368,12 @@ def _print_ready(local: _LocalRun, options: UpOptions, took_s: float) -> None:
     sys.stdout.flush()
 
 
-def _watch_brokers(local: _LocalRun, stopper: _Stopper, console: Any) -> None:
-    """Until a signal arrives, report each broker that exits; when every broker has exited, stop (exit 1)."""
+def _watch_brokers(local: _LocalRun, stopper: _Stopper, console: Any, options: UpOptions) -> None:
+    """Until a signal arrives, report each broker that exits and serve add-broker requests; when every broker
+    has exited, stop (exit 1)."""
     reported: set[int] = set()
     while not stopper.event.wait(_WATCH_INTERVAL_S):  # wakes at once on a signal; polls the processes otherwise
+        _serve_mailbox(local, options, console)
         for broker_id, node in local.nodes.items():
             if broker_id not in reported and node.process is not None and node.process.poll() is not None:
                 reported.add(broker_id)
@@ -352,6 +383,28 @@ def _watch_brokers(local: _LocalRun, stopper: _Stopper, console: Any) -> None:
             console.print("[red]every broker has exited; stopping[/]")
             _shutdown(local, console)
             raise click.exceptions.Exit(EXIT_BROKER)
+
+
+def _serve_mailbox(local: _LocalRun, options: UpOptions, console: Any) -> None:
+    """Start a broker for each add-broker request (raftmq/cli/cluster_local.py) and record the new size."""
+    for claimed, request in pending_requests(options.directory):
+        rack = request.get("rack") if isinstance(request.get("rack"), str) else None
+        before = len(local.nodes)
+        try:
+            broker_id = local.add_broker(rack, options)
+        except (TimeoutError, RuntimeError, OSError, ConfigProblem) as exc:
+            # A broker that started but is not ready stays (supervised, recorded): it may still register.
+            kept = f"; broker {max(local.nodes)} was started and is kept" if len(local.nodes) > before else ""
+            _write_layout(replace(options, nodes=len(local.nodes)), up_pid=os.getpid())
+            console.print(f"[red]add-broker failed: {safe(exc)}{kept}[/]")
+            answer(claimed, {"ok": False, "error": f"{exc}{kept}"})
+            continue
+        node = local.nodes[broker_id]
+        _write_layout(replace(options, nodes=len(local.nodes)), up_pid=os.getpid())
+        console.print(f"[green]broker {broker_id} added[/] ({node.advertised_url}, pid {node.pid}, log "
+                      f"{node.log_path}); {len(local.nodes)} brokers now")
+        answer(claimed, {"ok": True, "broker_id": broker_id, "url": node.advertised_url, "pid": node.pid,
+                         "log": str(node.log_path), "nodes": len(local.nodes)})
 
 
 def _shutdown(local: _LocalRun, console: Any, *, quiet: bool = False) -> None:
@@ -371,3 +424,45 @@ def _shutdown(local: _LocalRun, console: Any, *, quiet: bool = False) -> None:
         console.print(f"[yellow]broker(s) {fmt_ids(killed)} did not stop within {_STOP_TIMEOUT_S:.0f} s and "
                       "were killed (SIGKILL)[/]")
     console.print("all brokers stopped.")
+
+
+# --- add-broker --------------------------------------------------------------------------------------------
+
+
+@cluster.command("add-broker")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              default=Path(".raftmq/cluster"), show_default=True,
+              help="The folder of the running `raftmq cluster up`.")
+@click.option("--rack", default=None, help="The new broker's rack (config key `rack`).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(1, 600), default=90.0, show_default=True,
+              help="Seconds to wait for the new broker to be started and ready.")
+def add_broker(directory: Path, rack: str | None, timeout_s: float) -> None:
+    """Add one broker to the local cluster a running `raftmq cluster up --dir DIR` manages.
+
+    The running `up` starts it (id = highest + 1; its config lists every broker, the others' configs are not
+    changed: it registers with the controller by heartbeat), supervises it like the others and records the new
+    size, so the next `raftmq cluster up --dir DIR` starts it again. The controller then moves replicas onto it.
+    """
+    directory = directory.resolve()
+    layout = read_layout(directory)
+    if layout is None:
+        raise ConfigProblem(f"{directory} holds no local cluster ({LAYOUT_FILE} is missing)",
+                            f"start one with: raftmq cluster up --dir {directory}")
+    if not up_running(layout):
+        raise CommandFailed("CLUSTER_NOT_RUNNING", f"no `raftmq cluster up` is running for {directory}",
+                            f"start it (raftmq cluster up --dir {directory}), then run add-broker again: the "
+                            "running `up` starts and supervises the new broker")
+    console = err()
+    with console.status("asking `raftmq cluster up` for a new broker ...") as spinner:
+        try:
+            reply = request_add_broker(directory, rack=rack, timeout_s=timeout_s,
+                                       on_wait=lambda phase: spinner.update(f"{phase} ..."))
+        except TimeoutError as exc:
+            raise CommandFailed("ADD_BROKER_TIMED_OUT", str(exc),
+                                "look at the terminal of `raftmq cluster up` and the new broker's log") from None
+    if not reply.get("ok"):
+        raise CommandFailed("ADD_BROKER_FAILED", str(reply.get("error")),
+                            "look at the terminal of `raftmq cluster up` and the new broker's log")
+    out().print(f"[green]broker {reply['broker_id']} is up[/] at {reply['url']} (pid {reply['pid']}, log "
+                f"{reply['log']}); the cluster has {reply['nodes']} brokers. `raftmq cluster status` shows "
+                "the replicas the controller moves onto it.")

@@ -34,6 +34,9 @@ TOPIC = "demo"
 # every partition a majority (two of three replicas) to elect a new leader and keep acknowledging acks=all.
 PARTITIONS = 3
 NODES = 3
+# With more brokers each partition still gets three replicas (a subset the controller picks): one broker down
+# leaves every partition a majority, and more replicas would only slow down acks=all.
+REPLICATION_FACTOR_MAX = 3
 STEPS = 8  # the steps _DemoSteps narrates ("Step n/8")
 
 # Seconds for all brokers (or the restarted one) to serve clients: a start takes a few seconds.
@@ -153,8 +156,11 @@ class _Narrator:
               help="Records produced before and again after the leader kill.")
 @click.option("--max-seconds", type=click.FloatRange(10, 3600), default=120.0, show_default=True,
               help="Deadline for the whole demo.")
-def demo(directory: Path | None, records: int, max_seconds: float) -> None:
-    """Start a 3-node cluster, produce, kill a leader, produce more, and check every acknowledged record."""
+@click.option("--nodes", type=click.IntRange(3, 9), default=NODES, show_default=True,
+              help="Brokers; partitions keep replication factor 3 (on a subset when there are more).")
+def demo(directory: Path | None, records: int, max_seconds: float, nodes: int) -> None:
+    """Start a local cluster (3 nodes by default), produce, kill a leader, produce more, and check every
+    acknowledged record."""
     from raftmq.deploy.local_cluster import LocalCluster
 
     temporary = directory is None
@@ -165,7 +171,7 @@ def demo(directory: Path | None, records: int, max_seconds: float) -> None:
                                 "give an empty or new folder with --dir, or leave --dir out to use a "
                                 "temporary one")
     root = directory or Path(tempfile.mkdtemp(prefix="raftmq-demo-"))
-    cluster = LocalCluster(root, nodes=NODES)
+    cluster = LocalCluster(root, nodes=nodes)
     console = out()
     passed = False
     try:
@@ -263,7 +269,7 @@ class _DemoSteps:
 
     async def start_cluster(self) -> list[str]:
         cluster, step = self.cluster, self.step
-        step(f"Start a fresh {NODES}-node cluster")
+        step(f"Start a fresh {len(cluster.nodes)}-node cluster")
         step.say(f"Every broker is a real `python -m raftmq.node` process on 127.0.0.1, with its data under "
                  f"{cluster.root}.")
         started = time.monotonic()
@@ -271,14 +277,17 @@ class _DemoSteps:
             await asyncio.to_thread(cluster.start)
             await asyncio.to_thread(cluster.wait_ready, timeout_s=READY_TIMEOUT_S)
         urls: list[str] = cluster.urls
-        step.say(f"All {NODES} brokers are ready after {time.monotonic() - started:.1f} s.")
+        step.say(f"All {len(cluster.nodes)} brokers are ready after {time.monotonic() - started:.1f} s.")
         self.console.print(_nodes_table(cluster, urls))
         return urls
 
     async def create_topic(self, urls: Sequence[str]) -> None:
-        self.step(f"Create topic '{TOPIC}' with {PARTITIONS} partitions, each replicated on all {NODES} brokers")
+        nodes = len(self.cluster.nodes)
+        factor = min(nodes, REPLICATION_FACTOR_MAX)
+        where = f"all {nodes} brokers" if factor == nodes else f"{factor} of the {nodes} brokers"
+        self.step(f"Create topic '{TOPIC}' with {PARTITIONS} partitions, each replicated on {where}")
         async with Admin(urls) as admin:
-            await admin.create_topic(TOPIC, PARTITIONS, NODES)
+            await admin.create_topic(TOPIC, PARTITIONS, factor)
             with self.status.status("waiting for partition leaders ..."):
                 info = await admin.wait_for_topic(TOPIC, timeout_s=LEADERS_TIMEOUT_S)
         leaders = ", ".join(f"partition {p.partition} -> broker {p.leader_id}" for p in info.partitions)
