@@ -21,7 +21,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -154,6 +154,7 @@ class InProcessCluster:
                                 client_listen=PeerAddress(HOST, port), peer_listen=PeerAddress(HOST, 1),
                                 advertised_url=f"http://{HOST}:{port}", brokers=entries, liveness=liveness)
             self.nodes[broker_id] = InProcessNode(self, broker_id, config, sock)
+        self.liveness = liveness
         self.requests: list[RequestLog] = []
         self._faults: dict[str, collections.deque[Fault]] = collections.defaultdict(collections.deque)
         self._release = asyncio.Event()
@@ -273,6 +274,20 @@ class InProcessCluster:
                 raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
             self.network.advance(raft_step_s)
             await asyncio.sleep(0.02)  # real time for heartbeats and the controller's ticks
+
+    async def add_broker(self) -> InProcessNode:
+        """Start one more broker (id = highest + 1) whose config lists every broker; the others' configs stay
+        as they are: it registers with the controller by heartbeat, as `raftmq cluster add-broker` does."""
+        broker_id = max(self.nodes) + 1
+        sock = _bind()
+        port = sock.getsockname()[1]
+        first = next(iter(self.nodes.values())).config
+        entries = (*first.brokers, BrokerEntry(broker_id, PeerAddress(HOST, 1), f"http://{HOST}:{port}"))
+        config = replace(first, broker_id=broker_id, data_dir=self.root / f"n{broker_id}",
+                         client_listen=PeerAddress(HOST, port), advertised_url=f"http://{HOST}:{port}", brokers=entries)
+        node = self.nodes[broker_id] = InProcessNode(self, broker_id, config, sock)
+        await node.start()
+        return node
 
     def running(self) -> list[InProcessNode]:
         return [n for n in self.nodes.values() if n.broker._service is not None and not n.broker._stopping]

@@ -120,3 +120,55 @@ async def test_alter_topic_raises_partitions_and_replication_factor(tmp_path: Pa
         await controller.broker.service.alter_topic("t", AlterTopicRequest(partitions=4, replication_factor=2))
         await cluster.pass_time_until(lambda: settled(cluster, "t", 2), timeout_s=60, what="the new layout")
         assert cluster.service(1).metadata.topic("t").partitions == 4
+
+
+async def test_an_added_broker_gets_replicas_while_producing(tmp_path: Path) -> None:
+    async with InProcessCluster(tmp_path, brokers=3) as cluster:
+        await cluster.create_topic("orders", partitions=6)
+        async with producing(cluster, "orders", 6) as load:
+            await cluster.pass_time_until(lambda: load.sent > 30, timeout_s=20, what="records before the add")
+            added = await cluster.add_broker()
+
+            def balanced() -> bool:
+                topic = cluster.service(1).metadata.topic("orders")
+                counts = [sum(1 for r in topic.replicas if b in r) for b in (1, 2, 3, added.broker_id)]
+                return max(counts) - min(counts) <= 1 and settled(cluster, "orders", 3)
+
+            await cluster.pass_time_until(balanced, timeout_s=90, what="replicas moved onto the new broker")
+            assert added.broker.service.metadata.brokers[added.broker_id].state is BrokerState.ALIVE
+        for partition in range(6):
+            for stored in values_on_every_replica(cluster, "orders", partition):
+                assert load.acked[partition] <= stored
+
+
+async def test_killing_the_controller_while_topics_are_created(tmp_path: Path) -> None:
+    """Every create either made its topic or failed with a definite error (outcome-unknown errors aside)."""
+    from raftmq.cluster.metadata import parse_create_topic
+
+    async with InProcessCluster(tmp_path, brokers=5) as cluster:
+        await cluster.pass_time_until(lambda: any(n.broker.controller.active for n in cluster.running()),
+                                      timeout_s=10, what="a controller")
+        controller = next(n for n in cluster.running() if n.broker.controller.active)
+        asker = next(n for n in cluster.running() if n is not controller and n.broker.metadata.voter)
+        outcomes: dict[str, BaseException | None] = {}
+
+        async def create(name: str) -> None:
+            try:
+                await asker.broker.service.create_topic(parse_create_topic({"name": name, "partitions": 1}))
+                outcomes[name] = None
+            except RaftMQError as exc:
+                outcomes[name] = exc
+
+        tasks = [asyncio.create_task(create(f"t{i}")) for i in range(12)]
+        await cluster.pass_time_until(lambda: len(outcomes) >= 3, timeout_s=20, what="the first creates")
+        await controller.shutdown()
+        await cluster.pass_time_until(lambda: all(t.done() for t in tasks), timeout_s=60, what="every create")
+        await cluster.pass_time_until(lambda: asker.broker.metadata.controller_id not in (None, controller.broker_id),
+                                      timeout_s=20, what="a new controller")
+        view = asker.broker.metadata.view
+        for name, error in outcomes.items():
+            if error is None:
+                assert name in view, name
+            elif error.definite:
+                assert name not in view, (name, error)
+        assert sum(1 for e in outcomes.values() if e is None) >= 3
