@@ -470,9 +470,9 @@ def _change_partition(topic: Topic, op: int, partition: int, payload: Mapping[st
                        epochs=_with(topic.epochs, partition, topic.epochs[partition] + 1))
     # END_REASSIGNMENT: the move is over; the replicas take the target's order (its first is the preferred
     # leader) when they are the target's members.
-    target = topic.targets[partition]
-    replicas = topic.replicas[partition]
-    if target is not None and set(target) == set(replicas) and target != replicas:
-        topic = replace(topic, replicas=_with(topic.replicas, partition, target))
+    heading = topic.targets[partition]
+    current = topic.replicas[partition]
+    if heading is not None and set(heading) == set(current) and heading != current:
+        topic = replace(topic, replicas=_with(topic.replicas, partition, heading))
     return replace(topic, targets=_with(topic.targets, partition, None),
                    move_reasons=_with(topic.move_reasons, partition, None))

@@ -431,16 +431,17 @@ class BrokerService:
     def describe_partition(self, topic: Topic, partition: int) -> PartitionDescription:
         replicas = tuple(topic.replicas[partition])
         handle = self.replicas.local(topic, partition)
-        moving = {"target": topic.targets[partition], "partition_epoch": topic.epochs[partition]}
+        target, epoch = topic.targets[partition], topic.epochs[partition]
         if handle is None:
             return PartitionDescription(partition, replicas, leader_id=self.replicas.leader_of(topic.name, partition),
-                                        **moving)
+                                        target=target, partition_epoch=epoch)
         status = handle.group.status
         partition_log = handle.state_machine.log
         # A leader that cannot reach a majority does not advertise itself: clients look elsewhere.
         leader_id = None if status.is_leader and not status.quorum else status.leader_id
         return PartitionDescription(
-            partition, replicas, hosted=True, leader_id=leader_id, **moving, voters=status.voters,
+            partition, replicas, hosted=True, leader_id=leader_id, target=target, partition_epoch=epoch,
+            voters=status.voters,
             leader_epoch=status.term, role=status.role,
             quorum=status.quorum, isr=status.in_sync, commit_index=status.commit_index,
             applied_index=status.applied_index, last_index=status.last_index,

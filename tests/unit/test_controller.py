@@ -53,8 +53,9 @@ async def producing(cluster: InProcessCluster, topic: str, partitions: int) -> A
     try:
         yield load
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+        stop.set()  # the Raft clock must keep moving for the last produce to finish
+        await cluster.pass_time_until(task.done, timeout_s=20, what="the producer to stop")
+        await task
 
 
 def settled(cluster: InProcessCluster, topic: str, replication_factor: int, *, without: int | None = None) -> bool:
