@@ -179,4 +179,5 @@ class ReplicationEngine(Protocol):
         """One row per peer link that is up (for metadata and status)."""
 
 
-__all__ = ["AppendInfo", "GroupSpec", "MembershipChange", "GroupStatus", "ReplicationEngine", "ReplicationGroup", "StateMachine"]
+__all__ = ["AppendInfo", "GroupSpec", "GroupStatus", "MembershipChange", "ReplicationEngine", "ReplicationGroup",
+           "StateMachine"]
