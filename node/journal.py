@@ -16,6 +16,11 @@ in memory and rewrites itself in place on compaction (not crash-atomic). This on
   first two entries differ from its snapshot's by those two), so pysyncobj never throws away entries that
   follow its snapshot.
 
+It also keeps the membership change entries it holds (commands starting with ``config_prefix``) in
+``config_entries``, so the group can say which voters its log describes (Raft applies a configuration entry
+when it is appended and reverts it when the entry is truncated), and, in its meta file, the voters the
+group started with (``initial_voters``): the base those entries apply to when there is no snapshot.
+
 Raft indexes in a journal are contiguous, so entry ``i`` (position in the journal) has index
 ``first_index + i``. Thread use: only the replication thread touches a journal.
 """
@@ -87,8 +92,11 @@ class DurableJournal:
     importing pysyncobj: only the two replication modules do."""
 
     def __init__(self, path: Path, *, durable: bool, snapshot_entries: tuple[Entry, Entry] | None = None,
-                 cache_bytes_max: int = limits.journal_cache_bytes_max) -> None:
+                 cache_bytes_max: int = limits.journal_cache_bytes_max, config_prefix: bytes = b"") -> None:
         self.path = path
+        self._config_prefix = config_prefix
+        # index -> command of every membership change entry in the journal, in index order.
+        self.config_entries: dict[int, bytes] = {}
         self.durable = durable
         self._meta_path = path.with_name(path.name + ".meta")
         self._cache_bytes_max = cache_bytes_max
@@ -164,6 +172,7 @@ class DurableJournal:
                 break
             if expected_index is None:
                 self._first_index = index
+            self._note_config(index, payload, 16)
             self._terms.append(term)
             self._positions.append(position)
             self._lengths.append(length - 16)
@@ -207,6 +216,16 @@ class DurableJournal:
         if self[position] == tuple(prev_entry) and self[position + 1] == tuple(last_entry):
             log.info("journal %s: finishing an interrupted compaction up to index %d", self.path, prev_index)
             self.deleteEntriesTo(position)
+
+    def _note_config(self, index: int, data: bytes, offset: int) -> None:
+        """Remember entry ``index`` if its command (``data[offset:]``) is a membership change."""
+        prefix = self._config_prefix
+        if prefix and data[offset:offset + len(prefix)] == prefix:
+            self.config_entries[index] = bytes(data[offset:])
+
+    def _forget_config(self, *, below: int | None = None, from_index: int | None = None) -> None:
+        self.config_entries = {index: command for index, command in self.config_entries.items()
+                               if (below is None or index >= below) and (from_index is None or index < from_index)}
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -283,6 +302,7 @@ class DurableJournal:
         self._cache[position] = command
         self._cache_bytes += len(command)
         self._evict_cache()
+        self._note_config(idx, command, 0)
         if self.on_append is not None:
             self.on_append(command, idx, term)
 
@@ -304,12 +324,14 @@ class DurableJournal:
         self._cache_start = 0
         self._end_position = len(_MAGIC)
         self._unsynced = True
+        self.config_entries = {}
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802 - pysyncobj's name
         """Drop entries at positions >= entryFrom (a follower resolving a conflict with its leader)."""
         if entryFrom >= len(self._terms):
             return
         entry_from = max(entryFrom, 0)
+        self._forget_config(from_index=self._first_index + entry_from)
         self._end_position = self._positions[entry_from] if entry_from < len(self._positions) else self._end_position
         os.ftruncate(self._fd, self._end_position)
         del self._terms[entry_from:]
@@ -351,6 +373,7 @@ class DurableJournal:
         self._fd = fd
         shift = keep_from - len(_MAGIC)
         self._first_index += entry_to
+        self._forget_config(below=self._first_index)
         self._terms = self._terms[entry_to:]
         self._lengths = self._lengths[entry_to:]
         self._positions = array("Q", (p - shift for p in self._positions[entry_to:]))
@@ -402,6 +425,18 @@ class DurableJournal:
 
     def getVotedForNodeId(self) -> Any:  # noqa: N802
         return self._meta.get("voted_for")
+
+    @property
+    def initial_voters(self) -> tuple[int, ...] | None:
+        """The voters this group had at its first entry, as stored by ``set_initial_voters`` (None: never)."""
+        voters = self._meta.get("initial_voters")
+        if not isinstance(voters, list) or not all(type(v) is int for v in voters):
+            return None
+        return tuple(voters)
+
+    def set_initial_voters(self, voters: tuple[int, ...]) -> None:
+        self._meta["initial_voters"] = list(voters)
+        self._store_meta(durable=self.durable)
 
     def onOneSecondTimer(self) -> None:  # noqa: N802
         if self._meta_dirty:

@@ -21,10 +21,12 @@ REJECT     ``[6, reason: str]``                                                 
 
 A RAFT message is one of pysyncobj's dicts (or one of raftmq's pre-vote messages); ``RAFT_SCHEMAS`` lists
 every field each type may carry, with its type. Entry commands must be what raftmq itself proposes: a
-pysyncobj no-op, or a regular command wrapping a ``cluster.commands`` envelope. pysyncobj's other command
-kinds (membership changes, code versions) and its chunked "transmission" of oversized entries are never
-produced by a raftmq broker (entries stay below the AppendEntries batch size, see ``cluster/limits.py``)
-and are refused, because pysyncobj would unpickle them.
+pysyncobj no-op, a regular command wrapping a ``cluster.commands`` envelope, or a membership change in
+raftmq's own envelope (``MEMBERSHIP_MAGIC`` + msgpack ``[kind, broker_id]``, see ``encode_membership``;
+pysyncobj would pickle a node object there, ``node/replication.py`` swaps in this envelope). pysyncobj's
+code-version commands and its chunked "transmission" of oversized entries are never produced by a raftmq
+broker (entries stay below the AppendEntries batch size, see ``cluster/limits.py``) and are refused,
+because pysyncobj would unpickle them.
 
 Pure: no sockets, threads, clocks or pysyncobj here.
 """
@@ -54,6 +56,12 @@ INT_MAX: Final = 2**63 - 1
 # pysyncobj's command-type byte in front of every entry (its _COMMAND_TYPE; a unit test pins the values).
 COMMAND_REGULAR: Final = 0
 COMMAND_NO_OP: Final = 1
+COMMAND_MEMBERSHIP: Final = 2
+# A membership change entry is COMMAND_MEMBERSHIP, this magic, then msgpack [kind, broker_id].
+MEMBERSHIP_MAGIC: Final = b"RMQM"
+MEMBERSHIP_ADD: Final = "add"  # pysyncobj's spelling of the two kinds (SyncObj.__doChangeCluster)
+MEMBERSHIP_REMOVE: Final = "rem"
+MEMBERSHIP_BYTES_MAX: Final = 32  # magic + the largest [kind, int64] msgpack array, with room to spare
 GROUP_ID_CHARS_MAX: Final = 128
 REASON_CHARS_MAX: Final = 1024
 
@@ -125,6 +133,30 @@ def encode_ping() -> bytes:
 
 def encode_reject(reason: str) -> bytes:
     return encode([KIND_REJECT, reason[:REASON_CHARS_MAX]])
+
+
+def encode_membership(kind: str, broker_id: int) -> bytes:
+    """The body of a membership change entry (after pysyncobj's command-type byte)."""
+    if kind not in (MEMBERSHIP_ADD, MEMBERSHIP_REMOVE) or type(broker_id) is not int or not 0 <= broker_id <= INT_MAX:
+        raise ValueError(f"bad membership change {kind!r} {broker_id!r}")
+    body: bytes = msgpack.packb([kind, broker_id], use_bin_type=True)
+    return MEMBERSHIP_MAGIC + body
+
+
+def decode_membership(body: bytes | memoryview) -> tuple[str, int]:
+    """``(kind, broker_id)`` of a membership change body; PeerProtocolError unless it is exactly what
+    ``encode_membership`` makes."""
+    body = bytes(body)
+    if len(body) > MEMBERSHIP_BYTES_MAX or body[:len(MEMBERSHIP_MAGIC)] != MEMBERSHIP_MAGIC:
+        raise PeerProtocolError("not a raftmq membership change")
+    try:
+        value = msgpack.unpackb(body[len(MEMBERSHIP_MAGIC):], raw=False, use_list=False, strict_map_key=True)
+    except Exception:  # noqa: BLE001 - every way msgpack can fail means the same: not a change
+        raise PeerProtocolError("membership change is not msgpack") from None
+    if type(value) is not tuple or len(value) != 2 or value[0] not in (MEMBERSHIP_ADD, MEMBERSHIP_REMOVE) \
+            or type(value[1]) is not int or not 0 <= value[1] <= INT_MAX:
+        raise PeerProtocolError("membership change must be [\"add\" | \"rem\", broker id]")
+    return value[0], value[1]
 
 
 # --- decoding (what a peer port receives) ---------------------------------------------------------
@@ -224,7 +256,9 @@ _str = _exactly(str, "a string")
 
 
 def _command(value: Any, name: str) -> bytes:
-    """An entry command as raftmq proposes it: pysyncobj's no-op, or a regular raftmq command."""
+    """An entry command as raftmq proposes it: pysyncobj's no-op, a regular raftmq command, or a membership
+    change in raftmq's envelope (a follower forwards a change it was asked for to its leader, as pysyncobj
+    forwards every command: ``apply_command`` carries them too)."""
     if type(value) is not bytes or not value:
         raise PeerProtocolError(f"{name} must be non-empty bytes")
     if value[0] == COMMAND_NO_OP and len(value) == 1:
@@ -232,7 +266,10 @@ def _command(value: Any, name: str) -> bytes:
     if value[0] == COMMAND_REGULAR and len(value) >= 1 + commands.HEAD_BYTES \
             and value[1:1 + len(commands.MAGIC)] == commands.MAGIC:
         return value
-    raise PeerProtocolError(f"{name} is neither a no-op nor a raftmq command")
+    if value[0] == COMMAND_MEMBERSHIP:
+        decode_membership(value[1:])
+        return value
+    raise PeerProtocolError(f"{name} is neither a no-op, a raftmq command nor a membership change")
 
 
 def _entries(value: Any, name: str) -> tuple[tuple[bytes, int, int], ...]:
@@ -382,6 +419,7 @@ class FrameReader:
 
 __all__ = [
     "CHALLENGE_BYTES",
+    "COMMAND_MEMBERSHIP",
     "Challenge",
     "Frame",
     "FrameReader",
@@ -394,8 +432,10 @@ __all__ = [
     "Reject",
     "Welcome",
     "decode",
+    "decode_membership",
     "encode_challenge",
     "encode_hello",
+    "encode_membership",
     "encode_ping",
     "encode_raft",
     "encode_reject",

@@ -11,6 +11,11 @@ own. Only with a majority of yeses does the real election (pysyncobj's) go ahead
 re-armed and the term stays put. A leadership transfer (TimeoutNow) skips the pre-vote: the leader asked
 for that election.
 
+Membership changes: ``set_voters`` follows the group's configuration. A replica that is not a voter in its
+own log (it was removed) never campaigns, and only voters' grants count. A removed replica that never saw
+its removal still asks, but the voters neither answer nor count it (``node/raft_transport.py``
+``GroupTransport.deliver`` drops a non-voter's messages), so it cannot win a round.
+
 Mechanics: ``gate()`` runs before each tick and holds the Raft library's election deadline in the future
 until a pre-vote succeeds; requests and replies travel as ``rmq_prevote`` / ``rmq_prevote_reply`` messages
 of the group on the peer link, handled here and never given to the library. This module sees the Raft
@@ -68,11 +73,21 @@ class PreVote:
         self.rounds_started = 0
         self.rounds_won = 0
 
+    def set_voters(self, voters: list[int]) -> None:
+        """The group's voters changed (a membership change was appended or truncated)."""
+        self.replica_ids = list(voters)
+        self._granted &= set(voters) | {self.self_id}
+
     # --- before every tick ------------------------------------------------------------------------
 
     def gate(self) -> None:
         """Hold the library's election until a pre-vote round wins."""
         raft = self.raft
+        if self.self_id not in self.replica_ids:
+            # Removed: never campaign, not even when a leader asks for it (it cannot ask a non-voter).
+            self._go = False
+            raft.election_deadline = self.clock() + self.election_timeout_max_s
+            return
         if len(self.replica_ids) == 1 or raft.role() == LEADER:
             self._go = False
             return
@@ -115,7 +130,7 @@ class PreVote:
             return True
         if kind == PREVOTE_REPLY:
             if message.get("round") == self._round and message.get("granted") is True \
-                    and self.raft.current_term() < self._round_term:
+                    and peer_id in self.replica_ids and self.raft.current_term() < self._round_term:
                 self._granted.add(peer_id)
                 if 2 * len(self._granted) > len(self.replica_ids) and self.raft.role() != LEADER:
                     self.rounds_won += 1

@@ -252,6 +252,23 @@ class PeerNetwork:
         except OSError:
             pass  # closed during shutdown
 
+    def set_peer(self, peer_id: int, address: PeerAddress | None) -> None:
+        """Learn where a peer listens (a broker that joined after this one started), or forget it (None): its
+        links close and its handshakes are refused from now on (``hello_rejection`` checks ``peers``)."""
+        if peer_id == self.self_id:
+            return
+        if address is None:
+            self.peers.pop(peer_id, None)
+            self._next_dial.pop(peer_id, None)
+            for link in [self._links.get(peer_id), *[p for p in self._pending if p.peer_id == peer_id]]:
+                if link is not None:
+                    self._close(link, f"broker {peer_id} is no longer a peer")
+            return
+        if self.peers.get(peer_id) != address:
+            log.info("peer broker %d listens on %s", peer_id, address)
+            self.peers[peer_id] = address
+            self._next_dial.pop(peer_id, None)  # dial the new address at the next maintain()
+
     # --- queries ------------------------------------------------------------------------------
 
     def is_up(self, peer_id: int) -> bool:
@@ -573,10 +590,19 @@ class GroupTransport(Transport):
         return None
 
     def addNode(self, node: Any) -> None:  # noqa: N802
-        raise NotImplementedError("membership changes are not supported (dynamicMembershipChange=False)")
+        """pysyncobj appended (or un-truncated) a change that makes ``node`` a voter: route its messages to
+        the group, and tell pysyncobj at once if the link is already up (it hears only of later changes)."""
+        self.nodes[node.broker_id] = node
+        if self.network.is_up(node.broker_id):
+            self._onNodeConnected(node)
 
     def dropNode(self, node: Any) -> None:  # noqa: N802
-        raise NotImplementedError("membership changes are not supported (dynamicMembershipChange=False)")
+        """``node`` is no longer a voter: its messages are ignored from now on (``deliver``), and pysyncobj must
+        not count it as connected (elections and its quorum check use the connected set)."""
+        known = self.nodes.pop(node.broker_id, None)
+        self.peer_annotations.pop(node.broker_id, None)
+        if known is not None:
+            self._onNodeDisconnected(known)
 
     def send(self, node: Any, message: Any) -> bool:
         peer_id = node.broker_id
@@ -606,7 +632,14 @@ class GroupTransport(Transport):
     def deliver(self, peer_id: int, message: dict[str, Any]) -> None:
         node = self.nodes.get(peer_id)
         if node is None:
-            return  # a broker that is not a replica of this group
+            # Not a voter in this replica's log. Only a leader's AppendEntries gets through: a replica whose log
+            # is behind (e.g. it holds a change that removed the current leader, which a later entry re-added)
+            # must still be brought up to date. The rest (votes, pre-votes, acknowledgements) could only come
+            # from a removed replica, which must not disturb the group, or make pysyncobj's leader bookkeeping
+            # look up a node it does not track.
+            if message.get("type") != "append_entries":
+                return
+            node = BrokerNode(peer_id)
         if self.prevote is not None:
             self.prevote.observe(message)
             if self.prevote.handle(peer_id, message):

@@ -26,7 +26,9 @@ globals), ``PIPE_NOTIFIER_ENABLED`` (no pipe per group) — these three set by `
 when the first loop is built, never at import; the ``_SyncObj__serializer`` attribute (snapshots that
 reference segments instead of dumping state), ``_poller`` (a no-op: the loop polls), the election deadline,
 role, term and last entry pre-vote reads and moves (``_RaftView``), and read-only peeks at
-``_SyncObj__raftMatchIndex`` / ``_SyncObj__lastResponseTime`` for the in-sync replica set.
+``_SyncObj__raftMatchIndex`` / ``_SyncObj__lastResponseTime`` for the in-sync replica set. Membership
+changes add two: ``_SyncObj__doApplyCommand`` is overridden (a change is applied on append only) and
+``_SyncObj__changeClusterIDx`` is set (pysyncobj's one-change-at-a-time check, which it never arms).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import msgpack
 import pysyncobj.syncobj as _syncobj_module
@@ -58,13 +60,16 @@ from raftmq.cluster.errors import (
     BufferFull,
     InternalError,
     LeaderNotAvailable,
+    NotLeader,
     OutcomeUnknown,
     RaftMQError,
+    ReassignmentInProgress,
     invariant,
 )
-from raftmq.node.config import Durability, RaftTimers
+from raftmq.node import peer_protocol
+from raftmq.node.config import Durability, PeerAddress, RaftTimers
 from raftmq.node.fsutil import write_file_atomically
-from raftmq.node.groups import AppendInfo, GroupSpec, GroupStatus, StateMachine
+from raftmq.node.groups import AppendInfo, GroupSpec, GroupStatus, MembershipChange, StateMachine
 from raftmq.node.journal import DurableJournal
 from raftmq.node.prevote import PreVote
 from raftmq.node.raft_transport import BrokerNode, GroupTransport, NetworkListener, PeerNetwork
@@ -116,17 +121,25 @@ class _CommandCodec:
     """Stands in for the ``pysyncobj.pickle`` module inside ``pysyncobj.syncobj``.
 
     A raftmq command (``cluster.commands`` envelope) decodes to a call of the single replicated method
-    (method id 0, ``_RaftObject._apply``) with the raw command as its argument.
+    (method id 0, ``_RaftObject._apply``) with the raw command as its argument. A membership change, which
+    pysyncobj writes as a pickle of ``[kind, node id, Node]`` (``SyncObj.addNodeToCluster``), is written as
+    raftmq's envelope instead (``peer_protocol.encode_membership``) and read back as the same list with a
+    ``BrokerNode``: no node object is ever pickled into the log or read from the network.
     """
 
     @staticmethod
     def loads(data: bytes) -> Any:
         if data[:4] == commands.MAGIC:
             return (0, (data,))
+        if data[:4] == peer_protocol.MEMBERSHIP_MAGIC:
+            kind, broker_id = peer_protocol.decode_membership(data)
+            return [kind, str(broker_id), BrokerNode(broker_id)]
         return _NoGlobalsUnpickler(io.BytesIO(bytes(data))).load()
 
     @staticmethod
     def dumps(obj: Any, protocol: int | None = None) -> bytes:
+        if isinstance(obj, list) and len(obj) == 3 and isinstance(obj[2], BrokerNode):
+            return peer_protocol.encode_membership(obj[0], obj[2].broker_id)
         return pickle.dumps(obj, 2)
 
     @staticmethod
@@ -135,6 +148,8 @@ class _CommandCodec:
 
 
 _COMMAND_TYPE_REGULAR = 0  # pysyncobj's _COMMAND_TYPE.REGULAR
+# How every membership change entry starts: pysyncobj's _COMMAND_TYPE.MEMBERSHIP, then our envelope.
+_CONFIG_PREFIX = bytes([peer_protocol.COMMAND_MEMBERSHIP]) + peer_protocol.MEMBERSHIP_MAGIC
 
 
 class _NullPoller:
@@ -177,12 +192,21 @@ SNAPSHOT_FILE = "raft.snapshot"
 JOURNAL_FILE = "raft.journal"
 
 
-def encode_snapshot(last: tuple[bytes, int, int], prev: tuple[bytes, int, int], state: bytes) -> bytes:
-    header = msgpack.packb({"last": list(last), "prev": list(prev), "state": state}, use_bin_type=True)
+class SnapshotHeader(NamedTuple):
+    last: tuple[bytes, int, int]  # pysyncobj's last entry covered by the snapshot
+    prev: tuple[bytes, int, int]  # and the one before it
+    state: bytes  # the state machine's
+    voters: tuple[int, ...] | None  # the group's voters at ``last`` (None: a snapshot written before they were)
+
+
+def encode_snapshot(last: tuple[bytes, int, int], prev: tuple[bytes, int, int], state: bytes,
+                    voters: tuple[int, ...]) -> bytes:
+    header = msgpack.packb({"last": list(last), "prev": list(prev), "state": state, "voters": list(voters)},
+                           use_bin_type=True)
     return _SNAPSHOT_MAGIC + _U32.pack(len(header)) + header + _U32.pack(zlib.crc32(header))
 
 
-def read_snapshot(stream: BinaryIO) -> tuple[tuple[bytes, int, int], tuple[bytes, int, int], bytes]:
+def read_snapshot(stream: BinaryIO) -> SnapshotHeader:
     """Parse a snapshot header from ``stream``, leaving it at the payload. Raises ValueError if corrupt."""
     head = stream.read(len(_SNAPSHOT_MAGIC) + 4)
     if len(head) < len(_SNAPSHOT_MAGIC) + 4 or head[:len(_SNAPSHOT_MAGIC)] != _SNAPSHOT_MAGIC:
@@ -195,7 +219,56 @@ def read_snapshot(stream: BinaryIO) -> tuple[tuple[bytes, int, int], tuple[bytes
     data = msgpack.unpackb(header, raw=False, use_list=False)
     last = (bytes(data["last"][0]), int(data["last"][1]), int(data["last"][2]))
     prev = (bytes(data["prev"][0]), int(data["prev"][1]), int(data["prev"][2]))
-    return last, prev, bytes(data["state"])
+    voters = tuple(int(v) for v in data["voters"]) if "voters" in data else None
+    return SnapshotHeader(last, prev, bytes(data["state"]), voters)
+
+
+# --- membership ---------------------------------------------------------------------------------
+
+
+class GroupMembership:
+    """The voters of one group as its log says: a base (the voters at the local snapshot's last index, or
+    the group's initial voters at index 0), then every membership change entry the journal holds after it,
+    in order. Raft applies a configuration entry when it is appended and reverts it when it is truncated;
+    the journal's ``config_entries`` follows both, so this is always the configuration of the local log.
+
+    pysyncobj keeps its own copy (``otherNodes``), which it changes on append and truncation too, but on a
+    restart it starts from what it is given and then resets it from the snapshot; ``RaftGroup`` gives it
+    ``voters_at()`` in both places, so the two agree."""
+
+    def __init__(self, journal: DurableJournal, base_voters: tuple[int, ...], base_index: int) -> None:
+        self.journal = journal
+        self.base_voters = frozenset(base_voters)
+        self.base_index = base_index
+
+    def _changes(self, upto: int | None) -> list[tuple[int, bytes]]:
+        return [(index, command) for index, command in self.journal.config_entries.items()
+                if index > self.base_index and (upto is None or index <= upto)]
+
+    def voters_at(self, index: int | None = None) -> frozenset[int]:
+        """The voters after the entry at ``index`` (None: after the last entry of the log)."""
+        voters = set(self.base_voters)
+        for _index, command in self._changes(index):
+            kind, broker_id = peer_protocol.decode_membership(command[1:])
+            if kind == peer_protocol.MEMBERSHIP_ADD:
+                voters.add(broker_id)
+            else:
+                voters.discard(broker_id)
+        return frozenset(voters)
+
+    def last_change_index(self) -> int:
+        """Index of the newest membership change in the log after the base (0: none)."""
+        changes = self._changes(None)
+        return changes[-1][0] if changes else 0
+
+    def rebase(self, voters: frozenset[int], index: int) -> None:
+        """A snapshot now covers the log up to ``index``: changes at or below it are in ``voters``."""
+        self.base_voters = voters
+        self.base_index = index
+
+
+def _nodes(broker_ids: frozenset[int]) -> list[BrokerNode]:
+    return [BrokerNode(b) for b in sorted(broker_ids)]
 
 
 class _Transmission:
@@ -231,8 +304,9 @@ class GroupSnapshotter:
     """
 
     def __init__(self, directory: Path, state_machine: StateMachine, transport: GroupTransport,
-                 network: PeerNetwork, *, durable: bool) -> None:
+                 network: PeerNetwork, membership: GroupMembership, *, durable: bool) -> None:
         self.path = directory / SNAPSHOT_FILE
+        self.membership = membership
         self.incoming_path = directory / (SNAPSHOT_FILE + ".incoming")
         self.state_machine = state_machine
         self.transport = transport
@@ -256,15 +330,20 @@ class GroupSnapshotter:
         return result, result_id
 
     def serialize(self, data: Any, id: int) -> None:  # noqa: A002 - pysyncobj's name
+        # pysyncobj's cluster set (the 4th item) is its configuration at the log's END, uncommitted changes
+        # included; the snapshot must hold the voters at its own last entry.
         _state, last, prev, _cluster = data
         self._result_id = id
+        voters = self.membership.voters_at(last[1])
         try:
             state = self.state_machine.snapshot()
-            write_file_atomically(self.path, encode_snapshot(tuple(last), tuple(prev), state), durable=self.durable)
+            write_file_atomically(self.path, encode_snapshot(tuple(last), tuple(prev), state, tuple(sorted(voters))),
+                                  durable=self.durable)
         except Exception:  # noqa: BLE001 - pysyncobj expects FAILED, and the journal must then stay whole
             log.exception("snapshot of %s failed", self.path.parent)
             self._result = SERIALIZER_STATE.FAILED
             return
+        self.membership.rebase(voters, last[1])
         self.snapshots_taken += 1
         self._result = SERIALIZER_STATE.SUCCESS
         # Like pysyncobj: transmissions of the previous snapshot restart with the new one.
@@ -272,20 +351,34 @@ class GroupSnapshotter:
             transmission.close()
         self._transmissions.clear()
 
-    def deserialize(self) -> tuple[None, tuple[bytes, int, int], tuple[bytes, int, int], None]:
+    def deserialize(self) -> tuple[None, tuple[bytes, int, int], tuple[bytes, int, int], list[BrokerNode]]:
+        """The 4th item is the configuration pysyncobj adopts (``SyncObj.__loadDumpFile``)."""
         if self._incoming_ready:
-            self._incoming_ready = False
-            with open(self.incoming_path, "rb") as stream:
-                last, prev, state = read_snapshot(stream)
-                self.state_machine.install(state, stream)
-            write_file_atomically(self.path, encode_snapshot(last, prev, state), durable=self.durable)
-            self.incoming_path.unlink(missing_ok=True)
-            self.snapshots_installed += 1
-            log.info("%s: installed a snapshot from the leader up to Raft index %d", self.path.parent, last[1])
-            return None, last, prev, None
+            return self._install_incoming()
         with open(self.path, "rb") as stream:
-            last, prev, _state = read_snapshot(stream)
-        return None, last, prev, None
+            header = read_snapshot(stream)
+        # At a restart pysyncobj loads the local snapshot and would take its configuration, dropping the
+        # changes in the journal after it; hand it the log's configuration instead. Only if it is about to
+        # replace a journal that does not start with the snapshot's entries does the snapshot's own count.
+        journal = self.membership.journal
+        keeps_journal = len(journal) >= 2 and journal[0] == header.prev and journal[1] == header.last
+        voters = self.membership.voters_at() if keeps_journal else self.membership.base_voters
+        return None, header.last, header.prev, _nodes(voters)
+
+    def _install_incoming(self) -> tuple[None, tuple[bytes, int, int], tuple[bytes, int, int], list[BrokerNode]]:
+        self._incoming_ready = False
+        with open(self.incoming_path, "rb") as stream:
+            header = read_snapshot(stream)
+            self.state_machine.install(header.state, stream)
+        last = header.last
+        voters = frozenset(header.voters) if header.voters is not None else self.membership.voters_at()
+        write_file_atomically(self.path, encode_snapshot(last, header.prev, header.state, tuple(sorted(voters))),
+                              durable=self.durable)
+        self.incoming_path.unlink(missing_ok=True)
+        self.membership.rebase(voters, last[1])  # pysyncobj clears the journal next: the snapshot is the base
+        self.snapshots_installed += 1
+        log.info("%s: installed a snapshot from the leader up to Raft index %d", self.path.parent, last[1])
+        return None, last, header.prev, _nodes(voters)
 
     # pysyncobj: sending a snapshot to a follower ---------------------------------------------------
 
@@ -296,7 +389,7 @@ class GroupSnapshotter:
         if transmission is None:
             try:
                 header = self.path.read_bytes()
-                _last, _prev, state = read_snapshot(io.BytesIO(header))
+                state = read_snapshot(io.BytesIO(header)).state
                 hint = self.transport.peer_annotations.get(node.broker_id, {})
                 payload = self.state_machine.open_snapshot_stream(state, hint)
             except (OSError, ValueError):
@@ -367,6 +460,15 @@ class _RaftObject(SyncObj):
         invariant(term is not None, f"applying index {index} that is not in the journal")
         return self._state_machine.apply(index, term, command)  # type: ignore[arg-type]
 
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Any:  # noqa: N802 - overrides pysyncobj's private method
+        # pysyncobj applies a membership change again when the entry COMMITS ("required only after node
+        # restarts"). That is wrong whenever a later change is already appended (a follower that receives
+        # a remove and a re-add of one broker in one batch would drop it at the remove's commit), and not
+        # needed here: the group hands pysyncobj the log's configuration at open (GroupMembership).
+        if command[:1] == _CONFIG_PREFIX[:1]:
+            return None
+        return SyncObj._SyncObj__doApplyCommand(self, command)
+
 
 class _RaftView:
     """pysyncobj's private Raft fields, as node/prevote.py's RaftView names them (read here, nowhere else)."""
@@ -436,35 +538,53 @@ def _syncobj_conf(timers: RaftTimers, election: tuple[float, float], directory: 
         logCompactionMinTime=limits.raft_compaction_interval_s,
         logCompactionSplit=False,
         logCompactionBatchSize=limits.snapshot_chunk_bytes,
-        dynamicMembershipChange=False,
+        dynamicMembershipChange=True,  # single-server changes; entries carry broker ids, never dial addresses
     )
 
 
-def _restore_local_snapshot(directory: Path, state_machine: StateMachine
-                            ) -> tuple[tuple[bytes, int, int], tuple[bytes, int, int]] | None:
-    """Give the state machine its snapshot's state; returns the snapshot's two journal entries (or None)."""
+def _restore_local_snapshot(directory: Path, state_machine: StateMachine) -> SnapshotHeader | None:
+    """Give the state machine its snapshot's state; returns the snapshot's header (or None)."""
     snapshot_path = directory / SNAPSHOT_FILE
-    entries = None
-    state: bytes | None = None
+    header = None
     if snapshot_path.exists():
         with open(snapshot_path, "rb") as stream:
             try:
-                last, prev, state = read_snapshot(stream)
+                header = read_snapshot(stream)
             except ValueError as exc:
                 raise OSError(f"{snapshot_path}: {exc}. The replica cannot start; move its directory away "
                               "and it will be rebuilt from the other replicas.") from exc
-        entries = (prev, last)
     (directory / (SNAPSHOT_FILE + ".incoming")).unlink(missing_ok=True)
-    state_machine.restore(state)
-    return entries
+    state_machine.restore(header.state if header is not None else None)
+    return header
+
+
+def _open_journal(spec: GroupSpec, header: SnapshotHeader | None, *, durable: bool
+                  ) -> tuple[DurableJournal, GroupMembership]:
+    """The group's journal and the voters its log describes. ``spec.replica_ids`` (the broker's metadata)
+    counts only for a group opened for the first time: after that the snapshot and the journal say."""
+    journal = DurableJournal(spec.directory / JOURNAL_FILE, durable=durable, config_prefix=_CONFIG_PREFIX,
+                             snapshot_entries=(header.prev, header.last) if header is not None else None)
+    initial = journal.initial_voters
+    if initial is None:
+        initial = tuple(sorted(spec.replica_ids))
+        journal.set_initial_voters(initial)
+    if header is not None and header.voters is not None:
+        return journal, GroupMembership(journal, header.voters, header.last[1])
+    return journal, GroupMembership(journal, initial, 0)
 
 
 class RaftGroup:
     """One Raft group on this broker (``node.groups.ReplicationGroup``): pysyncobj object, journal, transport,
     snapshotter, state machine.
 
-    Built and destroyed on the replication thread (``ReplicationLoop.call``). ``submit`` and
-    ``transfer_leadership`` may be called from the asyncio thread.
+    Built and destroyed on the replication thread (``ReplicationLoop.call``). ``submit``,
+    ``transfer_leadership`` and ``change_membership`` may be called from the asyncio thread.
+
+    Membership (``change_membership``): pysyncobj's single-server changes, applied on append, one at a time
+    (pysyncobj's own one-at-a-time check is never armed by pysyncobj: ``_on_journal_append`` arms it). The
+    voters are ``GroupMembership``'s; ``replica_ids`` follows them. A replica that is not a voter in its own
+    log does not campaign (``PreVote.set_voters``), and the voters ignore everything from a non-voter but
+    AppendEntries (``GroupTransport.deliver``), so a removed replica cannot disturb the group.
     """
 
     def __init__(self, spec: GroupSpec, *, self_id: int, state_machine: StateMachine,
@@ -475,14 +595,15 @@ class RaftGroup:
         self.preferred_replica = spec.preferred_replica
         self.directory = spec.directory
         self.self_id = self_id
-        self.replica_ids = sorted(spec.replica_ids)
         self.state_machine = state_machine
         self.loop = loop
         spec.directory.mkdir(parents=True, exist_ok=True)
         durable = loop.durability is not Durability.NEVER
-        snapshot_entries = _restore_local_snapshot(spec.directory, state_machine)
-        self.journal = DurableJournal(spec.directory / JOURNAL_FILE, durable=durable,
-                                      snapshot_entries=snapshot_entries)
+        header = _restore_local_snapshot(spec.directory, state_machine)
+        self.journal, self.membership = _open_journal(spec, header, durable=durable)
+        self.voters = self.membership.voters_at()
+        self.replica_ids = sorted(self.voters)
+        self._membership_requested = False  # a change is queued in pysyncobj and not in the log yet
         self.journal.on_append = self._on_journal_append
         self.append_waiters: dict[int, asyncio.Future[Any]] = {}
         election = _election_window(self.timers, self_id, spec.preferred_replica)
@@ -491,12 +612,14 @@ class RaftGroup:
         transport.hold_acks = loop.durability is Durability.ALWAYS
         transport.has_unsynced_writes = lambda: self.journal.unsynced
         state_machine.bind_annotations(transport.local_annotations)
-        self.snapshotter = GroupSnapshotter(spec.directory, state_machine, transport, loop.network, durable=durable)
+        self.snapshotter = GroupSnapshotter(spec.directory, state_machine, transport, loop.network, self.membership,
+                                            durable=durable)
         self.raft._SyncObj__serializer = self.snapshotter
         self.raft._poller = _NullPoller()
         self.prevote = PreVote(raft=_RaftView(self.raft), send=transport.send_control, clock=raft_clock,
                                self_id=self_id, replica_ids=self.replica_ids, election_timeout_min_s=election[0],
                                election_timeout_max_s=election[1])
+        self.prevote.set_voters(self.replica_ids)
         transport.prevote = self.prevote
         self.last_tick = 0.0
         self.leader_since: float | None = None  # monotonic time this replica last became leader
@@ -513,7 +636,7 @@ class RaftGroup:
             return built[-1]
 
         self_node = BrokerNode(self.self_id)
-        other_nodes = [BrokerNode(b) for b in self.replica_ids if b != self.self_id]
+        other_nodes = [BrokerNode(b) for b in self.replica_ids if b != self.self_id]  # the log's voters
         _building.journal = self.journal
         try:
             raft = _RaftObject(self.state_machine, self.journal, self_node, other_nodes, conf, transport_factory)
@@ -545,7 +668,95 @@ class RaftGroup:
     def transfer_leadership(self, to_broker: int) -> None:
         self.loop.call(lambda: self.raft.transferLeadership(BrokerNode(to_broker)))
 
+    def change_membership(self, change: MembershipChange) -> asyncio.Future[None]:
+        """See ``node.groups.ReplicationGroup.change_membership``. Decided on the replication thread, where the
+        role, the log and pysyncobj's command queue cannot change underneath the decision."""
+        future: asyncio.Future[None] = self.loop.asyncio_loop.create_future()
+
+        def start() -> None:
+            try:
+                self._start_membership_change(change, future)
+            except Exception as exc:  # noqa: BLE001 - the caller must hear about it, not the loop
+                log.exception("%s: membership change %s failed", self.group_id, change)
+                self.loop.complete(future, None, InternalError(f"membership change failed: {exc!r}"))
+
+        queued = self.loop.call(start)
+        if queued.done() and queued.exception() is not None:  # the loop has stopped
+            future.set_exception(LeaderNotAvailable(f"broker {self.self_id} is shutting down; nothing was appended"))
+        self.loop.wake_group(self.group_id)
+        return future
+
     # called on the replication thread ----------------------------------------------------------
+
+    def _membership_refusal(self) -> RaftMQError | None:
+        """Why this replica cannot start a membership change now (None: it can)."""
+        raft = self.raft
+        if self.closed:
+            return LeaderNotAvailable(f"{self.group_id} is closed on broker {self.self_id}; nothing was appended")
+        if not raft._isLeader():
+            leader = raft._getLeader()
+            if leader is None:
+                return LeaderNotAvailable(f"{self.group_id} has no leader right now; nothing was appended")
+            return NotLeader(f"broker {self.self_id} is not the leader of {self.group_id}",
+                             leader_id=leader.broker_id)
+        noop_index = raft._SyncObj__noopIDx
+        if noop_index is None or raft.raftLastApplied < noop_index:
+            return LeaderNotAvailable(f"the new leader of {self.group_id} has not committed its first entry yet; "
+                                      "nothing was appended")
+        if self._membership_pending():
+            return ReassignmentInProgress(f"{self.group_id}: the previous membership change is not committed yet")
+        return None
+
+    def _membership_pending(self) -> bool:
+        return self._membership_requested or self.membership.last_change_index() > self.raft.raftCommitIndex
+
+    def _start_membership_change(self, change: MembershipChange, future: asyncio.Future[None]) -> None:
+        refusal = self._membership_refusal()
+        if refusal is not None:
+            self.loop.complete(future, None, refusal)
+            return
+        voters = self.membership.voters_at()
+        if change.add in voters or (change.remove is not None and change.remove not in voters):
+            self.loop.complete(future, None, None)  # already so: idempotent
+            return
+        if change.remove == self.self_id:
+            # pysyncobj refuses to remove the leader itself; hand leadership to the most caught-up voter and
+            # let the caller retry there (the controller transfers leadership first in the normal case).
+            self.raft.transferLeadership(None)
+            self.loop.complete(future, None, NotLeader(
+                f"broker {self.self_id} leads {self.group_id} and is the voter to remove: leadership is being "
+                "handed over; nothing was appended, retry at the new leader"))
+            return
+        self._membership_requested = True
+        callback = partial(self._on_membership_result, future)
+        if change.add is not None:
+            self.raft.addNodeToCluster(BrokerNode(change.add), callback=callback)
+        else:
+            self.raft.removeNodeFromCluster(BrokerNode(change.remove), callback=callback)  # type: ignore[arg-type]
+        log.info("%s: proposing membership change %s (voters now %s)", self.group_id, change, sorted(voters))
+
+    def _on_membership_result(self, future: asyncio.Future[None], _result: Any, reason: int) -> None:
+        # SUCCESS comes when the entry is applied here, i.e. committed (pysyncobj's commandsWaitingCommit).
+        self._membership_requested = False
+        if reason == FAIL_REASON.SUCCESS:
+            self.loop.complete(future, None, None)
+        elif reason == FAIL_REASON.REQUEST_DENIED:
+            # pysyncobj's __changeCluster refused to append: another change is uncommitted, or a leader that
+            # took over meanwhile has not applied its no-op yet, or the change is no change there.
+            self.loop.complete(future, None, ReassignmentInProgress(
+                f"{self.group_id}: the leader refused the membership change (another one is not committed yet); "
+                "nothing was appended") if self._membership_pending() else LeaderNotAvailable(
+                f"{self.group_id}: the leader is not ready for a membership change; nothing was appended"))
+        else:
+            self.loop.complete(future, None, error_for_fail_reason(reason))
+
+    def _refresh_voters(self) -> None:
+        voters = self.membership.voters_at()
+        if voters != self.voters:
+            log.info("%s: voters %s -> %s", self.group_id, sorted(self.voters), sorted(voters))
+            self.voters = voters
+            self.replica_ids = sorted(voters)
+            self.prevote.set_voters(self.replica_ids)
 
     def _on_result(self, future: asyncio.Future[Any], result: Any, reason: int) -> None:
         if reason == FAIL_REASON.SUCCESS:
@@ -554,6 +765,13 @@ class RaftGroup:
             self.loop.complete(future, None, error_for_fail_reason(reason))
 
     def _on_journal_append(self, command: bytes, index: int, term: int) -> None:
+        if command[:len(_CONFIG_PREFIX)] == _CONFIG_PREFIX:
+            self._membership_requested = False  # it is in the log now: the log says it is pending
+            # pysyncobj checks this index before it appends another change (SyncObj.__changeCluster) but never
+            # sets it; armed here, a second change waits until this one is applied, whoever proposes it.
+            raft = getattr(self, "raft", None)
+            if raft is not None:
+                raft._SyncObj__changeClusterIDx = index
         if self.append_waiters:
             proposal_id = commands.proposal_id_of(command, 1)  # byte 0 is pysyncobj's command type
             if proposal_id is not None:
@@ -563,8 +781,10 @@ class RaftGroup:
 
     def tick(self, now: float) -> None:
         self.last_tick = now
+        self._refresh_voters()  # messages handled since the last tick may have appended or cut changes
         self.prevote.gate()
         self.raft.doTick(0.0)
+        self._refresh_voters()
 
     def publish_status(self, now: float) -> None:
         raft = self.raft
@@ -574,6 +794,8 @@ class RaftGroup:
         elif role != "leader":
             self.leader_since = None
         leader = raft._getLeader()
+        if role != "leader":
+            self._membership_requested = False  # pysyncobj forwarded or failed it; the log decides from now on
         connected = tuple(sorted(b for b in self.replica_ids if b != self.self_id and self.loop.network.is_up(b)))
         in_sync: tuple[int, ...] = ()
         match_index: dict[int, int] = {}
@@ -586,7 +808,8 @@ class RaftGroup:
             group_id=self.group_id, role=role, leader_id=leader.broker_id if leader is not None else None,
             term=raft.raftCurrentTerm, commit_index=raft.raftCommitIndex, applied_index=raft.raftLastApplied,
             last_index=self.journal.last_index or 0, in_sync=in_sync, match_index=match_index, connected=connected,
-            journal_bytes=self.journal.size_bytes, caught_up=caught_up, quorum=quorum, ready=raft.isReady())
+            journal_bytes=self.journal.size_bytes, caught_up=caught_up, quorum=quorum, ready=raft.isReady(),
+            voters=tuple(self.replica_ids), membership_pending=self._membership_pending())
 
     def _leader_view(self, connected: tuple[int, ...]) -> tuple[tuple[int, ...], dict[int, int], bool]:
         """In-sync replicas, match indexes and quorum, from pysyncobj's leader bookkeeping."""
@@ -712,6 +935,12 @@ class ReplicationLoop(NetworkListener):
 
     def is_peer_up(self, broker_id: int) -> bool:
         return self.network.is_up(broker_id)
+
+    def set_peer(self, broker_id: int, address: tuple[str, int] | None) -> None:
+        """``node.groups.ReplicationEngine.set_peer``: PeerNetwork is single-threaded, so on the replication
+        thread (asynchronously; takes effect at the next pass)."""
+        peer = None if address is None else PeerAddress(address[0], int(address[1]))
+        self.call(lambda: self.network.set_peer(broker_id, peer))
 
     def peer_links(self) -> list[dict[str, Any]]:
         return self.published_links
