@@ -95,7 +95,7 @@ async def test_bad_input_is_rejected_with_stable_codes(api: tuple[Api, Api, Loca
     _expect(await first.call("POST", "/v1/topics", json_body={"name": "t1", "partitions": 0}), 400,
             "INVALID_PARTITIONS")
     _expect(await first.call("POST", "/v1/topics", json_body={"name": "t1", "partitions": "2"}), 400, "INVALID_REQUEST")
-    _expect(await first.call("POST", "/v1/topics", json_body={"name": "t1", "replication_factor": 2}), 400,
+    _expect(await first.call("POST", "/v1/topics", json_body={"name": "t1", "replication_factor": 4}), 400,
             "INVALID_REPLICATION_FACTOR")
     _expect(await first.call("POST", "/v1/topics", json_body={"name": "t1", "config": {"nope": 1}}), 400,
             "INVALID_CONFIG")
