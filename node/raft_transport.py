@@ -634,9 +634,10 @@ class GroupTransport(Transport):
         if node is None:
             # Not a voter in this replica's log. Only a leader's AppendEntries gets through: a replica whose log
             # is behind (e.g. it holds a change that removed the current leader, which a later entry re-added)
-            # must still be brought up to date. The rest (votes, pre-votes, acknowledgements) could only come
-            # from a removed replica, which must not disturb the group, or make pysyncobj's leader bookkeeping
-            # look up a node it does not track.
+            # must still be brought up to date. The rest is dropped: pysyncobj's leader bookkeeping would look
+            # up a node it does not track (an acknowledgement raises KeyError), and a removed replica must not
+            # disturb the group with (pre-)votes. The cost: a voter added by an entry this replica has not
+            # received yet gets no vote from it until it has; another candidate, or a later election, wins.
             if message.get("type") != "append_entries":
                 return
             node = BrokerNode(peer_id)

@@ -184,6 +184,8 @@ class Cluster:
             assert history == reference, f"broker {broker_id} differs"
             group = self.brokers[broker_id].group
             assert group is not None and group.status.voters == voters, (broker_id, group.status)
+            # pysyncobj's own copy of the configuration agrees with the one the log describes.
+            assert {node.broker_id for node in group.raft.otherNodes} == set(voters) - {broker_id}
             assert self.brokers[broker_id].machine.applied_twice == 0
         assert [p for p in reference if p in self.acked] == self.acked
         assert all(p in self.acked or p in self.uncertain for p in reference)
@@ -217,6 +219,17 @@ def _learn(cluster: Cluster, new: int) -> None:
     for broker in cluster.brokers.values():
         if broker.broker_id != new:
             broker.replication.set_peer(new, ("127.0.0.1", cluster.ports[new]))
+
+
+async def _compact(cluster: Cluster, broker_id: int) -> None:
+    broker = cluster.brokers[broker_id]
+    group = broker.group
+    assert group is not None
+    taken = group.snapshotter.snapshots_taken
+    await cluster.caught_up(broker_id)
+    broker.replication.call(group.raft.forceLogCompaction).result(timeout=5)
+    await wait_for_condition(lambda: group.snapshotter.snapshots_taken > taken, timeout_s=10,
+                             what=f"a snapshot on broker {broker_id}")
 
 
 async def _writer(cluster: Cluster, stop: asyncio.Event, prefix: bytes) -> None:
@@ -283,17 +296,21 @@ async def test_replace_a_dead_voter_then_restart_replicas(cluster: Cluster) -> N
     cluster.stop(3)
     await cluster.change(MembershipChange(remove=3))
     await cluster.write(b"without-3")
+    # Both survivors compact: the new voter must start from a snapshot, whose header carries the voters.
+    for survivor in (1, 2):
+        await _compact(cluster, survivor)
     cluster.start(4)
     _learn(cluster, 4)
     await cluster.brokers[4].open((1, 2, 4))
     await cluster.change(MembershipChange(add=4))
     await cluster.caught_up(4)
+    new_voter = cluster.brokers[4].group
+    assert new_voter is not None and new_voter.snapshotter.snapshots_installed >= 1
+    assert new_voter.membership.base_voters == {1, 2}
     # A snapshot on broker 2 records the voters (1, 2, 4); a change after it lives in its journal only.
     follower = next(b for b in (1, 2) if not cluster.brokers[b].group.status.is_leader)  # type: ignore[union-attr]
-    group = cluster.brokers[follower].group
-    assert group is not None
-    cluster.brokers[follower].replication.call(group.raft.forceLogCompaction).result(timeout=5)
-    await wait_for_condition(lambda: group.snapshotter.snapshots_taken > 0, timeout_s=10, what="a snapshot")
+    await cluster.write(b"with-4")
+    await _compact(cluster, follower)
     cluster.start(5)
     _learn(cluster, 5)
     await cluster.brokers[5].open((1, 2, 4, 5))
