@@ -6,7 +6,9 @@ A move takes a partition from its replica set to a target set one voter at a tim
 change). The rule that keeps a move safe: after every step, the voters that are alive and caught up with the
 leader are still a majority of the new voter set. So:
 
-* a dead voter that is leaving is removed first (removing it never lowers the live caught-up count);
+* a dead voter that is leaving is removed first (removing it never lowers the live caught-up count), as
+  long as the group keeps at least a majority of the target's size (a wrong "dead" verdict must not shrink
+  a group to one voter);
 * a new replica is added only when the caught-up voters are a majority of the grown set, and nothing else
   happens until it has caught up (pysyncobj has no non-voting learner: a new voter is a voter at once, so
   it is added while the old replicas alone still make a majority, and waited for);
@@ -67,7 +69,8 @@ def next_step(view: GroupView) -> Step:
     if voters == target:
         return Step(StepKind.DONE)
     for broker in view.voters:
-        if broker not in target and broker not in view.alive and broker != view.leader:
+        if broker not in target and broker not in view.alive and broker != view.leader \
+                and len(voters) - 1 >= majority(len(target)):
             return Step(StepKind.REMOVE, broker, "a dead replica leaves first")
     lagging = [b for b in view.target if b in voters and b not in view.caught_up]
     if lagging:

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from raftmq.cluster import limits
@@ -39,7 +40,14 @@ from raftmq.cluster.errors import (
     UnknownBroker,
 )
 from raftmq.cluster.metadata import AlterTopicRequest, BrokerRecord, BrokerState, CreateTopicRequest, Topic
-from raftmq.cluster.placement import BrokerSlot, Load, assign_replicas, plan_create_topic, replacement
+from raftmq.cluster.placement import (
+    BrokerSlot,
+    Load,
+    assign_replicas,
+    default_replication_factor,
+    plan_create_topic,
+    replacement,
+)
 from raftmq.cluster.reassignment import Cluster, choose_moves
 from raftmq.node.config import Liveness
 from raftmq.node.metadata import MetadataGroup
@@ -175,11 +183,16 @@ class Controller:
 
     async def _create_here(self, request: CreateTopicRequest, deadline: float) -> Topic:
         live = self.live_slots()
-        wanted = request.replication_factor or 1
+        # The default replication factor counts the brokers the cluster has (the metadata voters at least),
+        # not only those that have registered with this controller yet.
+        known = sum(1 for b in self.metadata.brokers.values() if b.state is not BrokerState.REMOVED)
+        wanted = request.replication_factor or default_replication_factor(max(known, len(self.metadata.replica_ids)))
         settling = self._active_since is None or time.monotonic() - self._active_since < self.liveness.session_timeout_s
-        if settling and len(live) < wanted or not live:
+        if not live or settling and len(live) < wanted:
             # A new controller hears every live broker within a heartbeat: wait for them (retried by the caller).
             raise LeaderNotAvailable(f"{len(live)} brokers have registered with the new controller so far; retry")
+        if request.replication_factor is None:
+            request = replace(request, replication_factor=min(wanted, len(live)))
         payload = plan_create_topic(request, live, load=self.load())
         try:
             result = await self.metadata.propose(MetadataOp.CREATE_TOPIC, payload,

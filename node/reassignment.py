@@ -43,7 +43,10 @@ async def perform_step(handle: PartitionHandle, broker_id: int, target: tuple[in
                                  leader_id=status.leader_id)
     caught_up = frozenset(b for b, m in status.match_index.items() if m >= status.commit_index) | {broker_id}
     voters = status.voters or tuple(handle.topic.replicas[handle.partition])
-    view = GroupView(voters, target, broker_id, caught_up, alive | {broker_id}, status.membership_pending)
+    # A replica that answers the leader is alive whatever the controller heard (its heartbeats may be the
+    # ones that are lost): never remove it as dead.
+    alive = alive | {broker_id} | set(status.in_sync)
+    view = GroupView(voters, target, broker_id, caught_up, alive, status.membership_pending)
     step = next_step(view)
     if step.kind in (StepKind.ADD, StepKind.REMOVE):
         adding = step.kind is StepKind.ADD

@@ -84,9 +84,10 @@ class BrokerSession:
             await self._pull_metadata(timeout_s)
 
     def _candidates(self) -> list[str]:
+        """The controller we know of first, then every metadata voter (one of them leads, or names who does)."""
         url = self.controller.url_of(self.metadata.controller_id)
-        others = [e.url for e in self.config.brokers if e.broker_id in self.config.voters]
-        return [url] if url is not None else others
+        voters = [e.url for e in self.config.brokers if e.broker_id in self.config.voters]
+        return ([url] if url is not None else []) + [v for v in voters if v != url]
 
     async def _send(self, timeout_s: float) -> dict[str, Any]:
         """Heartbeat to the controller; without one known, ask the metadata voters (one names it)."""
@@ -104,6 +105,7 @@ class BrokerSession:
                     return answer
             except RaftMQError as exc:
                 last = exc
+        self.metadata.learned_controller_id = None  # it did not answer: do not point clients at it
         raise last
 
     async def _pull_metadata(self, timeout_s: float) -> None:
