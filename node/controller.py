@@ -36,6 +36,7 @@ from raftmq.cluster.errors import (
     NotEnoughBrokers,
     RaftMQError,
     RequestTimedOut,
+    StaleBrokerIncarnation,
     TopicAlreadyExists,
     UnknownBroker,
 )
@@ -260,12 +261,14 @@ class Controller:
         known = self.metadata.brokers.get(broker_id)
         wanted = {"id": broker_id, "url": body["url"], "peer": body["peer"], "rack": body.get("rack"),
                   "incarnation": int(body["incarnation"])}
+        if known is not None and known.incarnation > wanted["incarnation"]:
+            raise StaleBrokerIncarnation(
+                f"broker {broker_id} started again (incarnation {known.incarnation}); this process is incarnation "
+                f"{wanted['incarnation']} and must stop", broker_id=broker_id, incarnation=known.incarnation)
         if known is None or _registration_changed(known, wanted):
             known = await self.metadata.propose(MetadataOp.REGISTER_BROKER, wanted)
             log.info("controller: broker %d registered (incarnation %d, %s)", broker_id, wanted["incarnation"],
                      known.state.value)
-        elif known.incarnation > wanted["incarnation"]:
-            await self.metadata.propose(MetadataOp.REGISTER_BROKER, wanted)  # raises STALE_BROKER_INCARNATION
         self.last_seen[broker_id] = time.monotonic()
         for topic, partition, term in body.get("leads", ())[:limits.heartbeat_partitions_max]:
             key = (str(topic), int(partition))
@@ -279,7 +282,14 @@ class Controller:
         topics = self.metadata.view
         return [[t, p, b, term] for (t, p), (b, term) in self.leaders.items() if t in topics]
 
+    def _prune_leaders(self) -> None:
+        """Forget leaders of partitions that no longer exist (deleted topics, a re-created topic's old ones)."""
+        topics = self.metadata.view
+        for key in [k for k in self.leaders if k[0] not in topics or k[1] >= topics[k[0]].partitions]:
+            del self.leaders[key]
+
     async def check_liveness(self) -> None:
+        self._prune_leaders()
         now = time.monotonic()
         for record in list(self.metadata.brokers.values()):
             seen = self.last_seen.get(record.broker_id, self._active_since or now)
@@ -361,8 +371,7 @@ def _registration_changed(known: BrokerRecord, wanted: Mapping[str, Any]) -> boo
     if known.state in (BrokerState.FENCED, BrokerState.REMOVED):
         return True  # it is back
     return (known.url, known.peer, known.rack, known.incarnation) != (
-        wanted["url"], wanted["peer"], wanted["rack"], wanted["incarnation"]) and \
-        wanted["incarnation"] >= known.incarnation
+        wanted["url"], wanted["peer"], wanted["rack"], wanted["incarnation"])
 
 
 def _same_request(topic: Topic, payload: Mapping[str, Any]) -> bool:

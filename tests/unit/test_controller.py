@@ -173,3 +173,21 @@ async def test_killing_the_controller_while_topics_are_created(tmp_path: Path) -
             elif error.definite:
                 assert name not in view, (name, error)
         assert sum(1 for e in outcomes.values() if e is None) >= 3
+
+
+async def test_registration_refuses_stale_incarnations_foreign_clusters_and_impossible_drains(tmp_path: Path) -> None:
+    from raftmq.cluster.errors import ClusterIdMismatch, NotEnoughBrokers, StaleBrokerIncarnation, UnknownBroker
+
+    async with InProcessCluster(tmp_path, brokers=3) as cluster:
+        await cluster.create_topic("t", partitions=1)
+        controller = next(n for n in cluster.running() if n.broker.controller.active)
+        body = controller.broker.session.body()
+        with pytest.raises(ClusterIdMismatch):
+            await controller.broker.controller.heartbeat({**body, "cluster_id": "someone-else"})
+        with pytest.raises(StaleBrokerIncarnation):
+            await controller.broker.controller.heartbeat({**body, "incarnation": body["incarnation"] - 1})
+        with pytest.raises(NotEnoughBrokers):  # RF 3 on 3 brokers: its replicas would have nowhere to go
+            await controller.broker.service.set_draining(2, True)
+        with pytest.raises(UnknownBroker):
+            await controller.broker.service.set_draining(9, True)
+        assert cluster.service(1).metadata.brokers[2].state is BrokerState.ALIVE
