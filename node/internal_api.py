@@ -16,16 +16,15 @@ from typing import Any
 
 from aiohttp import web
 from raftmq.cluster import limits
-from raftmq.cluster.errors import InvalidRequest, RaftMQError
+from raftmq.cluster.errors import InvalidRequest
 from raftmq.cluster.metadata import validate_topic_name
 
 INTERNAL_TOKEN_HEADER = "X-RaftMQ-Internal-Token"
 
 
-class InternalForbidden(RaftMQError):
-    """Shares INVALID_REQUEST's code: an internal request without the cluster's token."""
+class InternalForbidden(InvalidRequest):
+    """INVALID_REQUEST with status 403: an internal request without the cluster's token."""
 
-    code = "INVALID_REQUEST"
     http_status = 403
 
 
