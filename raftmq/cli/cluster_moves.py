@@ -97,6 +97,15 @@ async def watch(wait: Waiter, headline: Callable[[ClusterMetadata, float], str],
     """Run ``wait(on_progress)`` with a live view on stderr (``headline`` and the ``relevant`` moves) until
     it returns. None when Ctrl-C/SIGTERM stopped the waiting."""
     started = time.monotonic()
+    try:
+        return await _watch_live(wait, headline, relevant, title, started)
+    finally:
+        if not err().is_terminal:
+            err().print()  # off a terminal, Live leaves its last frame without a line end
+
+
+async def _watch_live(wait: Waiter, headline: Callable[[ClusterMetadata, float], str],
+                      relevant: Callable[[MoveInfo], bool], title: str, started: float) -> ClusterMetadata | None:
     with Live(Text("asking the controller ..."), console=err(), refresh_per_second=_REFRESH_PER_SECOND) as live:
 
         def show(meta: ClusterMetadata) -> None:
