@@ -194,15 +194,21 @@ def _rebalance(cluster: Cluster, live: list[BrokerSlot], load: Load) -> list[Mov
     if counts[most] - counts[least] <= 1:
         return []
     racks = {s.broker_id: s.rack_key for s in live}
+    # Moving the preferred-leader slot also moves a leadership: do that when it evens leaderships out.
+    move_leader = load.leaders.get(most, 0) > load.leaders.get(least, 0) + 1
+    candidates = []
     for topic in cluster.topics:
         for partition, replicas in enumerate(topic.replicas):
             if most in replicas and least not in replicas:
                 others = {racks.get(b) for b in replicas if b != most}
                 if racks[least] in others and racks[most] not in others:
                     continue  # the move would put two replicas in one rack
-                target = tuple(least if b == most else b for b in replicas)
-                return [Move(topic.name, topic.topic_id, partition, target, "rebalance")]
-    return []
+                candidates.append((topic, partition, replicas))
+    if not candidates:
+        return []
+    topic, partition, replicas = min(candidates, key=lambda c: (c[2][0] == most) != move_leader)
+    target = tuple(least if b == most else b for b in replicas)
+    return [Move(topic.name, topic.topic_id, partition, target, "rebalance")]
 
 
 def balance_spread(topics: Sequence[Topic], live: Iterable[int]) -> int:

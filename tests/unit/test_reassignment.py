@@ -107,3 +107,9 @@ def test_a_new_broker_gets_replicas_one_move_at_a_time() -> None:
     topic = _topic([(1, 2, 3), (2, 3, 1), (3, 1, 2), (1, 2, 3)])
     moves = choose_moves(_cluster(topic, {b: BrokerState.ALIVE for b in range(1, 5)}))
     assert len(moves) == 1 and moves[0].reason == "rebalance" and 4 in moves[0].target
+
+
+def test_a_rebalance_moves_a_preferred_leadership_when_that_evens_leaderships() -> None:
+    topic = _topic([(3, 1, 2), (3, 2, 1), (3, 1, 2)])
+    moves = choose_moves(_cluster(topic, {b: BrokerState.ALIVE for b in range(1, 5)}))
+    assert len(moves) == 1 and moves[0].target[0] == 4  # broker 3 led all three: 4 takes a leadership
