@@ -21,7 +21,7 @@ from typing import Any
 
 from raftmq.cluster import limits
 from raftmq.cluster.commands import MetadataOp
-from raftmq.cluster.errors import LeaderNotAvailable, NotLeader, RaftMQError
+from raftmq.cluster.errors import LeaderNotAvailable, NotLeader, RaftMQError, RequestTimedOut
 from raftmq.cluster.metadata import BrokerState, Topic
 from raftmq.cluster.placement import BrokerSlot, replacement
 from raftmq.cluster.reassignment import GroupView, StepKind, next_step
@@ -52,8 +52,12 @@ async def perform_step(handle: PartitionHandle, broker_id: int, target: tuple[in
         adding = step.kind is StepKind.ADD
         change = MembershipChange(add=step.broker) if adding else MembershipChange(remove=step.broker)
         log.info("%s: %s voter %d (%s)", handle.name, step.kind.value, step.broker, step.why)
-        async with asyncio.timeout(limits.move_step_timeout_s):
-            await handle.group.change_membership(change)
+        try:
+            async with asyncio.timeout(limits.move_step_timeout_s):
+                await handle.group.change_membership(change)
+        except TimeoutError:
+            raise RequestTimedOut(f"{handle.name}: the membership change did not commit within "
+                                  f"{limits.move_step_timeout_s:.0f} s; the controller asks again") from None
     elif step.kind is StepKind.TRANSFER and step.broker is not None:
         log.info("%s: handing leadership to %d (%s)", handle.name, step.broker, step.why)
         handle.group.transfer_leadership(step.broker)
