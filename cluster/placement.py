@@ -15,7 +15,7 @@ No I/O here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,11 +206,6 @@ def placement_problems(assignment: Sequence[Sequence[int]], brokers: Sequence[in
             if values and max(values) - min(values) > 1:
                 problems.append(f"{what} per broker range from {min(values)} to {max(values)}")
     return problems
-
-
-def spread_problems(load: Load, brokers: Iterable[int]) -> Mapping[int, int]:
-    """Replicas per broker, for the rebalance decision and status."""
-    return {b: load.replicas.get(b, 0) for b in brokers}
 
 
 __all__ = ["DEFAULT_REPLICATION_FACTOR", "Assignment", "BrokerSlot", "Load", "assign_replicas",

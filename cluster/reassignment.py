@@ -211,11 +211,4 @@ def _rebalance(cluster: Cluster, live: list[BrokerSlot], load: Load) -> list[Mov
     return [Move(topic.name, topic.topic_id, partition, target, "rebalance")]
 
 
-def balance_spread(topics: Sequence[Topic], live: Iterable[int]) -> int:
-    """Most minus fewest replicas on a live broker (balanced: at most 1)."""
-    load = Load.of(t.replicas for t in topics)
-    counts = [load.replicas.get(b, 0) for b in live]
-    return max(counts) - min(counts) if counts else 0
-
-
-__all__ = ["Cluster", "GroupView", "Move", "Step", "StepKind", "balance_spread", "choose_moves", "next_step"]
+__all__ = ["Cluster", "GroupView", "Move", "Step", "StepKind", "choose_moves", "next_step"]
