@@ -252,6 +252,14 @@ class _PartitionState:
         return batches
 
 
+def retry_pause_s(retry: int, *, base_ms: int, max_ms: int, leaderless: bool, rng: random.Random) -> float:
+    """The backoff before retry ``retry``; while the partition is between leaders, never longer than
+    ``limits.client_leader_retry_backoff_ms_max`` (the new leader is usually one election away)."""
+    if leaderless:
+        max_ms = min(max_ms, limits.client_leader_retry_backoff_ms_max)
+    return backoff_s(retry, base_ms=min(base_ms, max_ms), max_ms=max_ms, rng=rng)
+
+
 class Producer(AsyncLifecycle):
     """An asyncio producer. Use ``async with Producer([...]) as p:`` or ``start()``/``stop()``.
 
@@ -746,7 +754,7 @@ class Producer(AsyncLifecycle):
             attempt.last_error = LeaderNotAvailable(f"no known leader for {batch.topic}/{batch.partition}{reason}",
                                                     topic=batch.topic, partition=batch.partition)
             attempt.retry += 1
-            await self._backoff(attempt.retry, batch)
+            await self._backoff(attempt.retry, batch, leaderless=True)
         return url
 
     async def _send_once(self, st: _PartitionState, batch: _Batch, target: str, url: str,
@@ -812,12 +820,12 @@ class Producer(AsyncLifecycle):
             self._finish_error(st, batch, error)
             return True
         attempt.retry += 1
-        await self._backoff(attempt.retry, batch)
+        await self._backoff(attempt.retry, batch, leaderless=isinstance(error, NotLeader | LeaderNotAvailable))
         return False
 
-    async def _backoff(self, retry: int, batch: _Batch) -> None:
-        pause = backoff_s(retry, base_ms=self.retry_backoff_ms, max_ms=self.retry_backoff_ms_max,
-                          rng=self._rng)
+    async def _backoff(self, retry: int, batch: _Batch, *, leaderless: bool = False) -> None:
+        pause = retry_pause_s(retry, base_ms=self.retry_backoff_ms, max_ms=self.retry_backoff_ms_max,
+                              leaderless=leaderless, rng=self._rng)
         pause = min(pause, max(0.0, batch.deadline_s - time.monotonic()))
         if pause > 0:
             await asyncio.sleep(pause)  # retry backoff, not synchronisation

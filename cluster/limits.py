@@ -216,6 +216,10 @@ client_buffer_bytes_default: Final = 32 * MIB
 client_delivery_timeout_ms_default: Final = 60_000
 client_retry_backoff_ms_default: Final = 100
 client_retry_backoff_ms_max: Final = 2_000
+# While a partition has no leader (an election: about one election timeout), retries back off at most this
+# long, so a producer finds the new leader within this of its election instead of sleeping through it with
+# the general backoff (which grows to client_retry_backoff_ms_max).
+client_leader_retry_backoff_ms_max: Final = 150
 client_metadata_max_age_ms: Final = 30_000
 client_fetch_prefetch_bytes_max: Final = 16 * MIB
 # A response is at most one fetch (8 MiB of batches) plus its envelope.

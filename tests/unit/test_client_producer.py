@@ -457,3 +457,15 @@ def test_idempotence_needs_acks_all() -> None:
     assert Producer(["http://127.0.0.1:1"], acks=0, idempotent=False).idempotent is False
     with pytest.raises(ValueError, match="acks='all'"):
         Producer(["http://127.0.0.1:1"], acks=1, idempotent=True)
+
+
+def test_retries_between_leaders_back_off_briefly() -> None:
+    """While a partition has no leader, a retry waits at most client_leader_retry_backoff_ms_max, whatever
+    the retry count; other retriable errors keep the growing backoff."""
+    from raftmq.client.producer import retry_pause_s
+    from raftmq.cluster import limits
+
+    rng = random.Random(3)
+    cap = limits.client_leader_retry_backoff_ms_max / 1000
+    assert all(retry_pause_s(r, base_ms=100, max_ms=2000, leaderless=True, rng=rng) <= cap for r in range(1, 40))
+    assert max(retry_pause_s(r, base_ms=100, max_ms=2000, leaderless=False, rng=rng) for r in range(5, 9)) > cap
