@@ -7,6 +7,7 @@
     raftmq consume TOPIC                print records (text or JSON lines), optionally --follow
     raftmq node start --config FILE     run one broker (same as python -m raftmq.node)
     raftmq bench produce                producer throughput and latency, JSON report
+    raftmq bench idle | failover        idle cost of N partitions; per-partition failover after a kill
     raftmq demo                         a three-node cluster, a leader kill, and a correctness check
     raftmq chaos ...                    fault-injection scenarios (when the chaos package provides them)
 
@@ -26,6 +27,8 @@ from pathlib import Path
 import click
 
 from raftmq.cli.bench import bench
+from raftmq.cli.bench_failover import failover
+from raftmq.cli.bench_idle import idle
 from raftmq.cli.cluster_cmd import cluster
 from raftmq.cli.common import RaftMQGroup
 from raftmq.cli.consume_cmd import consume
@@ -58,6 +61,8 @@ def cli() -> None:
     """
 
 
+bench.add_command(idle)
+bench.add_command(failover)
 for _command in (cluster, topic, produce, consume, node, bench, demo):
     cli.add_command(_command)
 

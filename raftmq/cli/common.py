@@ -24,6 +24,7 @@ from rich.text import Text
 
 from raftmq.client.metadata import normalize_url
 from raftmq.client.types import DeliveryReport
+from raftmq.cluster import limits
 from raftmq.cluster.errors import RaftMQError
 
 T = TypeVar("T")
@@ -84,7 +85,7 @@ def error_panel(code: str, message: str, hint: str = "", *, title: str = "error"
 _CLI_HINTS: Final = {
     "TOPIC_ALREADY_EXISTS": "pick another name, or delete the topic first (raftmq topic delete NAME)",
     "INVALID_TOPIC": "use 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-'",
-    "INVALID_PARTITIONS": "use between 1 and 256 partitions",
+    "INVALID_PARTITIONS": f"use between 1 and {limits.partitions_per_topic_max} partitions",
     "INVALID_REPLICATION_FACTOR": "use at most the number of brokers (raftmq cluster status lists them)",
     "INVALID_CONFIG": "fix the value named in the message",
     "NOT_LEADER": "retry; raftmq cluster status shows the current leaders",

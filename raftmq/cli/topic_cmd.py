@@ -30,6 +30,7 @@ from raftmq.cli.common import (
 )
 from raftmq.client.admin import Admin
 from raftmq.client.metadata import ClusterMetadata, TopicInfo
+from raftmq.cluster import limits
 from raftmq.cluster.errors import ClientTimeout, ConnectionFailed, UnknownTopicOrPartition
 
 # How often `topic alter --wait` asks the controller (a poll interval; tests lower it).
@@ -60,7 +61,8 @@ def _config_rows(config: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 @topic.command("create")
 @click.argument("name")
-@click.option("--partitions", "-p", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--partitions", "-p", type=click.IntRange(1, limits.partitions_per_topic_max), default=1,
+              show_default=True)
 @click.option("--replication-factor", "-r", type=click.IntRange(1, 99), default=None,
               help="Replicas per partition [default: the number of brokers].")
 @click.option("--retention-ms", type=int, default=None, help="Delete segments older than this (-1: never).")
@@ -196,7 +198,7 @@ async def _alter(bootstrap: list[str], name: str, partitions: int | None, replic
 
 @topic.command("alter")
 @click.argument("name")
-@click.option("--partitions", "-p", type=click.IntRange(1, 256), default=None,
+@click.option("--partitions", "-p", type=click.IntRange(1, limits.partitions_per_topic_max), default=None,
               help="New partition count (can only grow).")
 @click.option("--replication-factor", "-r", type=click.IntRange(1, 99), default=None,
               help="New replicas per partition (reached by moving replicas).")
