@@ -94,6 +94,7 @@ from raftmq.cluster.batch import HEADER_BYTES, encode_batch
 from raftmq.cluster.errors import (
     BufferExhausted,
     ClientTimeout,
+    ConnectionFailed,
     DuplicateSequence,
     InvalidAcks,
     LeaderNotAvailable,
@@ -820,7 +821,10 @@ class Producer(AsyncLifecycle):
             self._finish_error(st, batch, error)
             return True
         attempt.retry += 1
-        await self._backoff(attempt.retry, batch, leaderless=isinstance(error, NotLeader | LeaderNotAvailable))
+        # A leader that cannot be reached (CONNECTION_FAILED: killed, restarting) is about to be replaced like
+        # one that says it is not the leader: look again soon.
+        leaderless = isinstance(error, NotLeader | LeaderNotAvailable | ConnectionFailed)
+        await self._backoff(attempt.retry, batch, leaderless=leaderless)
         return False
 
     async def _backoff(self, retry: int, batch: _Batch, *, leaderless: bool = False) -> None:
