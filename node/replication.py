@@ -14,11 +14,14 @@ A pass of the replication loop:
   1. poll the peer sockets (messages are handled as they are read, on this thread);
   2. run queued calls (create/destroy groups), collect woken groups;
   3. tick every group that has news, and every group one of whose pysyncobj timers is due;
-  4. group commit: fdatasync every journal written in this pass (in parallel), then release the
-     acknowledgements held back until then (``always`` policy) — so a follower acknowledges an append,
-     and a leader counts itself for the commit index (computed at the next tick), only once the entry is
-     on disk;
-  5. flush the peer links, hand results and progress notifications to asyncio.
+  4. flush the peer links: the leaders' AppendEntries leave now, so the followers' round trip overlaps
+     the leader's own fsync; publish changed statuses, then hand applied results to asyncio (they are
+     committed on a majority already; a caller that sees its result sees its commit in the status);
+  5. group commit: fdatasync every journal written in this pass (in parallel), then release the
+     acknowledgements held back until then (``always`` policy) and flush them at once — so a follower
+     acknowledges an append, and a leader counts itself for the commit index (computed only in doTick, at
+     the next tick, after the next poll reads the acknowledgements), only once the entry is on disk;
+  6. hand acks=1 results and progress notifications to asyncio.
 
 Contact points with pysyncobj internals, all here: ``createJournal`` (to supply ``DurableJournal``), the
 module ``pickle`` reference (commands are our own envelope, and nothing is unpickled from the network with
@@ -1153,12 +1156,15 @@ class ReplicationLoop(NetworkListener):
             # poll, and this pass's fsync (_group_commit, on this thread) finishes before that poll.
             self.network.flush()
             stamp_all(self.pass_traces, SENT)
+            # Statuses first: whoever sees a result resolved also sees its commit in the published status.
+            for group in ticked:
+                group.publish_status(now)
             self._deliver_completions()  # applied results are committed on a majority: no need to wait
             self._group_commit(ticked, now)
             stamp_all(self.pass_traces, FSYNCED)
             self.pass_traces = []
             self.network.flush()  # follower acknowledgements released by _group_commit leave at once
-            self._publish(ticked, now)
+            self._deliver(self._progress(ticked))
             if now >= self._next_housekeeping:
                 self._next_housekeeping = now + limits.housekeeping_interval_s
                 self.published_links = self.network.link_stats()
@@ -1190,14 +1196,14 @@ class ReplicationLoop(NetworkListener):
         self._dirty.clear()
         return ticked
 
-    def _publish(self, ticked: list[RaftGroup], now: float) -> None:
+    @staticmethod
+    def _progress(ticked: list[RaftGroup]) -> list[Callable[[], None]]:
         progress = []
         for group in ticked:
-            group.publish_status(now)
             notify = group.state_machine.on_progress()
             if notify is not None:
                 progress.append(notify)
-        self._deliver(progress)
+        return progress
 
     def _group_commit(self, ticked: list[RaftGroup], now: float) -> None:
         if self.durability is Durability.INTERVAL:
