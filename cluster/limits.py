@@ -60,10 +60,13 @@ raft_command_queue_max: Final = 10_000
 # Threads that fsync journals in parallel at the end of a replication pass (a fixed pool: the thread
 # count never depends on the partition count).
 fsync_threads: Final = 4
-# The replication thread looks for groups to tick this often, and ticks a group with nothing to do at least
-# this often (its timers: heartbeats, elections); groups with news are ticked at once.
+# The replication thread looks this often for groups whose timers are due; groups with news are ticked at once.
 replication_sweep_interval_s: Final = 0.02
-replication_tick_interval_s: Final = 0.04
+# A group with no news is ticked when a pysyncobj timer is due (RaftGroup._next_timer_s), and at least this
+# often (pysyncobj's once-a-second journal meta flush and its compaction timer run in a tick).
+replication_idle_tick_max_s: Final = 1.0
+# A leader republishes its status at least this often: its in-sync set ages with time (replica_lag_time_max_s).
+replication_status_refresh_s: Final = 0.25
 # Retention, leader balance, journal compaction checks and link statistics run this often.
 housekeeping_interval_s: Final = 1.0
 # Bytes queued on a peer link above which snapshot chunks wait (flow control instead of cutting the link).

@@ -47,6 +47,7 @@ from raftmq.node.forwarding import FORWARDED_HEADER
 from raftmq.node.internal_api import check_token, internal_token, parse_heartbeat, parse_proposal, parse_step
 from raftmq.node.operations import FetchRequest, OffsetRequest, OffsetSpec, ProduceRequest
 from raftmq.node.service import BrokerService
+from raftmq.node.stages import StageTrace
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,32 @@ INTERNAL_TOKEN: web.AppKey[str] = web.AppKey("internal_token", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _respond(request: web.Request, payload: Any, status: int = 200) -> web.Response:
+class _TracedResponse(web.Response):
+    """A response that ends its request's stage trace (node/stages.py) once aiohttp has written it to the
+    socket (aiohttp calls ``write_eof`` after the handler and the middlewares return). A middleware that
+    replaces it records nothing: the trace did not describe what was sent."""
+
+    def __init__(self, *, trace: StageTrace, record: Callable[[StageTrace], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._trace: StageTrace | None = trace
+        self._record = record
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await super().write_eof(data)
+        trace, self._trace = self._trace, None
+        if trace is not None:
+            self._record(trace)
+
+
+def _respond(request: web.Request, payload: Any, status: int = 200, trace: StageTrace | None = None
+             ) -> web.Response:
     as_msgpack = wants_msgpack(request.headers.get("Accept"), request.headers.get("Content-Type"))
-    return web.Response(body=encode_body(payload, as_msgpack=as_msgpack), status=status,
-                        content_type="application/msgpack" if as_msgpack else "application/json")
+    body = encode_body(payload, as_msgpack=as_msgpack)
+    content_type = "application/msgpack" if as_msgpack else "application/json"
+    if trace is not None:
+        return _TracedResponse(trace=trace, record=_service(request).record_stages, body=body, status=status,
+                               content_type=content_type)
+    return web.Response(body=body, status=status, content_type=content_type)
 
 
 def _error_response(request: web.Request, error: RaftMQError) -> web.Response:
@@ -115,6 +138,10 @@ def _partition_arg(request: web.Request) -> int:
 
 def _service(request: web.Request) -> BrokerService:
     return request.app[BROKER].service
+
+
+async def debug_stages(request: web.Request) -> web.Response:
+    return _respond(request, _service(request).debug_stages())
 
 
 async def health(request: web.Request) -> web.Response:
@@ -210,13 +237,19 @@ def _produce_args(body: dict[str, Any]) -> tuple[Acks, int, bytes]:
     return acks, timeout_ms, batch
 
 
+def _trace_for(acks: Acks) -> StageTrace | None:
+    """Per-stage timestamps for acks=all requests (node/stages.py), started once the body is decoded."""
+    return StageTrace() if acks is Acks.ALL else None
+
+
 async def produce(request: web.Request) -> web.Response:
     body = await read_body(request)
     acks, timeout_ms, batch = _produce_args(body)
     if "key" in body:
         raise InvalidRequest("key selects a partition: use POST /v1/topics/{topic}/records", field="key")
-    produced = ProduceRequest(request.match_info["topic"], _partition_arg(request), batch, acks, timeout_ms)
-    return _respond(request, (await _service(request).produce(produced)).to_wire())
+    trace = _trace_for(acks)
+    produced = ProduceRequest(request.match_info["topic"], _partition_arg(request), batch, acks, timeout_ms, trace)
+    return _respond(request, (await _service(request).produce(produced)).to_wire(), trace=trace)
 
 
 async def produce_by_key(request: web.Request) -> web.Response:
@@ -229,8 +262,9 @@ async def produce_by_key(request: web.Request) -> web.Response:
         raise InvalidRequest("key (string or bin) is required to choose the partition", field="key")
     acks, timeout_ms, batch = _produce_args(body)
     topic = request.match_info["topic"]
-    produced = ProduceRequest(topic, service.partition_for_key(topic, key), batch, acks, timeout_ms)
-    return _respond(request, (await service.produce(produced)).to_wire())
+    trace = _trace_for(acks)
+    produced = ProduceRequest(topic, service.partition_for_key(topic, key), batch, acks, timeout_ms, trace)
+    return _respond(request, (await service.produce(produced)).to_wire(), trace=trace)
 
 
 def _replica_arg(request: web.Request) -> bool:
@@ -289,6 +323,7 @@ def build_app(broker: Broker) -> web.Application:
     app[BROKER] = broker
     app[INTERNAL_TOKEN] = internal_token(broker.config.cluster_secret)
     app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/debug/stages", debug_stages)
     app.router.add_get("/v1/metadata", metadata)
     app.router.add_get("/v1/topics", list_topics)
     app.router.add_post("/v1/topics", create_topic)

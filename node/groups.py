@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from raftmq.node.stages import StageTrace
+
 
 @dataclass(frozen=True)
 class GroupStatus:
@@ -127,11 +129,13 @@ class ReplicationGroup(Protocol):
     @property
     def status(self) -> GroupStatus: ...
 
-    def submit(self, command: bytes, *, resolve_on_append: bool = False) -> asyncio.Future[Any]:
+    def submit(self, command: bytes, *, resolve_on_append: bool = False,
+               trace: StageTrace | None = None) -> asyncio.Future[Any]:
         """Propose ``command`` (event loop thread). The future resolves with the state machine's apply result
         once the entry is committed and applied here (or, with ``resolve_on_append``, with an AppendInfo as
         soon as the entry is in this broker's own log), or fails with a RaftMQError: BufferFull or
-        LeaderNotAvailable (definite: nothing appended), OutcomeUnknown (maybe committed)."""
+        LeaderNotAvailable (definite: nothing appended), OutcomeUnknown (maybe committed). ``trace``: the
+        engine stamps the points it sees (node/stages.py), or ignores it."""
 
     def forget_append_waiter(self, command: bytes) -> None:
         """The caller stopped waiting for ``command``'s append (a timeout)."""

@@ -49,6 +49,7 @@ from raftmq.cluster import limits
 from raftmq.cluster.errors import LeaderNotAvailable, NotLeader, OutcomeUnknown, RaftMQError, ReassignmentInProgress
 from raftmq.node.config import RaftTimers
 from raftmq.node.groups import AppendInfo, GroupSpec, GroupStatus, MembershipChange, StateMachine
+from raftmq.node.stages import StageTrace
 
 log = logging.getLogger(__name__)
 
@@ -490,7 +491,8 @@ class MemoryGroup:
         self.status = GroupStatus(group_id=core.group_id)
         self._append_waiters: dict[bytes, asyncio.Future[Any]] = {}
 
-    def submit(self, command: bytes, *, resolve_on_append: bool = False) -> asyncio.Future[Any]:
+    def submit(self, command: bytes, *, resolve_on_append: bool = False,
+               trace: StageTrace | None = None) -> asyncio.Future[Any]:  # noqa: ARG002 - no stages in memory
         network, core = self.network, self.core
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         network.step()

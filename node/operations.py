@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from raftmq.cluster.wire import Acks
+from raftmq.node.stages import StageTrace
 
 OffsetSpec = Literal["earliest", "latest"] | int  # an int is a timestamp in ms
 
@@ -25,6 +26,8 @@ class ProduceRequest:
     batch: bytes  # a record batch (cluster/batch.py), not yet validated
     acks: Acks
     timeout_ms: int
+    # Per-stage timestamps (node/stages.py); set by the listener for acks=all, None = not measured.
+    trace: StageTrace | None = None
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,9 @@ class PeerNetwork:
         os.set_blocking(self._wake_w, False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._dirty_links: set[PeerLink] = set()
+        # Bumped whenever a link goes up or down: groups republish their status only when it (or their own
+        # state) changed (RaftGroup.publish_status).
+        self.links_version = 0
         self.stats = {"links_opened": 0, "links_closed": 0, "frames_dropped": 0, "links_cut_overflow": 0,
                       "protocol_errors": 0, "handshakes_rejected": 0, "pending_evicted": 0}
 
@@ -524,6 +527,7 @@ class PeerNetwork:
         link.reader.frame_bytes_max = limits.peer_frame_bytes_max
         link.last_recv = time.monotonic()
         self._links[link.peer_id] = link  # type: ignore[index]
+        self.links_version += 1
         self.stats["links_opened"] += 1
         log.info("peer link to broker %s up (%s)", link.peer_id, "dialed" if link.dialer else "accepted")
         self.listener.on_peer_up(link.peer_id)  # type: ignore[arg-type]
@@ -545,6 +549,7 @@ class PeerNetwork:
             pass
         if was_up and self._links.get(link.peer_id) is link:  # type: ignore[arg-type]
             del self._links[link.peer_id]  # type: ignore[arg-type]
+            self.links_version += 1
             self.stats["links_closed"] += 1
             log.info("peer link to broker %s down: %s", link.peer_id, reason)
             self.listener.on_peer_down(link.peer_id)  # type: ignore[arg-type]

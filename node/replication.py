@@ -13,12 +13,15 @@ aside).
 A pass of the replication loop:
   1. poll the peer sockets (messages are handled as they are read, on this thread);
   2. run queued calls (create/destroy groups), collect woken groups;
-  3. tick every group that has news, and every group whose last tick is older than the sweep interval;
-  4. group commit: fdatasync every journal written in this pass (in parallel), then release the
-     acknowledgements held back until then (``always`` policy) — so a follower acknowledges an append,
-     and a leader counts itself for the commit index (computed at the next tick), only once the entry is
-     on disk;
-  5. flush the peer links, hand results and progress notifications to asyncio.
+  3. tick every group that has news, and every group one of whose pysyncobj timers is due;
+  4. flush the peer links: the leaders' AppendEntries leave now, so the followers' round trip overlaps
+     the leader's own fsync; publish changed statuses, then hand applied results to asyncio (they are
+     committed on a majority already; a caller that sees its result sees its commit in the status);
+  5. group commit: fdatasync every journal written in this pass (in parallel), then release the
+     acknowledgements held back until then (``always`` policy) and flush them at once — so a follower
+     acknowledges an append, and a leader counts itself for the commit index (computed only in doTick, at
+     the next tick, after the next poll reads the acknowledgements), only once the entry is on disk;
+  6. hand acks=1 results and progress notifications to asyncio.
 
 Contact points with pysyncobj internals, all here: ``createJournal`` (to supply ``DurableJournal``), the
 module ``pickle`` reference (commands are our own envelope, and nothing is unpickled from the network with
@@ -73,6 +76,7 @@ from raftmq.node.groups import AppendInfo, GroupSpec, GroupStatus, MembershipCha
 from raftmq.node.journal import DurableJournal
 from raftmq.node.prevote import PreVote
 from raftmq.node.raft_transport import BrokerNode, GroupTransport, NetworkListener, PeerNetwork
+from raftmq.node.stages import APPENDED, APPLIED, COMMITTED, FSYNCED, SENT, StageTrace, stamp_all
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +152,7 @@ class _CommandCodec:
 
 
 _COMMAND_TYPE_REGULAR = 0  # pysyncobj's _COMMAND_TYPE.REGULAR
+_TRACES_PENDING_MAX = 4096  # stage traces a group keeps for entries not appended / not applied yet
 # How every membership change entry starts: pysyncobj's _COMMAND_TYPE.MEMBERSHIP, then our envelope.
 _CONFIG_PREFIX = bytes([peer_protocol.COMMAND_MEMBERSHIP]) + peer_protocol.MEMBERSHIP_MAGIC
 
@@ -447,15 +452,21 @@ class _RaftObject(SyncObj):
     """The pysyncobj object of one group: one replicated method, the rest is in the state machine."""
 
     def __init__(self, state_machine: StateMachine, journal: DurableJournal, self_node: BrokerNode,
-                 other_nodes: list[BrokerNode], conf: SyncObjConf, transport_factory: Any) -> None:
+                 other_nodes: list[BrokerNode], conf: SyncObjConf, transport_factory: Any,
+                 traces: dict[int, StageTrace]) -> None:
         # Set before SyncObj.__init__: such attributes are never part of pysyncobj's own state dump.
         self._state_machine = state_machine
         self._journal = journal
+        self._traces = traces  # Raft index -> stage trace of a traced request appended here (RaftGroup)
         super().__init__(self_node, other_nodes, conf, transportClass=transport_factory)
 
     @replicated
     def _apply(self, command: bytes) -> Any:
         index = self.raftLastApplied + 1
+        if self._traces:
+            trace = self._traces.pop(index, None)
+            if trace is not None:
+                trace.stamp(COMMITTED)  # pysyncobj applies in the tick that moved the commit index
         term = self._journal.term_at(index)
         invariant(term is not None, f"applying index {index} that is not in the journal")
         return self._state_machine.apply(index, term, command)  # type: ignore[arg-type]
@@ -606,6 +617,10 @@ class RaftGroup:
         self._membership_requested = False  # a change is queued in pysyncobj and not in the log yet
         self.journal.on_append = self._on_journal_append
         self.append_waiters: dict[int, asyncio.Future[Any]] = {}
+        # Stage traces (node/stages.py): by proposal id until the entry is appended, then by Raft index until
+        # it is applied. Bounded: a trace whose entry never gets there is dropped (_bound_traces).
+        self._traced: dict[int, StageTrace] = {}
+        self._traces_by_index: dict[int, StageTrace] = {}
         election = _election_window(self.timers, self_id, spec.preferred_replica)
         self.raft, transport = self._build_raft(_syncobj_conf(self.timers, election, spec.directory))
         self.transport = transport
@@ -622,6 +637,11 @@ class RaftGroup:
         self.prevote.set_voters(self.replica_ids)
         transport.prevote = self.prevote
         self.last_tick = 0.0
+        self.next_tick = 0.0  # loop clock: when pysyncobj's next timer is due (_next_timer_s)
+        self._published_key: tuple[Any, ...] | None = None
+        self._published_at = 0.0
+        self.ticks = 0  # counters: what an idle group costs (tests, debugging)
+        self.publishes = 0
         self.leader_since: float | None = None  # monotonic time this replica last became leader
         self._last_transfer_attempt = 0.0
         self.status = GroupStatus(group_id=self.group_id)
@@ -639,7 +659,8 @@ class RaftGroup:
         other_nodes = [BrokerNode(b) for b in self.replica_ids if b != self.self_id]  # the log's voters
         _building.journal = self.journal
         try:
-            raft = _RaftObject(self.state_machine, self.journal, self_node, other_nodes, conf, transport_factory)
+            raft = _RaftObject(self.state_machine, self.journal, self_node, other_nodes, conf, transport_factory,
+                               self._traces_by_index)
         finally:
             _building.journal = None
         invariant(set(raft._methodToID) == {"_apply_v0"}, "the group must have exactly one replicated method")
@@ -648,17 +669,31 @@ class RaftGroup:
 
     # called on the asyncio thread --------------------------------------------------------------
 
-    def submit(self, command: bytes, *, resolve_on_append: bool = False) -> asyncio.Future[Any]:
+    def submit(self, command: bytes, *, resolve_on_append: bool = False,
+               trace: StageTrace | None = None) -> asyncio.Future[Any]:
         """See ``node.groups.ReplicationGroup.submit``; errors per ``error_for_fail_reason``."""
         future: asyncio.Future[Any] = self.loop.asyncio_loop.create_future()
         if resolve_on_append:
             proposal_id = commands.proposal_id_of(command)
             invariant(proposal_id is not None, "submit needs an encoded command")
             self.append_waiters[proposal_id] = future  # type: ignore[index]
-        callback = partial(self._on_result, future)
+        if trace is not None:
+            self._bound_traces()
+            proposal_id = commands.proposal_id_of(command)
+            if proposal_id is not None:
+                self._traced[proposal_id] = trace
+        callback = partial(self._on_result, future, trace)
         self.raft._applyCommand(command, callback, _COMMAND_TYPE_REGULAR)
         self.loop.wake_group(self.group_id)
         return future
+
+    def _bound_traces(self) -> None:
+        # Traces of entries that were never appended (lost leadership) or never applied here (truncated)
+        # would stay forever; they are only measurements, so past the bound they are dropped wholesale.
+        if len(self._traced) >= _TRACES_PENDING_MAX:
+            self._traced.clear()
+        if len(self._traces_by_index) >= _TRACES_PENDING_MAX:
+            self._traces_by_index.clear()
 
     def forget_append_waiter(self, command: bytes) -> None:
         proposal_id = commands.proposal_id_of(command)
@@ -758,8 +793,10 @@ class RaftGroup:
             self.replica_ids = sorted(voters)
             self.prevote.set_voters(self.replica_ids)
 
-    def _on_result(self, future: asyncio.Future[Any], result: Any, reason: int) -> None:
+    def _on_result(self, future: asyncio.Future[Any], trace: StageTrace | None, result: Any, reason: int) -> None:
         if reason == FAIL_REASON.SUCCESS:
+            if trace is not None:
+                trace.stamp(APPLIED)
             self.loop.complete(future, result, None)
         else:
             self.loop.complete(future, None, error_for_fail_reason(reason))
@@ -772,6 +809,8 @@ class RaftGroup:
             raft = getattr(self, "raft", None)
             if raft is not None:
                 raft._SyncObj__changeClusterIDx = index
+        if self._traced:
+            self._note_traced_append(command, index)
         if self.append_waiters:
             proposal_id = commands.proposal_id_of(command, 1)  # byte 0 is pysyncobj's command type
             if proposal_id is not None:
@@ -779,14 +818,77 @@ class RaftGroup:
                 if future is not None:
                     self.loop.complete(future, AppendInfo(index, term), None, after_sync=True)
 
+    def _note_traced_append(self, command: bytes, index: int) -> None:
+        proposal_id = commands.proposal_id_of(command, 1)  # byte 0 is pysyncobj's command type
+        trace = self._traced.pop(proposal_id, None) if proposal_id is not None else None
+        if trace is not None:
+            trace.stamp(APPENDED)
+            self._traces_by_index[index] = trace
+            self.loop.pass_traces.append(trace)  # the loop stamps SENT and FSYNCED at the end of this pass
+
     def tick(self, now: float) -> None:
         self.last_tick = now
+        self.ticks += 1
         self._refresh_voters()  # messages handled since the last tick may have appended or cut changes
         self.prevote.gate()
         self.raft.doTick(0.0)
         self._refresh_voters()
+        self.next_tick = now + min(self._next_timer_s(), limits.replication_idle_tick_max_s)
+
+    def _next_timer_s(self) -> float:
+        """Seconds until a timer in pysyncobj's _onTick can fire. A leader: its next AppendEntries
+        (heartbeat, ``__newAppendEntriesTime``) or the moment too few followers have answered within the
+        leader fallback timeout and it steps down. A follower or candidate: its election deadline (which
+        pre-vote's ``gate`` may have moved; a pre-vote reply arrives as a message and marks the group dirty).
+        Everything else in a tick (commit, apply, draining commands) follows a message or a submit, which
+        mark the group dirty themselves. pysyncobj's timers are on its own clock (``raft_clock``)."""
+        raft = self.raft
+        clock = raft_clock()
+        if raft._SyncObj__raftState == 2:  # leader
+            due = raft._SyncObj__newAppendEntriesTime
+            fallback = self._fallback_due()
+            if fallback is not None:
+                due = min(due, fallback)
+        else:
+            due = raft._SyncObj__raftElectionDeadline
+        return max(0.0, due - clock)
+
+    def _fallback_due(self) -> float | None:
+        """When pysyncobj's leader fallback check would first find too few answering followers (raft clock):
+        it needs len(voters) // 2 followers answered within ``leaderFallbackTimeout``, so the answer that
+        matters is the (len(voters) // 2)-th most recent."""
+        responses = sorted(self.raft._SyncObj__lastResponseTime.values(), reverse=True)
+        needed = (len(responses) + 1) // 2
+        if needed == 0 or needed > len(responses):
+            return None
+        return float(responses[needed - 1]) + self.timers.leader_fallback_timeout_s
+
+    def _status_key(self) -> tuple[Any, ...]:
+        """Everything ``publish_status`` reads that can change without time passing. Cheap: no sorting, no
+        allocation beyond the tuple."""
+        raft = self.raft
+        leader = raft._getLeader()
+        matches = tuple(raft._SyncObj__raftMatchIndex.values()) if raft._SyncObj__raftState == 2 else ()
+        return (raft._SyncObj__raftState, leader.broker_id if leader is not None else None, raft.raftCurrentTerm,
+                raft.raftCommitIndex, raft.raftLastApplied, self.journal.last_index, self.journal.size_bytes,
+                raft._SyncObj__noopIDx, raft.isReady(), len(self.replica_ids), self.voters,
+                self._membership_requested, self.loop.network.links_version, matches)
 
     def publish_status(self, now: float) -> None:
+        """Publish a new ``GroupStatus`` when something in it changed (an idle group then costs one tuple per
+        tick, not a status). A leader's in-sync set and quorum also age with time (answers older than
+        ``replica_lag_time_max_s`` / the fallback timeout), so a leader republishes at least every
+        ``replication_status_refresh_s`` as well."""
+        key = self._status_key()
+        fresh = key[0] != 2 or now - self._published_at < limits.replication_status_refresh_s
+        if key == self._published_key and fresh:
+            return
+        self._build_status(now)
+        self.publishes += 1
+        self._published_key = self._status_key()  # building may clear _membership_requested
+        self._published_at = now
+
+    def _build_status(self, now: float) -> None:
         raft = self.raft
         role = _ROLES.get(raft._SyncObj__raftState, "follower")
         if role == "leader" and self.leader_since is None:
@@ -888,6 +990,7 @@ class ReplicationLoop(NetworkListener):
         self._next_housekeeping = 0.0
         self.pass_count = 0
         self.fsync_count = 0
+        self.pass_traces: list[StageTrace] = []  # traced entries appended in this pass (node/stages.py)
         self.failure: BaseException | None = None
         self.published_links: list[dict[str, Any]] = []  # peer links as of the last housekeeping
 
@@ -1044,25 +1147,24 @@ class ReplicationLoop(NetworkListener):
             now = time.monotonic()
             if now >= next_sweep:
                 next_sweep = now + limits.replication_sweep_interval_s
-                for group in self.groups.values():
-                    if now - group.last_tick >= limits.replication_tick_interval_s:
-                        self._dirty.add(group.group_id)
-            ticked = []
-            for group_id in self._dirty:
-                dirty = self.groups.get(group_id)
-                if dirty is not None:
-                    dirty.tick(now)
-                    ticked.append(dirty)
-            self._dirty.clear()
-            self._group_commit(ticked, now)
+                self._mark_due(now)
+            ticked = self._tick_dirty(now)
+            # The AppendEntries of this pass leave BEFORE the leader's own fsync: the followers' round trip
+            # overlaps it (Raft lets a leader persist in parallel with replication). The leader still counts
+            # itself only once its entry is durable: pysyncobj computes the commit index only inside doTick
+            # (its _onTick, "count = 1" for itself), follower acknowledgements are read only by the next
+            # poll, and this pass's fsync (_group_commit, on this thread) finishes before that poll.
             self.network.flush()
-            progress = []
+            stamp_all(self.pass_traces, SENT)
+            # Statuses first: whoever sees a result resolved also sees its commit in the published status.
             for group in ticked:
                 group.publish_status(now)
-                notify = group.state_machine.on_progress()
-                if notify is not None:
-                    progress.append(notify)
-            self._deliver(progress)
+            self._deliver_completions()  # applied results are committed on a majority: no need to wait
+            self._group_commit(ticked, now)
+            stamp_all(self.pass_traces, FSYNCED)
+            self.pass_traces = []
+            self.network.flush()  # follower acknowledgements released by _group_commit leave at once
+            self._deliver(self._progress(ticked))
             if now >= self._next_housekeeping:
                 self._next_housekeeping = now + limits.housekeeping_interval_s
                 self.published_links = self.network.link_stats()
@@ -1076,6 +1178,32 @@ class ReplicationLoop(NetworkListener):
                     except Exception:  # noqa: BLE001 - housekeeping must not stop replication
                         log.exception("housekeeping callback failed")
             self.pass_count += 1
+
+    def _mark_due(self, now: float) -> None:
+        """Groups whose pysyncobj timers (heartbeat, election, leader fallback) are due get a tick; the
+        others have nothing to do until a message, a command or a link change marks them dirty."""
+        for group in self.groups.values():
+            if now >= group.next_tick:
+                self._dirty.add(group.group_id)
+
+    def _tick_dirty(self, now: float) -> list[RaftGroup]:
+        ticked = []
+        for group_id in self._dirty:
+            dirty = self.groups.get(group_id)
+            if dirty is not None:
+                dirty.tick(now)
+                ticked.append(dirty)
+        self._dirty.clear()
+        return ticked
+
+    @staticmethod
+    def _progress(ticked: list[RaftGroup]) -> list[Callable[[], None]]:
+        progress = []
+        for group in ticked:
+            notify = group.state_machine.on_progress()
+            if notify is not None:
+                progress.append(notify)
+        return progress
 
     def _group_commit(self, ticked: list[RaftGroup], now: float) -> None:
         if self.durability is Durability.INTERVAL:
@@ -1096,6 +1224,17 @@ class ReplicationLoop(NetworkListener):
         for group in unsynced:
             if group.transport is not None:
                 group.transport.release_held()
+
+    def _deliver_completions(self) -> None:
+        """Hand results that need no fsync of this pass to asyncio now (a committed entry is already on a
+        majority's disks); acks=1 results (``after_sync``) wait for ``_deliver``."""
+        with self._completions_lock:
+            batch, self._completions = self._completions, []
+        if batch:
+            try:
+                self.asyncio_loop.call_soon_threadsafe(_resolve_batch, batch, [])
+            except RuntimeError:
+                pass  # the event loop is closed: we are shutting down
 
     def _deliver(self, progress: list[Callable[[], None]]) -> None:
         with self._completions_lock:

@@ -53,6 +53,7 @@ from raftmq.cluster.metadata import (
 )
 from raftmq.cluster.routing import partition_for
 from raftmq.cluster.wire import Acks
+from raftmq.node import stages
 from raftmq.node.config import NodeConfig
 from raftmq.node.controller import Controller
 from raftmq.node.groups import AppendInfo, ReplicationEngine
@@ -75,6 +76,7 @@ from raftmq.node.operations import (
 from raftmq.node.partition import AppendResult
 from raftmq.node.reassignment import perform_step
 from raftmq.node.replicas import PartitionHandle, ReplicaManager
+from raftmq.node.stages import StageTimes, StageTrace
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ class BrokerService:
         self.describe_moves = describe_moves
         self.stopping = False
         self.started_at = time.monotonic()
+        self.stage_times = StageTimes()  # acks=all produce requests led here (GET /v1/debug/stages)
 
     # --- leadership -----------------------------------------------------------------------------
 
@@ -146,7 +149,7 @@ class BrokerService:
         self._check_budget(handle, len(request.batch))
         now_ms = int(time.time() * 1000)
         command = commands.encode(PartitionOp.APPEND, self.metadata.proposals.next(), now_ms, request.batch)
-        future, release = self._propose(handle, command, len(request.batch), request.acks)
+        future, release = self._propose(handle, command, len(request.batch), request.acks, request.trace)
         result = ProduceResult(request.topic, request.partition, self.broker_id, request.acks, None,
                                header.record_count, handle.group.status.term, None, False, now_ms)
         if request.acks is Acks.NONE:
@@ -201,8 +204,8 @@ class BrokerService:
                              f"for replication on {handle.name}; nothing was appended",
                              uncommitted_bytes=handle.uncommitted_bytes)
 
-    def _propose(self, handle: PartitionHandle, command: bytes, size: int, acks: Acks
-                 ) -> tuple[asyncio.Future[Any], Callable[[], None]]:
+    def _propose(self, handle: PartitionHandle, command: bytes, size: int, acks: Acks,
+                 trace: StageTrace | None = None) -> tuple[asyncio.Future[Any], Callable[[], None]]:
         """Hand ``command`` to the group, counted in the partition's in-flight budget until it resolves (or
         its waiter gives up: ``release``)."""
         handle.uncommitted_bytes += size
@@ -217,7 +220,9 @@ class BrokerService:
                 handle.uncommitted_bytes -= size
                 handle.uncommitted_entries -= 1
 
-        future = handle.group.submit(command, resolve_on_append=acks is Acks.LEADER)
+        if trace is not None:
+            trace.stamp(stages.SUBMITTED)
+        future = handle.group.submit(command, resolve_on_append=acks is Acks.LEADER, trace=trace)
         future.add_done_callback(release)
         future.add_done_callback(_consume_exception)
         return future, release
@@ -227,6 +232,8 @@ class BrokerService:
         try:
             async with asyncio.timeout(request.timeout_ms / 1000):
                 result = await asyncio.shield(future)
+            if request.trace is not None:
+                request.trace.stamp(stages.ON_ASYNCIO)
         except TimeoutError:
             release()
             handle.group.forget_append_waiter(command)
@@ -503,6 +510,15 @@ class BrokerService:
                                            if k in known} or None,
                               "step": known.get("step"), "why": known.get("why")})
         return moves
+
+    def record_stages(self, trace: StageTrace) -> None:
+        """A traced produce request's response is written: add it to the per-stage aggregates."""
+        trace.stamp(stages.RESPONDED)
+        self.stage_times.record(trace)
+
+    def debug_stages(self) -> dict[str, Any]:
+        """Per-stage latency of acks=all produce requests this broker led (node/stages.py)."""
+        return {"broker_id": self.broker_id, **self.stage_times.snapshot()}
 
     def health(self) -> Health:
         ok = self.engine.failure is None and not self.stopping

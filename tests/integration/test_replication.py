@@ -21,6 +21,7 @@ from raftmq.node.config import Durability, PeerAddress, RaftTimers
 from raftmq.node.groups import GroupSpec
 from raftmq.node.raft_transport import NetworkListener, PeerNetwork
 from raftmq.node.replication import RaftGroup, ReplicationLoop
+from raftmq.node.stages import APPENDED, APPLIED, COMMITTED, FSYNCED, SENT, SUBMITTED, StageTrace
 
 from tests.conftest import wait_for_condition
 
@@ -35,8 +36,11 @@ class ListMachine:
         self.applied_index = 0
         self.applied_twice = 0
         self.lock = threading.Lock()
+        self.before_apply: Any = None  # a test's check, called with the index on the replication thread
 
     def apply(self, index: int, term: int, command: bytes) -> Any:
+        if self.before_apply is not None:
+            self.before_apply(index)
         if index <= self.applied_index:
             self.applied_twice += 1
             return None
@@ -239,3 +243,86 @@ async def test_follower_far_behind_catches_up_from_the_journal(trio: Trio) -> No
     await wait_for_condition(lambda: restarted.machines["g"].snapshot_items() == expected, timeout_s=20,
                              what="follower caught up from the journal")
     assert all(n.replication is not None and n.replication.failure is None for n in nodes.values())
+
+
+def _track_fsyncs(group: RaftGroup) -> dict[str, int]:
+    """Wrap the group's journal fsync: ``synced["index"]`` = the last index known to be on disk."""
+    journal = group.journal
+    original = journal.sync
+    synced = {"index": 0}
+
+    def sync() -> None:
+        mark = journal.last_index or 0  # everything appended before the fdatasync starts is covered by it
+        original()
+        synced["index"] = max(synced["index"], mark)
+
+    journal.sync = sync  # type: ignore[method-assign]
+    return synced
+
+
+async def test_an_entry_commits_only_once_a_majority_has_it_on_disk(trio: Trio) -> None:
+    """The leader sends AppendEntries before its own fsync; it must still count itself (and every follower
+    count) only once the entry is durable: whenever any replica applies an entry, a majority of the
+    journals has fsynced it."""
+    nodes = trio.nodes
+    trio.start(["g"])
+    leader = await _leader(nodes, "g")
+    synced = {b: _track_fsyncs(node.groups["g"]) for b, node in nodes.items()}
+    first_tracked = max(node.groups["g"].journal.last_index or 0 for node in nodes.values()) + 1
+    violations: list[tuple[int, int, list[int]]] = []
+
+    def check(broker_id: int, index: int) -> None:
+        if index < first_tracked:
+            return
+        on_disk = [b for b, mark in synced.items() if mark["index"] >= index]
+        if 2 * len(on_disk) <= len(nodes):
+            violations.append((broker_id, index, on_disk))
+
+    for broker_id, node in nodes.items():
+        node.machines["g"].before_apply = lambda index, b=broker_id: check(b, index)
+    for i in range(100):  # one at a time: each entry's commit races its own fsyncs
+        await asyncio.wait_for(_submit(leader.groups["g"], b"f%d" % i, 1000 + i), 10)
+    await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"g%d" % i, 2000 + i)
+                                            for i in range(100)]), 20)
+    await wait_for_condition(lambda: all(len(n.machines["g"].snapshot_items()) >= 200 for n in nodes.values()),
+                             timeout_s=10, what="every replica applied the 200 entries")
+    assert violations == []
+
+
+async def test_a_traced_entry_passes_every_replication_stage_in_order(trio: Trio) -> None:
+    nodes = trio.nodes
+    trio.start(["g"])
+    leader = await _leader(nodes, "g")
+    trace = StageTrace()
+    trace.stamp(SUBMITTED)
+    await asyncio.wait_for(leader.groups["g"].submit(commands.encode(1, 77, 0, b"traced"), trace=trace), 10)
+    times = trace.times
+    assert all(times[point] for point in (APPENDED, SENT, FSYNCED, COMMITTED, APPLIED)), times
+    # AppendEntries leave before the leader's own fsync; the commit comes after both.
+    assert times[SUBMITTED] <= times[APPENDED] <= times[SENT] <= times[FSYNCED] <= times[COMMITTED] \
+        <= times[APPLIED]
+
+
+async def test_an_idle_group_is_not_ticked_or_republished_every_sweep(trio: Trio) -> None:
+    """Idle, a follower is ticked for the heartbeats it receives (about 1 / heartbeat period) and republishes
+    nothing; a leader republishes only for the in-sync refresh."""
+    nodes = trio.nodes
+    trio.start(["g"])
+    leader = await _leader(nodes, "g")
+    await asyncio.wait_for(_submit(leader.groups["g"], b"x", 1), 10)
+    await wait_for_condition(lambda: all(n.groups["g"].status.applied_index == leader.groups["g"].status.applied_index
+                                         for n in nodes.values()), timeout_s=10, what="every replica applied")
+    before = {b: (n.groups["g"].ticks, n.groups["g"].publishes) for b, n in nodes.items()}
+    window_s = 2.0
+    await asyncio.sleep(window_s)  # an observation window (nothing is waited for)
+    heartbeats = window_s / TIMERS.heartbeat_period_s
+    for broker_id, node in nodes.items():
+        ticks = node.groups["g"].ticks - before[broker_id][0]
+        publishes = node.groups["g"].publishes - before[broker_id][1]
+        if node is leader:
+            # heartbeats plus the ticks their answers cause; a sweep every 20 ms would be 100
+            assert ticks <= 3 * heartbeats + 5, ticks
+            assert publishes <= window_s / 0.25 + 3, publishes
+        else:
+            assert ticks <= 1.5 * heartbeats + 5, ticks
+            assert publishes <= 2, publishes
