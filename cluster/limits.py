@@ -78,14 +78,14 @@ journal_lazy_slice_entries: Final = 64
 # Raft timers (seconds). pysyncobj validate() requires min > 3 * append period, max > min,
 # connection timeout >= max, fallback > append period; we also assert them here because
 # pysyncobj's checks are `assert`s that vanish under `python -O`.
-raft_election_timeout_min_s: Final = 0.6
-raft_election_timeout_max_s: Final = 1.2
-raft_heartbeat_period_s: Final = 0.1
+raft_election_timeout_min_s: Final = 0.3
+raft_election_timeout_max_s: Final = 0.6
+raft_heartbeat_period_s: Final = 0.075
 raft_connection_timeout_s: Final = 3.0
 # A leader that hears from no majority for this long steps down (CheckQuorum); meanwhile the broker refuses
 # writes it could not commit anyway. Above the election timeout, so a leader is only deposed after a
 # follower could already have replaced it.
-raft_leader_fallback_timeout_s: Final = 1.5
+raft_leader_fallback_timeout_s: Final = 0.7
 peer_connect_retry_s: Final = 0.5
 # One recv() on a peer link, and the bytes read from one link per poll (so a busy link cannot starve the
 # others); buffers handed to one sendmsg().
