@@ -39,7 +39,7 @@ consumer_stop_deadline_s: Final = 10.0
 # Live progress snapshots handed to the display: twice a second is smooth enough for a human.
 progress_interval_s: Final = 0.5
 # Metadata polls for the leader timeline (every ~200 ms): fine enough to time an election (the brokers'
-# election timeout is 0.6-1.2 s, cluster/limits.py) against the 3 s failover target.
+# election timeout is 0.3-0.6 s, cluster/limits.py) against the failover target.
 leader_poll_interval_s: Final = 0.2
 # One broker's metadata answer within a poll. A paused (SIGSTOPped) broker never answers; the poll gives
 # up on it quickly so the other brokers' claims stay fresh.
