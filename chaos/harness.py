@@ -405,9 +405,11 @@ class ChaosCluster:
             return None
         peer_ports = {node.peer_port: n for n, node in self.cluster.nodes.items()}
         client_ports = {node.client_port: n for n, node in self.cluster.nodes.items()}
-        by_local = {(c[0], c[1]): c for c in connections}
+        # Keyed by the whole 4-tuple: Linux reuses one local port for connections to different remotes, so
+        # (host, port) alone can name a connection of another process (a false "not from the proxy").
+        by_ends = {(c[0], c[1], c[2], c[3]): c for c in connections}
         problems = []
-        for _local_host, local_port, remote_host, remote_port, inode in connections:
+        for local_host, local_port, remote_host, remote_port, inode in connections:
             who = owner.get(inode)
             if who is None or who[0] != "broker":
                 continue
@@ -418,7 +420,7 @@ class ChaosCluster:
                 problems.append(f"broker {me} is connected straight to broker {client_ports[remote_port]}'s "
                                 "client port")
             if local_port == self.cluster.nodes[me].peer_port:
-                other = by_local.get((remote_host, remote_port))
+                other = by_ends.get((remote_host, remote_port, local_host, local_port))
                 if other is not None and owner.get(other[4], ("?", 0))[0] != "proxy":
                     source = owner.get(other[4])
                     problems.append(f"broker {me} accepted a peer connection from {source or 'an unknown process'},"
