@@ -52,6 +52,7 @@ from raftmq.cluster.placement import (
 from raftmq.cluster.reassignment import Cluster, choose_moves
 from raftmq.node.config import Liveness
 from raftmq.node.metadata import MetadataGroup
+from raftmq.node.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +96,8 @@ class Controller:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping; failures were logged
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

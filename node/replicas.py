@@ -34,6 +34,7 @@ from raftmq.node.groups import GroupSpec, ReplicationEngine, ReplicationGroup
 from raftmq.node.log import LogConfig
 from raftmq.node.metadata import MetadataGroup
 from raftmq.node.partition import PartitionStateMachine
+from raftmq.node.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +90,8 @@ class ReplicaManager:
         self._task = asyncio.get_running_loop().create_task(self._reconcile_forever())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping; failures were logged
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         self.partitions.clear()  # the engine closes the groups (and their state machines) when it stops
 
     # --- lookups (event loop) -------------------------------------------------------------------

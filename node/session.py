@@ -20,6 +20,7 @@ from raftmq.cluster.errors import ClusterIdMismatch, NotController, RaftMQError,
 from raftmq.node.config import NodeConfig
 from raftmq.node.controller import Call, Controller
 from raftmq.node.metadata import MetadataGroup
+from raftmq.node.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,8 @@ class BrokerSession:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     def body(self) -> dict[str, Any]:
         config = self.config

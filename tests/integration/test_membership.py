@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, BinaryIO
 
 import msgpack
 import pytest
@@ -32,57 +30,10 @@ from raftmq.node.raft_transport import NetworkListener, PeerNetwork
 from raftmq.node.replication import RaftGroup, ReplicationLoop
 
 from tests.conftest import wait_for_condition
+from tests.list_machine import ListMachine
 
 GROUP = "g"
 CLUSTER = "membership-test"
-
-
-class ListMachine:
-    """Appends each command's payload; snapshots carry the whole list."""
-
-    def __init__(self) -> None:
-        self.items: list[bytes] = []
-        self.applied_index = 0
-        self.applied_twice = 0
-        self.lock = threading.Lock()
-
-    def apply(self, index: int, term: int, command: bytes) -> Any:
-        if index <= self.applied_index:
-            self.applied_twice += 1
-            return None
-        self.applied_index = index
-        with self.lock:
-            self.items.append(bytes(commands.decode(command).payload))
-        return len(self.items)
-
-    def restore(self, state: bytes | None) -> None:
-        if state is not None:
-            items, self.applied_index = msgpack.unpackb(state)
-            with self.lock:
-                self.items = list(items)
-
-    def snapshot(self) -> bytes:
-        with self.lock:
-            return msgpack.packb([self.items, self.applied_index])
-
-    def open_snapshot_stream(self, state: bytes, peer_hint: dict[str, Any]) -> BinaryIO | None:
-        return None
-
-    def install(self, state: bytes, payload: BinaryIO) -> None:
-        self.restore(state)
-
-    def bind_annotations(self, annotations: dict[str, Any]) -> None:
-        return None
-
-    def on_progress(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-    def copy(self) -> list[bytes]:
-        with self.lock:
-            return list(self.items)
 
 
 class Broker:

@@ -11,9 +11,8 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import msgpack
 import pytest
 from raftmq.cluster import commands
 from raftmq.deploy.local_cluster import find_free_ports
@@ -24,57 +23,9 @@ from raftmq.node.replication import RaftGroup, ReplicationLoop
 from raftmq.node.stages import APPENDED, APPLIED, COMMITTED, FSYNCED, SENT, SUBMITTED, StageTrace
 
 from tests.conftest import wait_for_condition
+from tests.list_machine import ListMachine
 
 TIMERS = RaftTimers()
-
-
-class ListMachine:
-    """Appends each command's payload to a list; snapshots carry the whole list."""
-
-    def __init__(self) -> None:
-        self.items: list[bytes] = []
-        self.applied_index = 0
-        self.applied_twice = 0
-        self.lock = threading.Lock()
-        self.before_apply: Any = None  # a test's check, called with the index on the replication thread
-
-    def apply(self, index: int, term: int, command: bytes) -> Any:
-        if self.before_apply is not None:
-            self.before_apply(index)
-        if index <= self.applied_index:
-            self.applied_twice += 1
-            return None
-        self.applied_index = index
-        with self.lock:
-            self.items.append(bytes(commands.decode(command).payload))
-        return len(self.items)
-
-    def restore(self, state: bytes | None) -> None:
-        if state is not None:
-            data = msgpack.unpackb(state)
-            self.items, self.applied_index = list(data[0]), data[1]
-
-    def snapshot(self) -> bytes:
-        return msgpack.packb([self.items, self.applied_index])
-
-    def open_snapshot_stream(self, state: bytes, peer_hint: dict[str, Any]) -> BinaryIO | None:
-        return None
-
-    def install(self, state: bytes, payload: BinaryIO) -> None:
-        self.restore(state)
-
-    def bind_annotations(self, annotations: dict[str, Any]) -> None:
-        return None
-
-    def on_progress(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-    def snapshot_items(self) -> list[bytes]:
-        with self.lock:
-            return list(self.items)
 
 
 class Node:
@@ -177,7 +128,7 @@ async def test_groups_share_links_and_replicate(trio: Trio) -> None:
     for group_id in group_ids:
         expected = [f"{group_id}-{i}".encode() for i in range(50)]
         await wait_for_condition(lambda g=group_id, e=expected: all(  # type: ignore[misc]
-            n.machines[g].snapshot_items() == e for n in nodes.values()), timeout_s=10,
+            n.machines[g].copy() == e for n in nodes.values()), timeout_s=10,
             what=f"{group_id} applied everywhere")
     # One connection per broker pair, whatever the number of groups.
     for node in nodes.values():
@@ -193,7 +144,7 @@ async def test_restart_replays_without_double_apply(trio: Trio) -> None:
     leader = await _leader(nodes, "g")
     await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"a%d" % i, i) for i in range(30)]), 20)
     follower = next(n for n in nodes.values() if n is not leader)
-    await wait_for_condition(lambda: len(follower.machines["g"].snapshot_items()) == 30, timeout_s=10,
+    await wait_for_condition(lambda: len(follower.machines["g"].copy()) == 30, timeout_s=10,
                              what="follower applied 30")
     follower.stop()
     await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"b%d" % i, 100 + i)
@@ -201,7 +152,7 @@ async def test_restart_replays_without_double_apply(trio: Trio) -> None:
     # The restarted follower has a fresh (empty) state machine: the journal is replayed through it.
     restarted = trio.restart(follower.broker_id, ["g"])
     expected = [b"a%d" % i for i in range(30)] + [b"b%d" % i for i in range(30)]
-    await wait_for_condition(lambda: restarted.machines["g"].snapshot_items() == expected, timeout_s=15,
+    await wait_for_condition(lambda: restarted.machines["g"].copy() == expected, timeout_s=15,
                              what="restarted follower caught up")
     assert restarted.machines["g"].applied_twice == 0
 
@@ -224,7 +175,7 @@ async def test_follower_catches_up_through_a_snapshot(trio: Trio) -> None:
                                             for i in range(5)]), 20)
     restarted = trio.restart(follower.broker_id, ["g"])
     expected = [b"c%d" % i for i in range(40)] + [b"d%d" % i for i in range(5)]
-    await wait_for_condition(lambda: restarted.machines["g"].snapshot_items() == expected, timeout_s=20,
+    await wait_for_condition(lambda: restarted.machines["g"].copy() == expected, timeout_s=20,
                              what="follower caught up through a snapshot")
     assert restarted.groups["g"].snapshotter.snapshots_installed >= 1
 
@@ -240,7 +191,7 @@ async def test_follower_far_behind_catches_up_from_the_journal(trio: Trio) -> No
         await asyncio.wait_for(_submit(leader.groups["g"], b"e%d" % i, i), 10)
     restarted = trio.restart(follower.broker_id, ["g"])
     expected = [b"e%d" % i for i in range(300)]
-    await wait_for_condition(lambda: restarted.machines["g"].snapshot_items() == expected, timeout_s=20,
+    await wait_for_condition(lambda: restarted.machines["g"].copy() == expected, timeout_s=20,
                              what="follower caught up from the journal")
     assert all(n.replication is not None and n.replication.failure is None for n in nodes.values())
 
@@ -284,7 +235,7 @@ async def test_an_entry_commits_only_once_a_majority_has_it_on_disk(trio: Trio) 
         await asyncio.wait_for(_submit(leader.groups["g"], b"f%d" % i, 1000 + i), 10)
     await asyncio.wait_for(asyncio.gather(*[_submit(leader.groups["g"], b"g%d" % i, 2000 + i)
                                             for i in range(100)]), 20)
-    await wait_for_condition(lambda: all(len(n.machines["g"].snapshot_items()) >= 200 for n in nodes.values()),
+    await wait_for_condition(lambda: all(len(n.machines["g"].copy()) >= 200 for n in nodes.values()),
                              timeout_s=10, what="every replica applied the 200 entries")
     assert violations == []
 

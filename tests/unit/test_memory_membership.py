@@ -11,54 +11,15 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, BinaryIO
 
-import msgpack
 import pytest
 from raftmq.cluster.errors import LeaderNotAvailable, NotLeader, ReassignmentInProgress
 from raftmq.node.groups import GroupSpec, MembershipChange
 from raftmq.node.memory_groups import MemoryEngine, MemoryGroup, MemoryNetwork
 
+from tests.list_machine import ListMachine
+
 GROUP = "g"
-
-
-class ListMachine:
-    """Appends each command; snapshots carry the whole list."""
-
-    def __init__(self) -> None:
-        self.items: list[bytes] = []
-        self.applied_index = 0
-        self.installed = 0
-
-    def apply(self, index: int, term: int, command: bytes) -> Any:
-        assert index > self.applied_index, "an entry applied twice"
-        self.applied_index = index
-        self.items.append(command)
-        return len(self.items)
-
-    def restore(self, state: bytes | None) -> None:
-        if state is not None:
-            items, self.applied_index = msgpack.unpackb(state)
-            self.items = list(items)
-
-    def snapshot(self) -> bytes:
-        return msgpack.packb([self.items, self.applied_index])
-
-    def open_snapshot_stream(self, state: bytes, peer_hint: dict[str, Any]) -> BinaryIO | None:
-        return None
-
-    def install(self, state: bytes, payload: BinaryIO) -> None:
-        self.installed += 1
-        self.restore(state)
-
-    def bind_annotations(self, annotations: dict[str, Any]) -> None:
-        return None
-
-    def on_progress(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
 
 
 class World:
@@ -72,7 +33,7 @@ class World:
             engine.start()
 
     async def open(self, broker_id: int, replica_ids: tuple[int, ...]) -> MemoryGroup:
-        machine = self.machines[broker_id] = ListMachine()
+        machine = self.machines[broker_id] = ListMachine(decode=False, strict=True)
         group = await self.engines[broker_id].open_group(GroupSpec(GROUP, Path("/unused"), replica_ids), machine)
         self.groups[broker_id] = group
         return group
