@@ -73,10 +73,11 @@ class Topic:
         if len(self.epochs) != self.partitions:
             object.__setattr__(self, "epochs", (0,) * self.partitions)
 
-    def hosts(self, partition: int) -> tuple[int, ...]:
-        """Every broker that holds (or is getting) a replica: the replicas, then the target's newcomers."""
-        target = self.targets[partition] or ()
-        return self.replicas[partition] + tuple(b for b in target if b not in self.replicas[partition])
+    def hosted_by(self, partition: int, broker_id: int) -> bool:
+        """Whether ``broker_id`` holds (or is getting) a replica: one of the replicas or in a move's target.
+        On every produce and fetch (node/replicas.py), so it allocates nothing."""
+        target = self.targets[partition]
+        return broker_id in self.replicas[partition] or (target is not None and broker_id in target)
 
     def to_wire(self) -> dict[str, Any]:
         return {"name": self.name, "topic_id": self.topic_id, "partitions": self.partitions,

@@ -304,7 +304,7 @@ class Controller:
             del self.leaders[key]
 
     def _hosts_any(self, broker_id: int) -> bool:
-        return any(broker_id in topic.hosts(p) for topic in self.metadata.view.values()
+        return any(topic.hosted_by(p, broker_id) for topic in self.metadata.view.values()
                    for p in range(topic.partitions))
 
     async def _set_state(self, record: BrokerRecord, state: BrokerState) -> BrokerRecord:

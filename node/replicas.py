@@ -4,7 +4,7 @@ The replica manager owns every ``PartitionHandle`` (a partition's state machine,
 the produce in-flight budget). ``reconcile`` compares the topics in the metadata with what is open and
 opens, reopens (a re-created topic is a new incarnation, with a new topic id) or closes and deletes
 replicas; it runs whenever the topics change and at least every ``reconcile_interval_s``. A broker hosts
-a partition when it is one of its replicas or in the target of a move (``Topic.hosts``): a replica being
+a partition when it is one of its replicas or in the target of a move (``Topic.hosted_by``): a replica being
 added opens its group with the current voters plus itself and waits for the leader to add it; a replica
 that is in neither (the move removed it from the group, and the controller recorded that) is deleted. Housekeeping
 (time and size retention) runs where the state machines run (``ReplicationEngine.add_housekeeping``).
@@ -102,7 +102,7 @@ class ReplicaManager:
             raise UnknownTopicOrPartition(f"topic {topic_name!r} has no partition {partition} "
                                           f"(it has {topic.partitions})", topic=topic_name, partition=partition)
         handle = self.partitions.get((topic_name, partition))
-        if self.broker_id not in topic.hosts(partition):
+        if not topic.hosted_by(partition, self.broker_id):
             leader_id = self.leader_of(topic_name, partition)
             if leader_id is None or leader_id == self.broker_id:
                 raise LeaderNotAvailable(f"broker {self.broker_id} does not host {topic_name}-{partition} and "
@@ -167,7 +167,7 @@ class ReplicaManager:
             wanted: dict[tuple[str, int], Topic] = {}
             for topic in self.metadata.view.values():
                 for partition in range(topic.partitions):
-                    if self.broker_id in topic.hosts(partition):
+                    if topic.hosted_by(partition, self.broker_id):
                         wanted[(topic.name, partition)] = topic
             ready = self.metadata.ready
             for key, topic in wanted.items():

@@ -151,7 +151,7 @@ def test_moves_and_brokers_in_the_metadata_state() -> None:
     assert isinstance(state.apply(7, MetadataOp.REGISTER_BROKER, 1, {**register, "incarnation": 1}),
                       StaleBrokerIncarnation)
     state.apply(8, MetadataOp.BEGIN_REASSIGNMENT, 1, {**ids, "target": [1, 2, 4], "reason": "heal"})
-    assert state.topics["t"].hosts(0) == (*topic.replicas[0], 4)
+    assert state.topics["t"].hosted_by(0, 4) and not state.topics["t"].hosted_by(1, 4)
     state.apply(9, MetadataOp.SET_PARTITION_REPLICAS, 1, {**ids, "replicas": [*topic.replicas[0], 4]})
     state.apply(10, MetadataOp.SET_PARTITION_REPLICAS, 1, {**ids, "replicas": [1, 2, 4]})
     state.apply(11, MetadataOp.END_REASSIGNMENT, 1, ids)
