@@ -36,7 +36,6 @@ class BrokerSession:
         self.call = call
         self.leads = leads
         self.on_fatal = on_fatal
-        self.state: str | None = None
         self.leaders: dict[tuple[str, int], tuple[int, int]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -73,7 +72,6 @@ class BrokerSession:
             answer = await self.controller.heartbeat(self.body())
         else:
             answer = await self._send(timeout_s)
-        self.state = str(answer.get("state"))
         self.leaders = {(str(t), int(p)): (int(b), int(term)) for t, p, b, term in answer.get("leaders", ())}
         self.metadata.learned_controller_id = answer.get("controller_id")
         if not self.metadata.voter and int(answer.get("metadata_index", 0)) > self.metadata.status.applied_index:
