@@ -67,6 +67,10 @@ replication_sweep_interval_s: Final = 0.02
 replication_idle_tick_max_s: Final = 1.0
 # A leader republishes its status at least this often: its in-sync set ages with time (replica_lag_time_max_s).
 replication_status_refresh_s: Final = 0.25
+# A leader whose group has had nothing to do for this long asks its followers to go quiet (node/quiescence.py).
+raft_quiesce_after_s: Final = 0.5
+# A quiet follower whose link to the leader goes down campaigns within this (the link timeout already waited).
+raft_quiesce_wake_window_s: Final = 0.1
 # Retention, leader balance, journal compaction checks and link statistics run this often.
 housekeeping_interval_s: Final = 1.0
 # Bytes queued on a peer link above which snapshot chunks wait (flow control instead of cutting the link).
@@ -81,7 +85,9 @@ journal_lazy_slice_entries: Final = 64
 raft_election_timeout_min_s: Final = 0.3
 raft_election_timeout_max_s: Final = 0.6
 raft_heartbeat_period_s: Final = 0.075
-raft_connection_timeout_s: Final = 3.0
+# A peer link that received nothing (not even a ping) for this long is closed. It is the failure detector of
+# quiet groups (node/quiescence.py), so it is short; pings keep a live idle link well inside it.
+raft_connection_timeout_s: Final = 0.8
 # A leader that hears from no majority for this long steps down (CheckQuorum); meanwhile the broker refuses
 # writes it could not commit anyway. Above the election timeout, so a leader is only deposed after a
 # follower could already have replaced it.
@@ -93,7 +99,7 @@ peer_recv_chunk_bytes: Final = 256 * KIB
 peer_recv_budget_bytes: Final = 4 * MIB
 peer_send_buffers_per_call: Final = 64
 # A link with nothing to send pings this often, well inside raft_connection_timeout_s.
-peer_ping_interval_s: Final = 0.5
+peer_ping_interval_s: Final = 0.2
 # Above this many queued bytes a link drops Raft AppendEntries (Raft resends) instead of queueing more.
 peer_send_buffer_soft_bytes: Final = 8 * MIB
 # Kernel socket buffers of a peer link (SO_SNDBUF / SO_RCVBUF): a few AppendEntries in flight.

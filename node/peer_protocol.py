@@ -19,7 +19,7 @@ PING       ``[5]``                                                              
 REJECT     ``[6, reason: str]``                                                 acceptor, before closing
 =========  ==================================================================  ============================
 
-A RAFT message is one of pysyncobj's dicts (or one of raftmq's pre-vote messages); ``RAFT_SCHEMAS`` lists
+A RAFT message is one of pysyncobj's dicts (or one of raftmq's pre-vote or quiescence messages); ``RAFT_SCHEMAS`` lists
 every field each type may carry, with its type. Entry commands must be what raftmq itself proposes: a
 pysyncobj no-op, a regular command wrapping a ``cluster.commands`` envelope, or a membership change in
 raftmq's own envelope (``MEMBERSHIP_MAGIC`` + msgpack ``[kind, broker_id]``, see ``encode_membership``;
@@ -338,6 +338,9 @@ RAFT_SCHEMAS: Final[Mapping[str, _Schema]] = {
     "rmq_prevote": _Schema({"type": _type, "round": _int, "term": _int, "last_log_index": _int,
                             "last_log_term": _int}, ("round", "term", "last_log_index", "last_log_term")),
     "rmq_prevote_reply": _Schema({"type": _type, "round": _int, "granted": _bool}, ("round", "granted")),
+    # raftmq's quiescence of idle groups (node/quiescence.py).
+    "rmq_quiesce": _Schema({"type": _type, "round": _int, "term": _int, "index": _int}, ("round", "term", "index")),
+    "rmq_quiesce_ack": _Schema({"type": _type, "round": _int, "ok": _bool}, ("round", "ok")),
 }
 
 

@@ -579,7 +579,9 @@ class GroupTransport(Transport):
         # peers attached to theirs: lets a leader start a snapshot stream where the follower's log ends.
         self.local_annotations: dict[str, Any] = {}
         self.peer_annotations: dict[int, dict[str, Any]] = {}
-        # Pre-vote (node/prevote.py) sees every message first and consumes its own.
+        # Quiescence (node/quiescence.py), then pre-vote (node/prevote.py), see every message first and consume
+        # their own.
+        self.quiescence: Any = None
         self.prevote: Any = None
 
     # pysyncobj Transport interface ---------------------------------------------------------------
@@ -646,6 +648,13 @@ class GroupTransport(Transport):
             if message.get("type") != "append_entries":
                 return
             node = BrokerNode(peer_id)
+        quiescence = self.quiescence
+        if quiescence is not None:
+            if quiescence.handle(peer_id, message):
+                return
+            if self.prevote is not None and quiescence.leader_contact_now():
+                # a quiet follower whose link to the leader is up refuses pre-votes as if just heard from it
+                self.prevote.last_leader_contact = self.prevote.clock()
         if self.prevote is not None:
             self.prevote.observe(message)
             if self.prevote.handle(peer_id, message):

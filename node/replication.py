@@ -41,6 +41,7 @@ import codecs
 import concurrent.futures
 import io
 import logging
+import math
 import os
 import pickle
 import struct
@@ -75,6 +76,7 @@ from raftmq.node.fsutil import write_file_atomically
 from raftmq.node.groups import AppendInfo, GroupSpec, GroupStatus, MembershipChange, StateMachine
 from raftmq.node.journal import DurableJournal
 from raftmq.node.prevote import PreVote
+from raftmq.node.quiescence import Quiescence
 from raftmq.node.raft_transport import BrokerNode, GroupTransport, NetworkListener, PeerNetwork
 from raftmq.node.stages import APPENDED, APPLIED, COMMITTED, FSYNCED, SENT, StageTrace, stamp_all
 
@@ -482,7 +484,8 @@ class _RaftObject(SyncObj):
 
 
 class _RaftView:
-    """pysyncobj's private Raft fields, as node/prevote.py's RaftView names them (read here, nowhere else)."""
+    """pysyncobj's private Raft fields, as node/prevote.py's RaftView and node/quiescence.py's QuiesceView name
+    them (read here, nowhere else)."""
 
     def __init__(self, raft: SyncObj) -> None:
         self._raft = raft
@@ -507,6 +510,41 @@ class _RaftView:
 
     def transfer_in_progress(self) -> bool:
         return bool(self._raft._SyncObj__transferInProgress)
+
+    def leader_id(self) -> int | None:
+        leader = self._raft._getLeader()
+        return leader.broker_id if leader is not None else None
+
+    def commit_index(self) -> int:
+        return int(self._raft.raftCommitIndex)
+
+    def refresh_followers(self, connected: list[int]) -> None:
+        """A leader waking from quiescence: the links vouched for these followers while it was quiet, so its
+        CheckQuorum (leader fallback) counts them as heard from now; and it heartbeats at its next tick."""
+        raft = self._raft
+        now = raft_clock()
+        responses = raft._SyncObj__lastResponseTime
+        for node in list(responses):
+            if node.broker_id in connected:
+                responses[node] = now
+        raft._SyncObj__newAppendEntriesTime = 0.0
+
+    def idle_leader(self) -> bool:
+        """A leader with nothing to do: everything committed and applied, no command queued, and every
+        follower's log matching its own (so no AppendEntries or snapshot is owed)."""
+        raft = self._raft
+        if raft._SyncObj__raftState != 2:
+            return False
+        last = int(raft._SyncObj__raftLog[-1][1])
+        noop = raft._SyncObj__noopIDx
+        if noop is None or raft.raftLastApplied < noop or raft.raftCommitIndex != last \
+                or raft.raftLastApplied != last or len(raft._SyncObj__commandsQueue._FastQueue__queue):
+            return False
+        return all(index == last for index in raft._SyncObj__raftMatchIndex.values()) \
+            and all(index == last + 1 for index in raft._SyncObj__raftNextIndex.values())
+
+    def commands_queued(self) -> bool:
+        return bool(len(self._raft._SyncObj__commandsQueue._FastQueue__queue))
 
 
 def _unused_serializer(*_args: Any) -> Any:  # pragma: no cover - GroupSnapshotter replaces the Serializer
@@ -636,6 +674,12 @@ class RaftGroup:
                                election_timeout_max_s=election[1])
         self.prevote.set_voters(self.replica_ids)
         transport.prevote = self.prevote
+        self.raft_view = _RaftView(self.raft)
+        self.quiescence = Quiescence(raft=self.raft_view, send=transport.send_control, link_up=loop.network.is_up,
+                                     clock=raft_clock, self_id=self_id, replica_ids=self.replica_ids,
+                                     idle_after_s=limits.raft_quiesce_after_s,
+                                     wake_window_s=limits.raft_quiesce_wake_window_s, election_timeout_s=election)
+        transport.quiescence = self.quiescence
         self.last_tick = 0.0
         self.next_tick = 0.0  # loop clock: when pysyncobj's next timer is due (_next_timer_s)
         self._published_key: tuple[Any, ...] | None = None
@@ -701,7 +745,17 @@ class RaftGroup:
             self.append_waiters.pop(proposal_id, None)
 
     def transfer_leadership(self, to_broker: int) -> None:
-        self.loop.call(lambda: self.raft.transferLeadership(BrokerNode(to_broker)))
+        self.loop.call(lambda: self._transfer(to_broker))
+
+    def _transfer(self, to_broker: int) -> None:
+        self._wake()  # the transfer needs heartbeats (to catch the target up) and then the target's election
+        self.raft.transferLeadership(BrokerNode(to_broker))
+
+    def _wake(self) -> None:
+        """Leave quiescence for work that arrived by a call, not a message or a command (those wake it in
+        ``tick``), and make sure the group is ticked in this pass."""
+        self.quiescence.wake()
+        self.loop.mark_dirty(self.group_id)
 
     def change_membership(self, change: MembershipChange) -> asyncio.Future[None]:
         """See ``node.groups.ReplicationGroup.change_membership``. Decided on the replication thread, where the
@@ -757,12 +811,14 @@ class RaftGroup:
         if change.remove == self.self_id:
             # pysyncobj refuses to remove the leader itself; hand leadership to the most caught-up voter and
             # let the caller retry there (the controller transfers leadership first in the normal case).
+            self._wake()
             self.raft.transferLeadership(None)
             self.loop.complete(future, None, NotLeader(
                 f"broker {self.self_id} leads {self.group_id} and is the voter to remove: leadership is being "
                 "handed over; nothing was appended, retry at the new leader"))
             return
         self._membership_requested = True
+        self._wake()
         callback = partial(self._on_membership_result, future)
         if change.add is not None:
             self.raft.addNodeToCluster(BrokerNode(change.add), callback=callback)
@@ -792,6 +848,7 @@ class RaftGroup:
             self.voters = voters
             self.replica_ids = sorted(voters)
             self.prevote.set_voters(self.replica_ids)
+            self.quiescence.set_voters(self.replica_ids)
 
     def _on_result(self, future: asyncio.Future[Any], trace: StageTrace | None, result: Any, reason: int) -> None:
         if reason == FAIL_REASON.SUCCESS:
@@ -830,10 +887,22 @@ class RaftGroup:
         self.last_tick = now
         self.ticks += 1
         self._refresh_voters()  # messages handled since the last tick may have appended or cut changes
+        quiescence = self.quiescence
+        if quiescence.quiet and (self.raft_view.commands_queued() or self._membership_requested):
+            quiescence.wake()
+        if quiescence.quiet:
+            # Nothing to do and no timer to run (node/quiescence.py): a quiet leader must not even run
+            # pysyncobj's CheckQuorum, which would find no recent answers and step down.
+            quiescence.before_tick()
+            self.next_tick = math.inf
+            return
         self.prevote.gate()
         self.raft.doTick(0.0)
         self._refresh_voters()
-        self.next_tick = now + min(self._next_timer_s(), limits.replication_idle_tick_max_s)
+        quiescence.after_tick(self.raft_view.idle_leader() and not self._membership_requested
+                              and not self.journal.unsynced)
+        self.next_tick = math.inf if quiescence.quiet \
+            else now + min(self._next_timer_s(), limits.replication_idle_tick_max_s)
 
     def _next_timer_s(self) -> float:
         """Seconds until a timer in pysyncobj's _onTick can fire. A leader: its next AppendEntries
@@ -872,7 +941,7 @@ class RaftGroup:
         return (raft._SyncObj__raftState, leader.broker_id if leader is not None else None, raft.raftCurrentTerm,
                 raft.raftCommitIndex, raft.raftLastApplied, self.journal.last_index, self.journal.size_bytes,
                 raft._SyncObj__noopIDx, raft.isReady(), len(self.replica_ids), self.voters,
-                self._membership_requested, self.loop.network.links_version, matches)
+                self._membership_requested, self.loop.network.links_version, matches, self.quiescence.quiet)
 
     def publish_status(self, now: float) -> None:
         """Publish a new ``GroupStatus`` when something in it changed (an idle group then costs one tuple per
@@ -880,7 +949,8 @@ class RaftGroup:
         ``replica_lag_time_max_s`` / the fallback timeout), so a leader republishes at least every
         ``replication_status_refresh_s`` as well."""
         key = self._status_key()
-        fresh = key[0] != 2 or now - self._published_at < limits.replication_status_refresh_s
+        # A quiet leader's view does not age: the links vouch for its followers (_leader_view).
+        fresh = key[0] != 2 or self.quiescence.quiet or now - self._published_at < limits.replication_status_refresh_s
         if key == self._published_key and fresh:
             return
         self._build_status(now)
@@ -918,6 +988,8 @@ class RaftGroup:
         responses = self.raft._SyncObj__lastResponseTime
         matches = self.raft._SyncObj__raftMatchIndex
         raft_now = raft_clock()  # pysyncobj stamps responses with its own clock
+        if self.quiescence.quiet:  # no heartbeats while quiet: a connected follower's link vouches for it
+            responses = {node: raft_now for node in responses}
         deadline = raft_now - limits.replica_lag_time_max_s
         match_index = {node.broker_id: int(index) for node, index in matches.items()}
         in_sync = tuple(sorted([self.self_id] + [node.broker_id for node, seen in responses.items()
@@ -939,13 +1011,15 @@ class RaftGroup:
                 or preferred not in status.connected or status.match_index.get(preferred) != status.last_index):
             return False
         self._last_transfer_attempt = now
-        self.raft.transferLeadership(BrokerNode(preferred))
+        self._transfer(preferred)
         log.info("%s: handing leadership to preferred replica %d", self.group_id, preferred)
         return True
 
     def maybe_force_compaction(self) -> None:
         if self.journal.size_bytes > limits.raft_compaction_bytes:
             self.raft.forceLogCompaction()
+            if self.quiescence.quiet:
+                self._wake()  # pysyncobj compacts inside a tick, and a quiet group is not ticked
 
     def close(self) -> None:
         if self.closed:
@@ -1060,6 +1134,10 @@ class ReplicationLoop(NetworkListener):
         self.network.wake()
         return future
 
+    def mark_dirty(self, group_id: str) -> None:
+        """Replication thread only: tick this group in the current pass."""
+        self._dirty.add(group_id)
+
     def wake_group(self, group_id: str) -> None:
         self._wake_queue.append(group_id)
         self.network.wake()
@@ -1083,6 +1161,7 @@ class ReplicationLoop(NetworkListener):
         for group in self.groups.values():
             if group.transport is not None:
                 group.transport.peer_down(peer_id)
+            group.quiescence.link_down(peer_id)
             self._dirty.add(group.group_id)
 
     def on_raft_message(self, peer_id: int, group_id: str, message: dict[str, Any]) -> None:

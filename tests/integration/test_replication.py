@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -277,3 +278,56 @@ async def test_an_idle_group_is_not_ticked_or_republished_every_sweep(trio: Trio
         else:
             assert ticks <= 1.5 * heartbeats + 5, ticks
             assert publishes <= 2, publishes
+
+
+def _all_quiet(nodes: dict[int, Node], group_id: str) -> bool:
+    return all(n.replication is not None and n.groups[group_id].quiescence.quiet for n in nodes.values())
+
+
+async def test_an_idle_group_goes_quiet_and_stops_ticking(trio: Trio) -> None:
+    """node/quiescence.py: once idle, every replica of a group goes quiet and is no longer ticked."""
+    nodes = trio.nodes
+    trio.start(["g"])
+    leader = await _leader(nodes, "g")
+    await asyncio.wait_for(_submit(leader.groups["g"], b"x", 1), 10)
+    await wait_for_condition(lambda: _all_quiet(nodes, "g"), timeout_s=10, what="the group quiet on every replica")
+    before = {b: n.groups["g"].ticks for b, n in nodes.items()}
+    await asyncio.sleep(1.0)  # an observation window (nothing is waited for): 13 heartbeat periods
+    assert {b: n.groups["g"].ticks for b, n in nodes.items()} == before
+    assert _all_quiet(nodes, "g")
+    status = leader.groups["g"].status
+    assert status.is_leader and status.quorum and len(status.in_sync) == 3  # the links vouch for the followers
+
+
+async def test_a_write_to_a_quiet_group_commits_without_waiting_for_a_timer(trio: Trio) -> None:
+    nodes = trio.nodes
+    trio.start(["g"])
+    leader = await _leader(nodes, "g")
+    await asyncio.wait_for(_submit(leader.groups["g"], b"x", 1), 10)
+    await wait_for_condition(lambda: _all_quiet(nodes, "g"), timeout_s=10, what="the group quiet on every replica")
+    ticks_before = leader.groups["g"].ticks
+    await asyncio.wait_for(_submit(leader.groups["g"], b"y", 2), 10)
+    # Woken by the command itself: the submit's own pass and the passes that read the followers' answers,
+    # never a heartbeat or election timer (the group had none running).
+    assert leader.groups["g"].ticks - ticks_before <= 4
+    assert not leader.groups["g"].quiescence.quiet
+    await wait_for_condition(lambda: all(n.machines["g"].items[-1:] == [b"y"] for n in nodes.values()),
+                             timeout_s=10, what="every replica applied the write")
+    await wait_for_condition(lambda: _all_quiet(nodes, "g"), timeout_s=10, what="the group quiet again")
+
+
+async def test_a_quiet_group_whose_leader_dies_elects_within_a_second(trio: Trio) -> None:
+    nodes = trio.nodes
+    trio.start(["g"])
+    leader = await _leader(nodes, "g")
+    await asyncio.wait_for(_submit(leader.groups["g"], b"x", 1), 10)
+    await wait_for_condition(lambda: _all_quiet(nodes, "g"), timeout_s=10, what="the group quiet on every replica")
+    started = time.monotonic()
+    leader.stop()  # its sockets close: the followers' links go down at once
+    survivors = {b: n for b, n in nodes.items() if n is not leader}
+    new_leader = await _leader(survivors, "g")
+    elapsed = time.monotonic() - started
+    # The target is under a second; the bound leaves room for a loaded test machine.
+    print(f"quiet group failover: {elapsed:.3f} s")
+    assert elapsed < 1.5, elapsed
+    await asyncio.wait_for(_submit(new_leader.groups["g"], b"z", 3), 10)
