@@ -284,13 +284,20 @@ def _all_quiet(nodes: dict[int, Node], group_id: str) -> bool:
     return all(n.replication is not None and n.groups[group_id].quiescence.quiet for n in nodes.values())
 
 
+async def _quiet_group(trio: Trio) -> Node:
+    """Group "g" on the three nodes, one entry written, then quiet on every replica; returns its leader."""
+    trio.start(["g"])
+    leader = await _leader(trio.nodes, "g")
+    await asyncio.wait_for(_submit(leader.groups["g"], b"x", 1), 10)
+    await wait_for_condition(lambda: _all_quiet(trio.nodes, "g"), timeout_s=10,
+                             what="the group quiet on every replica")
+    return leader
+
+
 async def test_an_idle_group_goes_quiet_and_stops_ticking(trio: Trio) -> None:
     """node/quiescence.py: once idle, every replica of a group goes quiet and is no longer ticked."""
     nodes = trio.nodes
-    trio.start(["g"])
-    leader = await _leader(nodes, "g")
-    await asyncio.wait_for(_submit(leader.groups["g"], b"x", 1), 10)
-    await wait_for_condition(lambda: _all_quiet(nodes, "g"), timeout_s=10, what="the group quiet on every replica")
+    leader = await _quiet_group(trio)
     before = {b: n.groups["g"].ticks for b, n in nodes.items()}
     await asyncio.sleep(1.0)  # an observation window (nothing is waited for): 13 heartbeat periods
     assert {b: n.groups["g"].ticks for b, n in nodes.items()} == before
@@ -301,10 +308,7 @@ async def test_an_idle_group_goes_quiet_and_stops_ticking(trio: Trio) -> None:
 
 async def test_a_write_to_a_quiet_group_commits_without_waiting_for_a_timer(trio: Trio) -> None:
     nodes = trio.nodes
-    trio.start(["g"])
-    leader = await _leader(nodes, "g")
-    await asyncio.wait_for(_submit(leader.groups["g"], b"x", 1), 10)
-    await wait_for_condition(lambda: _all_quiet(nodes, "g"), timeout_s=10, what="the group quiet on every replica")
+    leader = await _quiet_group(trio)
     ticks_before = leader.groups["g"].ticks
     await asyncio.wait_for(_submit(leader.groups["g"], b"y", 2), 10)
     # Woken by the command itself: the submit's own pass and the passes that read the followers' answers,
@@ -318,10 +322,7 @@ async def test_a_write_to_a_quiet_group_commits_without_waiting_for_a_timer(trio
 
 async def test_a_quiet_group_whose_leader_dies_elects_within_a_second(trio: Trio) -> None:
     nodes = trio.nodes
-    trio.start(["g"])
-    leader = await _leader(nodes, "g")
-    await asyncio.wait_for(_submit(leader.groups["g"], b"x", 1), 10)
-    await wait_for_condition(lambda: _all_quiet(nodes, "g"), timeout_s=10, what="the group quiet on every replica")
+    leader = await _quiet_group(trio)
     started = time.monotonic()
     leader.stop()  # its sockets close: the followers' links go down at once
     survivors = {b: n for b, n in nodes.items() if n is not leader}
