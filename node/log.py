@@ -642,6 +642,8 @@ class PartitionLog:
         """Delete whole old segments, oldest first and never the active one: while the oldest one's max
         append_time_ms < now_ms - retention_ms, or while size_bytes minus its size >= retention_bytes.
         Returns the deleted base offsets; log_start_offset moves up to the new first segment."""
+        if len(self._segments) < 2:
+            return []  # only the active segment, which is never deleted (cheap: most idle partitions)
         retention_ms, retention_bytes = self.config.retention_ms, self.config.retention_bytes
 
         def expendable(oldest: Segment, _next: Segment) -> bool:

@@ -39,7 +39,9 @@ from __future__ import annotations
 import asyncio
 import codecs
 import concurrent.futures
+import heapq
 import io
+import itertools
 import logging
 import math
 import os
@@ -682,6 +684,7 @@ class RaftGroup:
         transport.quiescence = self.quiescence
         self.last_tick = 0.0
         self.next_tick = 0.0  # loop clock: when pysyncobj's next timer is due (_next_timer_s)
+        self.queued_tick = math.inf  # the time of this group's live entry in the loop's timer heap
         self._published_key: tuple[Any, ...] | None = None
         self._published_at = 0.0
         self.ticks = 0  # counters: what an idle group costs (tests, debugging)
@@ -1055,6 +1058,11 @@ class ReplicationLoop(NetworkListener):
         self._after_sync: list[tuple[asyncio.Future[Any] | None, Any, RaftMQError | None]] = []
         self._completions_lock = threading.Lock()
         self._dirty: set[str] = set()
+        # Groups' next timer (RaftGroup.next_tick) as a heap of (due, seq, group id): the sweep looks only at
+        # the due ones, so idle and quiet groups cost nothing per sweep. At most one live entry per group
+        # (RaftGroup.queued_tick); entries it superseded are dropped when they surface.
+        self._timers: list[tuple[float, int, str]] = []
+        self._timer_seq = itertools.count()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fsync_pool = concurrent.futures.ThreadPoolExecutor(max_workers=fsync_threads,
@@ -1261,9 +1269,23 @@ class ReplicationLoop(NetworkListener):
     def _mark_due(self, now: float) -> None:
         """Groups whose pysyncobj timers (heartbeat, election, leader fallback) are due get a tick; the
         others have nothing to do until a message, a command or a link change marks them dirty."""
-        for group in self.groups.values():
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, _, group_id = heapq.heappop(timers)
+            group = self.groups.get(group_id)
+            if group is None or due != group.queued_tick:
+                continue  # removed, or superseded by an earlier entry
+            group.queued_tick = math.inf
             if now >= group.next_tick:
-                self._dirty.add(group.group_id)
+                self._dirty.add(group_id)
+            else:
+                self._schedule(group)  # its timer moved later since this entry was queued
+
+    def _schedule(self, group: RaftGroup) -> None:
+        due = group.next_tick
+        if due < group.queued_tick:
+            group.queued_tick = due
+            heapq.heappush(self._timers, (due, next(self._timer_seq), group.group_id))
 
     def _tick_dirty(self, now: float) -> list[RaftGroup]:
         ticked = []
@@ -1271,6 +1293,7 @@ class ReplicationLoop(NetworkListener):
             dirty = self.groups.get(group_id)
             if dirty is not None:
                 dirty.tick(now)
+                self._schedule(dirty)
                 ticked.append(dirty)
         self._dirty.clear()
         return ticked
