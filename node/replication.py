@@ -657,6 +657,11 @@ class RaftGroup:
         self._membership_requested = False  # a change is queued in pysyncobj and not in the log yet
         self.journal.on_append = self._on_journal_append
         self.append_waiters: dict[int, asyncio.Future[Any]] = {}
+        # Submitted and not resolved yet (either thread adds or removes, under the lock): a leader that loses
+        # its majority or its leadership fails them at once (_fail_waiting) instead of leaving its clients to
+        # their request timeouts while another broker is already leading.
+        self._waiting: set[asyncio.Future[Any]] = set()
+        self._waiting_lock = threading.Lock()
         # Stage traces (node/stages.py): by proposal id until the entry is appended, then by Raft index until
         # it is applied. Bounded: a trace whose entry never gets there is dropped (_bound_traces).
         self._traced: dict[int, StageTrace] = {}
@@ -730,9 +735,27 @@ class RaftGroup:
             if proposal_id is not None:
                 self._traced[proposal_id] = trace
         callback = partial(self._on_result, future, trace)
+        with self._waiting_lock:
+            self._waiting.add(future)
+        future.add_done_callback(self._forget_waiting)
         self.raft._applyCommand(command, callback, _COMMAND_TYPE_REGULAR)
         self.loop.wake_group(self.group_id)
         return future
+
+    def _forget_waiting(self, future: asyncio.Future[Any]) -> None:
+        with self._waiting_lock:
+            self._waiting.discard(future)
+
+    def _fail_waiting(self, why: str) -> None:
+        """Replication thread: this replica stopped leading, or can no longer reach a majority. What it was
+        waiting to commit may still commit (under a new leader, or when the links return), so it is
+        OUTCOME_UNKNOWN, not a refusal; a later SUCCESS for the same future is ignored (it is done)."""
+        with self._waiting_lock:
+            waiting, self._waiting = self._waiting, set()
+        for future in waiting:
+            self.loop.complete(future, None, OutcomeUnknown(
+                f"broker {self.self_id} {why} before the entry committed; it may or may not be stored: retry "
+                "(at the new leader: an idempotent producer's retry is not duplicated)"))
 
     def _bound_traces(self) -> None:
         # Traces of entries that were never appended (lost leadership) or never applied here (truncated)
@@ -979,6 +1002,9 @@ class RaftGroup:
             in_sync, match_index, quorum = self._leader_view(connected)
         noop_index = raft._SyncObj__noopIDx
         caught_up = role == "leader" and noop_index is not None and raft.raftLastApplied >= noop_index
+        if self.status.is_leader and (role != "leader" or not quorum):
+            self._fail_waiting(f"lost the leadership of {self.group_id}" if role != "leader"
+                               else f"cannot reach a majority of {self.group_id}'s replicas")
         self.status = GroupStatus(
             group_id=self.group_id, role=role, leader_id=leader.broker_id if leader is not None else None,
             term=raft.raftCurrentTerm, commit_index=raft.raftCommitIndex, applied_index=raft.raftLastApplied,

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from raftmq.cluster import commands
+from raftmq.cluster.errors import OutcomeUnknown
 from raftmq.deploy.local_cluster import find_free_ports
 from raftmq.node.config import Durability, PeerAddress, RaftTimers
 from raftmq.node.groups import GroupSpec
@@ -332,3 +333,20 @@ async def test_a_quiet_group_whose_leader_dies_elects_within_a_second(trio: Trio
     print(f"quiet group failover: {elapsed:.3f} s")
     assert elapsed < 1.5, elapsed
     await asyncio.wait_for(_submit(new_leader.groups["g"], b"z", 3), 10)
+
+
+async def test_a_leader_that_loses_its_majority_fails_waiting_entries_at_once(trio: Trio) -> None:
+    """An entry that cannot commit is answered OUTCOME_UNKNOWN when the leader loses its majority, not left to
+    the client's request timeout."""
+    nodes = trio.nodes
+    trio.start(["g"])
+    leader = await _leader(nodes, "g")
+    await asyncio.wait_for(_submit(leader.groups["g"], b"x", 1), 10)
+    for node in nodes.values():
+        if node is not leader:
+            node.stop()
+    started = time.monotonic()
+    with pytest.raises(OutcomeUnknown):
+        await asyncio.wait_for(_submit(leader.groups["g"], b"y", 2), 10)
+    # the status refresh (0.25 s) or the step-down (leader fallback, 0.7 s), whichever sees it first
+    assert time.monotonic() - started < TIMERS.leader_fallback_timeout_s + 1.0
