@@ -39,7 +39,7 @@ from typing import Any
 import msgpack
 from raftmq.cluster import limits
 from raftmq.cluster.errors import invariant
-from raftmq.node.fsutil import fsync_directory, write_file_atomically
+from raftmq.node.fsutil import fsync_directory, make_directories, write_file_atomically
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class DurableJournal:
     # --- opening ------------------------------------------------------------------------------
 
     def _open_file(self) -> int:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_directories(self.path.parent, durable=self.durable)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if os.fstat(fd).st_size < len(_MAGIC):
             os.ftruncate(fd, 0)
@@ -439,8 +439,11 @@ class DurableJournal:
         self._store_meta(durable=self.durable)
 
     def onOneSecondTimer(self) -> None:  # noqa: N802
+        # Durable like every meta write: the file also holds the term and the vote. An unsynced file renamed
+        # over it becomes durable by name at the next fsync of the directory (a segment roll does one) while
+        # its bytes may not be: after a power cut the meta would read as empty, the vote forgotten.
         if self._meta_dirty:
-            self._store_meta(durable=False)
+            self._store_meta(durable=self.durable)
 
     def _destroy(self) -> None:
         if self._fd < 0:
