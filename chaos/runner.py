@@ -41,11 +41,12 @@ from typing import Any
 import aiohttp
 from raftmq.chaos import limits
 from raftmq.chaos.checker import CheckResult, check
+from raftmq.chaos.faultfs import unavailable_reason
 from raftmq.chaos.harness import BrokerExited, ChaosCluster, FaultEvent, FaultHandle, PlacementGoal
 from raftmq.chaos.history import History, SendOp
 from raftmq.chaos.nemesis import Step, generate
 from raftmq.chaos.placement import PlacementSnapshot, controller_view, placement_times, snapshot
-from raftmq.chaos.scenario import Scenario, liveness_of
+from raftmq.chaos.scenario import DISK_KINDS, Scenario, liveness_of
 from raftmq.chaos.workload import Workload, WorkloadConfig
 
 log = logging.getLogger("raftmq.chaos.runner")
@@ -365,6 +366,8 @@ class NemesisExecutor:
             return [h.pause(target.nodes)]
         if kind == "restart":
             return [h.shutdown(target.nodes)]
+        if kind in DISK_KINDS:
+            return [self._disk_fault(step, target.nodes)]
         raise ValueError(f"unknown fault kind {kind!r}")
 
     def _cut_off(self, step: Step, node: int, leader: int | None, rng: random.Random) -> list[FaultHandle]:
@@ -400,6 +403,22 @@ class NemesisExecutor:
         if step.kind == "bandwidth":
             return h.bandwidth(target, int(step.param("kb_s", 64)))
         return h.reset_peer(target)
+
+    def _disk_fault(self, step: Step, nodes: list[int]) -> FaultHandle:
+        """power-loss, disk-full, disk-errors or slow-disk through the fault file system (chaos/faultfs/)."""
+        h = self.harness
+        pattern = str(step.param("pattern", "*"))
+        if step.kind == "power-loss":
+            return h.power_loss(nodes, torn=bool(step.param("torn", 0)))
+        if step.kind == "disk-full":
+            # A full disk refuses new bytes and new names; reads, fsyncs of what was written, and deletes go on.
+            return h.disk_fault("disk-full", nodes[0], ops=("write", "create", "mkdir"), errno="ENOSPC",
+                                pattern=pattern)
+        if step.kind == "disk-errors":
+            ops = str(step.param("ops", "write")).split(",")
+            return h.disk_fault("disk-errors", nodes[0], ops=ops, errno="EIO", pattern=pattern)
+        return h.disk_fault("slow-disk", nodes[0], ops=("fsync",), delay_ms=int(step.param("latency_ms", 200)),
+                            pattern=pattern)
 
     def _probe_failover(self, step: Step, target: _Target, handles: list[FaultHandle]) -> None:
         """Remember when a step that took the leader away (alone in its group) hit, to time the failover."""
@@ -538,7 +557,7 @@ class _Run:
         liveness = liveness_of(scenario.liveness) if scenario.liveness else None
         self.harness = ChaosCluster(self.run_dir / "cluster", nodes=self.nodes, durability=settings.durability,
                                     seed=settings.seed, proxy_executable=settings.proxy_executable,
-                                    on_event=self._on_event, liveness=liveness)
+                                    on_event=self._on_event, liveness=liveness, faultfs=scenario.needs_faultfs)
         self.config = WorkloadConfig(acks=acks, rate=settings.rate, processes=settings.processes,
                                      partitions=scenario.partitions, replication_factor=scenario.replication_factor,
                                      seed=settings.seed, request_timeout_ms=settings.request_timeout_ms,
@@ -548,6 +567,7 @@ class _Run:
         self.executor: NemesisExecutor | None = None
         self.stop_polling = asyncio.Event()
         self.tasks: list[asyncio.Task[Any]] = []  # timeline, nemesis, consumer
+        self._final_disks: dict[int, dict[str, Any]] = {}  # the fault file systems' status before the stop
         self.progress_task: asyncio.Task[None] | None = None
 
     def clock(self) -> float:
@@ -576,6 +596,12 @@ class _Run:
 
     async def execute(self) -> None:
         """Every phase; a phase that fails ends the run with verdict ERROR, and the cluster is always stopped."""
+        if self.scenario.needs_faultfs:
+            reason = unavailable_reason()
+            if reason is not None:  # never a silent pass: the run is SKIP and says why
+                self.result.verdict = "SKIP"
+                self.result.error = f"skipped: this scenario needs the fault file system (FUSE): {reason}"
+                return
         try:
             self.progress_task = asyncio.create_task(self._report_progress())
             workload = await self._set_up()
@@ -674,7 +700,8 @@ class _Run:
         self.status["phase"] = "checking"
         history = workload.build()
         (self.run_dir / "history.json").write_text(history.dumps())
-        checked = await asyncio.to_thread(check, history, acks=self.acks, majority_alive=True)
+        checked = await asyncio.to_thread(check, history, acks=self.acks, majority_alive=True,
+                                          loss_allowed=self._loss_allowed())
         result.check = checked
         result.failovers = compute_failovers(executor.probes, history, timeline.changes)
         result.placement = placement_times(timeline.placement, self._permanent_events(),
@@ -685,6 +712,14 @@ class _Run:
             result.stats["lost_before_a_kept_record"] = impossible[: limits.kept_record_rows_max]
             result.extra_findings.append(_kept_record_finding(impossible, self.acks))
         result.verdict = checked.verdict
+
+    def _loss_allowed(self) -> str | None:
+        """Why acknowledged writes may be lost at every ack level in this run, or None (see chaos/checker.py)."""
+        durability = self.settings.durability
+        if self.scenario.power_loss and durability != "always":
+            return (f"power cut with durability={durability}: brokers acknowledge before they fsync, so what the "
+                    "cut takes is outside the promise (only durability=always survives power loss)")
+        return None
 
     def _permanent_events(self) -> list[dict[str, Any]]:
         """kill-for-good, add-broker and drain as they happened (run clock), for placement_times."""
@@ -706,6 +741,8 @@ class _Run:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.status["phase"] = "stopping"
+        if self.harness.mounts:
+            self._final_disks = await asyncio.to_thread(self.harness.disk_status)
         await asyncio.to_thread(self.harness.stop)
         if self.progress_task is not None:
             self.progress_task.cancel()
@@ -732,6 +769,8 @@ class _Run:
                                 poll_errors=dict(workload.poll_errors))
         if self.timeline is not None:
             result.stats["metadata_polls"] = self.timeline.polls
+        if self.harness.mounts:
+            result.stats["disks"] = self._disk_stats()
         result.wall_s = time.monotonic() - self.wall_start
         (self.run_dir / "run.json").write_text(json.dumps(result.to_json(), indent=1, default=str))
         if self.progress is not None:
@@ -739,11 +778,25 @@ class _Run:
                 self.progress({**self.status, "phase": "done", "verdict": result.verdict, "result": result})
         return result
 
+    def _disk_stats(self) -> dict[str, Any]:
+        """What the disk faults did: per power cut, what each broker lost; faults injected per broker."""
+        cuts = [{"t_ms": round((e.mono_s - self.t0) * 1000, 1), "nodes": e.detail.get("nodes"),
+                 "lost": e.detail.get("lost")} for e in self.harness.events if e.action == "power-loss"]
+        injected = {node: sum((status.get("injected") or {}).values()) for node, status in self._final_disks.items()}
+        return {"power_cuts": cuts, "faults_injected": injected}
+
     def _crash_findings(self) -> list[dict[str, Any]]:
         found = []
         for crash in self.harness.crashes:
             tail = " | ".join(line.strip()
                               for line in crash["log_tail"].splitlines()[-limits.crash_finding_log_lines_max:])
+            if _stopped_on_disk_error(crash):
+                found.append({"kind": "broker_stopped_on_disk_error", "expected": True, "count": 1,
+                              "explanation": f"broker {crash['node']} stopped itself (exit {crash['returncode']}) "
+                                             f"on a STORAGE_ERROR during the {crash['disk_fault']} fault: fail-stop "
+                                             "rather than acknowledge what it could not store; started again when "
+                                             f"the fault ended (see {crash['log']}): {tail}"})
+                continue
             found.append({"kind": "broker_crashed", "expected": False, "count": 1,
                           "explanation": f"broker {crash['node']} exited on its own with code "
                                          f"{crash['returncode']} (see {crash['log']}): {tail}"})
@@ -761,6 +814,18 @@ class _Run:
         return [{"kind": "nemesis_error", "expected": True, "count": 1,
                  "explanation": f"step {error['step']} {error['action']} at {error['t_ms']} ms: {error['error']}"}
                 for error in errors]
+
+
+# The broker's exit code when its replication thread fails (node/replication.py): with a STORAGE_ERROR in
+# its log during a disk fault, a deliberate stop, not a crash.
+_REPLICATION_STOPPED_EXIT = 70
+
+
+def _stopped_on_disk_error(crash: dict[str, Any]) -> bool:
+    """The broker exited with the replication thread's code, naming a STORAGE_ERROR, while a disk fault (ENOSPC,
+    EIO) was active on it: the fail-stop the broker promises on a disk it cannot trust."""
+    return (crash.get("disk_fault") in ("disk-full", "disk-errors") and crash["returncode"] == _REPLICATION_STOPPED_EXIT
+            and "STORAGE_ERROR" in crash["log_tail"])
 
 
 def _kept_record_finding(impossible: list[dict[str, Any]], acks: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ Raft indexes in a journal are contiguous, so entry ``i`` (position in the journa
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -38,7 +39,7 @@ from typing import Any
 
 import msgpack
 from raftmq.cluster import limits
-from raftmq.cluster.errors import invariant
+from raftmq.cluster.errors import StorageError, invariant
 from raftmq.node.fsutil import fsync_directory, make_directories, write_file_atomically
 
 log = logging.getLogger(__name__)
@@ -291,7 +292,10 @@ class DurableJournal:
         index_term = _INDEX_TERM.pack(idx, term)
         crc = zlib.crc32(command, zlib.crc32(index_term))
         head = _LEN_CRC.pack(16 + len(command), crc) + index_term
-        written = os.pwritev(self._fd, [head, command], self._end_position)
+        try:
+            written = os.pwritev(self._fd, [head, command], self._end_position)
+        except OSError as exc:  # nothing is recorded as appended: a retry writes at the same position
+            raise _write_failed(self.path, "append to", exc) from exc
         invariant(written == len(head) + len(command), "short journal write")
         position = len(self._terms)
         self._terms.append(term)
@@ -394,7 +398,10 @@ class DurableJournal:
         """fdatasync what was appended since the last sync (group commit: many appends, one sync)."""
         if self._unsynced:
             if self.durable:
-                os.fdatasync(self._fd)
+                try:
+                    os.fdatasync(self._fd)
+                except OSError as exc:
+                    raise _write_failed(self.path, "fsync", exc) from exc
             self._unsynced = False
 
     def flush(self) -> None:
@@ -456,3 +463,12 @@ class DurableJournal:
 
     def close(self) -> None:
         self._destroy()
+
+
+def _write_failed(path: Path, what: str, exc: OSError) -> StorageError:
+    """The coded error for a journal write the disk refused (full, failing). Raised, never swallowed: Raft
+    must not count an entry as stored that is not, so the replication thread stops the broker with it."""
+    hint = {errno.ENOSPC: "the disk is full: free space, then restart the broker",
+            errno.EIO: "the disk reported an I/O error: check it, then restart the broker"}
+    advice = hint.get(exc.errno or 0, "check the data directory, then restart the broker")
+    return StorageError(f"cannot {what} the Raft journal {path}: {exc.strerror or exc}; {advice}", path=str(path))

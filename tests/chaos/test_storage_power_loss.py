@@ -91,3 +91,29 @@ def test_a_claimed_partition_directory_is_readable_after_a_power_cut(mount: Faul
     marker = json.loads((directory / "partition.json").read_text())
     assert marker["topic_id"] == 6
     assert _claim_directory(directory, topic, 2)  # type: ignore[arg-type]
+
+
+def test_a_full_disk_fails_a_journal_append_with_a_coded_error_and_keeps_the_journal_whole(
+        mount: FaultFsMount) -> None:
+    from raftmq.cluster.errors import StorageError
+
+    path = mount.mountpoint / "partitions" / "chaos-3" / "raft.journal"
+    journal = DurableJournal(path, durable=True)
+    try:
+        journal.add(b"first", 1, 1)
+        journal.sync()
+        rule = mount.add_rule(ops=["write"], errno="ENOSPC")
+        with pytest.raises(StorageError, match="disk is full") as refused:
+            journal.add(b"second", 2, 1)
+        assert refused.value.code == "STORAGE_ERROR"
+        assert len(journal) == 1  # not counted as stored
+        mount.clear_rules(rule)  # space returns: the same index is appended
+        journal.add(b"second", 2, 1)
+        journal.sync()
+    finally:
+        journal.close()
+    reopened = DurableJournal(path, durable=True)
+    try:
+        assert [bytes(entry[0]) for entry in (reopened[0], reopened[1])] == [b"first", b"second"]
+    finally:
+        reopened.close()
