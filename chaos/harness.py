@@ -36,8 +36,11 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -112,8 +115,34 @@ class FaultHandle:
     stopped: list[int] = dataclasses.field(default_factory=list)
     retired: list[int] = dataclasses.field(default_factory=list)  # killed for good: never started again
     disk_rules: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (broker, fault file system rule)
+    neighbours: list[HostileNeighbour] = dataclasses.field(default_factory=list)
     applied_mono_s: float = 0.0
     undone: bool = False
+
+
+@dataclasses.dataclass
+class HostileNeighbour:
+    """One running chaos/hostile.py process and where its report goes."""
+
+    process: subprocess.Popen[bytes]
+    report_path: Path
+    target: int
+
+    def finish(self) -> dict[str, Any]:
+        """SIGTERM, wait (bounded), the report (``{"error": ...}`` when it wrote none)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=limits.hostile_finish_deadline_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=limits.hostile_finish_deadline_s)
+        try:
+            report: dict[str, Any] = json.loads(self.report_path.read_text())
+        except (OSError, ValueError) as exc:
+            return {"error": f"no report from the hostile neighbour (exit {self.process.returncode}): {exc}",
+                    "target": self.target}
+        return {**report, "target": self.target}
 
 
 class BrokerExited(RuntimeError):
@@ -178,6 +207,8 @@ class ChaosCluster:
         # Brokers killed for good (kill-for-good): heal and undo never start them again, and convergence
         # expects the cluster to have moved their replicas elsewhere.
         self.retired: set[int] = set()
+        # Reports of the hostile neighbours that ran (chaos/hostile.py), in the order they finished.
+        self.hostile_reports: list[dict[str, Any]] = []
         self._started = False
         self._stopped = False
 
@@ -278,6 +309,10 @@ class ChaosCluster:
         self._stopped = True
         with self._lock:
             self.check_crashes()
+            for handle in self._handles.values():
+                for neighbour in handle.neighbours:
+                    self._finish_neighbour(neighbour)
+                handle.neighbours.clear()
             for node in self.cluster.nodes:
                 self._expect_exit(node)
             try:
@@ -757,6 +792,51 @@ class ChaosCluster:
                                             "pattern": pattern, "rule": rule}, handle=handle.id, started=started)
             return handle
 
+    # --- fault primitives: a hostile neighbour (chaos/hostile.py) -------------------------------------------
+
+    def hostile(self, node: int, *, duration_s: float, seed: int = 0) -> FaultHandle:
+        """Start a hostile neighbour process aimed at ``node``'s peer port and every broker's client port
+        (direct: the proxies are for the cluster's own traffic); undo stops it and keeps its report."""
+        self._check_node(node)
+        with self._lock:
+            started = time.monotonic()
+            handle = self._new_handle("hostile", f"n{node}")
+            report_path = self.root / f"hostile-{handle.id}.json"
+            urls = ",".join(self.direct_url(n) for n in self.node_ids if n not in self.retired)
+            with open(self.root / "hostile.log", "ab") as log_file:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "raftmq.chaos.hostile", "--peer",
+                     f"{HOST}:{self.cluster.nodes[node].peer_port}", "--http", urls, "--duration",
+                     f"{duration_s + limits.hostile_overrun_s:g}", "--seed", str(seed), "--report", str(report_path)],
+                    stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            handle.neighbours.append(HostileNeighbour(process, report_path, node))
+            handle.applied_mono_s = time.monotonic()
+            self._record("hostile", f"n{node}", {"pid": process.pid, "report": str(report_path)}, handle=handle.id,
+                         started=started)
+            return handle
+
+    def _finish_neighbour(self, neighbour: HostileNeighbour) -> None:
+        report = neighbour.finish()
+        self.hostile_reports.append(report)
+        self._record("hostile-report", f"n{neighbour.target}", {"classes": report.get("classes"),
+                                                                "error": report.get("error")})
+
+    def rss_bytes(self) -> dict[int, int]:
+        """Every running broker's resident memory (from /proc; empty where it cannot be read)."""
+        found = {}
+        for n, node in self.cluster.nodes.items():
+            pid = node.pid
+            if pid is None:
+                continue
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        found[n] = int(line.split()[1]) * 1024
+                        break
+            except (OSError, ValueError, IndexError):
+                continue
+        return found
+
     def disk_status(self) -> dict[int, dict[str, Any]]:
         """Every mount's status (faults injected per rule, what a power cut would take now)."""
         found = {}
@@ -867,6 +947,9 @@ class ChaosCluster:
                     self._client.enable(proxy)
                 except ToxiproxyError as exc:
                     errors.append(f"enable {proxy}: {exc}")
+        for neighbour in handle.neighbours:
+            self._finish_neighbour(neighbour)
+        handle.neighbours.clear()
         for node, rule in handle.disk_rules:
             try:
                 self.mounts[node].clear_rules(rule)
@@ -900,6 +983,10 @@ class ChaosCluster:
             started = time.monotonic()
             self._client.reset()
             self._disabled.clear()
+            for handle in self._handles.values():
+                for neighbour in handle.neighbours:
+                    self._finish_neighbour(neighbour)
+                handle.neighbours.clear()
             for node, mount in self.mounts.items():
                 try:
                     mount.clear_rules()

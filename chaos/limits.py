@@ -199,3 +199,11 @@ faultfs_stop_deadline_s: Final = 10.0
 faultfs_control_timeout_s: Final = 30.0
 # One control request or answer line (JSON): far above any real one, a bound on a confused peer.
 faultfs_control_line_bytes_max: Final = 1 * MIB
+
+# --- the hostile neighbour (chaos/hostile.py; its attack sizes are in cluster/limits.py) -----------------
+
+# The neighbour process runs this much longer than its step unless stopped (the undo stops it on time; the
+# margin only matters if the undo never comes).
+hostile_overrun_s: Final = 5.0
+# From SIGTERM to its report written and the process gone (its tasks wind down within a few seconds).
+hostile_finish_deadline_s: Final = 15.0

@@ -112,7 +112,7 @@ def generate(scenario: Scenario, *, duration_s: float, seed: int,
     if nodes < 1:
         raise ScenarioError(f"{scenario.name}: a cluster needs at least one node, got {nodes}")
     single_node_kinds = ("kill", "pause", "restart", "rolling-restart", "power-loss", "disk-full", "disk-errors",
-                         "slow-disk")
+                         "slow-disk", "hostile")
     network = any(f.kind not in single_node_kinds for f in scenario.faults)
     if network and nodes < 2:
         raise ScenarioError(f"{scenario.name}: network faults need at least two nodes")

@@ -29,6 +29,7 @@ import bisect
 import contextlib
 import json
 import logging
+import math
 import random
 import shutil
 import time
@@ -48,6 +49,7 @@ from raftmq.chaos.nemesis import Step, generate
 from raftmq.chaos.placement import PlacementSnapshot, controller_view, placement_times, snapshot
 from raftmq.chaos.scenario import DISK_KINDS, Scenario, liveness_of
 from raftmq.chaos.workload import Workload, WorkloadConfig
+from raftmq.cluster import limits as cluster_limits
 
 log = logging.getLogger("raftmq.chaos.runner")
 
@@ -154,6 +156,9 @@ class LeaderTimeline:
         # The topic's placement (replica sets, moves, broker states) each time it changed: heal, balance and
         # drain times are measured on it (chaos/placement.py).
         self.placement: list[PlacementSnapshot] = []
+        # The largest resident memory seen per broker (sampled with every poll) and the samples taken.
+        self.rss_max_bytes: dict[int, int] = {}
+        self.rss_samples = 0
 
     def record_placement(self, bodies: dict[int, dict[str, Any] | None], t_ms: float) -> None:
         body = controller_view(bodies)
@@ -187,6 +192,9 @@ class LeaderTimeline:
 
     async def poll_once(self, session: aiohttp.ClientSession) -> None:
         self.harness.check_crashes()
+        for node, rss in self.harness.rss_bytes().items():
+            self.rss_max_bytes[node] = max(rss, self.rss_max_bytes.get(node, 0))
+        self.rss_samples += 1
         answers = await asyncio.gather(*(self._fetch(session, n) for n in self.harness.node_ids))
         t_ms = self.clock()
         self.polls += 1
@@ -368,6 +376,8 @@ class NemesisExecutor:
             return [h.shutdown(target.nodes)]
         if kind in DISK_KINDS:
             return [self._disk_fault(step, target.nodes)]
+        if kind == "hostile":
+            return [h.hostile(node, duration_s=step.duration_s, seed=int(step.pick * 1_000_000))]
         raise ValueError(f"unknown fault kind {kind!r}")
 
     def _cut_off(self, step: Step, node: int, leader: int | None, rng: random.Random) -> list[FaultHandle]:
@@ -707,6 +717,9 @@ class _Run:
         result.placement = placement_times(timeline.placement, self._permanent_events(),
                                            replication_factor=self.config.replication_factor)
         result.stats["lost_by_ack"] = lost_by_ack(history)
+        if self.scenario.hostile:
+            windows = [(step.at_s * 1000.0, step.end_s * 1000.0) for step in result.schedule if step.kind == "hostile"]
+            result.stats["hostile_latency"] = send_latency(history, windows)
         impossible = lost_before_a_kept_record(history, ("0", "1", "all"))
         if impossible:
             result.stats["lost_before_a_kept_record"] = impossible[: limits.kept_record_rows_max]
@@ -755,7 +768,13 @@ class _Run:
         result = self.result
         if self.timeline is not None:
             result.leader_changes = self.timeline.changes
+        if self.timeline is not None:
+            result.stats["rss_max_bytes"] = dict(sorted(self.timeline.rss_max_bytes.items()))
+            result.stats["rss_samples"] = self.timeline.rss_samples
         result.extra_findings += self._crash_findings() + self._two_leader_findings() + self._nemesis_findings()
+        if self.scenario.hostile and result.verdict != "SKIP":
+            result.stats["hostile"] = self.harness.hostile_reports
+            result.extra_findings += hostile_findings(self.harness.hostile_reports, result.stats)
         if any(not f["expected"] for f in result.extra_findings) and result.verdict == "PASS":
             result.verdict = "FAIL"
         rows = [_event_row(e, self.t0) for e in self.harness.events]
@@ -814,6 +833,60 @@ class _Run:
         return [{"kind": "nemesis_error", "expected": True, "count": 1,
                  "explanation": f"step {error['step']} {error['action']} at {error['t_ms']} ms: {error['error']}"}
                 for error in errors]
+
+
+def send_latency(history: History, windows: list[tuple[float, float]]) -> dict[str, Any]:
+    """Latency (ms, start to answer) of the ok sends that started inside ``windows``: count, p50, p99, max."""
+    latencies = sorted(op.end_ms - op.start_ms for op in history.sends
+                       if op.outcome == "ok" and any(low <= op.start_ms < high for low, high in windows))
+    if not latencies:
+        return {"sends": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+
+    def percentile(fraction: float) -> float:
+        return round(latencies[max(0, math.ceil(fraction * len(latencies)) - 1)], 1)
+
+    return {"sends": len(latencies), "p50_ms": percentile(0.5), "p99_ms": percentile(0.99),
+            "max_ms": round(latencies[-1], 1)}
+
+
+def hostile_findings(reports: list[dict[str, Any]], stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """The hostile-neighbour verdict (cluster/limits.py "hostile neighbour"): what it threw, counted per class
+    (informational); a garbage peer connection the broker kept, a producer p99 over the bound, a broker's
+    memory over the bound, or a neighbour that did not run are failures."""
+    found: list[dict[str, Any]] = []
+    if not reports or any("error" in report for report in reports):
+        errors = [report.get("error") for report in reports] or ["it never ran"]
+        return [{"kind": "hostile_neighbour_failed", "expected": False, "count": 1,
+                 "explanation": f"the hostile neighbour did not report: {errors}"}]
+    totals: dict[str, dict[str, int]] = {}
+    for report in reports:
+        for kind, outcomes in (report.get("classes") or {}).items():
+            for outcome, count in outcomes.items():
+                totals.setdefault(kind, {})[outcome] = totals.setdefault(kind, {}).get(outcome, 0) + count
+    stats["hostile_totals"] = totals
+    shown = "; ".join(f"{kind}: " + ", ".join(f"{o} {c}" for o, c in sorted(outcomes.items()))
+                      for kind, outcomes in sorted(totals.items()))
+    found.append({"kind": "hostile_neighbour", "expected": True, "count": sum(sum(v.values()) for v in totals.values()),
+                  "explanation": f"hostile cases thrown at the cluster, per class and outcome: {shown}"})
+    held = totals.get("peer_garbage", {}).get("held", 0)
+    if held:
+        found.append({"kind": "hostile_peer_connection_held", "expected": False, "count": held,
+                      "explanation": f"{held} peer connections sending garbage were still open "
+                                     f"{cluster_limits.hostile_peer_wait_s:g} s later (the handshake deadline is "
+                                     f"{cluster_limits.peer_handshake_timeout_s:g} s)"})
+    latency = stats.get("hostile_latency") or {}
+    p99 = latency.get("p99_ms")
+    if p99 is not None and p99 > cluster_limits.hostile_producer_p99_ms_max:
+        found.append({"kind": "producer_p99_over_bound", "expected": False, "count": 1,
+                      "explanation": f"well-behaved producers' p99 was {p99:.0f} ms while the neighbour ran "
+                                     f"(bound {cluster_limits.hostile_producer_p99_ms_max:.0f} ms): {latency}"})
+    rss = stats.get("rss_max_bytes") or {}
+    over = {node: value for node, value in rss.items() if value > cluster_limits.hostile_broker_rss_bytes_max}
+    if over:
+        found.append({"kind": "broker_rss_over_bound", "expected": False, "count": len(over),
+                      "explanation": f"brokers' resident memory over {cluster_limits.hostile_broker_rss_bytes_max} "
+                                     f"bytes: {over}"})
+    return found
 
 
 # The broker's exit code when its replication thread fails (node/replication.py): with a STORAGE_ERROR in

@@ -71,6 +71,10 @@ Fault kinds (keys besides kind/target/partition; defaults in brackets):
   unlink, mkdir) ["write"] fail with EIO on paths matching ``pattern`` ["*"]. Needs FUSE.
 * ``slow-disk``: every fsync on the target's data directory (paths matching ``pattern`` ["*"]) takes
   ``latency_ms`` [200] longer. Needs FUSE.
+* ``hostile``: a hostile neighbour (chaos/hostile.py, a separate process) for the fault's duration: random
+  bytes at the target's peer port, random and malformed requests at every broker's client port, hundreds of
+  idle and slowloris connections, fetches whose answers are never read. The run then also judges the
+  well-behaved producers' p99 latency and every broker's memory (bounds in cluster/limits.py).
 * ``rolling-restart``: every node in turn (order drawn from the seed): graceful stop for ``fault_duration``,
   start, then ``settle_s`` [4.0] before the next one goes down. Expands into one ``restart`` step per node.
 
@@ -119,6 +123,7 @@ FAULT_KINDS: Final[dict[str, dict[str, tuple[type, Any]]]] = {
     "disk-full": {"pattern": (str, "*")},
     "disk-errors": {"ops": (str, "write"), "pattern": (str, "*")},
     "slow-disk": {"latency_ms": (int, 200), "pattern": (str, "*")},
+    "hostile": {},
 }
 NETWORK_KINDS: Final = frozenset({"isolate", "partition", "bridge", "one-way", "cut-link", "slow", "bandwidth",
                                   "reset"})
@@ -133,7 +138,7 @@ DISK_OPS: Final = ("read", "write", "fsync", "create", "truncate", "rename", "un
 PERMANENT_KINDS: Final = frozenset({"kill-for-good", "add-broker", "drain"})
 # Kinds whose target is one node (resolved live or from the seed).
 _ONE_NODE_KINDS: Final = frozenset({"isolate", "partition", "bridge", "one-way", "kill-for-good", "drain",
-                                    "disk-full", "disk-errors", "slow-disk"})
+                                    "disk-full", "disk-errors", "slow-disk", "hostile"})
 # Kinds that take a node or a link.
 _NODE_OR_LINK_KINDS: Final = frozenset({"slow", "bandwidth", "reset"})
 _MODES: Final = ("refuse", "blackhole")
@@ -216,6 +221,11 @@ class Scenario:
     def power_loss(self) -> bool:
         """Some fault cuts a broker's power (its unsynced writes are lost)."""
         return any(f.kind == "power-loss" for f in self.faults)
+
+    @property
+    def hostile(self) -> bool:
+        """A hostile neighbour runs during the scenario (its latency and memory bounds are judged)."""
+        return any(f.kind == "hostile" for f in self.faults)
 
     @property
     def permanent(self) -> bool:
