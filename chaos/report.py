@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from raftmq.chaos.runner import RunResult, RunSettings
 
 REPORT_FORMAT: Final = "raftmq-chaos-report/1"
+MIB: Final = 1024 * 1024
 MATRIX_COLUMNS: Final = ("attempted", "acked", "lost", "duplicated", "unknown", "recovered", "reordered", "divergence")
 
 _EXPECTED_NOTE: Final = {
@@ -324,6 +325,8 @@ def _run_section(name: str, result: RunResult) -> list[str]:
     """One run: what to expect at its ack level, its sends, findings, failovers, losses and timeline."""
     lines = [f"### {name}, acks={result.acks}: {result.verdict}", ""]
     lines.append(_EXPECTED_NOTE.get(result.acks, ""))
+    if result.check is not None and result.check.loss_allowed:
+        lines.append(f"In this run, at every ack level: {result.check.loss_allowed}.")
     lines.append("")
     if result.error:
         lines += [f"Run error: `{result.error}` (see `{result.run_dir}/error.txt`).", ""]
@@ -345,7 +348,26 @@ def _run_section(name: str, result: RunResult) -> list[str]:
                      f"{_fmt_ms(row['value']) if row['value'] is not None else 'never (within the run)'}")
     if result.placement:
         lines.append("")
-    return lines + _lost_lines(result) + _timeline_lines(result)
+    return lines + _disk_and_neighbour_lines(result) + _lost_lines(result) + _timeline_lines(result)
+
+
+def _disk_and_neighbour_lines(result: RunResult) -> list[str]:
+    """What each power cut took per broker; the hostile neighbour's producer latency; brokers' peak memory."""
+    lines: list[str] = []
+    for cut in (result.stats.get("disks") or {}).get("power_cuts") or []:
+        taken = "; ".join(f"n{node}: {lost.get('bytes_dropped')} bytes dropped, {lost.get('files_rolled_back')} "
+                          f"files rolled back ({lost.get('torn_files')} torn), {lost.get('directory_ops_undone')} "
+                          "directory entries undone" for node, lost in sorted((cut.get("lost") or {}).items()))
+        lines.append(f"- power cut at {cut['t_ms'] / 1000:.2f} s: {taken}")
+    latency = result.stats.get("hostile_latency")
+    if latency:
+        lines.append(f"- producers while the neighbour ran: {latency['sends']} ok sends, p50 {latency['p50_ms']} ms, "
+                     f"p99 {latency['p99_ms']} ms, max {latency['max_ms']} ms")
+    rss = result.stats.get("rss_max_bytes")
+    if rss and result.stats.get("hostile") is not None:
+        lines.append("- peak broker memory (RSS): " + ", ".join(f"n{node} {value / MIB:.0f} MiB"
+                                                                  for node, value in sorted(rss.items())))
+    return [*lines, ""] if lines else []
 
 
 def _finding_lines(result: RunResult) -> list[str]:
