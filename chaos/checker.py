@@ -24,7 +24,10 @@ Verdict rules (which finding is a bug, i.e. ``expected=False`` → FAIL):
   logs). With ``majority_alive=False`` the run broke the precondition of Raft's promise (a majority that
   stored the entry survives), so loss and moved records are *expected* (labelled as such); everything else
   keeps its label: losing a majority can lose data but never invents, splits or reorders it.
-  Idempotent duplicates are bugs (at any ``majority_alive``).
+  Idempotent duplicates are bugs (at any ``majority_alive``). ``loss_allowed`` (a sentence) does the same
+  for a run that cut the power of brokers whose fsync policy is not "always" (``interval``, ``never``): an
+  acknowledgement there does not mean "on disk", so what the cut takes is outside the promise; the sentence
+  says why, and the losses are counted and shown as expected.
 * acks=1 / 0: lost and acked_offset_mismatch are expected (the ack precedes replication; failover
   truncates). Idempotent duplicates are expected (Kafka only promises idempotence with acks=all).
 * reordered: a bug for acks=all and acks=1 (offsets follow Raft log order, and an acks=1 ack means the
@@ -243,6 +246,7 @@ class CheckResult:
     inconsistent_read_offsets: tuple[InconsistentRead, ...] = ()
     misplaced_reads: tuple[ReadRecord, ...] = ()
     poll_anomalies: tuple[PollAnomaly, ...] = ()
+    loss_allowed: str | None = None  # why acknowledged loss is expected at acks=all too (see check())
 
     @property
     def bugs(self) -> tuple[Finding, ...]:
@@ -289,9 +293,12 @@ class _Examples:
             self.items.append(item)
 
 
-def check(history: History, *, acks: str, majority_alive: bool = True) -> CheckResult:
+def check(history: History, *, acks: str, majority_alive: bool = True,
+          loss_allowed: str | None = None) -> CheckResult:
     """Judge a run whose sends all used ``acks``; ``majority_alive`` = a majority of every partition's
-    replicas kept its log throughout (False for e.g. majority power loss or disk wipes)."""
+    replicas kept its log throughout (False for e.g. majority power loss or disk wipes); ``loss_allowed``: a
+    sentence saying why acknowledged writes may be lost at every ack level in this run (a power cut of
+    brokers that do not fsync before acknowledging), or None."""
     if acks not in ACKS_LEVELS:
         raise ValueError(f"acks {acks!r} is not one of {ACKS_LEVELS}")
     send_by_value = _index_sends(history.sends, acks)
@@ -310,7 +317,7 @@ def check(history: History, *, acks: str, majority_alive: bool = True) -> CheckR
     tally.gaps = _gaps(drained)
     tally.divergent, tally.lagging = _replicas(history)
     tally.polls = _polls(history)
-    return _result(history, tally, acks, majority_alive)
+    return _result(history, tally, acks, majority_alive, loss_allowed)
 
 
 @dataclass(frozen=True)
@@ -445,10 +452,12 @@ def _counts(history: History, tally: _Tally) -> dict[str, int]:
     }
 
 
-def _result(history: History, tally: _Tally, acks: str, majority_alive: bool) -> CheckResult:
+def _result(history: History, tally: _Tally, acks: str, majority_alive: bool,
+            loss_allowed: str | None) -> CheckResult:
     counts = _counts(history, tally)
-    findings = _findings(counts, acks, majority_alive)
+    findings = _findings(counts, acks, majority_alive, loss_allowed)
     return CheckResult(
+        loss_allowed=loss_allowed,
         acks=acks,
         majority_alive=majority_alive,
         verdict="PASS" if all(f.expected for f in findings) else "FAIL",
@@ -679,11 +688,15 @@ _INFO: Final = {
 }
 
 
-def _findings(counts: dict[str, int], acks: str, majority_alive: bool) -> tuple[Finding, ...]:
+def _findings(counts: dict[str, int], acks: str, majority_alive: bool,
+              loss_allowed: str | None = None) -> tuple[Finding, ...]:
     """Labels each nonzero count expected or bug under the rules in the module docstring."""
     labels: dict[str, tuple[bool, str]] = {k: (False, why) for k, why in _ALWAYS_BUG.items()}
     labels |= {k: (True, why) for k, why in _INFO.items()}
-    if acks == "all" and majority_alive:
+    if loss_allowed is not None:
+        loss = (True, loss_allowed)
+        moved = (True, f"{loss_allowed}; acked slots may be rewritten")
+    elif acks == "all" and majority_alive:
         loss = (False, "acknowledged acks=all writes missing although a majority of replicas survived")
         moved = (False, "acks=all records no longer at the offset their ack named: the slot was overwritten")
     elif acks == "all":

@@ -36,8 +36,11 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -49,6 +52,8 @@ from typing import Any, Final, Self
 
 from raftmq.chaos import limits
 from raftmq.chaos import placement as placing
+from raftmq.chaos.faultfs.control import ControlError
+from raftmq.chaos.faultfs.process import FaultFsMount
 from raftmq.chaos.proxy_client import ProxyClient, ServerError, ToxiproxyError, ToxiproxyServerProcess
 from raftmq.deploy.local_cluster import HOST, LocalCluster, find_free_ports, http_json, wait_until
 from raftmq.node import PeerAddress
@@ -109,8 +114,35 @@ class FaultHandle:
     paused: list[int] = dataclasses.field(default_factory=list)
     stopped: list[int] = dataclasses.field(default_factory=list)
     retired: list[int] = dataclasses.field(default_factory=list)  # killed for good: never started again
+    disk_rules: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (broker, fault file system rule)
+    neighbours: list[HostileNeighbour] = dataclasses.field(default_factory=list)
     applied_mono_s: float = 0.0
     undone: bool = False
+
+
+@dataclasses.dataclass
+class HostileNeighbour:
+    """One running chaos/hostile.py process and where its report goes."""
+
+    process: subprocess.Popen[bytes]
+    report_path: Path
+    target: int
+
+    def finish(self) -> dict[str, Any]:
+        """SIGTERM, wait (bounded), the report (``{"error": ...}`` when it wrote none)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=limits.hostile_finish_deadline_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=limits.hostile_finish_deadline_s)
+        try:
+            report: dict[str, Any] = json.loads(self.report_path.read_text())
+        except (OSError, ValueError) as exc:
+            return {"error": f"no report from the hostile neighbour (exit {self.process.returncode}): {exc}",
+                    "target": self.target}
+        return {**report, "target": self.target}
 
 
 class BrokerExited(RuntimeError):
@@ -146,8 +178,13 @@ class ChaosCluster:
 
     def __init__(self, root: Path, *, nodes: int = 3, base_port: int | None = None, durability: str = "always",
                  seed: int | None = None, proxy_executable: str | None = None,
-                 on_event: Callable[[FaultEvent], None] | None = None, **local_cluster_kwargs: Any) -> None:
+                 on_event: Callable[[FaultEvent], None] | None = None, faultfs: bool = False,
+                 **local_cluster_kwargs: Any) -> None:
         self.root = Path(root).resolve()
+        # With ``faultfs`` every broker's data directory is a fault file system mount (chaos/faultfs/):
+        # power cuts and disk faults act on it.
+        self.faultfs = faultfs
+        self.mounts: dict[int, FaultFsMount] = {}
         self.seed = seed
         self.cluster = LocalCluster(self.root, nodes=nodes, base_port=base_port, durability=durability,
                                     **local_cluster_kwargs)
@@ -170,6 +207,8 @@ class ChaosCluster:
         # Brokers killed for good (kill-for-good): heal and undo never start them again, and convergence
         # expects the cluster to have moved their replicas elsewhere.
         self.retired: set[int] = set()
+        # Reports of the hostile neighbours that ran (chaos/hostile.py), in the order they finished.
+        self.hostile_reports: list[dict[str, Any]] = []
         self._started = False
         self._stopped = False
 
@@ -215,6 +254,8 @@ class ChaosCluster:
             self._create_proxies()
             self._record("wire", "cluster", {"proxies": {name: p.listen for name, p in self.proxies.items()},
                                              "proxy_server": self._server.kind})
+            for node in self.node_ids:
+                self._mount(node)
             self.cluster.start()
         except BaseException:
             self.stop()
@@ -268,6 +309,10 @@ class ChaosCluster:
         self._stopped = True
         with self._lock:
             self.check_crashes()
+            for handle in self._handles.values():
+                for neighbour in handle.neighbours:
+                    self._finish_neighbour(neighbour)
+                handle.neighbours.clear()
             for node in self.cluster.nodes:
                 self._expect_exit(node)
             try:
@@ -278,6 +323,8 @@ class ChaosCluster:
                 try:
                     self.cluster.stop()
                 finally:
+                    for mount in self.mounts.values():
+                        mount.stop()
                     if self._server is not None:
                         self._server.stop()
 
@@ -647,6 +694,7 @@ class ChaosCluster:
             started = time.monotonic()
             new = self.cluster.add_node(start=False)
             self._create([self._link_wanted(a, new) for a in self.node_ids if a != new] + [self._client_wanted(new)])
+            self._mount(new)
             self.cluster.start([new])
             handle = self._new_handle("add-broker", f"n{new}")
             handle.applied_mono_s = time.monotonic()
@@ -689,6 +737,115 @@ class ChaosCluster:
                     return last
             time.sleep(limits.condition_poll_interval_s)  # retry backoff while the controller is elected
         return last
+
+    # --- fault primitives: disks (the fault file system; ``faultfs=True``) ----------------------------------
+
+    def _mount(self, node: int) -> None:
+        """Mount broker ``node``'s data directory through a fault file system (once; ``faultfs`` only)."""
+        if self.faultfs and node not in self.mounts:
+            mount = FaultFsMount(self.cluster.nodes[node].data_dir, seed=(self.seed or 0) * 100 + node)
+            mount.start()
+            self.mounts[node] = mount
+
+    def _disk(self, node: int) -> FaultFsMount:
+        self._check_node(node)
+        if node not in self.mounts:
+            raise ValueError(f"broker {node}'s data directory is not a fault file system (ChaosCluster(faultfs=True))")
+        return self.mounts[node]
+
+    def power_loss(self, node: int | Iterable[int], *, torn: bool = False) -> FaultHandle:
+        """Cut the power: SIGKILL, then drop everything the broker had not fsynced (file data; creates,
+        renames and unlinks whose directory was not fsynced), optionally with torn tails. Undo starts it."""
+        nodes = sorted({node} if isinstance(node, int) else set(node))
+        mounts = {n: self._disk(n) for n in nodes}
+        with self._lock:
+            started = time.monotonic()
+            handle = self._new_handle("power-loss", ",".join(f"n{n}" for n in nodes))
+            for n in nodes:
+                if self.cluster.nodes[n].running:
+                    self._expect_exit(n)
+                    self.cluster.kill(n)
+                    handle.killed.append(n)
+            lost = {}
+            for n, mount in mounts.items():
+                summary = mount.lose_unsynced(torn=torn)
+                lost[n] = {key: summary.get(key) for key in ("bytes_dropped", "bytes_restored", "files_rolled_back",
+                                                             "directory_ops_undone", "torn_files", "open_handles",
+                                                             "problems")}
+            handle.applied_mono_s = time.monotonic()
+            self._record("power-loss", handle.target, {"nodes": nodes, "killed": list(handle.killed), "torn": torn,
+                                                       "lost": lost}, handle=handle.id, started=started)
+            return handle
+
+    def disk_fault(self, kind: str, node: int, *, ops: Sequence[str], errno: str | None = None, delay_ms: int = 0,
+                   pattern: str = "*") -> FaultHandle:
+        """A fault file system rule on broker ``node``'s data directory (EIO / ENOSPC on ``ops``, or a delay);
+        undo removes it."""
+        mount = self._disk(node)
+        with self._lock:
+            started = time.monotonic()
+            handle = self._new_handle(kind, f"n{node}")
+            rule = mount.add_rule(ops=list(ops), pattern=pattern, errno=errno, delay_ms=delay_ms)
+            handle.disk_rules.append((node, rule))
+            handle.applied_mono_s = time.monotonic()
+            self._record(kind, f"n{node}", {"ops": list(ops), "errno": errno, "delay_ms": delay_ms,
+                                            "pattern": pattern, "rule": rule}, handle=handle.id, started=started)
+            return handle
+
+    # --- fault primitives: a hostile neighbour (chaos/hostile.py) -------------------------------------------
+
+    def hostile(self, node: int, *, duration_s: float, seed: int = 0) -> FaultHandle:
+        """Start a hostile neighbour process aimed at ``node``'s peer port and every broker's client port
+        (direct: the proxies are for the cluster's own traffic); undo stops it and keeps its report."""
+        self._check_node(node)
+        with self._lock:
+            started = time.monotonic()
+            handle = self._new_handle("hostile", f"n{node}")
+            report_path = self.root / f"hostile-{handle.id}.json"
+            urls = ",".join(self.direct_url(n) for n in self.node_ids if n not in self.retired)
+            with open(self.root / "hostile.log", "ab") as log_file:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "raftmq.chaos.hostile", "--peer",
+                     f"{HOST}:{self.cluster.nodes[node].peer_port}", "--http", urls, "--duration",
+                     f"{duration_s + limits.hostile_overrun_s:g}", "--seed", str(seed), "--report", str(report_path)],
+                    stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            handle.neighbours.append(HostileNeighbour(process, report_path, node))
+            handle.applied_mono_s = time.monotonic()
+            self._record("hostile", f"n{node}", {"pid": process.pid, "report": str(report_path)}, handle=handle.id,
+                         started=started)
+            return handle
+
+    def _finish_neighbour(self, neighbour: HostileNeighbour) -> None:
+        report = neighbour.finish()
+        self.hostile_reports.append(report)
+        self._record("hostile-report", f"n{neighbour.target}", {"classes": report.get("classes"),
+                                                                "error": report.get("error")})
+
+    def rss_bytes(self) -> dict[int, int]:
+        """Every running broker's resident memory (from /proc; empty where it cannot be read)."""
+        found = {}
+        for n, node in self.cluster.nodes.items():
+            pid = node.pid
+            if pid is None:
+                continue
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        found[n] = int(line.split()[1]) * 1024
+                        break
+            except (OSError, ValueError, IndexError):
+                continue
+        return found
+
+    def disk_status(self) -> dict[int, dict[str, Any]]:
+        """Every mount's status (faults injected per rule, what a power cut would take now)."""
+        found = {}
+        for node, mount in self.mounts.items():
+            try:
+                found[node] = mount.control().status()
+            except (ControlError, RuntimeError) as exc:
+                found[node] = {"error": str(exc)}
+        return found
 
     def resume(self, node: int) -> None:
         self._check_node(node)
@@ -750,11 +907,19 @@ class ChaosCluster:
                     continue
                 self._reported_exits[key] = process
                 crash = {"node": n, "returncode": process.returncode, "log": str(node.log_path),
-                         "log_tail": self.cluster.tail_log(n, limits.crash_log_tail_lines)}
+                         "log_tail": self.cluster.tail_log(n, limits.crash_log_tail_lines),
+                         "disk_fault": self._active_disk_fault(n)}
                 self.crashes.append(crash)
                 found.append(crash)
                 self._record("crash", f"n{n}", {"returncode": process.returncode, "log": str(node.log_path)})
         return found
+
+    def _active_disk_fault(self, node: int) -> str | None:
+        """The kind of a disk fault active on ``node`` right now (None: none)."""
+        for handle in list(self._handles.values()):
+            if not handle.undone and any(n == node for n, _rule in handle.disk_rules):
+                return handle.kind
+        return None
 
     # --- undo and heal ----------------------------------------------------------------------------------
 
@@ -782,9 +947,23 @@ class ChaosCluster:
                     self._client.enable(proxy)
                 except ToxiproxyError as exc:
                     errors.append(f"enable {proxy}: {exc}")
+        for neighbour in handle.neighbours:
+            self._finish_neighbour(neighbour)
+        handle.neighbours.clear()
+        for node, rule in handle.disk_rules:
+            try:
+                self.mounts[node].clear_rules(rule)
+            except ControlError as exc:
+                errors.append(f"clear rule {rule} on broker {node}'s disk: {exc}")
         for node in handle.paused:
             self.cluster.resume(node)
-        restarted = [n for n in handle.killed + handle.stopped if not self.cluster.nodes[n].running]
+        # A broker that stopped itself on the disk fault (fail-stop) is started again once the disk is
+        # healthy, as an operator would after freeing space; its exit is recorded first.
+        disk_nodes = sorted({n for n, _rule in handle.disk_rules} - self.retired)
+        if disk_nodes:
+            self.check_crashes()
+        restarted = sorted({n for n in handle.killed + handle.stopped + disk_nodes
+                            if not self.cluster.nodes[n].running})
         if restarted:
             self.cluster.start(restarted)
         handle.undone = True
@@ -804,6 +983,15 @@ class ChaosCluster:
             started = time.monotonic()
             self._client.reset()
             self._disabled.clear()
+            for handle in self._handles.values():
+                for neighbour in handle.neighbours:
+                    self._finish_neighbour(neighbour)
+                handle.neighbours.clear()
+            for node, mount in self.mounts.items():
+                try:
+                    mount.clear_rules()
+                except ControlError:
+                    log.exception("could not clear the disk faults of broker %s", node)
             self.check_crashes()
             resumed = [n for n, node in self.cluster.nodes.items() if node.paused]
             for node in resumed:

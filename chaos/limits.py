@@ -177,3 +177,33 @@ live_table_refreshes_per_s: Final = 4
 drain_request_deadline_s: Final = 10.0
 # Placement snapshots the metadata poller keeps (only changes are kept; a run has a few dozen).
 placement_snapshots_max: Final = 10_000
+
+# --- the fault file system (chaos/faultfs/) ---------------------------------------------------------------
+
+# Fault rules active at once on one mount: a scenario needs one or two; the bound keeps a buggy caller from
+# making every operation scan a long list.
+faultfs_rules_max: Final = 64
+# Overwritten durable bytes kept for a power cut. Brokers append, so only the journal's rewrites and
+# truncations land here (kilobytes); past this the mount logs that a power cut may be imprecise and says so in
+# its answer, rather than growing without bound.
+faultfs_undo_bytes_max: Final = 64 * MIB
+# A power cut waits this long for the kernel to release the files of the process that was killed a moment
+# before (RELEASE arrives asynchronously), then proceeds and reports what was still open.
+faultfs_release_deadline_s: Final = 5.0
+faultfs_poll_interval_s: Final = 0.02
+# From starting the FUSE process to the mount being visible and its control socket answering.
+faultfs_mount_deadline_s: Final = 15.0
+# After SIGTERM, until the FUSE process has unmounted and exited (then SIGKILL and a lazy unmount).
+faultfs_stop_deadline_s: Final = 10.0
+# One control request (a power cut walks the backing directory: well under a second for a broker's files).
+faultfs_control_timeout_s: Final = 30.0
+# One control request or answer line (JSON): far above any real one, a bound on a confused peer.
+faultfs_control_line_bytes_max: Final = 1 * MIB
+
+# --- the hostile neighbour (chaos/hostile.py; its attack sizes are in cluster/limits.py) -----------------
+
+# The neighbour process runs this much longer than its step unless stopped (the undo stops it on time; the
+# margin only matters if the undo never comes).
+hostile_overrun_s: Final = 5.0
+# From SIGTERM to its report written and the process gone (its tasks wind down within a few seconds).
+hostile_finish_deadline_s: Final = 15.0

@@ -29,7 +29,7 @@ from raftmq.chaos.scenario import FaultSpec, Scenario, ScenarioError, Span
 
 # Step kinds whose "leader" target takes the leader away from its peers: the runner measures failover for them.
 LEADER_FAULT_KINDS: Final = frozenset({"isolate", "partition", "one-way", "kill", "pause", "restart",
-                                       "kill-for-good"})
+                                       "kill-for-good", "power-loss"})
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,9 @@ def generate(scenario: Scenario, *, duration_s: float, seed: int,
     """The fault schedule of one run of ``scenario`` (see the module docstring)."""
     if nodes < 1:
         raise ScenarioError(f"{scenario.name}: a cluster needs at least one node, got {nodes}")
-    network = any(f.kind not in ("kill", "pause", "restart", "rolling-restart") for f in scenario.faults)
+    single_node_kinds = ("kill", "pause", "restart", "rolling-restart", "power-loss", "disk-full", "disk-errors",
+                         "slow-disk", "hostile")
+    network = any(f.kind not in single_node_kinds for f in scenario.faults)
     if network and nodes < 2:
         raise ScenarioError(f"{scenario.name}: network faults need at least two nodes")
     if duration_s <= 0 or not math.isfinite(duration_s):

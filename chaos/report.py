@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from raftmq.chaos.runner import RunResult, RunSettings
 
 REPORT_FORMAT: Final = "raftmq-chaos-report/1"
+MIB: Final = 1024 * 1024
 MATRIX_COLUMNS: Final = ("attempted", "acked", "lost", "duplicated", "unknown", "recovered", "reordered", "divergence")
 
 _EXPECTED_NOTE: Final = {
@@ -41,9 +42,14 @@ _EXPECTED_NOTE: Final = {
 
 
 def overall_verdict(results: Sequence[RunResult]) -> str:
+    """PASS when every run that ran passed; SKIP runs (no FUSE for a disk scenario) are shown, not counted,
+    but a matrix of nothing but skipped runs is SKIP, not PASS."""
+    ran = [r for r in results if r.verdict != "SKIP"]
     if not results:
         return "NONE"
-    return "PASS" if all(r.verdict == "PASS" for r in results) else "FAIL"
+    if not ran:
+        return "SKIP"
+    return "PASS" if all(r.verdict == "PASS" for r in ran) else "FAIL"
 
 
 def matrix_row(result: RunResult) -> dict[str, Any]:
@@ -55,7 +61,8 @@ def matrix_row(result: RunResult) -> dict[str, Any]:
     for metric in PLACEMENT_METRICS:
         row[metric] = result.placement_ms(metric)
     row["verdict"] = result.verdict
-    row["expected_loss"] = bool(result.check and result.check.lost and result.acks != "all")
+    row["expected_loss"] = bool(result.check and result.check.lost
+                                and (result.acks != "all" or result.check.loss_allowed is not None))
     return row
 
 
@@ -318,6 +325,8 @@ def _run_section(name: str, result: RunResult) -> list[str]:
     """One run: what to expect at its ack level, its sends, findings, failovers, losses and timeline."""
     lines = [f"### {name}, acks={result.acks}: {result.verdict}", ""]
     lines.append(_EXPECTED_NOTE.get(result.acks, ""))
+    if result.check is not None and result.check.loss_allowed:
+        lines.append(f"In this run, at every ack level: {result.check.loss_allowed}.")
     lines.append("")
     if result.error:
         lines += [f"Run error: `{result.error}` (see `{result.run_dir}/error.txt`).", ""]
@@ -339,7 +348,26 @@ def _run_section(name: str, result: RunResult) -> list[str]:
                      f"{_fmt_ms(row['value']) if row['value'] is not None else 'never (within the run)'}")
     if result.placement:
         lines.append("")
-    return lines + _lost_lines(result) + _timeline_lines(result)
+    return lines + _disk_and_neighbour_lines(result) + _lost_lines(result) + _timeline_lines(result)
+
+
+def _disk_and_neighbour_lines(result: RunResult) -> list[str]:
+    """What each power cut took per broker; the hostile neighbour's producer latency; brokers' peak memory."""
+    lines: list[str] = []
+    for cut in (result.stats.get("disks") or {}).get("power_cuts") or []:
+        taken = "; ".join(f"n{node}: {lost.get('bytes_dropped')} bytes dropped, {lost.get('files_rolled_back')} "
+                          f"files rolled back ({lost.get('torn_files')} torn), {lost.get('directory_ops_undone')} "
+                          "directory entries undone" for node, lost in sorted((cut.get("lost") or {}).items()))
+        lines.append(f"- power cut at {cut['t_ms'] / 1000:.2f} s: {taken}")
+    latency = result.stats.get("hostile_latency")
+    if latency:
+        lines.append(f"- producers while the neighbour ran: {latency['sends']} ok sends, p50 {latency['p50_ms']} ms, "
+                     f"p99 {latency['p99_ms']} ms, max {latency['max_ms']} ms")
+    rss = result.stats.get("rss_max_bytes")
+    if rss and result.stats.get("hostile") is not None:
+        lines.append("- peak broker memory (RSS): " + ", ".join(f"n{node} {value / MIB:.0f} MiB"
+                                                                  for node, value in sorted(rss.items())))
+    return [*lines, ""] if lines else []
 
 
 def _finding_lines(result: RunResult) -> list[str]:

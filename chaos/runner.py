@@ -29,6 +29,7 @@ import bisect
 import contextlib
 import json
 import logging
+import math
 import random
 import shutil
 import time
@@ -41,12 +42,14 @@ from typing import Any
 import aiohttp
 from raftmq.chaos import limits
 from raftmq.chaos.checker import CheckResult, check
+from raftmq.chaos.faultfs import unavailable_reason
 from raftmq.chaos.harness import BrokerExited, ChaosCluster, FaultEvent, FaultHandle, PlacementGoal
 from raftmq.chaos.history import History, SendOp
 from raftmq.chaos.nemesis import Step, generate
 from raftmq.chaos.placement import PlacementSnapshot, controller_view, placement_times, snapshot
-from raftmq.chaos.scenario import Scenario, liveness_of
+from raftmq.chaos.scenario import DISK_KINDS, Scenario, liveness_of
 from raftmq.chaos.workload import Workload, WorkloadConfig
+from raftmq.cluster import limits as cluster_limits
 
 log = logging.getLogger("raftmq.chaos.runner")
 
@@ -153,6 +156,9 @@ class LeaderTimeline:
         # The topic's placement (replica sets, moves, broker states) each time it changed: heal, balance and
         # drain times are measured on it (chaos/placement.py).
         self.placement: list[PlacementSnapshot] = []
+        # The largest resident memory seen per broker (sampled with every poll) and the samples taken.
+        self.rss_max_bytes: dict[int, int] = {}
+        self.rss_samples = 0
 
     def record_placement(self, bodies: dict[int, dict[str, Any] | None], t_ms: float) -> None:
         body = controller_view(bodies)
@@ -186,6 +192,9 @@ class LeaderTimeline:
 
     async def poll_once(self, session: aiohttp.ClientSession) -> None:
         self.harness.check_crashes()
+        for node, rss in self.harness.rss_bytes().items():
+            self.rss_max_bytes[node] = max(rss, self.rss_max_bytes.get(node, 0))
+        self.rss_samples += 1
         answers = await asyncio.gather(*(self._fetch(session, n) for n in self.harness.node_ids))
         t_ms = self.clock()
         self.polls += 1
@@ -365,6 +374,10 @@ class NemesisExecutor:
             return [h.pause(target.nodes)]
         if kind == "restart":
             return [h.shutdown(target.nodes)]
+        if kind in DISK_KINDS:
+            return [self._disk_fault(step, target.nodes)]
+        if kind == "hostile":
+            return [h.hostile(node, duration_s=step.duration_s, seed=int(step.pick * 1_000_000))]
         raise ValueError(f"unknown fault kind {kind!r}")
 
     def _cut_off(self, step: Step, node: int, leader: int | None, rng: random.Random) -> list[FaultHandle]:
@@ -400,6 +413,22 @@ class NemesisExecutor:
         if step.kind == "bandwidth":
             return h.bandwidth(target, int(step.param("kb_s", 64)))
         return h.reset_peer(target)
+
+    def _disk_fault(self, step: Step, nodes: list[int]) -> FaultHandle:
+        """power-loss, disk-full, disk-errors or slow-disk through the fault file system (chaos/faultfs/)."""
+        h = self.harness
+        pattern = str(step.param("pattern", "*"))
+        if step.kind == "power-loss":
+            return h.power_loss(nodes, torn=bool(step.param("torn", 0)))
+        if step.kind == "disk-full":
+            # A full disk refuses new bytes and new names; reads, fsyncs of what was written, and deletes go on.
+            return h.disk_fault("disk-full", nodes[0], ops=("write", "create", "mkdir"), errno="ENOSPC",
+                                pattern=pattern)
+        if step.kind == "disk-errors":
+            ops = str(step.param("ops", "write")).split(",")
+            return h.disk_fault("disk-errors", nodes[0], ops=ops, errno="EIO", pattern=pattern)
+        return h.disk_fault("slow-disk", nodes[0], ops=("fsync",), delay_ms=int(step.param("latency_ms", 200)),
+                            pattern=pattern)
 
     def _probe_failover(self, step: Step, target: _Target, handles: list[FaultHandle]) -> None:
         """Remember when a step that took the leader away (alone in its group) hit, to time the failover."""
@@ -538,7 +567,7 @@ class _Run:
         liveness = liveness_of(scenario.liveness) if scenario.liveness else None
         self.harness = ChaosCluster(self.run_dir / "cluster", nodes=self.nodes, durability=settings.durability,
                                     seed=settings.seed, proxy_executable=settings.proxy_executable,
-                                    on_event=self._on_event, liveness=liveness)
+                                    on_event=self._on_event, liveness=liveness, faultfs=scenario.needs_faultfs)
         self.config = WorkloadConfig(acks=acks, rate=settings.rate, processes=settings.processes,
                                      partitions=scenario.partitions, replication_factor=scenario.replication_factor,
                                      seed=settings.seed, request_timeout_ms=settings.request_timeout_ms,
@@ -548,6 +577,7 @@ class _Run:
         self.executor: NemesisExecutor | None = None
         self.stop_polling = asyncio.Event()
         self.tasks: list[asyncio.Task[Any]] = []  # timeline, nemesis, consumer
+        self._final_disks: dict[int, dict[str, Any]] = {}  # the fault file systems' status before the stop
         self.progress_task: asyncio.Task[None] | None = None
 
     def clock(self) -> float:
@@ -576,12 +606,21 @@ class _Run:
 
     async def execute(self) -> None:
         """Every phase; a phase that fails ends the run with verdict ERROR, and the cluster is always stopped."""
+        if self.scenario.needs_faultfs:
+            reason = unavailable_reason()
+            if reason is not None:  # never a silent pass: the run is SKIP and says why
+                self.result.verdict = "SKIP"
+                self.result.error = f"skipped: this scenario needs the fault file system (FUSE): {reason}"
+                return
         try:
             self.progress_task = asyncio.create_task(self._report_progress())
             workload = await self._set_up()
             timeline, executor = await self._run_under_faults(workload)
             converged = await self._heal()
-            await self._drain(workload, converged)
+            if converged is not None:
+                await self._drain(workload, converged)
+            else:
+                await self._stop_reading(workload)
             await self._check(workload, timeline, executor)
         except Exception as exc:  # noqa: BLE001 - a run that breaks is reported, the matrix goes on
             log.exception("run %s acks=%s failed", self.scenario.name, self.acks)
@@ -618,7 +657,7 @@ class _Run:
         await workload.run_producers(self.settings.duration_s)
         return timeline, executor
 
-    async def _heal(self) -> dict[str, Any]:
+    async def _heal(self) -> dict[str, Any] | None:
         """The nemesis finishes (bounded), everything is healed, and the cluster converges (bounded)."""
         self.status["phase"] = "healing"
         nemesis_task = self.tasks[1]
@@ -635,6 +674,15 @@ class _Run:
                 self.harness.wait_converged, [self.config.topic], timeout_s=self.settings.converge_timeout_s,
                 placement=goal)
         except (TimeoutError, BrokerExited) as exc:
+            allowed = self._loss_allowed()
+            if allowed is not None and isinstance(exc, TimeoutError) and "is not in the metadata" in str(exc):
+                # Without fsync a power cut of every broker can take the cluster's metadata, the topic with it:
+                # nothing is left to drain, so every acknowledged send counts as lost (expected here).
+                self.result.extra_findings.append({"kind": "topic_lost", "expected": True, "count": 1,
+                                                   "explanation": f"{allowed}; the cut took the cluster metadata "
+                                                                  f"and the topic with it ({exc})"})
+                self.result.stats["drain"] = "skipped: the topic is gone"
+                return None
             self.result.extra_findings.append({"kind": "no_convergence", "expected": False, "count": 1,
                                                "explanation": f"after healing: {exc}"})
             raise
@@ -643,14 +691,18 @@ class _Run:
             self.timeline.record_placement(bodies, self.clock())
         return converged
 
-    async def _drain(self, workload: Workload, converged: dict[str, Any]) -> None:
-        """The consumer and the timeline stop; every partition is read from its leader and every replica."""
-        self.status["phase"] = "draining"
+    async def _stop_reading(self, workload: Workload) -> None:
+        """The consumer (bounded) and the metadata poller stop."""
         workload.stop_consumer()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(limits.consumer_stop_deadline_s):
                 await asyncio.gather(self.tasks[2], return_exceptions=True)
         self.stop_polling.set()
+
+    async def _drain(self, workload: Workload, converged: dict[str, Any]) -> None:
+        """The consumer and the timeline stop; every partition is read from its leader and every replica."""
+        self.status["phase"] = "draining"
+        await self._stop_reading(workload)
         harness, topic = self.harness, self.config.topic
         leaders = {int(v["partition"]): int(v["leader"]) for v in converged.values()}
 
@@ -674,17 +726,29 @@ class _Run:
         self.status["phase"] = "checking"
         history = workload.build()
         (self.run_dir / "history.json").write_text(history.dumps())
-        checked = await asyncio.to_thread(check, history, acks=self.acks, majority_alive=True)
+        checked = await asyncio.to_thread(check, history, acks=self.acks, majority_alive=True,
+                                          loss_allowed=self._loss_allowed())
         result.check = checked
         result.failovers = compute_failovers(executor.probes, history, timeline.changes)
         result.placement = placement_times(timeline.placement, self._permanent_events(),
                                            replication_factor=self.config.replication_factor)
         result.stats["lost_by_ack"] = lost_by_ack(history)
+        if self.scenario.hostile:
+            windows = [(step.at_s * 1000.0, step.end_s * 1000.0) for step in result.schedule if step.kind == "hostile"]
+            result.stats["hostile_latency"] = send_latency(history, windows)
         impossible = lost_before_a_kept_record(history, ("0", "1", "all"))
         if impossible:
             result.stats["lost_before_a_kept_record"] = impossible[: limits.kept_record_rows_max]
             result.extra_findings.append(_kept_record_finding(impossible, self.acks))
         result.verdict = checked.verdict
+
+    def _loss_allowed(self) -> str | None:
+        """Why acknowledged writes may be lost at every ack level in this run, or None (see chaos/checker.py)."""
+        durability = self.settings.durability
+        if self.scenario.power_loss and durability != "always":
+            return (f"power cut with durability={durability}: brokers acknowledge before they fsync, so what the "
+                    "cut takes is outside the promise (only durability=always survives power loss)")
+        return None
 
     def _permanent_events(self) -> list[dict[str, Any]]:
         """kill-for-good, add-broker and drain as they happened (run clock), for placement_times."""
@@ -706,6 +770,8 @@ class _Run:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.status["phase"] = "stopping"
+        if self.harness.mounts:
+            self._final_disks = await asyncio.to_thread(self.harness.disk_status)
         await asyncio.to_thread(self.harness.stop)
         if self.progress_task is not None:
             self.progress_task.cancel()
@@ -718,7 +784,13 @@ class _Run:
         result = self.result
         if self.timeline is not None:
             result.leader_changes = self.timeline.changes
+        if self.timeline is not None:
+            result.stats["rss_max_bytes"] = dict(sorted(self.timeline.rss_max_bytes.items()))
+            result.stats["rss_samples"] = self.timeline.rss_samples
         result.extra_findings += self._crash_findings() + self._two_leader_findings() + self._nemesis_findings()
+        if self.scenario.hostile and result.verdict != "SKIP":
+            result.stats["hostile"] = self.harness.hostile_reports
+            result.extra_findings += hostile_findings(self.harness.hostile_reports, result.stats)
         if any(not f["expected"] for f in result.extra_findings) and result.verdict == "PASS":
             result.verdict = "FAIL"
         rows = [_event_row(e, self.t0) for e in self.harness.events]
@@ -732,6 +804,8 @@ class _Run:
                                 poll_errors=dict(workload.poll_errors))
         if self.timeline is not None:
             result.stats["metadata_polls"] = self.timeline.polls
+        if self.harness.mounts:
+            result.stats["disks"] = self._disk_stats()
         result.wall_s = time.monotonic() - self.wall_start
         (self.run_dir / "run.json").write_text(json.dumps(result.to_json(), indent=1, default=str))
         if self.progress is not None:
@@ -739,11 +813,25 @@ class _Run:
                 self.progress({**self.status, "phase": "done", "verdict": result.verdict, "result": result})
         return result
 
+    def _disk_stats(self) -> dict[str, Any]:
+        """What the disk faults did: per power cut, what each broker lost; faults injected per broker."""
+        cuts = [{"t_ms": round((e.mono_s - self.t0) * 1000, 1), "nodes": e.detail.get("nodes"),
+                 "lost": e.detail.get("lost")} for e in self.harness.events if e.action == "power-loss"]
+        injected = {node: sum((status.get("injected") or {}).values()) for node, status in self._final_disks.items()}
+        return {"power_cuts": cuts, "faults_injected": injected}
+
     def _crash_findings(self) -> list[dict[str, Any]]:
         found = []
         for crash in self.harness.crashes:
             tail = " | ".join(line.strip()
                               for line in crash["log_tail"].splitlines()[-limits.crash_finding_log_lines_max:])
+            if _stopped_on_disk_error(crash):
+                found.append({"kind": "broker_stopped_on_disk_error", "expected": True, "count": 1,
+                              "explanation": f"broker {crash['node']} stopped itself (exit {crash['returncode']}) "
+                                             f"on a STORAGE_ERROR during the {crash['disk_fault']} fault: fail-stop "
+                                             "rather than acknowledge what it could not store; started again when "
+                                             f"the fault ended (see {crash['log']}): {tail}"})
+                continue
             found.append({"kind": "broker_crashed", "expected": False, "count": 1,
                           "explanation": f"broker {crash['node']} exited on its own with code "
                                          f"{crash['returncode']} (see {crash['log']}): {tail}"})
@@ -761,6 +849,72 @@ class _Run:
         return [{"kind": "nemesis_error", "expected": True, "count": 1,
                  "explanation": f"step {error['step']} {error['action']} at {error['t_ms']} ms: {error['error']}"}
                 for error in errors]
+
+
+def send_latency(history: History, windows: list[tuple[float, float]]) -> dict[str, Any]:
+    """Latency (ms, start to answer) of the ok sends that started inside ``windows``: count, p50, p99, max."""
+    latencies = sorted(op.end_ms - op.start_ms for op in history.sends
+                       if op.outcome == "ok" and any(low <= op.start_ms < high for low, high in windows))
+    if not latencies:
+        return {"sends": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+
+    def percentile(fraction: float) -> float:
+        return round(latencies[max(0, math.ceil(fraction * len(latencies)) - 1)], 1)
+
+    return {"sends": len(latencies), "p50_ms": percentile(0.5), "p99_ms": percentile(0.99),
+            "max_ms": round(latencies[-1], 1)}
+
+
+def hostile_findings(reports: list[dict[str, Any]], stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """The hostile-neighbour verdict (cluster/limits.py "hostile neighbour"): what it threw, counted per class
+    (informational); a garbage peer connection the broker kept, a producer p99 over the bound, a broker's
+    memory over the bound, or a neighbour that did not run are failures."""
+    found: list[dict[str, Any]] = []
+    if not reports or any("error" in report for report in reports):
+        errors = [report.get("error") for report in reports] or ["it never ran"]
+        return [{"kind": "hostile_neighbour_failed", "expected": False, "count": 1,
+                 "explanation": f"the hostile neighbour did not report: {errors}"}]
+    totals: dict[str, dict[str, int]] = {}
+    for report in reports:
+        for kind, outcomes in (report.get("classes") or {}).items():
+            for outcome, count in outcomes.items():
+                totals.setdefault(kind, {})[outcome] = totals.setdefault(kind, {}).get(outcome, 0) + count
+    stats["hostile_totals"] = totals
+    shown = "; ".join(f"{kind}: " + ", ".join(f"{o} {c}" for o, c in sorted(outcomes.items()))
+                      for kind, outcomes in sorted(totals.items()))
+    found.append({"kind": "hostile_neighbour", "expected": True, "count": sum(sum(v.values()) for v in totals.values()),
+                  "explanation": f"hostile cases thrown at the cluster, per class and outcome: {shown}"})
+    held = totals.get("peer_garbage", {}).get("held", 0)
+    if held:
+        found.append({"kind": "hostile_peer_connection_held", "expected": False, "count": held,
+                      "explanation": f"{held} peer connections sending garbage were still open "
+                                     f"{cluster_limits.hostile_peer_wait_s:g} s later (the handshake deadline is "
+                                     f"{cluster_limits.peer_handshake_timeout_s:g} s)"})
+    latency = stats.get("hostile_latency") or {}
+    p99 = latency.get("p99_ms")
+    if p99 is not None and p99 > cluster_limits.hostile_producer_p99_ms_max:
+        found.append({"kind": "producer_p99_over_bound", "expected": False, "count": 1,
+                      "explanation": f"well-behaved producers' p99 was {p99:.0f} ms while the neighbour ran "
+                                     f"(bound {cluster_limits.hostile_producer_p99_ms_max:.0f} ms): {latency}"})
+    rss = stats.get("rss_max_bytes") or {}
+    over = {node: value for node, value in rss.items() if value > cluster_limits.hostile_broker_rss_bytes_max}
+    if over:
+        found.append({"kind": "broker_rss_over_bound", "expected": False, "count": len(over),
+                      "explanation": f"brokers' resident memory over {cluster_limits.hostile_broker_rss_bytes_max} "
+                                     f"bytes: {over}"})
+    return found
+
+
+# The broker's exit code when its replication thread fails (node/replication.py): with a STORAGE_ERROR in
+# its log during a disk fault, a deliberate stop, not a crash.
+_REPLICATION_STOPPED_EXIT = 70
+
+
+def _stopped_on_disk_error(crash: dict[str, Any]) -> bool:
+    """The broker exited with the replication thread's code, naming a STORAGE_ERROR, while a disk fault (ENOSPC,
+    EIO) was active on it: the fail-stop the broker promises on a disk it cannot trust."""
+    return (crash.get("disk_fault") in ("disk-full", "disk-errors") and crash["returncode"] == _REPLICATION_STOPPED_EXIT
+            and "STORAGE_ERROR" in crash["log_tail"])
 
 
 def _kept_record_finding(impossible: list[dict[str, Any]], acks: str) -> dict[str, Any]:

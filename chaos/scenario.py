@@ -61,6 +61,20 @@ Fault kinds (keys besides kind/target/partition; defaults in brackets):
   No target (``"all"``, the default). The controller should rebalance replicas onto it.
 * ``drain``: ``POST /v1/brokers/{id}/drain`` for the target node: its replicas are moved off it while it runs.
   Not cancelled when the fault's duration ends (a drain runs to completion).
+* ``power-loss``: SIGKILL the target node(s), then the fault file system drops everything they had not
+  fsynced (file data, and directory entries whose directory was not fsynced); restarted on what is left when
+  the fault ends. ``torn`` = 1 also keeps a random part (up to a page) of each file's unsynced tail [0].
+  Needs FUSE (chaos/faultfs/): every broker's data directory is then mounted through the fault file system.
+* ``disk-full``: writes, creates and mkdirs on the target's data directory fail with ENOSPC (paths matching
+  ``pattern`` ["*"]) until the fault ends. Needs FUSE.
+* ``disk-errors``: the operations in ``ops`` (comma-separated: read, write, fsync, create, truncate, rename,
+  unlink, mkdir) ["write"] fail with EIO on paths matching ``pattern`` ["*"]. Needs FUSE.
+* ``slow-disk``: every fsync on the target's data directory (paths matching ``pattern`` ["*"]) takes
+  ``latency_ms`` [200] longer. Needs FUSE.
+* ``hostile``: a hostile neighbour (chaos/hostile.py, a separate process) for the fault's duration: random
+  bytes at the target's peer port, random and malformed requests at every broker's client port, hundreds of
+  idle and slowloris connections, fetches whose answers are never read. The run then also judges the
+  well-behaved producers' p99 latency and every broker's memory (bounds in cluster/limits.py).
 * ``rolling-restart``: every node in turn (order drawn from the seed): graceful stop for ``fault_duration``,
   start, then ``settle_s`` [4.0] before the next one goes down. Expands into one ``restart`` step per node.
 
@@ -105,14 +119,26 @@ FAULT_KINDS: Final[dict[str, dict[str, tuple[type, Any]]]] = {
     "kill-for-good": {},
     "add-broker": {},
     "drain": {},
+    "power-loss": {"torn": (int, 0)},
+    "disk-full": {"pattern": (str, "*")},
+    "disk-errors": {"ops": (str, "write"), "pattern": (str, "*")},
+    "slow-disk": {"latency_ms": (int, 200), "pattern": (str, "*")},
+    "hostile": {},
 }
 NETWORK_KINDS: Final = frozenset({"isolate", "partition", "bridge", "one-way", "cut-link", "slow", "bandwidth",
                                   "reset"})
-PROCESS_KINDS: Final = frozenset({"kill", "pause", "restart", "rolling-restart", "kill-for-good", "add-broker"})
+PROCESS_KINDS: Final = frozenset({"kill", "pause", "restart", "rolling-restart", "kill-for-good", "add-broker",
+                                  "power-loss"})
+# Kinds that act on a broker's disk through the fault file system (chaos/faultfs/): a scenario with one of
+# them mounts every data directory through it, and is skipped (with the reason) where FUSE is unavailable.
+DISK_KINDS: Final = frozenset({"power-loss", "disk-full", "disk-errors", "slow-disk"})
+# The operations a disk-errors fault may name (chaos/faultfs/model.py RULE_OPS).
+DISK_OPS: Final = ("read", "write", "fsync", "create", "truncate", "rename", "unlink", "mkdir")
 # Kinds whose effect outlasts the step: the runner never undoes them (the cluster must heal around them).
 PERMANENT_KINDS: Final = frozenset({"kill-for-good", "add-broker", "drain"})
 # Kinds whose target is one node (resolved live or from the seed).
-_ONE_NODE_KINDS: Final = frozenset({"isolate", "partition", "bridge", "one-way", "kill-for-good", "drain"})
+_ONE_NODE_KINDS: Final = frozenset({"isolate", "partition", "bridge", "one-way", "kill-for-good", "drain",
+                                    "disk-full", "disk-errors", "slow-disk", "hostile"})
 # Kinds that take a node or a link.
 _NODE_OR_LINK_KINDS: Final = frozenset({"slow", "bandwidth", "reset"})
 _MODES: Final = ("refuse", "blackhole")
@@ -185,6 +211,21 @@ class Scenario:
     replication_factor: int = 3
     # The [liveness] table as given (keys of _LIVENESS_KEYS, milliseconds / a count); empty: node defaults.
     liveness: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def needs_faultfs(self) -> bool:
+        """Some fault acts on a disk: the brokers' data directories go through the fault file system."""
+        return any(f.kind in DISK_KINDS for f in self.faults)
+
+    @property
+    def power_loss(self) -> bool:
+        """Some fault cuts a broker's power (its unsynced writes are lost)."""
+        return any(f.kind == "power-loss" for f in self.faults)
+
+    @property
+    def hostile(self) -> bool:
+        """A hostile neighbour runs during the scenario (its latency and memory bounds are judged)."""
+        return any(f.kind == "hostile" for f in self.faults)
 
     @property
     def permanent(self) -> bool:
@@ -454,15 +495,33 @@ def _fault(ctx: _Ctx, number: int, raw: Any) -> FaultSpec:
             continue
         value = raw[key]
         if kind_type is str:
-            choices = _MODES if key == "mode" else _DIRECTIONS
-            if value not in choices:
-                raise ctx.fail(f"{where}: {key}", f"must be one of {', '.join(choices)}, got {value!r}")
+            value = _string_param(ctx, f"{where}: {key}", key, value)
         elif kind_type is int:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ctx.fail(f"{where}: {key}", f"must be an integer >= 0, got {value!r}")
             if key == "kb_s" and value == 0:
                 raise ctx.fail(f"{where}: {key}", "must be > 0 (0 would mean unlimited)")
+            if key == "torn" and value > 1:
+                raise ctx.fail(f"{where}: {key}", f"must be 0 or 1, got {value!r}")
         else:
             value = _number(ctx, f"{where}: {key}", value)
         params.append((key, value))
     return FaultSpec(kind=kind, target=target, partition=partition, params=tuple(sorted(params)))
+
+
+def _string_param(ctx: _Ctx, where: str, key: str, value: Any) -> str:
+    """A string parameter checked against what its key allows."""
+    if key in ("mode", "direction"):
+        choices = _MODES if key == "mode" else _DIRECTIONS
+        if value not in choices:
+            raise ctx.fail(where, f"must be one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ctx.fail(where, f"must be a non-empty string, got {value!r}")
+    if key == "ops":
+        names = [part.strip() for part in value.split(",")]
+        unknown = [name for name in names if name not in DISK_OPS]
+        if unknown or not names:
+            raise ctx.fail(where, f"names operations from {', '.join(DISK_OPS)} (comma-separated), got {value!r}")
+        return ",".join(names)
+    return value.strip()

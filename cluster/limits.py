@@ -281,3 +281,37 @@ assert segment_bytes_max + batch_bytes_max < 2**31, "index positions (u32) and f
 assert peer_ping_interval_s < raft_connection_timeout_s / 2, "a live idle link must never time out"
 assert client_batch_bytes_default <= batch_bytes_max
 assert http_idle_timeout_s > client_keepalive_timeout_s, "the client must close an idle connection first"
+
+# --- hostile neighbour (chaos/hostile.py; issue 12) ------------------------------------------------------
+# What the chaos suite's hostile neighbour throws at a running cluster, bounded in count and rate, and the
+# bounds its verdict holds the brokers to. The brokers' own defences are the limits above (http_*,
+# peer_handshake_*); these only size the attack and the judgement.
+
+# Connections at once spraying random bytes at one broker's peer port, and how long one waits to be thrown
+# out (the broker's handshake deadline is peer_handshake_timeout_s) before it counts as "held".
+hostile_peer_connections_max: Final = 4
+hostile_peer_wait_s: Final = peer_handshake_timeout_s + 2.0
+hostile_peer_interval_s: Final = 0.05
+hostile_garbage_bytes_max: Final = 8 * KIB
+# Concurrent malformed-request workers over every client port, their total rate, and the largest body.
+hostile_http_workers_max: Final = 4
+hostile_http_requests_per_s: Final = 50.0
+hostile_body_bytes_max: Final = 64 * KIB
+hostile_http_answer_timeout_s: Final = 5.0
+# Idle and slowloris connections held over the client ports (well below http_connections_max: the cap's
+# eviction is not what is tested here, the head deadline is), and the dribble period of the slow ones.
+hostile_slow_connections_max: Final = 300
+hostile_dribble_interval_s: Final = 1.0
+# Fetches whose answers are never read, with a tiny receive buffer: the broker must not buffer without
+# bound for them.
+hostile_stuck_consumers_max: Final = 20
+hostile_stuck_rcvbuf_bytes: Final = 4 * KIB
+hostile_connect_timeout_s: Final = 5.0
+hostile_read_bytes_max: Final = 64 * KIB
+# After the step ends: its tasks finish (bounded), then are cancelled.
+hostile_wind_down_s: Final = 5.0
+# The verdict: the well-behaved producers' p99 latency (ok sends started while the neighbour runs) and each
+# broker's resident memory must stay below these. The p99 bound is the producers' request timeout's order:
+# a neighbour that pushes honest clients to their timeouts has starved them.
+hostile_producer_p99_ms_max: Final = 1_000.0
+hostile_broker_rss_bytes_max: Final = 512 * MIB

@@ -24,6 +24,24 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def make_directories(path: Path, *, durable: bool = True) -> None:
+    """``mkdir -p`` that, when ``durable``, fsyncs the parent of every directory it creates: a new directory's
+    name is an entry of its parent, and without that fsync a power cut can take the directory away with
+    everything fsynced inside it."""
+    missing = []
+    current = Path(path)
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            pass  # created meanwhile by someone else: its creator makes it durable
+        if durable:
+            fsync_directory(directory.parent)
+
+
 def write_file_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
     """tmp + (fsync) + rename (+ directory fsync): readers and crashes see the old or the new file, never a
     torn one. ``durable`` False skips both fsyncs (the ``never`` policy)."""

@@ -27,6 +27,7 @@ Raft indexes in a journal are contiguous, so entry ``i`` (position in the journa
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -38,8 +39,8 @@ from typing import Any
 
 import msgpack
 from raftmq.cluster import limits
-from raftmq.cluster.errors import invariant
-from raftmq.node.fsutil import fsync_directory, write_file_atomically
+from raftmq.cluster.errors import StorageError, invariant
+from raftmq.node.fsutil import fsync_directory, make_directories, write_file_atomically
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class DurableJournal:
     # --- opening ------------------------------------------------------------------------------
 
     def _open_file(self) -> int:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_directories(self.path.parent, durable=self.durable)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if os.fstat(fd).st_size < len(_MAGIC):
             os.ftruncate(fd, 0)
@@ -291,7 +292,10 @@ class DurableJournal:
         index_term = _INDEX_TERM.pack(idx, term)
         crc = zlib.crc32(command, zlib.crc32(index_term))
         head = _LEN_CRC.pack(16 + len(command), crc) + index_term
-        written = os.pwritev(self._fd, [head, command], self._end_position)
+        try:
+            written = os.pwritev(self._fd, [head, command], self._end_position)
+        except OSError as exc:  # nothing is recorded as appended: a retry writes at the same position
+            raise _write_failed(self.path, "append to", exc) from exc
         invariant(written == len(head) + len(command), "short journal write")
         position = len(self._terms)
         self._terms.append(term)
@@ -394,7 +398,10 @@ class DurableJournal:
         """fdatasync what was appended since the last sync (group commit: many appends, one sync)."""
         if self._unsynced:
             if self.durable:
-                os.fdatasync(self._fd)
+                try:
+                    os.fdatasync(self._fd)
+                except OSError as exc:
+                    raise _write_failed(self.path, "fsync", exc) from exc
             self._unsynced = False
 
     def flush(self) -> None:
@@ -439,8 +446,11 @@ class DurableJournal:
         self._store_meta(durable=self.durable)
 
     def onOneSecondTimer(self) -> None:  # noqa: N802
+        # Durable like every meta write: the file also holds the term and the vote. An unsynced file renamed
+        # over it becomes durable by name at the next fsync of the directory (a segment roll does one) while
+        # its bytes may not be: after a power cut the meta would read as empty, the vote forgotten.
         if self._meta_dirty:
-            self._store_meta(durable=False)
+            self._store_meta(durable=self.durable)
 
     def _destroy(self) -> None:
         if self._fd < 0:
@@ -453,3 +463,12 @@ class DurableJournal:
 
     def close(self) -> None:
         self._destroy()
+
+
+def _write_failed(path: Path, what: str, exc: OSError) -> StorageError:
+    """The coded error for a journal write the disk refused (full, failing). Raised, never swallowed: Raft
+    must not count an entry as stored that is not, so the replication thread stops the broker with it."""
+    hint = {errno.ENOSPC: "the disk is full: free space, then restart the broker",
+            errno.EIO: "the disk reported an I/O error: check it, then restart the broker"}
+    advice = hint.get(exc.errno or 0, "check the data directory, then restart the broker")
+    return StorageError(f"cannot {what} the Raft journal {path}: {exc.strerror or exc}; {advice}", path=str(path))

@@ -50,7 +50,7 @@ from raftmq.cluster import batch as batches
 from raftmq.cluster import limits
 from raftmq.cluster.batch import BatchHeader
 from raftmq.cluster.errors import CorruptBatch, InvalidConfig, OffsetOutOfRange, StorageError, invariant
-from raftmq.node.fsutil import fsync_directory, write_file_atomically
+from raftmq.node.fsutil import fsync_directory, make_directories, write_file_atomically
 from raftmq.node.segment import (
     INDEX_SUFFIX,
     LOG_SUFFIX,
@@ -301,7 +301,7 @@ class PartitionLog:
         directory = Path(directory)
         log = cls(directory, config)
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            make_directories(directory)  # durable names: a power cut must not take the directory away
             log._recover()
         except OSError as exc:
             log._close_files()

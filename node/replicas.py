@@ -30,6 +30,7 @@ from raftmq.cluster import limits
 from raftmq.cluster.errors import BrokerNotReady, LeaderNotAvailable, NotLeader, UnknownTopicOrPartition
 from raftmq.cluster.metadata import Topic
 from raftmq.node.config import Durability
+from raftmq.node.fsutil import make_directories, write_file_atomically
 from raftmq.node.groups import GroupSpec, ReplicationEngine, ReplicationGroup
 from raftmq.node.log import LogConfig
 from raftmq.node.metadata import MetadataGroup
@@ -258,8 +259,11 @@ def _claim_directory(directory: Path, topic: Topic, partition: int) -> bool:
         if found_id < topic.topic_id:
             log.info("%s: removing the replica of an older topic incarnation (id %d)", directory, found_id)
             _remove_tree(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"topic": topic.name, "partition": partition, "topic_id": topic.topic_id}) + "\n")
+    # Durable (directory names and the marker's bytes): the log's directory fsync would otherwise make the
+    # marker's name survive a power cut without its bytes, and an empty marker stops the broker's start.
+    make_directories(directory)
+    marker_text = json.dumps({"topic": topic.name, "partition": partition, "topic_id": topic.topic_id}) + "\n"
+    write_file_atomically(marker, marker_text.encode())
     return True
 
 

@@ -99,6 +99,17 @@ def test_acks_all_loss_without_a_majority_is_expected() -> None:
     assert result.verdict == "FAIL" and [f.kind for f in result.bugs] == ["unexpected"]
 
 
+def test_acks_all_loss_after_a_power_cut_without_fsync_is_expected_and_says_why() -> None:
+    h = History([send(0, "v0", offset=0), send(1, "v1", offset=1)], [read(0, "v0")], [], [])
+    why = "power cut with durability=interval: brokers acknowledge before they fsync"
+    result = check(h, acks="all", loss_allowed=why)
+    assert (result.verdict, result.lost, kinds(result)) == ("PASS", 1, {"lost": True})
+    assert result.findings[0].explanation == why and result.loss_allowed == why
+    # A power cut loses what was not on disk; it never invents records.
+    h.reads.append(read(1, "ghost"))
+    assert check(h, acks="all", loss_allowed=why).verdict == "FAIL"
+
+
 def test_unexpected_value_is_a_bug_at_every_acks_level() -> None:
     for acks in ("0", "1", "all"):
         h = History([send(0, "v0", acks=acks)], [read(0, "v0"), read(1, "ghost"), read(2, None)], [], [])

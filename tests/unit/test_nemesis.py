@@ -23,7 +23,10 @@ from raftmq.chaos.scenario import (
 
 REQUIRED = {"leader-isolation", "minority-partition", "majority-partition", "bridge", "one-way-leader",
             "kill-leader", "kill-all", "pause-leader", "slow-follower", "flapping-links", "rolling-restart",
-            "mixed"}
+            "mixed", "power-loss-one", "power-loss-all", "disk-full-leader", "disk-errors-follower",
+            "slow-disk-follower"}
+DISK_SCENARIOS = ("power-loss-one", "power-loss-all", "disk-full-leader", "disk-errors-follower",
+                  "slow-disk-follower")
 
 MINIMAL = """
 name = "tiny"
@@ -227,3 +230,36 @@ def test_cli_bad_options() -> None:
     for bad in ("soon", "0s", "-5s", "5h"):
         with pytest.raises(click.ClickException):
             parse_duration(bad)
+
+
+@pytest.mark.parametrize("name", DISK_SCENARIOS)
+def test_disk_scenarios_need_the_fault_file_system_and_fit_twenty_seconds(name: str) -> None:
+    scenario = load(name)
+    assert scenario.needs_faultfs
+    assert scenario.power_loss == name.startswith("power-loss")
+    steps = generate(scenario, duration_s=20.0, seed=3)
+    assert steps and steps[0].at_s >= 3.0
+
+
+def test_network_scenarios_do_not_mount_the_fault_file_system() -> None:
+    assert not load("kill-leader").needs_faultfs and not load("kill-leader").power_loss
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    ('kind = "disk-errors"\ntarget = "leader"\nops = "write,chmod"', "names operations from"),
+    ('kind = "power-loss"\ntarget = "leader"\ntorn = 2', "must be 0 or 1"),
+    ('kind = "disk-full"\ntarget = "all"', "takes one node"),
+    ('kind = "slow-disk"\ntarget = "link:1-2"', "needs a node selector"),
+    ('kind = "disk-full"\ntarget = "leader"\npattern = ""', "non-empty string"),
+])
+def test_bad_disk_faults_are_refused_naming_the_key(fault: str, message: str) -> None:
+    text = MINIMAL.replace('kind = "kill"\ntarget = "leader"', fault)
+    with pytest.raises(ScenarioError, match=message):
+        parse(text, source="tiny.toml")
+
+
+def test_disk_fault_parameters_are_kept_normalised() -> None:
+    text = MINIMAL.replace('kind = "kill"\ntarget = "leader"',
+                           'kind = "disk-errors"\ntarget = "follower"\nops = "read, fsync"\npattern = "*.log"')
+    (fault,) = parse(text, source="tiny.toml").faults
+    assert (fault.param("ops"), fault.param("pattern")) == ("read,fsync", "*.log")
