@@ -67,6 +67,9 @@ replication_sweep_interval_s: Final = 0.02
 replication_idle_tick_max_s: Final = 1.0
 # A leader republishes its status at least this often: its in-sync set ages with time (replica_lag_time_max_s).
 replication_status_refresh_s: Final = 0.25
+# The replication thread runs calls from other threads (group opening, membership changes) for at most this
+# long per pass, then polls, pings and ticks before it goes on (node/replication.py, ReplicationLoop._run_calls).
+replication_calls_budget_s: Final = 0.05
 # A leader whose group has had nothing to do for this long asks its followers to go quiet (node/quiescence.py).
 raft_quiesce_after_s: Final = 0.5
 # A quiet follower whose link to the leader goes down campaigns within this (the link timeout already waited).

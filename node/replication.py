@@ -1247,16 +1247,12 @@ class ReplicationLoop(NetworkListener):
             if self.durability is Durability.INTERVAL:
                 timeout = min(timeout, max(0.0, self._next_flush - now))
             self.network.poll(timeout)
-            while self._calls:
-                fn, future = self._calls.popleft()
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn())
-                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                        future.set_exception(exc)
+            # Link timers right after reading: a link's silence is judged on what this pass has read, never
+            # on time this thread spent elsewhere.
+            self.network.maintain()
+            self._run_calls()
             while self._wake_queue:
                 self._dirty.add(self._wake_queue.popleft())
-            self.network.maintain()
             now = time.monotonic()
             if now >= next_sweep:
                 next_sweep = now + limits.replication_sweep_interval_s
@@ -1291,6 +1287,19 @@ class ReplicationLoop(NetworkListener):
                     except Exception:  # noqa: BLE001 - housekeeping must not stop replication
                         log.exception("housekeeping callback failed")
             self.pass_count += 1
+
+    def _run_calls(self) -> None:
+        """Calls from other threads (opening a group replays its journal: milliseconds each), for at most
+        ``replication_calls_budget_s`` per pass: a burst of topic creations must not hold back polling, pings
+        and the other groups' ticks (the peers would time the links out)."""
+        deadline = time.monotonic() + limits.replication_calls_budget_s
+        while self._calls and time.monotonic() < deadline:
+            fn, future = self._calls.popleft()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    future.set_exception(exc)
 
     def _mark_due(self, now: float) -> None:
         """Groups whose pysyncobj timers (heartbeat, election, leader fallback) are due get a tick; the
