@@ -399,12 +399,14 @@ class FrameReader:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
-    def bodies(self) -> list[bytes]:
-        """Complete frame bodies buffered so far. Raises PeerProtocolError for a frame above the limit."""
-        out = []
+    def bodies(self, max_frames: int | None = None) -> list[bytes]:
+        """Complete frame bodies buffered so far (at most ``max_frames``). Raises PeerProtocolError for a
+        frame above the limit. During a handshake the caller takes one frame at a time: the frame that ends
+        the handshake raises the limit, and the peer's first large frame may sit right behind it."""
+        out: list[bytes] = []
         buffer = self._buffer
         position = self._position
-        while len(buffer) - position >= LENGTH.size:
+        while len(buffer) - position >= LENGTH.size and (max_frames is None or len(out) < max_frames):
             (length,) = LENGTH.unpack_from(buffer, position)
             if length > self.frame_bytes_max:
                 raise PeerProtocolError(f"frame of {length} bytes exceeds the limit of {self.frame_bytes_max}")

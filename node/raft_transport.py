@@ -446,27 +446,37 @@ class PeerNetwork:
         except OSError as exc:
             self._close(link, f"receive failed: {exc}")
             return
-        try:
-            bodies = link.reader.bodies()
-        except PeerProtocolError as exc:
-            self._close_hostile(link, str(exc))
-            return
+        while link.state != PeerLink.CLOSED:
+            # Handshake frames one at a time: the one that brings the link up raises the frame limit, and the
+            # peer's first (large) Raft frame may already be buffered behind it.
+            handshaking = link.state != PeerLink.UP
+            try:
+                bodies = link.reader.bodies(1 if handshaking else None)
+            except PeerProtocolError as exc:
+                self._close_hostile(link, str(exc))
+                return
+            if not bodies or not self._handle_bodies(link, bodies) or not handshaking:
+                break
+        if not alive and link.state != PeerLink.CLOSED:
+            self._close(link, "peer closed the connection", quiet=True)
+
+    def _handle_bodies(self, link: PeerLink, bodies: list[bytes]) -> bool:
+        """Handle frames in order; False once the link was closed because of one."""
         for body in bodies:
             if link.state == PeerLink.CLOSED:
-                return
+                return False
             try:
                 self._handle_frame(link, peer_protocol.decode(body))
             except PeerProtocolError as exc:
                 self._close_hostile(link, str(exc))
-                return
+                return False
             except OSError:
                 raise  # this broker's own disk or socket failed while handling a valid frame: not the peer's doing
             except Exception as exc:  # noqa: BLE001 - a frame must never stop the replication thread
                 log.exception("closing the link to %s: handling a frame failed", link.peer_id or link.remote)
                 self._close(link, f"handling a frame failed: {exc!r}")
-                return
-        if not alive and link.state != PeerLink.CLOSED:
-            self._close(link, "peer closed the connection", quiet=True)
+                return False
+        return link.state != PeerLink.CLOSED
 
     def _close_hostile(self, link: PeerLink, reason: str) -> None:
         self.stats["protocol_errors"] += 1

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from raftmq.cluster import limits
+from raftmq.cluster import commands, limits
 from raftmq.deploy.local_cluster import find_free_ports, wait_until
 from raftmq.node import peer_protocol
 from raftmq.node.config import PeerAddress
@@ -236,3 +236,35 @@ def test_a_flood_of_unfinished_handshakes_does_not_lock_brokers_out(port: tuple[
     finally:
         for sock in flood:
             sock.close()
+
+
+def test_a_large_frame_right_behind_the_welcome_is_read_with_the_link_limit() -> None:
+    """The accepting broker sends its first AppendEntries at once after WELCOME; with a backlog both arrive in
+    one read at the dialer. Regression: the dialer parsed the whole buffer with the 4 KiB handshake limit and
+    closed the link as hostile, every time it redialled, so a lagging follower never caught up."""
+    ports = dict(zip((1, 2, 3), find_free_ports(3), strict=True))
+    server = socket.create_server(("127.0.0.1", ports[1]))
+    dialer = Driven(2, ports, SECRET)  # broker 2 dials broker 1 (the lower id)
+    dialer.start()
+    try:
+        server.settimeout(10)
+        sock, _ = server.accept()
+        sock.settimeout(10)
+        with sock:
+            nonce = b"n" * peer_protocol.CHALLENGE_BYTES
+            sock.sendall(peer_protocol.encode_challenge(nonce))
+            hello = read_frame(sock, FrameReader(limits.peer_frame_bytes_max))
+            assert isinstance(hello, Hello) and hello.from_id == 2
+            command = bytes([peer_protocol.COMMAND_REGULAR]) + commands.encode(1, 1, 0, b"v" * 20_000)
+            append = {"type": "append_entries", "term": 3, "commit_index": 0, "prevLogIdx": 0, "prevLogTerm": 0,
+                      "entries": [(command, 1, 3)]}
+            big = peer_protocol.encode_raft("p0", append)
+            assert len(big) > limits.peer_handshake_frame_bytes_max
+            sock.sendall(peer_protocol.encode_welcome(1) + big)  # one write: one read at the dialer
+            wait_until(lambda: any(group == "p0" for _, group, _ in dialer.listener.messages), timeout_s=10,
+                       what="the AppendEntries behind the WELCOME")
+            assert 1 in dialer.listener.up and dialer.network.stats["protocol_errors"] == 0
+    finally:
+        dialer.stop()
+        server.close()
+    assert dialer.failure is None
