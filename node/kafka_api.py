@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from raftmq.cluster import kafka_records, limits
-from raftmq.cluster.errors import InvalidConfig, InvalidRequest, RaftMQError
+from raftmq.cluster.errors import InvalidConfig, InvalidRequest, RaftMQError, TopicAlreadyExists
 from raftmq.cluster.kafka_errors import KafkaError, kafka_error_for
 from raftmq.cluster.kafka_messages import (
     EARLIEST_TIMESTAMP,
@@ -274,6 +274,10 @@ class KafkaApi:
         name = topic["name"]
         try:
             create = _create_request(topic)
+            if name in self.service.metadata.view:
+                # Kafka's answer to a second create, even of the same topic (raftmq's HTTP API takes an
+                # identical create as a retry and answers success; Kafka clients expect this error).
+                raise TopicAlreadyExists(f"topic {name!r} already exists", topic=name)
             if not validate_only:
                 await self.service.create_topic(create)
         except RaftMQError as error:

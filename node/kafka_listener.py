@@ -108,6 +108,10 @@ class KafkaListener:
         self._connections.add(task)
         try:
             await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # Only stop() cancels a connection task. End it normally: asyncio's stream server asks a finished
+            # connection task for its exception and logs a traceback when the task was cancelled.
+            pass
         finally:
             self._connections.discard(task)
             writer.close()
