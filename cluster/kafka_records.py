@@ -186,8 +186,7 @@ def validate(data: bytes | memoryview) -> KafkaBatchHeader:
     if idempotent and (header.base_sequence < 0 or header.producer_epoch < 0):
         raise CorruptBatch("an idempotent batch needs BaseSequence and ProducerEpoch >= 0",
                            producer_id=header.producer_id, base_sequence=header.base_sequence)
-    if not idempotent and header.base_sequence != -1:
-        raise CorruptBatch("BaseSequence set without a ProducerId", base_sequence=header.base_sequence)
+    # Without a ProducerId the sequence means nothing (aiokafka writes 0 there): it is ignored, as Kafka does.
     return header
 
 

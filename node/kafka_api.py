@@ -9,10 +9,12 @@ RecordBatch v2 becomes one raftmq batch, a stored raftmq batch is served as one 
 What is served and how it differs from a Kafka broker:
 
 * Produce v3-7 (v0-2 are advertised only for old librdkafka's feature checks and answered
-  UNSUPPORTED_VERSION). acks=0 sends no response at all (no client reads one). acks=1 answers with
-  base_offset -1: raftmq's acks=1 answers once the leader's journal has the entry, before the offset is
-  assigned. acks=-1 answers the offset; an idempotent retry of a remembered batch answers success with
-  the ORIGINAL offset (raftmq's producer table, cluster/producer_state.py).
+  UNSUPPORTED_VERSION). acks=0 sends no response at all (no client reads one). acks=1 is served as
+  acks=all: raftmq's own acks=1 answers once the leader's journal has the entry, before the offset is
+  assigned, but every Kafka client reports each record's offset from the answer (librdkafka would report
+  base -1 + i); so a Kafka acks=1 produce gets acks=all's guarantee at acks=all's latency. acks=-1
+  answers the offset; an idempotent retry of a remembered batch answers success with the ORIGINAL offset
+  (raftmq's producer table, cluster/producer_state.py).
 * Fetch v4-11 from committed records only; max_wait_ms / min_bytes long poll; no fetch sessions
   (session_id 0 tells clients to send full fetches); last_stable_offset = high watermark (no transactions).
 * No topic auto-creation; CreateTopics waits until the new partitions have leaders.
@@ -46,7 +48,8 @@ from raftmq.node.service import BrokerService
 
 log = logging.getLogger(__name__)
 
-_ACKS = {0: Acks.NONE, 1: Acks.LEADER, -1: Acks.ALL}
+# Kafka acks=1 is served as acks=all (the module docstring says why).
+_ACKS = {0: Acks.NONE, 1: Acks.ALL, -1: Acks.ALL}
 # Kafka topic config names → raftmq's (integers, all of them). Anything else is INVALID_CONFIG.
 _TOPIC_CONFIGS = {"retention.ms": "retention_ms", "retention.bytes": "retention_bytes",
                   "segment.bytes": "segment_bytes", "segment.ms": "segment_ms",
@@ -167,6 +170,8 @@ class KafkaApi:
                 if index == 0 and result.base_offset is not None:
                     base_offset = result.base_offset
         except RaftMQError as error:
+            if acks is Acks.NONE:  # nobody hears of it otherwise
+                log.debug("acks=0 produce to %s-%d failed: %s", topic, partition, error)
             return {"index": partition, "error_code": _error(error), "base_offset": -1}
         return {"index": partition, "error_code": 0, "base_offset": base_offset}
 
