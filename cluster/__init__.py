@@ -7,6 +7,6 @@ state machine (``metadata.py``), replica placement (``placement.py``), key routi
 Kafka wire protocol: primitives and schemas (``kafka_codec.py``), the requests and versions served
 (``kafka_messages.py``), RecordBatch v2 (``kafka_records.py``) and the error-code table (``kafka_errors.py``).
 
-May import: the standard library's pure modules, msgpack and crc32c; no other raftmq room, and no I/O (files,
-sockets, threads, event loops, clocks). ``tests/unit/test_import_rules.py`` checks it.
+May import: the standard library's pure modules, msgpack, crc32c and cramjam (codecs); no other raftmq
+room, and no I/O (files, sockets, threads, event loops, clocks). ``tests/unit/test_import_rules.py`` checks it.
 """

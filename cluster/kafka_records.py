@@ -3,9 +3,9 @@ consumers read, and convert to and from raftmq's own batch (``cluster/batch.py``
 
 raftmq stores its own batch format (msgpack records, CRC-32, uncompressed), not v2. The Kafka listener
 therefore converts at the edge: a produced v2 batch is checked (CRC-32C, header, record count), its records
-are decompressed and decoded, and re-encoded as ONE raftmq batch carrying the same producer id and base
-sequence, so raftmq's idempotence rules (cluster/producer_state.py) see exactly what the Kafka producer
-sent; a fetch turns each stored raftmq batch into one uncompressed v2 batch with the same base offset,
+are decompressed (gzip, snappy raw or in the Java client's framing, lz4 frames, zstd) and decoded, and
+re-encoded as ONE raftmq batch carrying the same producer id and base sequence, so raftmq's idempotence
+rules (cluster/producer_state.py) see exactly what the Kafka producer sent; a fetch turns each stored raftmq batch into one uncompressed v2 batch with the same base offset,
 record count, timestamps, producer id and base sequence. Records produced over either protocol read back
 over both. What is lost at the edge: the codec (stored and served uncompressed), the producer epoch
 (raftmq allocates a fresh producer id per InitProducerId, so the epoch is always 0) and the timestamp type.
@@ -44,6 +44,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from typing import Final, NamedTuple
 
+import cramjam
 import crc32c
 from raftmq.cluster import batch as raftmq_batch
 from raftmq.cluster import limits
@@ -55,6 +56,10 @@ LOG_OVERHEAD: Final = 12  # BaseOffset + BatchLength: what precedes the part Bat
 _HEADER = struct.Struct(">qiibIhiqqqhii")
 assert _HEADER.size == HEADER_BYTES
 _CRC_START: Final = 21
+# Snappy as the Java client writes it (xerial's framing): a 16-byte header, then [int32 size][raw block]...
+# librdkafka writes raw snappy. Both are read.
+_XERIAL_MAGIC: Final = b"\x82SNAPPY\x00"
+_XERIAL_HEADER_BYTES: Final = 16
 
 CODEC_MASK: Final = 0x07
 CODEC_NONE, CODEC_GZIP, CODEC_SNAPPY, CODEC_LZ4, CODEC_ZSTD = 0, 1, 2, 3, 4
@@ -191,20 +196,59 @@ def validate(data: bytes | memoryview) -> KafkaBatchHeader:
 
 
 def _decompress(codec: int, blob: bytes | memoryview) -> bytes:
+    """The records of a compressed batch. Every codec decompresses into a buffer of at most
+    ``kafka_decompressed_batch_bytes_max``: a small bomb cannot inflate past it."""
     if codec == CODEC_NONE:
         return bytes(blob)
-    if codec == CODEC_GZIP:
-        decompressor = zlib.decompressobj(wbits=31)  # 31: a gzip member with its header and trailer
-        try:
-            # Bounded: a small bomb must not inflate past what one batch may hold.
-            out = decompressor.decompress(blob, limits.kafka_decompressed_batch_bytes_max)
-        except zlib.error as exc:
-            raise CorruptBatch(f"gzip record data does not decompress: {exc}") from None
-        if decompressor.unconsumed_tail:
-            raise CorruptBatch("gzip record data inflates past the batch size limit",
-                               size_bytes_max=limits.kafka_decompressed_batch_bytes_max)
-        return out
-    raise UnsupportedCompression(f"compression codec {codec} is not served (gzip and none are)", codec=codec)
+    bound = limits.kafka_decompressed_batch_bytes_max
+    try:
+        if codec == CODEC_GZIP:
+            decompressor = zlib.decompressobj(wbits=31)  # 31: a gzip member with its header and trailer
+            out = decompressor.decompress(blob, bound)
+            if decompressor.unconsumed_tail:
+                raise _TooLarge()
+            return out
+        if codec == CODEC_SNAPPY:
+            return _snappy(bytes(blob), bound)
+        if codec in (CODEC_LZ4, CODEC_ZSTD):  # LZ4 frame format, zstd frames
+            buffer = bytearray(bound)
+            size = (cramjam.lz4 if codec == CODEC_LZ4 else cramjam.zstd).decompress_into(bytes(blob), buffer)
+            return bytes(buffer[:size])
+    except _TooLarge:
+        raise CorruptBatch("compressed record data inflates past the batch size limit", codec=codec,
+                           size_bytes_max=bound) from None
+    except (zlib.error, cramjam.DecompressionError, ValueError) as exc:
+        # A full output buffer is cramjam's "failed to write whole buffer": reported the same way.
+        raise CorruptBatch(f"record data (codec {codec}) does not decompress: {exc}", codec=codec) from None
+    raise UnsupportedCompression(f"compression codec {codec} is not served (none, gzip, snappy, lz4, zstd are)",
+                                 codec=codec)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _snappy(blob: bytes, bound: int) -> bytes:
+    if not blob.startswith(_XERIAL_MAGIC):
+        return _snappy_block(blob, bound)
+    out = bytearray()
+    position = _XERIAL_HEADER_BYTES
+    while position < len(blob):
+        if position + 4 > len(blob):
+            raise ValueError("xerial snappy chunk header cut short")
+        size = int.from_bytes(blob[position:position + 4], "big")
+        position += 4
+        if size > len(blob) - position:
+            raise ValueError("xerial snappy chunk runs past the data")
+        out += _snappy_block(blob[position:position + size], bound - len(out))
+        position += size
+    return bytes(out)
+
+
+def _snappy_block(block: bytes, bound: int) -> bytes:
+    if cramjam.snappy.decompress_raw_len(block) > bound:  # the block states its length first
+        raise _TooLarge()
+    return bytes(cramjam.snappy.decompress_raw(block))
 
 
 def decode_records(data: bytes | memoryview, header: KafkaBatchHeader | None = None) -> list[KafkaRecord]:

@@ -70,7 +70,8 @@ def test_admin_lists_brokers_and_creates_and_deletes_topics(kafka_cluster: Local
 @pytest.mark.parametrize("options", [
     {"acks": "0"}, {"acks": "1"}, {"acks": "all"}, {"acks": "all", "enable.idempotence": True},
     {"acks": "all", "enable.idempotence": True, "compression.type": "gzip"},
-], ids=["acks0", "acks1", "acks-all", "idempotent", "idempotent-gzip"])
+    {"acks": "all", "compression.type": "zstd"}, {"acks": "all", "compression.type": "lz4"},
+], ids=["acks0", "acks1", "acks-all", "idempotent", "idempotent-gzip", "zstd", "lz4"])
 def test_produce_at_each_ack_level_reads_back_over_both_protocols(kafka_cluster: LocalCluster,
                                                                   options: dict[str, Any]) -> None:
     topic = unique("ck-produce")

@@ -192,7 +192,7 @@ def _aiokafka_batch(records: list[tuple[int, bytes | None, bytes | None, tuple[t
 
 
 @settings(max_examples=60, deadline=None)
-@given(records=st.lists(_RECORD, min_size=1, max_size=6), codec=st.sampled_from([0, 1]),
+@given(records=st.lists(_RECORD, min_size=1, max_size=6), codec=st.sampled_from([0, 1, 2, 3, 4]),
        idempotent=st.booleans())
 def test_batches_match_aiokafkas_encoder_and_survive_the_edge_conversion(
         records: list[tuple[int, bytes | None, bytes | None, tuple[tuple[str, bytes | None], ...]]], codec: int,
@@ -257,22 +257,51 @@ def _aiokafka_transactional() -> bytes:
     return bytes(builder.build())
 
 
-def test_codecs_we_cannot_decompress_are_refused_and_a_gzip_bomb_is_cut() -> None:
-    snappy = bytearray(_one_batch())
-    header = kr.parse_header(snappy)
-    import crc32c
-    snappy[21:23] = (2).to_bytes(2, "big")
-    snappy[17:21] = crc32c.crc32c(bytes(snappy[21:])).to_bytes(4, "big")
-    with pytest.raises(kr.UnsupportedCompression):
-        kr.decode_records(bytes(snappy), kr.validate(bytes(snappy)))
-    assert header.codec == 0
-    from raftmq.cluster import limits
-    compressor = zlib.compressobj(wbits=31)
-    bomb = compressor.compress(b"\x00" * (limits.kafka_decompressed_batch_bytes_max + 1)) + compressor.flush()
+def _with_body(codec: int, body: bytes, records_count: int = 1) -> bytes:
+    """A v2 batch whose records part is ``body`` as given (compressed or not), with a correct CRC."""
     import struct
-    tail = struct.pack(">hiqqqhii", 1, 0, 0, 0, -1, -1, -1, 1) + bomb
-    batch = struct.pack(">qiibI", 0, 49 + len(bomb), -1, 2, crc32c.crc32c(tail)) + tail
-    with pytest.raises(CorruptBatch, match="inflates"):
+
+    import crc32c
+    tail = struct.pack(">hiqqqhii", codec, records_count - 1, 0, 0, -1, -1, -1, records_count) + body
+    return struct.pack(">qiibI", 0, 49 + len(body), -1, 2, crc32c.crc32c(tail)) + tail
+
+
+_ONE_RECORD = kr._encode_record(kr.KafkaRecord(0, 0, b"k", b"v", ()), 0)
+
+
+def _compress(codec: int, data: bytes) -> bytes:
+    import cramjam
+    if codec == kr.CODEC_GZIP:
+        compressor = zlib.compressobj(wbits=31)
+        return compressor.compress(data) + compressor.flush()
+    return bytes({kr.CODEC_SNAPPY: cramjam.snappy.compress_raw, kr.CODEC_LZ4: cramjam.lz4.compress,
+                  kr.CODEC_ZSTD: cramjam.zstd.compress}[codec](data))
+
+
+@pytest.mark.parametrize("codec", [kr.CODEC_GZIP, kr.CODEC_SNAPPY, kr.CODEC_LZ4, kr.CODEC_ZSTD])
+def test_every_kafka_codec_decompresses_and_a_bomb_is_cut(codec: int) -> None:
+    batch = _with_body(codec, _compress(codec, _ONE_RECORD))
+    assert [r.value for r in kr.decode_records(batch, kr.validate(batch))] == [b"v"]
+    from raftmq.cluster import limits
+    bomb = _with_body(codec, _compress(codec, b"\x00" * (limits.kafka_decompressed_batch_bytes_max + 1)))
+    with pytest.raises(CorruptBatch, match="inflates|decompress"):
+        kr.decode_records(bomb, kr.validate(bomb))
+    garbage = _with_body(codec, b"\x01\x02 not compressed data")
+    with pytest.raises(CorruptBatch):
+        kr.decode_records(garbage, kr.validate(garbage))
+
+
+def test_snappy_in_the_java_clients_xerial_framing_is_read_too() -> None:
+    import cramjam
+    block = bytes(cramjam.snappy.compress_raw(_ONE_RECORD))
+    framed = b"\x82SNAPPY\x00" + bytes(8) + len(block).to_bytes(4, "big") + block
+    batch = _with_body(kr.CODEC_SNAPPY, framed)
+    assert [r.value for r in kr.decode_records(batch, kr.validate(batch))] == [b"v"]
+
+
+def test_an_unknown_codec_is_refused_as_unsupported_compression() -> None:
+    batch = _with_body(5, _ONE_RECORD)
+    with pytest.raises(kr.UnsupportedCompression):
         kr.decode_records(batch, kr.validate(batch))
 
 
