@@ -5,10 +5,11 @@ raftmq stores its own batch format (msgpack records, CRC-32, uncompressed), not 
 therefore converts at the edge: a produced v2 batch is checked (CRC-32C, header, record count), its records
 are decompressed (gzip, snappy raw or in the Java client's framing, lz4 frames, zstd) and decoded, and
 re-encoded as ONE raftmq batch carrying the same producer id and base sequence, so raftmq's idempotence
-rules (cluster/producer_state.py) see exactly what the Kafka producer sent; a fetch turns each stored raftmq batch into one uncompressed v2 batch with the same base offset,
-record count, timestamps, producer id and base sequence. Records produced over either protocol read back
-over both. What is lost at the edge: the codec (stored and served uncompressed), the producer epoch
-(raftmq allocates a fresh producer id per InitProducerId, so the epoch is always 0) and the timestamp type.
+rules (cluster/producer_state.py) see exactly what the Kafka producer sent; a fetch turns each stored
+raftmq batch into one uncompressed v2 batch with the same base offset, record count, timestamps, producer
+id and base sequence. Records produced over either protocol read back over both. What is lost at the
+edge: the codec (stored and served uncompressed), the producer epoch (raftmq allocates a fresh producer id
+per InitProducerId, so the epoch is always 0) and the timestamp type.
 
 Batch header (61 bytes, big-endian)::
 
