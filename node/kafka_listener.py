@@ -120,21 +120,21 @@ class KafkaListener:
                     await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        pending: asyncio.Queue[asyncio.Task[bytes | None]] = asyncio.Queue(maxsize=self.inflight_max)
-        responder = asyncio.ensure_future(self._respond(pending, writer))
+        # A slot per request read and not yet answered: with none free the connection is not read.
+        slots = asyncio.Semaphore(self.inflight_max)
+        pending: asyncio.Queue[asyncio.Task[bytes | None]] = asyncio.Queue()
+        responder = asyncio.ensure_future(self._respond(pending, writer, slots))
         try:
-            while not responder.done():
+            while True:
+                slot = asyncio.ensure_future(slots.acquire())
+                await asyncio.wait([slot, responder], return_when=asyncio.FIRST_COMPLETED)
+                if responder.done():  # the responder gave up on the connection
+                    slot.cancel()
+                    break
                 frame = await self._read_frame(reader)
                 if frame is None:
                     break
-                answer = asyncio.ensure_future(self._answer(frame))
-                put = asyncio.ensure_future(pending.put(answer))
-                # Waits while inflight_max requests are unanswered; stops if the responder gave up.
-                await asyncio.wait([put, responder], return_when=asyncio.FIRST_COMPLETED)
-                if not put.done():
-                    put.cancel()
-                    answer.cancel()
-                    break
+                pending.put_nowait(asyncio.ensure_future(self._answer(frame)))
             if not responder.done():  # the client half-closed: finish what it asked (bounded), then close
                 joined = asyncio.ensure_future(pending.join())
                 await asyncio.wait([joined, responder], return_when=asyncio.FIRST_COMPLETED)
@@ -196,8 +196,8 @@ class KafkaListener:
                           request.header.api_version)
             raise _Close() from None
 
-    async def _respond(self, pending: asyncio.Queue[asyncio.Task[bytes | None]],
-                       writer: asyncio.StreamWriter) -> None:
+    async def _respond(self, pending: asyncio.Queue[asyncio.Task[bytes | None]], writer: asyncio.StreamWriter,
+                       slots: asyncio.Semaphore) -> None:
         """Write the answers in request order; the first failure closes the connection."""
         while True:
             answer = await pending.get()
@@ -212,6 +212,7 @@ class KafkaListener:
                 return
             finally:
                 pending.task_done()
+                slots.release()
 
 
 __all__ = ["KafkaListener"]
