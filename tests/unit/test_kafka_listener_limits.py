@@ -27,6 +27,7 @@ class StubApi:
         self.release: dict[int, asyncio.Event] = {}
         self.running = 0
         self.running_max = 0
+        self.changed = asyncio.Condition()
 
     async def handle(self, request: Request) -> dict[str, Any] | None:
         if request.api_key is ApiKey.API_VERSIONS:
@@ -35,6 +36,8 @@ class StubApi:
             raise RuntimeError("a bug in a handler")
         self.running += 1
         self.running_max = max(self.running_max, self.running)
+        async with self.changed:
+            self.changed.notify_all()
         try:
             await self.release.setdefault(request.header.correlation_id, asyncio.Event()).wait()
         finally:
@@ -73,9 +76,13 @@ async def test_answers_come_back_in_request_order_and_in_flight_requests_are_bou
         reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
         writer.write(b"".join(metadata_request(i) for i in (1, 2, 3)))
         await writer.drain()
-        async with asyncio.timeout(DEADLINE_S):
-            while api.running < 2:
-                await asyncio.sleep(0.01)
+        async with asyncio.timeout(DEADLINE_S), api.changed:
+            await api.changed.wait_for(lambda: api.running >= 2)
+        # Another connection's round trip gives the listener time to (wrongly) read the third request.
+        other_reader, other = await asyncio.open_connection("127.0.0.1", listener.port)
+        other.write(encode_request(ApiKey.API_VERSIONS, 2, 9, {}))
+        assert await read_answer(other_reader) is not None
+        other.close()
         assert api.running == 2, "the third request is not read while two are unanswered"
         api.release.setdefault(2, asyncio.Event()).set()  # the second finishes first ...
         api.release.setdefault(1, asyncio.Event()).set()
