@@ -70,13 +70,3 @@ def produce_over_http(cluster: LocalCluster, topic: str, records: list[tuple[byt
         for key, value in records:
             report = producer.send_and_wait(topic, value, key=key)
             assert report.status == "ok", report
-
-
-def wait_for(condition: object, *, timeout_s: float = CLIENT_TIMEOUT_S, what: str = "a condition") -> None:
-    """Poll ``condition()`` until true (bounded)."""
-    assert callable(condition)
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
