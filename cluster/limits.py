@@ -305,3 +305,7 @@ kafka_fetch_wait_ms_max: Final = fetch_wait_ms_max
 kafka_fetch_response_bytes_max: Final = fetch_bytes_max
 # Writing one response to a client that does not read must not block the connection forever.
 kafka_write_timeout_s: Final = 30.0
+# Converting record batches between Kafka's format and raftmq's runs in Python at about 100,000 records/s;
+# batches larger than this are converted on the I/O pool so one big batch does not stall the event loop
+# (every connection's requests) for milliseconds. Smaller ones are cheaper to convert in place.
+kafka_convert_inline_bytes_max: Final = 64 * KIB

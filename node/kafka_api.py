@@ -24,10 +24,11 @@ What is served and how it differs from a Kafka broker:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from raftmq.cluster import kafka_records, limits
 from raftmq.cluster.errors import InvalidConfig, InvalidRequest, RaftMQError, TopicAlreadyExists
@@ -55,6 +56,7 @@ _TOPIC_CONFIGS = {"retention.ms": "retention_ms", "retention.bytes": "retention_
                   "segment.bytes": "segment_bytes", "segment.ms": "segment_ms",
                   "min.insync.replicas": "min_insync_replicas"}
 Body = dict[str, Any]
+T = TypeVar("T")
 
 
 def _error(error: RaftMQError) -> int:
@@ -165,7 +167,8 @@ class KafkaApi:
             if not records:
                 raise InvalidRequest("a Produce partition without records")
             for index, data in enumerate(kafka_records.split_batches(records)):
-                batch = kafka_records.to_raftmq_batch(data, now_ms=int(time.time() * 1000))
+                batch = await _convert(len(data), kafka_records.to_raftmq_batch, data,
+                                       now_ms=int(time.time() * 1000))
                 result = await self.service.produce(ProduceRequest(topic, partition, batch, acks, timeout_ms))
                 if index == 0 and result.base_offset is not None:
                     base_offset = result.base_offset
@@ -197,7 +200,8 @@ class KafkaApi:
                     waiting.cancel()
                 await asyncio.gather(*waits, return_exceptions=True)
             results = await self._fetch_all(wanted, 0)
-        return {"responses": self._fetch_responses(wanted, results, budget)}
+        fetched = sum(len(r.batches) for r in results if isinstance(r, FetchResult))
+        return {"responses": await _convert(fetched, self._fetch_responses, wanted, results, budget)}
 
     async def _fetch_all(self, wanted: list[tuple[str, int, int, int]], wait_ms: int
                          ) -> list[FetchResult | RaftMQError]:
@@ -298,6 +302,13 @@ class KafkaApi:
             except RaftMQError as error:
                 answers.append({"name": name, "error_code": _error(error)})
         return {"responses": answers}
+
+
+async def _convert(size: int, convert: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a batch conversion in place when small, on the I/O pool when large (limits.py says why)."""
+    if size <= limits.kafka_convert_inline_bytes_max:
+        return convert(*args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(convert, *args, **kwargs))
 
 
 def _create_request(topic: Body) -> CreateTopicRequest:
