@@ -70,7 +70,7 @@ CASES = [(key, version) for key, (low, high) in ADVERTISED.items() for version i
 
 
 @pytest.mark.parametrize(("api_key", "version"), CASES, ids=[f"{k.name}-v{v}" for k, v in CASES])
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(data=st.data())
 def test_every_request_and_response_round_trips(api_key: ApiKey, version: int, data: st.DataObject) -> None:
     request_schema, response_schema = SCHEMAS[api_key]
@@ -130,7 +130,7 @@ def test_unadvertised_keys_and_versions_are_refused_with_their_header() -> None:
         decode_request(unknown_key)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=200))
 def test_garbage_frames_fail_only_with_decode_errors(frame: bytes) -> None:
     try:
@@ -139,7 +139,7 @@ def test_garbage_frames_fail_only_with_decode_errors(frame: bytes) -> None:
         pass
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_every_truncation_of_a_valid_request_is_a_decode_error(data: st.DataObject) -> None:
     body = data.draw(values_for(SCHEMAS[ApiKey.FETCH][0], 11))

@@ -1,16 +1,14 @@
-"""Shared by the Kafka-client test modules (tests/integration/test_kafka_*.py): a real 3-broker cluster
-with Kafka listeners (one per module), unique topic names, and raftmq's own client for the cross-protocol
-checks (a record produced over Kafka reads back over raftmq's HTTP API and the other way round)."""
+"""Shared by the Kafka-client tests: starting a real 3-broker cluster with Kafka listeners, unique topic
+names, and raftmq's own client for the cross-protocol checks (a record produced over Kafka reads back over
+raftmq's HTTP API and the other way round)."""
 
 from __future__ import annotations
 
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from raftmq.client import SyncAdmin, SyncConsumer, SyncProducer
 from raftmq.deploy.local_cluster import LocalCluster
 
@@ -27,18 +25,6 @@ def start_kafka_cluster(root: Path) -> LocalCluster:
         cluster.stop()
         raise
     return cluster
-
-
-@pytest.fixture(scope="module")
-def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    cluster = start_kafka_cluster(tmp_path_factory.mktemp("kafka-cluster"))
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        for broker_id in cluster.nodes:  # a listener bug shows up as a traceback in a broker's log
-            log = cluster.tail_log(broker_id, 400)
-            assert "Traceback" not in log, f"broker {broker_id} logged a traceback:\n{log}"
 
 
 def unique(prefix: str) -> str:

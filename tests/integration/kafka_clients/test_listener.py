@@ -3,7 +3,7 @@ version negotiation, what happens to bad input (unknown keys, unadvertised versi
 malformed frames: a clean error or a close, never a hang), pipelined requests answered in order,
 idempotent retries answered with the original offset, and the per-partition error codes clients act on.
 
-Method: one real 3-broker cluster for the module; every socket read has a deadline."""
+Method: the package's one real 3-broker cluster (conftest.py); every socket read has a deadline."""
 
 from __future__ import annotations
 
@@ -18,10 +18,9 @@ from raftmq.cluster.kafka_errors import KafkaError
 from raftmq.cluster.kafka_messages import ADVERTISED, ApiKey, decode_response, encode_request
 from raftmq.deploy.local_cluster import LocalCluster
 
-from tests.integration.kafka_support import create_topic, kafka_cluster, read_over_http, unique
+from tests.integration.kafka_clients.support import create_topic, read_over_http, unique
 
 pytestmark = pytest.mark.cluster
-__all__ = ["kafka_cluster"]  # the module-scoped fixture
 
 READ_TIMEOUT_S = 15.0
 VERSIONS = {key: high for key, (_, high) in ADVERTISED.items()}
@@ -114,7 +113,7 @@ def test_pipelined_requests_are_answered_in_request_order(kafka_cluster: LocalCl
     topic = unique("raw-pipeline")
     create_topic(kafka_cluster, topic, partitions=1)
     leader = leader_of(kafka_cluster, topic, 0)
-    fetch = {"replica_id": -1, "max_wait_ms": 1500, "min_bytes": 1, "max_bytes": 1 << 20, "isolation_level": 0,
+    fetch = {"replica_id": -1, "max_wait_ms": 400, "min_bytes": 1, "max_bytes": 1 << 20, "isolation_level": 0,
              "session_id": 0, "session_epoch": -1, "topics": [{"topic": topic, "partitions": [
                  {"partition": 0, "current_leader_epoch": -1, "fetch_offset": 0, "log_start_offset": -1,
                   "partition_max_bytes": 1 << 20}]}], "forgotten_topics_data": [], "rack_id": ""}

@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 from raftmq.client import SyncConsumer
 from raftmq.deploy.local_cluster import LocalCluster
 
-from tests.integration.kafka_support import CLIENT_TIMEOUT_S, create_topic, read_over_http, start_kafka_cluster
+from tests.integration.kafka_clients.support import CLIENT_TIMEOUT_S, create_topic, read_over_http, start_kafka_cluster
 
 pytestmark = pytest.mark.cluster
 RECORDS = 300

@@ -2,7 +2,7 @@
 list, produce at acks 0, 1 and all (idempotent), gzip, consume by assign and seek, and records crossing
 between the Kafka protocol and raftmq's own HTTP API.
 
-Method: one real 3-broker cluster for the module (tests/integration/kafka_support.py); every test uses
+Method: the package's one real 3-broker cluster (tests/integration/kafka_clients/conftest.py); every test uses
 its own topic; every wait is bounded."""
 
 from __future__ import annotations
@@ -16,17 +16,15 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from raftmq.deploy.local_cluster import LocalCluster
 
-from tests.integration.kafka_support import (
+from tests.integration.kafka_clients.support import (
     CLIENT_TIMEOUT_S,
     create_topic,
-    kafka_cluster,
     produce_over_http,
     read_over_http,
     unique,
 )
 
 pytestmark = pytest.mark.cluster
-__all__ = ["kafka_cluster"]  # the module-scoped fixture
 
 Row = tuple[int, int, bytes | None, bytes | None]
 
@@ -67,7 +65,7 @@ async def test_admin_creates_and_lists_topics(kafka_cluster: LocalCluster) -> No
 
 
 @pytest.mark.parametrize(("acks", "idempotent", "compression"), [
-    (0, False, None), (1, False, None), ("all", True, None), ("all", True, "gzip")])
+    (0, False, None), (1, False, None), ("all", True, "gzip")])
 async def test_produce_at_each_ack_level_reads_back_over_both_protocols(
         kafka_cluster: LocalCluster, acks: int | str, idempotent: bool, compression: str | None) -> None:
     topic = unique("ak-produce")
