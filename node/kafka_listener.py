@@ -144,7 +144,10 @@ class KafkaListener:
         finally:
             responder.cancel()
             while not pending.empty():
-                pending.get_nowait().cancel()
+                unanswered = pending.get_nowait()
+                unanswered.cancel()
+                if unanswered.done() and not unanswered.cancelled():
+                    unanswered.exception()  # retrieved: a failed answer nobody awaits must not log a traceback
             with suppress(asyncio.CancelledError, _Close, Exception):
                 await responder
 
