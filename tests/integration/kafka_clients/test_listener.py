@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from raftmq.cluster import kafka_records
 from raftmq.cluster.kafka_errors import KafkaError
-from raftmq.cluster.kafka_messages import ADVERTISED, ApiKey, decode_response, encode_request
+from raftmq.cluster.kafka_messages import ADVERTISED, SCHEMAS, ApiKey, decode_response, encode_request
 from raftmq.deploy.local_cluster import LocalCluster
 
 from tests.integration.kafka_clients.support import create_topic, read_over_http, unique
@@ -178,3 +178,38 @@ def test_per_partition_errors_carry_the_codes_clients_act_on(kafka_cluster: Loca
         assert fetch["responses"][0]["partitions"][0]["error_code"] == KafkaError.OFFSET_OUT_OF_RANGE
         coordinator = call(sock, ApiKey.FIND_COORDINATOR, {"key": "group", "key_type": 0})
         assert coordinator["error_code"] == KafkaError.COORDINATOR_NOT_AVAILABLE
+
+
+def _fuzzed(api_key: ApiKey, body: dict[str, Any]) -> dict[str, Any]:
+    """Keep a drawn request answerable and cheap: acks=0 gets no answer, a long poll would wait, and a
+    CreateTopics must not really create thousands of partitions (validate_only)."""
+    if api_key is ApiKey.PRODUCE and body["acks"] == 0:
+        body["acks"] = -1
+    if api_key is ApiKey.FETCH:
+        body["max_wait_ms"] = min(abs(body["max_wait_ms"]), 50)
+    if api_key is ApiKey.CREATE_TOPICS:
+        body["validate_only"] = True
+    return body
+
+
+FUZZED = [(key, version) for key, (low, high) in ADVERTISED.items() for version in (low, high)
+          if not (key is ApiKey.CREATE_TOPICS and version == 0)]  # v0 has no validate_only
+
+
+@pytest.mark.parametrize(("api_key", "version"), FUZZED, ids=[f"{k.name}-v{v}" for k, v in FUZZED])
+def test_any_well_formed_request_is_answered(kafka_cluster: LocalCluster, api_key: ApiKey, version: int) -> None:
+    """Requests that match their schema, with any values hypothesis draws (negative partitions, absurd sizes,
+    unknown topics, garbage records): each gets an answer on the same connection. A handler that failed
+    instead would close it, and log a traceback that the package's cluster fixture reports."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.unit.test_kafka_codec import values_for
+
+    with connect(kafka_cluster) as sock:
+        @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(body=values_for(SCHEMAS[api_key][0], version), correlation_id=st.integers(0, 2**31 - 1))
+        def answered(body: dict[str, Any], correlation_id: int) -> None:
+            call(sock, api_key, _fuzzed(api_key, body), correlation_id, version=version)
+
+        answered()
