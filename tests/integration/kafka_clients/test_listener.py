@@ -204,7 +204,7 @@ def test_any_well_formed_request_is_answered(kafka_cluster: LocalCluster, api_ke
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from tests.unit.test_kafka_codec import values_for
+    from tests.kafka_strategies import values_for
 
     with connect(kafka_cluster) as sock:
         @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), database=None)
