@@ -318,3 +318,37 @@ hostile_wind_down_s: Final = 5.0
 # a neighbour that pushes honest clients to their timeouts has starved them.
 hostile_producer_p99_ms_max: Final = 1_000.0
 hostile_broker_rss_bytes_max: Final = 512 * MIB
+
+# --- Kafka-protocol listener (node/kafka_listener.py) ------------------------------------------------
+
+# Largest request frame accepted (after the int32 size). A Produce request carries one or more whole
+# batches; librdkafka's default message.max.bytes is 1,000,000, so 4 MiB leaves room for several
+# partitions in one request without letting one connection hold much memory. Larger: the connection is
+# closed (what a Kafka broker does past socket.request.max.bytes).
+kafka_request_bytes_max: Final = 4 * MIB
+# Requests read from one connection and not yet answered. Clients pipeline (librdkafka up to 5 per
+# connection for idempotence, kafka-python 5): past this the listener stops reading until the oldest is
+# answered, so one connection's work stays bounded. Responses always go back in request order.
+kafka_inflight_per_connection_max: Final = 8
+# Open Kafka connections per broker; a new one past this is closed at once (clients back off, retry).
+kafka_connections_max: Final = 1024
+# Once a frame's first byte arrived, the rest must arrive within this (a stalled sender is cut).
+kafka_frame_read_timeout_s: Final = 30.0
+# A connection with no request for this long is closed (Kafka's connections.max.idle.ms is 9 min; clients
+# reconnect transparently). Keeps idle sockets from piling up.
+kafka_idle_timeout_s: Final = 540.0
+# A gzip batch may not inflate past this (a decompression bomb cannot grow one request's memory further);
+# the decoded records must still fit one raftmq batch (batch_bytes_max).
+kafka_decompressed_batch_bytes_max: Final = 2 * batch_bytes_max
+# Elements of any one array in a request (topics, partitions, ...): bounds decode work per request.
+kafka_array_elements_max: Final = 10_000
+# A Fetch's long poll (max_wait_ms) is capped here, as the HTTP fetch is.
+kafka_fetch_wait_ms_max: Final = fetch_wait_ms_max
+# A whole Fetch response is at most this many record bytes, whatever the client asks (max_bytes).
+kafka_fetch_response_bytes_max: Final = fetch_bytes_max
+# Writing one response to a client that does not read must not block the connection forever.
+kafka_write_timeout_s: Final = 30.0
+# Converting record batches between Kafka's format and raftmq's runs in Python at about 100,000 records/s;
+# batches larger than this are converted on the I/O pool so one big batch does not stall the event loop
+# (every connection's requests) for milliseconds. Smaller ones are cheaper to convert in place.
+kafka_convert_inline_bytes_max: Final = 64 * KIB

@@ -102,6 +102,7 @@ class LocalNode:
     # found through the controller (it registers by heartbeat), so older nodes' files never change.
     known: tuple[int, ...] = ()
     rack: str | None = None
+    kafka_port: int | None = None  # its Kafka-protocol listener (None: none)
 
     @property
     def url(self) -> str:
@@ -135,11 +136,14 @@ class LocalCluster:
                  cluster_id: str = "raftmq-local", log_level: str = "info", timers: RaftTimers | None = None,
                  leader_rebalance: bool = True, python: str = sys.executable, secure: bool = True,
                  liveness: Liveness | None = None, racks: dict[int, str] | None = None,
-                 metadata_voters: tuple[int, ...] = ()) -> None:
+                 metadata_voters: tuple[int, ...] = (), kafka: bool = False,
+                 kafka_base_port: int | None = None) -> None:
         """``secure``: the brokers authenticate each other with a cluster secret, generated once and kept in
         ``root/cluster.secret`` (mode 0600), so the same folder keeps its secret across restarts.
         ``liveness``: the controller's heartbeat/session/heal timings (tests and chaos pass short ones; default
-        the node's own defaults). ``racks``: broker id -> rack. ``metadata_voters``: empty = the first three."""
+        the node's own defaults). ``racks``: broker id -> rack. ``metadata_voters``: empty = the first three.
+        ``kafka``: every broker also opens a Kafka-protocol listener, broker i (1-based) on
+        ``kafka_base_port + i - 1`` (``raftmq cluster up``: 9092, 9093, ...) or on free ports."""
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         self.root = root.resolve()
@@ -154,6 +158,8 @@ class LocalCluster:
         self.liveness = liveness or Liveness()
         self.racks = dict(racks or {})
         self.metadata_voters = tuple(metadata_voters)
+        self.kafka = kafka or kafka_base_port is not None
+        self.kafka_base_port = kafka_base_port
         client_ports, peer_ports = self._ports(range(nodes))
         self.nodes: dict[int, LocalNode] = {}
         everyone = tuple(range(1, nodes + 1))
@@ -171,6 +177,11 @@ class LocalCluster:
     def _new_node(self, broker_id: int, client_port: int, peer_port: int, known: tuple[int, ...]) -> LocalNode:
         node = LocalNode(broker_id, client_port, peer_port, self.root / f"n{broker_id}",
                          f"http://{HOST}:{client_port}", known=known, rack=self.racks.get(broker_id))
+        if self.kafka:
+            taken = [port for other in self.nodes.values() for port in (other.client_port, other.peer_port,
+                                                                         other.kafka_port) if port is not None]
+            node.kafka_port = (self.kafka_base_port + broker_id - 1 if self.kafka_base_port is not None
+                               else find_free_ports(1, avoid=[*taken, client_port, peer_port])[0])
         self.nodes[broker_id] = node
         return node
 
@@ -217,7 +228,8 @@ class LocalCluster:
         node = self.nodes[broker_id]
         listed = [self.nodes[b] for b in node.known if b in self.nodes] if node.known else self.nodes.values()
         brokers = tuple(BrokerEntry(broker_id=other.broker_id, peer=PeerAddress(HOST, other.peer_port),
-                                    url=other.advertised_url, dial=node.dial.get(other.broker_id))
+                                    url=other.advertised_url, dial=node.dial.get(other.broker_id),
+                                    kafka=PeerAddress(HOST, other.kafka_port) if other.kafka_port else None)
                         for other in listed)
         return NodeConfig(broker_id=broker_id, cluster_id=self.cluster_id, data_dir=node.data_dir,
                           client_listen=PeerAddress(HOST, node.client_port),
@@ -225,7 +237,8 @@ class LocalCluster:
                           advertised_url=node.advertised_url, brokers=brokers, durability=self.durability,
                           log_level=self.log_level, leader_rebalance=self.leader_rebalance, timers=self.timers,
                           cluster_secret_file=self.secret_path if self.secure else None, rack=node.rack,
-                          metadata_voters=self.metadata_voters, liveness=self.liveness)
+                          metadata_voters=self.metadata_voters, liveness=self.liveness,
+                          kafka_listen=PeerAddress(HOST, node.kafka_port) if node.kafka_port else None)
 
     def write_configs(self) -> None:
         if self.secure:
@@ -239,6 +252,11 @@ class LocalCluster:
     @property
     def urls(self) -> list[str]:
         return [node.advertised_url for node in self.nodes.values()]
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """What Kafka clients take as bootstrap servers ("" without Kafka listeners)."""
+        return ",".join(f"{HOST}:{node.kafka_port}" for node in self.nodes.values() if node.kafka_port)
 
     def start(self, broker_ids: Iterable[int] | None = None) -> None:
         self.write_configs()

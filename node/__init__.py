@@ -5,7 +5,8 @@ What this room owns, and where (README "Architecture" draws the data path):
 * ``broker.py``: the composition root (start/stop of one broker); ``replicas.py``: the partition replicas
   this broker hosts (open, close, reconcile with metadata, housekeeping); ``service.py``: the protocol-neutral
   operations every listener calls (produce, fetch, offsets, topic admin, describe); ``controller.py``:
-  decisions made by the metadata leader (placement); ``api.py`` and ``http_server.py``: the HTTP listener.
+  decisions made by the metadata leader (placement); ``api.py`` and ``http_server.py``: the HTTP listener;
+  ``kafka_api.py`` and ``kafka_listener.py``: the Kafka-protocol listener (the same service operations).
 * ``groups.py``: the replication-group protocol the rest of the broker depends on; ``replication.py`` and
   ``raft_transport.py`` implement it over pysyncobj (the only modules that import it), ``memory_groups.py``
   in memory (deterministic, for tests); ``prevote.py``, ``peer_protocol.py``, ``journal.py`` help them.

@@ -5,7 +5,9 @@
 * the replication engine (``node/groups.py``): pysyncobj over the peer port (``node/replication.py``) unless
   the caller passes another one (the in-process test cluster passes ``node/memory_groups.py``'s);
 * the metadata group (``node/metadata.py``), the controller (``node/controller.py``), the replica manager
-  (``node/replicas.py``) and the service (``node/service.py``) every listener calls.
+  (``node/replicas.py``) and the service (``node/service.py``) every listener calls;
+* the Kafka-protocol listener (``node/kafka_listener.py``) when ``kafka_listen`` is set (the HTTP listener is
+  started by ``node/__main__.py``).
 
 Runs on the event loop; what must happen on the replication thread goes through the engine.
 """
@@ -29,6 +31,8 @@ from raftmq.node.forwarding import ControllerForwarder
 from raftmq.node.fsutil import write_file_atomically
 from raftmq.node.groups import ReplicationEngine
 from raftmq.node.internal_api import internal_token
+from raftmq.node.kafka_api import KafkaApi
+from raftmq.node.kafka_listener import KafkaListener
 from raftmq.node.metadata import MetadataGroup, ProposalIds
 from raftmq.node.reassignment import Reassigner
 from raftmq.node.replicas import ReplicaManager
@@ -80,6 +84,7 @@ class Broker:
         self._forwarder = ControllerForwarder(config.broker_id, internal_token(config.cluster_secret))
         self._lock_fd: int | None = None
         self._stopping = False
+        self.kafka: KafkaListener | None = None  # the Kafka-protocol port, when kafka_listen is set
 
     @property
     def service(self) -> BrokerService:
@@ -120,6 +125,9 @@ class Broker:
         replicas.start()
         controller.start()
         self.session.start()
+        if self.config.kafka_listen is not None:
+            self.kafka = KafkaListener(KafkaApi(self._service, self.config), self.config.kafka_listen)
+            await self.kafka.start()
         log.info("broker %d started: peers %s, durability %s", self.broker_id,
                  {e.broker_id: str(e.dial_address) for e in self.config.brokers if e.broker_id != self.broker_id},
                  self.config.durability.value)
@@ -130,6 +138,8 @@ class Broker:
         self._stopping = True
         if self._service is not None:
             self._service.stopping = True
+        if self.kafka is not None:
+            await self.kafka.stop()
         for task_owner in (self.session, self.controller):
             if task_owner is not None:
                 await task_owner.stop()

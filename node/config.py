@@ -96,6 +96,7 @@ class BrokerEntry:
     peer: PeerAddress        # canonical peer address (identity of the link, where it listens)
     url: str                 # client URL advertised to clients
     dial: PeerAddress | None = None  # where THIS node dials that peer (a chaos proxy); default: peer
+    kafka: PeerAddress | None = None  # its Kafka listener's advertised address (what Kafka Metadata lists)
 
     @property
     def dial_address(self) -> PeerAddress:
@@ -128,6 +129,16 @@ class NodeConfig:
     # by id. The others follow the metadata as learners. Fixed for the life of a cluster.
     metadata_voters: tuple[int, ...] = ()
     liveness: Liveness = field(default_factory=Liveness)
+    # The Kafka-protocol listener (node/kafka_listener.py): where it listens (None: no listener), and the
+    # address Kafka clients are told to dial (Metadata); default kafka_listen. Behind a proxy or NAT,
+    # advertise the address clients can reach.
+    kafka_listen: PeerAddress | None = None
+    kafka_advertised: PeerAddress | None = None
+
+    @property
+    def kafka_address(self) -> PeerAddress | None:
+        """This broker's advertised Kafka address (None: no Kafka listener)."""
+        return self.kafka_advertised or self.kafka_listen
 
     @property
     def broker_ids(self) -> list[int]:
@@ -169,7 +180,8 @@ def _address(text: str, key: str) -> PeerAddress:
 _KNOWN_KEYS = frozenset({
     "broker_id", "cluster_id", "data_dir", "client_listen", "peer_listen", "advertised_url", "durability",
     "flush_interval_ms", "cluster_secret", "cluster_secret_file", "allow_insecure_peers", "log_level",
-    "leader_rebalance", "http_connections_max", "brokers", "raft", "rack", "metadata_voters", "controller"})
+    "leader_rebalance", "http_connections_max", "brokers", "raft", "rack", "metadata_voters", "controller",
+    "kafka_listen", "kafka_advertised"})
 
 
 def parse_config(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> NodeConfig:
@@ -200,6 +212,7 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Nod
     cluster_secret, secret_file = _parse_secret(raw, base_dir)
     brokers = _parse_brokers(raw, broker_id)
     voters = _parse_voters(raw)
+    kafka_listen, kafka_advertised = _parse_kafka(raw)
     missing = sorted(set(voters) - {b.broker_id for b in brokers})
     if missing:
         raise InvalidConfig(f"metadata_voters {missing} are not listed in [[brokers]]: a broker must know where "
@@ -213,7 +226,18 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path | None = None) -> Nod
                       allow_insecure_peers=_get(raw, "allow_insecure_peers", bool, False), log_level=log_level,
                       leader_rebalance=_get(raw, "leader_rebalance", bool, True),
                       http_connections_max=http_connections_max, timers=_parse_timers(raw),
-                      rack=_parse_rack(raw), metadata_voters=voters, liveness=_parse_liveness(raw))
+                      rack=_parse_rack(raw), metadata_voters=voters, liveness=_parse_liveness(raw),
+                      kafka_listen=kafka_listen, kafka_advertised=kafka_advertised)
+
+
+def _parse_kafka(raw: Mapping[str, Any]) -> tuple[PeerAddress | None, PeerAddress | None]:
+    listen_text = _get(raw, "kafka_listen", str, "")
+    advertised_text = _get(raw, "kafka_advertised", str, "")
+    if advertised_text and not listen_text:
+        raise InvalidConfig("kafka_advertised needs kafka_listen (the address the Kafka listener binds)",
+                            key="kafka_advertised")
+    return (_address(listen_text, "kafka_listen") if listen_text else None,
+            _address(advertised_text, "kafka_advertised") if advertised_text else None)
 
 
 def _parse_rack(raw: Mapping[str, Any]) -> str | None:
@@ -262,11 +286,13 @@ def _parse_brokers(raw: Mapping[str, Any], broker_id: int) -> tuple[BrokerEntry,
         if not isinstance(entry, Mapping):
             raise InvalidConfig(f"brokers[{index}] must be a table", key=f"brokers[{index}]")
         dial_text = entry.get("dial")
+        kafka_text = _get(entry, "kafka", str, "")
         brokers.append(BrokerEntry(
             broker_id=_get(entry, "id", int),
             peer=_address(_get(entry, "peer", str), f"brokers[{index}].peer"),
             url=_get(entry, "url", str),
-            dial=_address(dial_text, f"brokers[{index}].dial") if dial_text else None))
+            dial=_address(dial_text, f"brokers[{index}].dial") if dial_text else None,
+            kafka=_address(kafka_text, f"brokers[{index}].kafka") if kafka_text else None))
     ids = [b.broker_id for b in brokers]
     if len(set(ids)) != len(ids):
         raise InvalidConfig("broker ids in [[brokers]] must be unique", key="brokers")
@@ -374,6 +400,10 @@ def render_config(config: NodeConfig) -> str:
         lines.append(f"cluster_secret_file = {_toml_str(str(config.cluster_secret_file))}")
     if config.allow_insecure_peers:
         lines.append("allow_insecure_peers = true")
+    if config.kafka_listen is not None:
+        lines.append(f"kafka_listen = {_toml_str(str(config.kafka_listen))}")
+    if config.kafka_advertised is not None:
+        lines.append(f"kafka_advertised = {_toml_str(str(config.kafka_advertised))}")
     timers = config.timers
     lines += ["", "[raft]",
               f"election_timeout_min_ms = {round(timers.election_timeout_min_s * 1000)}",
@@ -394,6 +424,8 @@ def render_config(config: NodeConfig) -> str:
                   f"url = {_toml_str(entry.url)}"]
         if entry.dial is not None:
             lines.append(f"dial = {_toml_str(str(entry.dial))}")
+        if entry.kafka is not None:
+            lines.append(f"kafka = {_toml_str(str(entry.kafka))}")
     return "\n".join(lines) + "\n"
 
 

@@ -174,12 +174,13 @@ class BrokerDescription:
     replicas: int = 0
     leaders: int = 0
     heartbeat_age_s: float | None = None  # known on the controller only
+    kafka: str | None = None  # its Kafka listener's advertised host:port, when this broker's config knows it
 
     def to_wire(self) -> dict[str, Any]:
         return {"id": self.broker_id, "url": self.url, "peer": self.peer, "connected": self.connected,
                 "state": self.state, "rack": self.rack, "incarnation": self.incarnation,
                 "metadata_voter": self.metadata_voter, "replicas": self.replicas, "leaders": self.leaders,
-                "heartbeat_age_s": self.heartbeat_age_s}
+                "heartbeat_age_s": self.heartbeat_age_s, "kafka": self.kafka}
 
 
 @dataclass(frozen=True)

@@ -474,7 +474,18 @@ class BrokerService:
                                  broker_id == self.broker_id or self.engine.is_peer_up(broker_id),
                                  record.state.value, record.rack, record.incarnation,
                                  broker_id in self.config.voters, replicas, leaders,
-                                 round(time.monotonic() - seen, 2) if seen is not None else None)
+                                 round(time.monotonic() - seen, 2) if seen is not None else None,
+                                 kafka=self._kafka_of(broker_id))
+
+    def _kafka_of(self, broker_id: int) -> str | None:
+        """A broker's advertised Kafka address as this broker's config knows it (node/kafka_api.py lists the
+        same in Kafka Metadata)."""
+        if broker_id == self.broker_id:
+            address = self.config.kafka_address
+        else:
+            entry = self.config.broker(broker_id)
+            address = entry.kafka if entry is not None else None
+        return str(address) if address is not None else None
 
     def describe_cluster(self) -> ClusterDescription:
         status = self.metadata.status
@@ -482,7 +493,8 @@ class BrokerService:
         brokers = [self._describe_broker(registered.pop(e.broker_id)) if e.broker_id in registered
                    else BrokerDescription(e.broker_id, e.url, str(e.peer),
                                           e.broker_id == self.broker_id or self.engine.is_peer_up(e.broker_id),
-                                          metadata_voter=e.broker_id in self.config.voters)
+                                          metadata_voter=e.broker_id in self.config.voters,
+                                          kafka=self._kafka_of(e.broker_id))
                    for e in self.config.brokers]
         brokers += [self._describe_broker(r) for r in registered.values()]
         return ClusterDescription(

@@ -52,6 +52,8 @@ from raftmq.cluster.errors import ConnectionFailed, RaftMQError
 # `up` defaults; the restart command it prints leaves out options at these values.
 DEFAULT_NODES = 3
 DEFAULT_BASE_PORT = 9101
+# Broker i's Kafka-protocol listener is on kafka_base+i-1: 9092, 9093, 9094 (what Kafka users expect).
+DEFAULT_KAFKA_BASE_PORT = 9092
 # Broker i listens for peers on base+100+i (deploy/local_cluster.py), for clients on base+i.
 _PEER_PORT_OFFSET = 100
 _MAX_PORT = 65535
@@ -110,14 +112,19 @@ def _check_layout(directory: Path, nodes: int | None) -> tuple[dict[str, Any] | 
     return layout, count if type(count) is int and count >= 1 else DEFAULT_NODES
 
 
-def _check_ports(nodes: int, base_port: int, previous: dict[str, Any] | None, *, only: int | None = None) -> None:
+def _check_ports(nodes: int, base_port: int, previous: dict[str, Any] | None, *, only: int | None = None,
+                 kafka_base_port: int = 0) -> None:
     """Every broker's ports (or only broker ``only``'s) are free and below 65536."""
     if base_port + _PEER_PORT_OFFSET + nodes - 1 > _MAX_PORT:
         raise ConfigProblem(f"--base-port {base_port} leaves no room for {nodes} peer ports (base+100+i)",
                             "pick a lower --base-port")
+    if kafka_base_port and kafka_base_port + nodes - 1 > _MAX_PORT:
+        raise ConfigProblem(f"--kafka-base-port {kafka_base_port} leaves no room for {nodes} Kafka ports",
+                            "pick a lower --kafka-base-port")
     for index in range(nodes) if only is None else [only - 1]:
+        kafka = [(kafka_base_port + index, f"Kafka port of broker {index + 1}")] if kafka_base_port else []
         for port, what in ((base_port + index, f"client port of broker {index + 1}"),
-                           (base_port + _PEER_PORT_OFFSET + index, f"peer port of broker {index + 1}")):
+                           (base_port + _PEER_PORT_OFFSET + index, f"peer port of broker {index + 1}"), *kafka):
             if port_in_use(port):
                 extra = ""
                 if previous is not None and previous.get("base_port") == base_port:
@@ -126,7 +133,8 @@ def _check_ports(nodes: int, base_port: int, previous: dict[str, Any] | None, *,
                     f"port {port} ({what}) is already in use{extra}",
                     f"free the port, or choose other ports with --base-port (needs {base_port}-"
                     f"{base_port + nodes - 1} and {base_port + _PEER_PORT_OFFSET}-"
-                    f"{base_port + _PEER_PORT_OFFSET + nodes - 1} free)",
+                    f"{base_port + _PEER_PORT_OFFSET + nodes - 1} free; --kafka-base-port moves the Kafka ports, "
+                    "0 turns them off)",
                     code="PORT_IN_USE")
 
 
@@ -156,13 +164,15 @@ class _Stopper:
 def _nodes_table(local: Any, client_urls: Sequence[str]) -> Table:
     proxied = any(url != node.url for url, node in zip(client_urls, local.nodes.values(), strict=True))
     table = Table(title="brokers", title_justify="left")
-    columns = ["broker", "client URL", *(["direct URL"] if proxied else []), "peer address", "pid",
-               "data dir", "log file"]
+    kafka = any(getattr(node, "kafka_port", None) for node in local.nodes.values())
+    columns = ["broker", "client URL", *(["direct URL"] if proxied else []), *(["Kafka"] if kafka else []),
+               "peer address", "pid", "data dir", "log file"]
     for column in columns:
         table.add_column(column, justify="right" if column in ("broker", "pid") else "left")
     for (broker_id, node), url in zip(local.nodes.items(), client_urls, strict=True):
-        table.add_row(str(broker_id), url, *([node.url] if proxied else []), f"127.0.0.1:{node.peer_port}",
-                      str(node.pid or "-"), str(node.data_dir), str(node.log_path))
+        kafka_cell = [f"127.0.0.1:{node.kafka_port}" if node.kafka_port else "-"] if kafka else []
+        table.add_row(str(broker_id), url, *([node.url] if proxied else []), *kafka_cell,
+                      f"127.0.0.1:{node.peer_port}", str(node.pid or "-"), str(node.data_dir), str(node.log_path))
     return table
 
 
@@ -190,7 +200,7 @@ def _proxies_table(toxiproxy_url: str, known: dict[str, Any]) -> Table:
     return table
 
 
-def _usage_panel(bootstrap: str, directory: Path, restart: str, extra: str = "") -> Panel:
+def _usage_panel(bootstrap: str, directory: Path, restart: str, extra: str = "", kafka: str = "") -> Panel:
     lines = [
         "In another terminal:",
         "",
@@ -201,6 +211,9 @@ def _usage_panel(bootstrap: str, directory: Path, restart: str, extra: str = "")
         "  raftmq consume orders --from-beginning",
         "  raftmq bench produce --bootstrap $RAFTMQ_BOOTSTRAP --records 20000",
     ]
+    if kafka:
+        lines += ["", f"Kafka clients (kcat, confluent-kafka, kafka-python, aiokafka): bootstrap servers {kafka}",
+                  f"  kcat -b {kafka.split(',')[0]} -L"]
     if extra:
         lines += ["", extra]
     lines += ["", f"Data stays in {directory} (run `{restart}` again to reuse it).",
@@ -220,19 +233,23 @@ def _usage_panel(bootstrap: str, directory: Path, restart: str, extra: str = "")
               help="Folder for configs, data and logs (reused when it exists).")
 @click.option("--base-port", type=click.IntRange(1024, _MAX_PORT - _PEER_PORT_OFFSET), default=DEFAULT_BASE_PORT,
               show_default=True, help="Client ports are base+i, peer ports base+100+i.")
+@click.option("--kafka-base-port", type=click.IntRange(0, _MAX_PORT), default=DEFAULT_KAFKA_BASE_PORT,
+              show_default=True, help="Kafka-protocol listeners on kafka-base+i (9092, 9093, 9094 ...); 0: none.")
 @click.option("--durability", type=click.Choice(["always", "interval", "never"]), default="always",
               show_default=True, help="When brokers fsync their Raft log.")
 @click.option("--chaos", is_flag=True, help="Put a fault proxy in front of every link (chaos harness).")
 @click.option("--ready-timeout", type=click.FloatRange(1, 600), default=60.0, show_default=True,
               help="Seconds to wait for every broker to be ready.")
-def up(nodes: int | None, directory: Path, base_port: int, durability: str, chaos: bool,
+def up(nodes: int | None, directory: Path, base_port: int, kafka_base_port: int, durability: str, chaos: bool,
        ready_timeout: float) -> None:
     """Start a local cluster and keep it running in the foreground until Ctrl-C.
 
     While it runs, `raftmq cluster add-broker --dir DIR` starts one more broker under it."""
     previous, count = _check_layout(directory.resolve(), nodes)
-    options = UpOptions(count, directory.resolve(), base_port, durability, chaos, ready_timeout)
-    _check_ports(count, base_port, previous)
+    if chaos:
+        kafka_base_port = 0  # the chaos harness puts proxies before HTTP ports only: no Kafka listeners there
+    options = UpOptions(count, directory.resolve(), base_port, durability, chaos, ready_timeout, kafka_base_port)
+    _check_ports(count, base_port, previous, kafka_base_port=kafka_base_port)
     local = _LocalRun.create(options)
     _write_layout(options, up_pid=os.getpid())
     console = err()
@@ -262,12 +279,15 @@ class UpOptions:
     durability: str
     chaos: bool
     ready_timeout: float
+    kafka_base_port: int = DEFAULT_KAFKA_BASE_PORT  # 0: no Kafka listeners
 
     def restart_command(self) -> str:
         """The command that starts this cluster again (options at their defaults left out)."""
         restart = f"raftmq cluster up --dir {self.directory}"
         restart += f" --nodes {self.nodes}" if self.nodes != DEFAULT_NODES else ""
         restart += f" --base-port {self.base_port}" if self.base_port != DEFAULT_BASE_PORT else ""
+        restart += (f" --kafka-base-port {self.kafka_base_port}"
+                    if self.kafka_base_port != DEFAULT_KAFKA_BASE_PORT and not self.chaos else "")
         restart += " --chaos" if self.chaos else ""
         return restart
 
@@ -286,7 +306,8 @@ class _LocalRun:
 
         if not options.chaos:
             return cls(LocalCluster(options.directory, nodes=options.nodes, base_port=options.base_port,
-                                    durability=options.durability))
+                                    durability=options.durability,
+                                    kafka_base_port=options.kafka_base_port or None))
         try:
             from raftmq.chaos.harness import ChaosCluster
         except ImportError as exc:
@@ -323,7 +344,7 @@ class _LocalRun:
         """One more broker (id = highest + 1), started and ready (bounded); with --chaos wired through new
         proxies like the others. Returns its id."""
         new_id = max(self.nodes) + 1
-        _check_ports(new_id, options.base_port, None, only=new_id)
+        _check_ports(new_id, options.base_port, None, only=new_id, kafka_base_port=options.kafka_base_port)
         if self.harness is not None:
             handle = self.harness.add_broker(ready_timeout_s=options.ready_timeout)
             return int(handle.target[1:])
@@ -336,6 +357,7 @@ def _write_layout(options: UpOptions, *, up_pid: int | None) -> None:
     """Record the cluster's size and ports so a later ``up`` on the folder can check them, and (while it
     runs) the pid of the ``up`` that manages it, which ``add-broker`` asks."""
     write_layout(options.directory, {"nodes": options.nodes, "base_port": options.base_port,
+                                     "kafka_base_port": options.kafka_base_port,
                                      "durability": options.durability, "chaos": options.chaos, "up_pid": up_pid})
 
 
@@ -364,7 +386,8 @@ def _print_ready(local: _LocalRun, options: UpOptions, took_s: float) -> None:
     if harness is not None:
         stdout.print(_proxies_table(harness.toxiproxy_url, dict(getattr(harness, "proxies", {}))))
         extra = f"Fault proxy API: {harness.toxiproxy_url}  (raftmq chaos ... drives it)"
-    stdout.print(_usage_panel(",".join(client_urls), options.directory, options.restart_command(), extra))
+    kafka = local.cluster.kafka_bootstrap if local.harness is None else ""
+    stdout.print(_usage_panel(",".join(client_urls), options.directory, options.restart_command(), extra, kafka))
     sys.stdout.flush()
 
 

@@ -250,8 +250,9 @@ def brokers_table(snapshot: ClusterSnapshot) -> Table:
         table.add_column(column, justify="left" if left else "right", no_wrap=left)
     for broker, info in _broker_rows(snapshot):
         bid = str(broker.broker_id) if broker.broker_id is not None else "?"
+        kafka = kafka_address(snapshot, broker.broker_id)
         cells = [bid, state_cell(info), safe(info.rack) if info is not None and info.rack else "-",
-                 broker.url, _reachable_cell(broker)]
+                 broker.url + (f"\nkafka {safe(kafka)}" if kafka else ""), _reachable_cell(broker)]
         counts = [fmt_int(info.replicas if info is not None else None),
                   fmt_int(info.leaders if info is not None else _local_leads(broker)),
                   fmt_int(info.incarnation if info is not None else None),
@@ -263,6 +264,16 @@ def brokers_table(snapshot: ClusterSnapshot) -> Table:
         table.add_row(*cells, _metadata_role(broker, info), fmt_int(group.get("term")),
                       f"{fmt_int(group.get('commit_index'))}/{fmt_int(group.get('applied_index'))}", *counts)
     return table
+
+
+def kafka_address(snapshot: ClusterSnapshot, broker_id: int | None) -> str | None:
+    """A broker's Kafka listener (host:port) as any reachable broker lists it (/v1/metadata ``kafka``);
+    None when it has none or nobody says."""
+    for state in snapshot.reachable:
+        for entry in (state.metadata or {}).get("brokers") or []:
+            if isinstance(entry, dict) and entry.get("id") == broker_id and isinstance(entry.get("kafka"), str):
+                return str(entry["kafka"])
+    return None
 
 
 def _local_leads(broker: BrokerState) -> int | None:

@@ -276,20 +276,20 @@ def read_lines(lines: queue.Queue[str | None], seen: list[str], done: Callable[[
         seen.append(line)
 
 
-def _free_base_port(nodes: int) -> int:
+def _free_base_port(nodes: int, offsets: tuple[int, ...] = (0, 100)) -> int:
     def pick() -> int | None:
         base = find_free_ports(1)[0]
-        ports = [base + i for i in range(nodes)] + [base + 100 + i for i in range(nodes)]
+        ports = [base + offset + i for offset in offsets for i in range(nodes)]
         return base if all(p < 65536 and not port_in_use(p) for p in ports) else None
 
     return int(wait_until(pick, timeout_s=10, what="a free block of ports", interval_s=0))
 
 
 def test_cluster_up_then_ctrl_c_stops_every_node(tmp_path: Path) -> None:
-    base = _free_base_port(3)
+    base = _free_base_port(3, (0, 50, 100))  # client ports base+i, Kafka ports base+50+i, peer ports base+100+i
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     command = [sys.executable, "-m", "raftmq.cli", "cluster", "up", "--dir", str(tmp_path / "c"),
-               "--base-port", str(base)]
+               "--base-port", str(base), "--kafka-base-port", str(base + 50)]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     lines: queue.Queue[str | None] = queue.Queue()
@@ -303,12 +303,15 @@ def test_cluster_up_then_ctrl_c_stops_every_node(tmp_path: Path) -> None:
     try:
         read_until("Press Ctrl-C", 60)
         output = "".join(seen)
-        row = re.compile(r"│\s+(\d)\s+│\s+http://127\.0\.0\.1:\d+\s+│\s+\S+\s+│\s+(\d+)\s+│")
+        row = re.compile(r"│\s+(\d)\s+│\s+http://127\.0\.0\.1:\d+\s+│\s+\S+\s+│\s+\S+\s+│\s+(\d+)\s+│")
         pids.extend(int(m.group(2)) for m in row.finditer(output))
         assert len(pids) == 3, output
         assert f"export RAFTMQ_BOOTSTRAP=http://127.0.0.1:{base}," in output
+        kafka = ",".join(f"127.0.0.1:{base + 50 + i}" for i in range(3))
+        assert f"bootstrap servers {kafka}" in output, output
         status = CliRunner().invoke(cli, ["cluster", "status", "-b", f"http://127.0.0.1:{base + 1}"])
         assert status.exit_code == 0 and status.stdout.count(" yes ") >= 3, status.output
+        assert f"kafka 127.0.0.1:{base + 50}" in status.stdout, status.output
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=45) == 0

@@ -20,7 +20,7 @@ ROOMS = {"cluster": ROOT / "cluster", "node": ROOT / "node", "client": ROOT / "c
 # cluster/ may use only these (no files, sockets, threads, event loops, processes or clocks).
 PURE_STDLIB = {"__future__", "base64", "binascii", "bisect", "collections", "dataclasses", "enum", "functools",
                "hashlib", "hmac", "itertools", "json", "math", "re", "struct", "typing", "zlib"}
-PURE_THIRD_PARTY = {"msgpack"}
+PURE_THIRD_PARTY = {"msgpack", "crc32c", "cramjam"}
 PYSYNCOBJ_DOORS = {"node/replication.py", "node/raft_transport.py"}
 
 

@@ -1,0 +1,70 @@
+"""An idempotent confluent-kafka producer at acks=all while the partition's leader is SIGKILLed: the client
+sees the errors raftmq maps for it (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE, REQUEST_TIMED_OUT),
+retries on the new leader, and a full read-back finds every acknowledged record exactly once.
+
+Method: its own 3-broker cluster (a broker is killed); one partition, so every record goes to the leader
+that is killed; the kill happens once a third of the records are acknowledged; every wait is bounded."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+from raftmq.client import SyncConsumer
+from raftmq.deploy.local_cluster import LocalCluster
+
+from tests.integration.kafka_clients.support import CLIENT_TIMEOUT_S, create_topic, read_over_http, start_kafka_cluster
+
+pytestmark = pytest.mark.cluster
+RECORDS = 300
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    cluster = start_kafka_cluster(tmp_path / "cluster")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_idempotent_acks_all_producer_loses_and_duplicates_nothing_when_the_leader_is_killed(
+        cluster: LocalCluster) -> None:
+    topic = "failover"
+    create_topic(cluster, topic, partitions=1)
+    leader = cluster.wait_for_leader(topic, 0)
+    survivors = ",".join(f"127.0.0.1:{n.kafka_port}" for b, n in cluster.nodes.items() if b != leader)
+    producer = Producer({"bootstrap.servers": survivors, "acks": "all", "enable.idempotence": True,
+                         "linger.ms": 2, "message.timeout.ms": int(CLIENT_TIMEOUT_S * 1000),
+                         "max.in.flight.requests.per.connection": 5})
+    acked: list[bytes] = []
+    failed: list[str] = []
+
+    def delivered(error: object, message: object) -> None:
+        if error is None:
+            acked.append(message.value())  # type: ignore[attr-defined]
+        else:
+            failed.append(str(error))
+
+    killed = False
+    deadline = time.monotonic() + CLIENT_TIMEOUT_S
+    for i in range(RECORDS):
+        producer.produce(topic, value=b"r%04d" % i, on_delivery=delivered)
+        producer.poll(0)
+        while not killed and i == RECORDS // 3 and len(acked) < RECORDS // 3 and time.monotonic() < deadline:
+            producer.poll(0.05)  # wait for the first third to be acknowledged, then kill the leader
+        if i == RECORDS // 3 and not killed:
+            cluster.kill(leader)
+            killed = True
+        producer.poll(0.002)  # paces the sends over the failover instead of one burst before it
+    assert producer.flush(CLIENT_TIMEOUT_S * 2) == 0, "every record got a delivery report"
+    assert killed and failed == [], failed
+    assert len(acked) == RECORDS
+    with SyncConsumer([n.url for b, n in cluster.nodes.items() if b != leader]) as consumer:
+        end = consumer.end_offsets([(topic, 0)])
+    assert list(end.values()) == [RECORDS], "no record stored twice"
+    stored = [value for *_, value in read_over_http(cluster, topic, 1, RECORDS)]
+    assert sorted(stored) == sorted(acked), "nothing acknowledged lost"

@@ -1,0 +1,31 @@
+"""`raftmq cluster up`'s Kafka ports: a port in use is named before anything starts, --kafka-base-port 0
+turns the listeners off, and the restart command it prints keeps a moved Kafka base port."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from raftmq.deploy.local_cluster import find_free_ports
+
+from raftmq.cli.cluster_cmd import DEFAULT_KAFKA_BASE_PORT, UpOptions, _check_ports
+from raftmq.cli.common import ConfigProblem
+
+
+def test_a_kafka_port_in_use_is_named_and_base_port_0_checks_none() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        kafka_port = taken.getsockname()[1]
+        base = find_free_ports(1)[0]
+        with pytest.raises(ConfigProblem, match=f"port {kafka_port} \\(Kafka port of broker 1\\)"):
+            _check_ports(1, base, None, kafka_base_port=kafka_port)
+        _check_ports(1, base, None, kafka_base_port=0)
+
+
+def test_the_restart_command_keeps_a_moved_kafka_base_port(tmp_path: Path) -> None:
+    moved = UpOptions(3, tmp_path, 9101, "always", False, 60.0, kafka_base_port=19092)
+    assert "--kafka-base-port 19092" in moved.restart_command()
+    default = UpOptions(3, tmp_path, 9101, "always", False, 60.0, kafka_base_port=DEFAULT_KAFKA_BASE_PORT)
+    assert "--kafka-base-port" not in default.restart_command()
