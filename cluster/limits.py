@@ -275,3 +275,35 @@ assert segment_bytes_max + batch_bytes_max < 2**31, "index positions (u32) and f
 assert peer_ping_interval_s < raft_connection_timeout_s / 2, "a live idle link must never time out"
 assert client_batch_bytes_default <= batch_bytes_max
 assert http_idle_timeout_s > client_keepalive_timeout_s, "the client must close an idle connection first"
+
+# --- consumer groups (cluster/consumer_groups.py, node/group_coordinator.py) -----------------------
+
+# Partitions of the internal group-state topic. Kafka uses 50; here each partition is a Raft group whose idle
+# heartbeats cost CPU on every replica (README "Idle partitions"), and groups spread over these by hash, so a
+# handful is enough for the group counts a cluster of this size serves. Fixed at the topic's creation.
+group_state_partitions: Final = 5
+group_id_chars_max: Final = 255  # Kafka's limit for group.instance.id; a group id this long is a mistake
+group_members_max: Final = 1_000  # Kafka's group.max.size is unbounded; one heartbeat reconcile walks them all
+group_subscription_topics_max: Final = 1_000
+# Offsets in one commit request (one per owned partition): bounds the Raft entry and the apply work.
+group_commit_offsets_max: Final = 10_000
+offset_metadata_chars_max: Final = 4_096  # Kafka's offset.metadata.max.bytes
+# A member's session timeout (Kafka 848: group.consumer.session.timeout.ms 45 s, min 45 s; ours allows short
+# sessions so that tests and small clusters move partitions quickly).
+group_session_timeout_ms_default: Final = 10_000
+group_session_timeout_ms_min: Final = 100
+group_session_timeout_ms_max: Final = 300_000
+# How long a member may take to release revoked partitions before the coordinator removes it.
+group_rebalance_timeout_ms_default: Final = 30_000
+group_rebalance_timeout_ms_max: Final = 600_000
+# A member heartbeats every session timeout / this (Kafka's 45 s / 5 s is 9); three missed beats are tolerated.
+group_heartbeats_per_session: Final = 3
+# How often the coordinator looks for expired sessions and revocations that took too long.
+group_session_check_interval_s: Final = 0.05
+# A group request waits at most this long for its Raft entry to commit.
+group_request_timeout_ms: Final = 5_000
+# The client's auto-commit interval (Kafka auto.commit.interval.ms).
+client_auto_commit_interval_ms_default: Final = 5_000
+
+assert group_session_timeout_ms_min <= group_session_timeout_ms_default <= group_session_timeout_ms_max
+assert group_heartbeats_per_session >= 2, "one lost heartbeat must not expire a session"
