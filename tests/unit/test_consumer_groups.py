@@ -321,6 +321,7 @@ def test_random_sequences_never_share_a_partition_and_revoke_before_reassigning(
             removed = True
             state.apply(GroupOp.EXPIRE_MEMBER, step, {"group_id": G, "member_id": member})
         elif action == "static":
+            removed = current.instance_id is None  # a static leave without an instance id is a leave
             state.apply(GroupOp.HEARTBEAT, step, {"group_id": G, "member_id": member, "member_epoch": -2})
         elif action == "topics":
             known = {"orders": 6 + (step % 3), "payments": 3}
