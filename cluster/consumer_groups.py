@@ -558,7 +558,9 @@ class GroupsState:
     # --- snapshots ----------------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        return msgpack.packb({"v": 1, "groups": [g.to_wire() for g in self.groups.values()]}, use_bin_type=True)
+        data: bytes = msgpack.packb({"v": 1, "groups": [g.to_wire() for g in self.groups.values()]},
+                                    use_bin_type=True)
+        return data
 
     @classmethod
     def from_bytes(cls, data: bytes) -> GroupsState:
@@ -570,6 +572,6 @@ class GroupsState:
         return state
 
 
-__all__ = ["GROUP_STATE_TOPIC", "JOIN_EPOCH", "LEAVE_EPOCH", "NO_MEMBER_EPOCH", "STATIC_LEAVE_EPOCH",
+__all__ = ["GROUP_STATE_TOPIC", "JOIN_EPOCH", "LEAVE_EPOCH", "NO_MEMBER_EPOCH", "STATIC_LEAVE_EPOCH", "Partition",
            "CommittedOffset", "Group", "GroupOp", "GroupsState", "HeartbeatResult", "Member", "Subscription",
            "glob_matches", "group_partition_for", "validate_group_id", "validate_pattern"]

@@ -307,3 +307,6 @@ client_auto_commit_interval_ms_default: Final = 5_000
 
 assert group_session_timeout_ms_min <= group_session_timeout_ms_default <= group_session_timeout_ms_max
 assert group_heartbeats_per_session >= 2, "one lost heartbeat must not expire a session"
+# A group command as proposed (one Raft entry, stored as one record of the group-state partition).
+group_command_bytes_max: Final = 512 * KIB
+assert group_command_bytes_max < record_bytes_max, "a group command is stored as one record"
