@@ -1,4 +1,5 @@
-"""raftmq's Python client: asyncio ``Producer``, ``Consumer``, ``Admin``, and blocking ``Sync*`` wrappers.
+"""raftmq's Python client: asyncio ``Producer``, ``Consumer``, ``GroupConsumer``, ``Admin``, and blocking
+``Sync*`` wrappers.
 
 The client depends only on ``cluster/`` (errors, batch format, routing, limits), never on ``node/``.
 Every error a call can raise is a :class:`RaftMQError` (re-exported here); ``error.definite`` False means
@@ -17,6 +18,7 @@ from __future__ import annotations
 from raftmq.client.admin import Admin
 from raftmq.client.connection import Connection, MetadataFetcher
 from raftmq.client.consumer import Consumer
+from raftmq.client.group_consumer import GroupConsumer
 from raftmq.client.metadata import (
     BrokerInfo,
     ClusterMetadata,
@@ -27,7 +29,7 @@ from raftmq.client.metadata import (
     TopicInfo,
 )
 from raftmq.client.producer import Producer
-from raftmq.client.sync import SyncAdmin, SyncConsumer, SyncProducer
+from raftmq.client.sync import SyncAdmin, SyncConsumer, SyncGroupConsumer, SyncProducer
 from raftmq.client.types import (
     ConsumerRecord,
     DeliveryReport,
@@ -66,6 +68,7 @@ __all__ = [
     "CorruptBatch",
     "DeliveryReport",
     "DeliveryStatus",
+    "GroupConsumer",
     "HealthInfo",
     "MetadataFetcher",
     "MoveInfo",
@@ -81,6 +84,7 @@ __all__ = [
     "RecordTooLarge",
     "SyncAdmin",
     "SyncConsumer",
+    "SyncGroupConsumer",
     "SyncProducer",
     "TopicInfo",
     "TopicPartition",

@@ -271,6 +271,19 @@ class Consumer(AsyncLifecycle):
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(pf.topic, pf.partition) for pf in self._order]
 
+    def positions(self) -> dict[TopicPartition, int]:
+        """The position of every assigned partition that has one (no lookups: the others are left out)."""
+        return {TopicPartition(pf.topic, pf.partition): pf.position for pf in self._order if pf.position is not None}
+
+    @property
+    def connection(self) -> Connection:
+        """The consumer's connection pool (a group consumer sends its coordinator requests through it)."""
+        return self._conn
+
+    @property
+    def metadata_fetcher(self) -> MetadataFetcher:
+        return self._fetcher
+
     def seek(self, topic: str, partition: int, offset: int) -> None:
         """Make ``offset`` the next record ``poll()`` returns for this partition. Drops prefetched data,
         un-pauses the partition, and restarts its fetcher.

@@ -238,14 +238,14 @@ class HeartbeatResult:
     member_epoch: int
     assignment: tuple[Partition, ...]
     group_epoch: int
+    # The member is not at its target yet (revoking, or waiting for partitions others still hold): it should
+    # heartbeat soon, because its next heartbeats move it on.
+    reconciling: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return {"group_id": self.group_id, "member_id": self.member_id, "member_epoch": self.member_epoch,
-                "assignment": _pairs(self.assignment), "group_epoch": self.group_epoch}
-
-
-def _ownership(group: Group) -> dict[str, tuple[frozenset[Partition], frozenset[Partition]]]:
-    return {m.member_id: (frozenset(m.assigned), frozenset(m.revoking)) for m in group.members.values()}
+                "assignment": _pairs(self.assignment), "group_epoch": self.group_epoch,
+                "reconciling": self.reconciling}
 
 
 def _pairs(partitions: Iterable[Partition]) -> list[list[Any]]:
@@ -286,7 +286,6 @@ class GroupsState:
         group = self.groups.get(group_id)
         if epoch in (LEAVE_EPOCH, STATIC_LEAVE_EPOCH):
             return self._leave(group, group_id, member_id, epoch, time_ms)
-        before = _ownership(group) if group is not None else {}
         if epoch == JOIN_EPOCH:
             if group is None:
                 group = self.groups[group_id] = Group(group_id, created_ms=time_ms)
@@ -295,6 +294,7 @@ class GroupsState:
                 self._forget_if_unused(group)
                 return member_or_error
             member = member_or_error
+            before = (frozenset(member.assigned), frozenset(member.revoking))
         else:
             member_or_error = self._current_member(group, group_id, member_id, epoch)
             if isinstance(member_or_error, RaftMQError):
@@ -302,6 +302,7 @@ class GroupsState:
             member = member_or_error
             invariant(group is not None, "a member belongs to a group")
             assert group is not None
+            before = (frozenset(member.assigned), frozenset(member.revoking))
             if "subscription" in p and p["subscription"] is not None:
                 subscription = Subscription.from_wire(p["subscription"])
                 if subscription != member.subscription:
@@ -311,7 +312,8 @@ class GroupsState:
                 released = member.revoking - _partitions(p["owned"])
                 member.revoking -= released
         self._observe_topics(group, p.get("topics") or {})
-        self._reconcile(group, time_ms, before)
+        self._ensure_target(group)
+        self._reconcile(group, member, time_ms, before)
         return self._answer(group, member)
 
     def _join(self, group: Group, time_ms: int, p: Mapping[str, Any]) -> Member | RaftMQError:
@@ -388,7 +390,7 @@ class GroupsState:
         del group.members[member_id]
         group.target.pop(member_id, None)
         group.group_epoch += 1
-        self._reconcile(group, time_ms)
+        self._ensure_target(group)  # the others pick up what it owned on their next heartbeats
         self._forget_if_unused(group)
 
     def _forget_if_unused(self, group: Group) -> None:
@@ -406,42 +408,41 @@ class GroupsState:
 
     # --- reconciliation ---------------------------------------------------------------------------
 
-    def _reconcile(self, group: Group, time_ms: int,
-                   before: dict[str, tuple[frozenset[Partition], frozenset[Partition]]] | None = None) -> None:
-        """Move every member towards the target: revoke first, grant only what nobody owns. ``before``: what
-        members owned when the command started (default: now); a member whose ownership differs from it
-        gets a new epoch."""
-        if before is None:
-            before = _ownership(group)
+    def _ensure_target(self, group: Group) -> None:
         if group.target.keys() != group.members.keys() or group.target_epoch != group.group_epoch:
             self._compute_target(group)
-        for member in group.members.values():
-            target = group.target.get(member.member_id, frozenset())
-            lost = member.assigned - target
-            if lost:
-                member.assigned -= lost
-                member.revoking |= lost
-        owned = {p: m.member_id for m in group.members.values() for p in m.owned}
-        for member_id in sorted(group.members):
-            member = group.members[member_id]
-            for partition in sorted(group.target.get(member_id, frozenset()) - member.assigned):
-                if partition in member.revoking:
-                    member.revoking.discard(partition)  # given back before it was released: keep it
-                    member.assigned.add(partition)
-                elif partition not in owned:
-                    member.assigned.add(partition)
-                    owned[partition] = member_id
-        for member in group.members.values():
-            if member.revoking and member.revoking_since_ms is None:
-                member.revoking_since_ms = time_ms
-            elif not member.revoking:
-                member.revoking_since_ms = None
-            if before.get(member.member_id, (frozenset(member.assigned), frozenset(member.revoking))) \
-                    != (frozenset(member.assigned), frozenset(member.revoking)):
-                member.previous_epoch = member.member_epoch
-                member.member_epoch += 1
-        invariant(len(owned) == sum(len(m.owned) for m in group.members.values()),
-                  f"group {group.group_id}: a partition is owned by two members")
+
+    def _reconcile(self, group: Group, member: Member, time_ms: int,
+                   before: tuple[frozenset[Partition], frozenset[Partition]]) -> None:
+        """Move ``member`` towards its target, on its own heartbeat (as KIP-848 does: every change of what a
+        member owns is answered to that member, so it sees each epoch): what it must give up becomes
+        ``revoking``; it gets only target partitions no other member owns. ``before``: what it owned when
+        the command started; if that changed, its epoch grows by one."""
+        target = group.target.get(member.member_id, frozenset())
+        lost = member.assigned - target
+        member.assigned -= lost
+        member.revoking |= lost
+        given_back = member.revoking & target  # revoked, then back in the target before it was released
+        member.revoking -= given_back
+        member.assigned |= given_back
+        others = {p for m in group.members.values() if m is not member for p in m.owned}
+        member.assigned |= (target - member.assigned) - others
+        invariant(not member.owned & others, f"group {group.group_id}: a partition is owned by two members")
+        if member.revoking and member.revoking_since_ms is None:
+            member.revoking_since_ms = time_ms
+        elif not member.revoking:
+            member.revoking_since_ms = None
+        if before != (frozenset(member.assigned), frozenset(member.revoking)):
+            member.previous_epoch = member.member_epoch
+            member.member_epoch += 1
+
+    def _would_reconcile(self, group: Group, member: Member) -> bool:
+        """Whether ``_reconcile`` would change ``member`` (the target being current)."""
+        target = group.target.get(member.member_id, frozenset())
+        if member.assigned - target or member.revoking & target:
+            return True
+        others = {p for m in group.members.values() if m is not member for p in m.owned}
+        return bool((target - member.assigned) - others)
 
     def _compute_target(self, group: Group) -> None:
         eligible = {member_id: frozenset((topic, partition) for topic, count in group.topics.items()
@@ -464,12 +465,12 @@ class GroupsState:
             seen |= parts
         group.target = {member: target.get(member, frozenset()) for member in group.members}
         group.target_epoch = group.group_epoch
-        self._reconcile(group, time_ms)
         return {"group_epoch": group.group_epoch}
 
     def _answer(self, group: Group, member: Member) -> HeartbeatResult:
+        target = group.target.get(member.member_id, frozenset())
         return HeartbeatResult(group.group_id, member.member_id, member.member_epoch, tuple(sorted(member.assigned)),
-                               group.group_epoch)
+                               group.group_epoch, member.state(target) != "stable")
 
     # --- offsets ----------------------------------------------------------------------------------
 
@@ -547,7 +548,8 @@ class GroupsState:
             return None
         seen = {name: int(count) for name, count in (payload.get("topics") or {}).items()
                 if any(m.subscription.matches(name) for m in group.members.values())}
-        if seen != group.topics:
+        if seen != group.topics or group.target_epoch != group.group_epoch \
+                or group.target.keys() != group.members.keys() or self._would_reconcile(group, member):
             return None
         return self._answer(group, member)
 

@@ -310,3 +310,6 @@ assert group_heartbeats_per_session >= 2, "one lost heartbeat must not expire a 
 # A group command as proposed (one Raft entry, stored as one record of the group-state partition).
 group_command_bytes_max: Final = 512 * KIB
 assert group_command_bytes_max < record_bytes_max, "a group command is stored as one record"
+# A member that is not at its target assignment yet heartbeats at least this often: each of its heartbeats
+# acknowledges a release or picks up partitions others released, so this bounds the rebalance time.
+group_reconcile_heartbeat_interval_ms: Final = 100

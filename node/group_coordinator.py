@@ -186,6 +186,8 @@ class GroupCoordinator:
         else:
             self._deadlines.pop(key, None)
         interval_ms = max(1, request.session_timeout_ms // limits.group_heartbeats_per_session)
+        if answer.reconciling:  # its next heartbeats move it on (release acknowledged, partitions granted)
+            interval_ms = min(interval_ms, limits.group_reconcile_heartbeat_interval_ms)
         return HeartbeatAnswer(answer, interval_ms, self.broker_id)
 
     async def commit_offsets(self, request: OffsetCommit) -> int:
