@@ -296,6 +296,31 @@ class GroupConsumer(AsyncLifecycle):
             await self._commit(after, time.monotonic() + self.consumer.request_timeout_s)
         return records
 
+    async def run(self, handler: Callable[[ConsumerRecord], Awaitable[Any] | Any], *,
+                  stop: asyncio.Event | None = None, poll_timeout_ms: int = 500) -> None:
+        """Hand every record to ``handler`` (awaited when it returns an awaitable), in order per partition,
+        until ``stop`` is set or the task is cancelled. At-least-once: a record's offset is committed only
+        after ``handler`` returned for it (e.g. a ``RetryingHandler`` that parked it in ``<topic>.DLT``); an
+        exception from ``handler`` propagates and nothing past that record is committed by this call."""
+        while stop is None or not stop.is_set():
+            records = await self.poll(timeout_ms=poll_timeout_ms)
+            for index, record in enumerate(records):
+                try:
+                    result = handler(record)
+                    if inspect.isawaitable(result):
+                        await result
+                except BaseException:
+                    self._rewind(records[index:])  # what was not handled is not committed, and is read again
+                    raise
+
+    def _rewind(self, unhandled: list[ConsumerRecord]) -> None:
+        first: dict[TopicPartition, int] = {}
+        for record in unhandled:
+            first.setdefault(TopicPartition(record.topic, record.partition), record.offset)
+        for tp, offset in first.items():
+            if tp in self._owned:
+                self.consumer.seek(tp.topic, tp.partition, offset)
+
     def __aiter__(self) -> Self:
         return self
 

@@ -515,6 +515,15 @@ class BufferExhausted(RaftMQError):
 
 
 @_register
+class DeadLetterFailed(RaftMQError):
+    """A record that kept failing could not be written to its dead-letter topic: the consumer stops before it."""
+
+    code = "DEAD_LETTER_FAILED"
+    retriable = True
+    hint = "check that <topic>.DLT can be written (raftmq topic describe), then restart the consumer"
+
+
+@_register
 class UnexpectedResponse(RaftMQError):
     """The broker answered with something that is not a valid raftmq response."""
 

@@ -313,3 +313,10 @@ assert group_command_bytes_max < record_bytes_max, "a group command is stored as
 # A member that is not at its target assignment yet heartbeats at least this often: each of its heartbeats
 # acknowledges a release or picks up partitions others released, so this bounds the rebalance time.
 group_reconcile_heartbeat_interval_ms: Final = 100
+
+# --- retries and dead letters (cluster/dead_letters.py, client/dead_letter.py) -----------------------------
+
+client_retry_attempts_default: Final = 3  # handler runs per record before it is parked in <topic>.DLT
+client_retry_backoff_ms_base_default: Final = 100
+client_retry_backoff_ms_cap_default: Final = 10_000
+dlt_error_chars_max: Final = 1_000  # the dlt.error header: enough for a message, bounded for a traceback

@@ -33,6 +33,7 @@ from raftmq.cli.cluster_cmd import cluster
 from raftmq.cli.common import RaftMQGroup
 from raftmq.cli.consume_cmd import consume
 from raftmq.cli.demo import demo
+from raftmq.cli.dlt_cmd import dlt
 from raftmq.cli.group_cmd import group
 from raftmq.cli.node_cmd import node
 from raftmq.cli.produce_cmd import produce
@@ -64,7 +65,7 @@ def cli() -> None:
 
 bench.add_command(idle)
 bench.add_command(failover)
-for _command in (cluster, topic, produce, consume, group, node, bench, demo):
+for _command in (cluster, topic, produce, consume, group, dlt, node, bench, demo):
     cli.add_command(_command)
 
 try:  # written separately; the CLI works without it
