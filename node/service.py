@@ -353,6 +353,9 @@ class BrokerService:
     async def delete_topic(self, name: str) -> DeletedTopic:
         self._check_running()
         validate_topic_name(name)
+        if name == GROUP_STATE_TOPIC:
+            raise InvalidTopic(f"{GROUP_STATE_TOPIC} holds every consumer group's state and offsets: it cannot be "
+                               "deleted", topic=name)
         self.metadata.topic(name)
         result: dict[str, Any] = await self.controller.propose(MetadataOp.DELETE_TOPIC, {"name": name})
         self.replicas.request_reconcile()
@@ -368,6 +371,10 @@ class BrokerService:
         """Raise the partition count / change the replication factor (at the controller)."""
         self._check_running()
         validate_topic_name(name)
+        if name == GROUP_STATE_TOPIC and request.partitions is not None:
+            # Groups are hashed over the partition count: another count would look for them elsewhere.
+            raise InvalidTopic(f"the partition count of {GROUP_STATE_TOPIC} is fixed (groups are hashed over it); "
+                               "only its replication factor can change", topic=name)
         self.metadata.topic(name)
         if self.controller.active:
             topic = await self.controller.alter_topic(name, request)

@@ -26,7 +26,7 @@ from raftmq.cluster.errors import (
     UnknownMemberId,
 )
 from raftmq.cluster.group_requests import GroupHeartbeat, HeartbeatAnswer, OffsetCommit
-from raftmq.cluster.metadata import parse_create_topic
+from raftmq.cluster.metadata import AlterTopicRequest, parse_create_topic
 from raftmq.cluster.wire import Acks
 from raftmq.node.group_partition import GroupPartitionStateMachine
 from raftmq.node.operations import ProduceRequest
@@ -172,3 +172,7 @@ async def test_the_group_state_topic_is_internal(tmp_path: Path) -> None:
             await cluster.service(1).produce(ProduceRequest(GROUP_STATE_TOPIC, 0, encode_batch([(None, b"x", (), 1)]),
                                                             Acks.ALL, 1000))
         assert refused.value.code == "INVALID_TOPIC"
+        with pytest.raises(InvalidTopic):
+            await cluster.service(1).delete_topic(GROUP_STATE_TOPIC)
+        with pytest.raises(InvalidTopic):
+            await cluster.service(1).alter_topic(GROUP_STATE_TOPIC, AlterTopicRequest(partitions=9, replication_factor=None))
