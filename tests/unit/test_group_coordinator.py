@@ -175,4 +175,5 @@ async def test_the_group_state_topic_is_internal(tmp_path: Path) -> None:
         with pytest.raises(InvalidTopic):
             await cluster.service(1).delete_topic(GROUP_STATE_TOPIC)
         with pytest.raises(InvalidTopic):
-            await cluster.service(1).alter_topic(GROUP_STATE_TOPIC, AlterTopicRequest(partitions=9, replication_factor=None))
+            await cluster.service(1).alter_topic(GROUP_STATE_TOPIC,
+                                                 AlterTopicRequest(partitions=9, replication_factor=None))
