@@ -57,6 +57,7 @@ from raftmq.cluster.errors import (
     invariant,
 )
 from raftmq.cluster.group_assignor import Partition, assign
+from raftmq.cluster.share_groups import SharesState
 
 GROUP_STATE_TOPIC = "__consumer_offsets"
 JOIN_EPOCH = 0
@@ -76,6 +77,8 @@ class GroupOp(enum.IntEnum):
     COMMIT_OFFSETS = 203
     SET_TARGET = 204     # a client-side assignor's assignment (Kafka's classic protocol; not used by HTTP)
     DELETE_OFFSETS = 205  # an empty group's offsets (reset-offsets, delete)
+    SHARE_ACQUIRE = 206   # share groups (cluster/share_groups.py): lock available records for a member
+    SHARE_ACKNOWLEDGE = 207  # accept / release / reject locked records
 
 
 def group_partition_for(group_id: str, partition_count: int) -> int:
@@ -261,6 +264,7 @@ class GroupsState:
 
     def __init__(self) -> None:
         self.groups: dict[str, Group] = {}
+        self.shares = SharesState()  # share groups (queue mode) hashed to this partition
 
     # --- apply (every replica, in log order) ----------------------------------------------------
 
@@ -276,6 +280,10 @@ class GroupsState:
                 return self._set_target(time_ms, payload)
             if op == GroupOp.DELETE_OFFSETS:
                 return self._delete_offsets(payload)
+            if op == GroupOp.SHARE_ACQUIRE:
+                return self.shares.acquire(time_ms, payload)
+            if op == GroupOp.SHARE_ACKNOWLEDGE:
+                return self.shares.acknowledge(time_ms, payload)
         except (KeyError, TypeError, ValueError) as exc:
             # Payloads are validated before they are proposed; this guards against a foreign entry.
             return InternalError(f"malformed group command {op}: {exc!r}")
@@ -560,8 +568,8 @@ class GroupsState:
     # --- snapshots ----------------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        data: bytes = msgpack.packb({"v": 1, "groups": [g.to_wire() for g in self.groups.values()]},
-                                    use_bin_type=True)
+        data: bytes = msgpack.packb({"v": 1, "groups": [g.to_wire() for g in self.groups.values()],
+                                     "shares": self.shares.to_wire()}, use_bin_type=True)
         return data
 
     @classmethod
@@ -571,6 +579,7 @@ class GroupsState:
         for wire in decoded["groups"]:
             group = Group.from_wire(wire)
             state.groups[group.group_id] = group
+        state.shares = SharesState.from_wire(decoded.get("shares") or [])
         return state
 
 

@@ -320,3 +320,15 @@ client_retry_attempts_default: Final = 3  # handler runs per record before it is
 client_retry_backoff_ms_base_default: Final = 100
 client_retry_backoff_ms_cap_default: Final = 10_000
 dlt_error_chars_max: Final = 1_000  # the dlt.error header: enough for a message, bounded for a traceback
+
+# --- share groups (cluster/share_groups.py) ----------------------------------------------------------------
+
+# Record states kept per share partition past its start offset: acquisition stops there, so the state (and
+# each acquire's walk) stays bounded while an unacknowledged record holds the window's start.
+share_window_records_max: Final = 2_000
+share_acquire_records_max: Final = 500  # records one acquire may lock (one poll's worth)
+share_lock_ms_min: Final = 100
+share_lock_ms_max: Final = 3_600_000  # a visibility timeout of an hour; longer means a stuck consumer
+share_lock_ms_default: Final = 30_000  # SQS's default visibility timeout
+share_max_deliveries_default: Final = 5  # Kafka's group.share.delivery.count.limit
+assert share_acquire_records_max <= share_window_records_max
