@@ -98,8 +98,8 @@ def test_random_use_never_double_locks_or_double_acknowledges(steps: list[tuple[
             mine = sorted(o for o, (holder, expiry) in locks.items() if holder == member)[:n]
             result = ack(state, member, now, [(o, action) for o in mine])
             for offset in result["done"]:
-                holder, expiry = locks.pop(offset)
-                assert holder == member and expiry > now and offset not in done
+                owner, expiry = locks.pop(offset)
+                assert owner == member and expiry > now and offset not in done
                 if action != "release":
                     done.add(offset)
             for offset, _why in result["refused"]:
