@@ -29,6 +29,7 @@ from raftmq.client.metadata import (
     TopicInfo,
 )
 from raftmq.client.producer import Producer
+from raftmq.client.share_consumer import ShareConsumer, ShareRecord
 from raftmq.client.sync import SyncAdmin, SyncConsumer, SyncGroupConsumer, SyncProducer
 from raftmq.client.types import (
     ConsumerRecord,
@@ -82,6 +83,8 @@ __all__ = [
     "ProducerCounters",
     "RaftMQError",
     "RecordTooLarge",
+    "ShareConsumer",
+    "ShareRecord",
     "SyncAdmin",
     "SyncConsumer",
     "SyncGroupConsumer",

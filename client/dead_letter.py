@@ -40,7 +40,7 @@ from raftmq.cluster.dead_letters import (
 )
 from raftmq.cluster.errors import DeadLetterFailed, RaftMQError, TopicAlreadyExists, UnknownTopicOrPartition
 
-__all__ = ["DeadLetterFailed", "ReplayReport", "RetryingHandler", "replay_dead_letters"]
+__all__ = ["DeadLetterFailed", "DeadLetterWriter", "ReplayReport", "RetryingHandler", "replay_dead_letters"]
 
 log = logging.getLogger("raftmq.client.dead_letter")
 
@@ -68,7 +68,7 @@ class RetryingHandler:
         self.handler, self.producer, self.admin = handler, producer, admin
         self.attempts, self.backoff_ms, self.backoff_ms_max = attempts, backoff_ms, backoff_ms_max
         self._sleep = sleep
-        self._ready_topics: set[str] = set()
+        self._parker = DeadLetterWriter(producer, admin)
         self.parked = 0
 
     async def __call__(self, record: ConsumerRecord) -> bool:
@@ -90,10 +90,23 @@ class RetryingHandler:
         return False
 
     async def _park(self, record: ConsumerRecord, error: BaseException) -> None:
+        await self._parker.park(record, self.attempts, f"{type(error).__name__}: {error}")
+        self.parked += 1
+
+
+class DeadLetterWriter:
+    """Copies records to their ``<topic>.DLT`` (created on first use with the source's partition count) with
+    the ``dlt.*`` headers, acks=all; raises ``DeadLetterFailed`` when the write is not acknowledged."""
+
+    def __init__(self, producer: Producer, admin: Admin) -> None:
+        self.producer, self.admin = producer, admin
+        self._ready_topics: set[str] = set()
+
+    async def park(self, record: ConsumerRecord, attempts: int, why: str) -> None:
         target = dead_letter_topic(record.topic)
         await self._ensure_topic(record.topic, target)
-        letter = DeadLetter(record.topic, record.partition, record.offset, record.timestamp_ms, self.attempts,
-                            f"{type(error).__name__}: {error}", int(time.time() * 1000))
+        letter = DeadLetter(record.topic, record.partition, record.offset, record.timestamp_ms, attempts, why,
+                            int(time.time() * 1000))
         report = await self.producer.send_and_wait(target, record.value, key=record.key,
                                                    headers=[*record.headers, *letter.headers()],
                                                    partition=record.partition)
@@ -101,9 +114,8 @@ class RetryingHandler:
             raise DeadLetterFailed(f"{record.topic}/{record.partition}@{record.offset} could not be parked in "
                                    f"{target}: {report.error}", topic=record.topic, partition=record.partition,
                                    offset=record.offset)
-        self.parked += 1
         log.warning("%s/%d@%d parked in %s after %d attempts: %s", record.topic, record.partition, record.offset,
-                    target, self.attempts, letter.error)
+                    target, attempts, letter.error)
 
     async def _ensure_topic(self, source: str, target: str) -> None:
         if target in self._ready_topics:

@@ -55,9 +55,10 @@ class CoordinatorClient:
         return candidates[self._rotation % len(candidates)] if candidates else None
 
     async def call(self, group_id: str, method: str, suffix: str, body: Mapping[str, Any] | None, *,
-                   deadline_s: float) -> dict[str, Any]:
-        """``method /v1/groups/{group_id}{suffix}`` at the coordinator, until ``deadline_s`` (monotonic)."""
-        path = f"/v1/groups/{quote(group_id, safe='')}{suffix}"
+                   deadline_s: float, kind: str = "groups") -> dict[str, Any]:
+        """``method /v1/{kind}/{group_id}{suffix}`` at the coordinator, until ``deadline_s`` (monotonic);
+        ``kind`` is ``groups`` (consumer groups) or ``share-groups``."""
+        path = f"/v1/{kind}/{quote(group_id, safe='')}{suffix}"
         retry = 0
         last: RaftMQError | None = None
         while True:

@@ -26,6 +26,7 @@ from raftmq.cluster.consumer_groups import (
 )
 from raftmq.cluster.errors import InvalidRequest
 from raftmq.cluster.metadata import validate_topic_name
+from raftmq.cluster.share_groups import validate_acks, validate_acquire
 
 _MEMBER_ID_CHARS_MAX = 255
 
@@ -117,6 +118,67 @@ class GroupListing:
     def to_wire(self) -> dict[str, Any]:
         return {"groups": [{"group_id": g, "state": s, "members": n} for g, s, n in self.groups],
                 "partitions": list(self.partitions), "partition_count": self.partition_count}
+
+
+@dataclass(frozen=True)
+class ShareAcquire:
+    """Lock up to ``max_records`` available records of one partition for ``member_id`` (queue mode)."""
+
+    group_id: str
+    member_id: str
+    topic: str
+    partition: int
+    log_end: int  # the high watermark the consumer saw: records below it exist
+    log_start: int  # the log start it saw: records below it are gone (retention)
+    max_records: int
+    lock_ms: int
+    max_deliveries: int
+
+    def payload(self) -> dict[str, Any]:
+        return {"group_id": self.group_id, "member_id": self.member_id, "topic": self.topic,
+                "partition": self.partition, "log_end": self.log_end, "log_start": self.log_start,
+                "max_records": self.max_records, "lock_ms": self.lock_ms, "max_deliveries": self.max_deliveries}
+
+
+@dataclass(frozen=True)
+class ShareAcknowledge:
+    group_id: str
+    member_id: str
+    topic: str
+    partition: int
+    acks: tuple[tuple[int, str], ...]  # offset, accept | release | reject
+
+    def payload(self) -> dict[str, Any]:
+        return {"group_id": self.group_id, "member_id": self.member_id, "topic": self.topic,
+                "partition": self.partition, "acks": [list(a) for a in self.acks]}
+
+
+def _share_target(group_id: str, body: Mapping[str, Any]) -> tuple[str, str, str]:
+    member_id = _optional_text(body, "member_id", _MEMBER_ID_CHARS_MAX)
+    if member_id is None:
+        raise InvalidRequest("member_id is required (any id unique to the consumer)", field="member_id")
+    return validate_group_id(group_id), member_id, validate_topic_name(body.get("topic"))
+
+
+def parse_share_acquire(group_id: str, body: Mapping[str, Any]) -> ShareAcquire:
+    unknown = sorted(set(body) - {"member_id", "topic", "partition", "log_end", "log_start", "max_records",
+                                  "lock_ms", "max_deliveries"})
+    if unknown:
+        raise InvalidRequest(f"unknown fields: {', '.join(map(str, unknown))}", fields=unknown)
+    group, member_id, topic = _share_target(group_id, body)
+    numbers = validate_acquire(body)
+    return ShareAcquire(group, member_id, topic, numbers["partition"], numbers["log_end"], numbers["log_start"],
+                        numbers["max_records"], numbers["lock_ms"], numbers["max_deliveries"])
+
+
+def parse_share_acknowledge(group_id: str, body: Mapping[str, Any]) -> ShareAcknowledge:
+    unknown = sorted(set(body) - {"member_id", "topic", "partition", "acks"})
+    if unknown:
+        raise InvalidRequest(f"unknown fields: {', '.join(map(str, unknown))}", fields=unknown)
+    group, member_id, topic = _share_target(group_id, body)
+    partition = _int(body, "partition", None, 0, limits.partitions_per_topic_max - 1)
+    return ShareAcknowledge(group, member_id, topic, partition,
+                            tuple((int(o), str(k)) for o, k in validate_acks(body.get("acks"))))
 
 
 def _int(body: Mapping[str, Any], key: str, default: int | None, minimum: int, maximum: int) -> int:
@@ -212,5 +274,5 @@ def parse_offset_commit(group_id: str, body: Mapping[str, Any]) -> OffsetCommit:
 
 
 __all__ = ["CommittedOffsetView", "GroupDescription", "GroupHeartbeat", "GroupListing", "HeartbeatAnswer",
-           "OffsetCommit", "parse_group_heartbeat", "parse_offset_commit", "parse_partition_list",
-           "parse_subscription"]
+           "OffsetCommit", "ShareAcknowledge", "ShareAcquire", "parse_group_heartbeat", "parse_offset_commit",
+           "parse_partition_list", "parse_share_acknowledge", "parse_share_acquire", "parse_subscription"]

@@ -30,7 +30,13 @@ from raftmq.cluster.errors import (
     RequestTooLarge,
     RouteNotFound,
 )
-from raftmq.cluster.group_requests import parse_group_heartbeat, parse_offset_commit, parse_partition_list
+from raftmq.cluster.group_requests import (
+    parse_group_heartbeat,
+    parse_offset_commit,
+    parse_partition_list,
+    parse_share_acknowledge,
+    parse_share_acquire,
+)
 from raftmq.cluster.metadata import parse_alter_topic, parse_create_topic, parse_producer_name
 from raftmq.cluster.wire import (
     Acks,
@@ -360,6 +366,22 @@ async def list_groups(request: web.Request) -> web.Response:
     return _respond(request, _service(request).list_groups().to_wire())
 
 
+async def share_acquire(request: web.Request) -> web.Response:
+    acquire = parse_share_acquire(request.match_info["group"], await read_body(request))
+    return _respond(request, await _service(request).share_acquire(acquire))
+
+
+async def share_acknowledge(request: web.Request) -> web.Response:
+    acknowledge = parse_share_acknowledge(request.match_info["group"], await read_body(request))
+    return _respond(request, await _service(request).share_acknowledge(acknowledge))
+
+
+async def describe_share_group(request: web.Request) -> web.Response:
+    group_id = _group_arg(request)
+    rows = await _service(request).describe_share_group(group_id)
+    return _respond(request, {"group_id": group_id, "partitions": rows})
+
+
 def build_app(broker: Broker) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=limits.request_bytes_max)
     app[BROKER] = broker
@@ -389,4 +411,7 @@ def build_app(broker: Broker) -> web.Application:
     app.router.add_post("/v1/groups/{group}/offsets", commit_offsets)
     app.router.add_get("/v1/groups/{group}/offsets", fetch_offsets)
     app.router.add_delete("/v1/groups/{group}/offsets", delete_offsets)
+    app.router.add_get("/v1/share-groups/{group}", describe_share_group)
+    app.router.add_post("/v1/share-groups/{group}/acquire", share_acquire)
+    app.router.add_post("/v1/share-groups/{group}/acknowledge", share_acknowledge)
     return app

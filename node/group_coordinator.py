@@ -54,6 +54,8 @@ from raftmq.cluster.group_requests import (
     GroupListing,
     HeartbeatAnswer,
     OffsetCommit,
+    ShareAcknowledge,
+    ShareAcquire,
 )
 from raftmq.cluster.metadata import Topic, parse_create_topic
 from raftmq.node.controller import Controller
@@ -228,6 +230,29 @@ class GroupCoordinator:
                             for (t, p), c in sorted(group.offsets.items()))
             return GroupDescription(group_id, group.state(), group.group_epoch, self.broker_id, handle.partition,
                                     members, offsets)
+
+    # --- share groups (queue mode) ------------------------------------------------------------------------
+
+    async def share_acquire(self, request: ShareAcquire) -> dict[str, Any]:
+        """Lock available records for a member: ``{"acquired": [[offset, delivery_count, dead_letter]],
+        "start_offset"}``. Every acquire is one Raft entry: a lock must survive the coordinator's death."""
+        handle, _state_machine = await self._coordinator(request.group_id)
+        result: dict[str, Any] = await self._propose(handle, GroupOp.SHARE_ACQUIRE, request.payload())
+        return result
+
+    async def share_acknowledge(self, request: ShareAcknowledge) -> dict[str, Any]:
+        """``{"done": [offsets], "refused": [[offset, why]], "start_offset"}``."""
+        handle, _state_machine = await self._coordinator(request.group_id)
+        result: dict[str, Any] = await self._propose(handle, GroupOp.SHARE_ACKNOWLEDGE, request.payload())
+        return result
+
+    async def describe_share_group(self, group_id: str) -> list[dict[str, Any]]:
+        _handle, state_machine = await self._coordinator(group_id, create=False)
+        with state_machine.lock:
+            rows = state_machine.groups.shares.describe(group_id)
+        if not rows:
+            raise GroupIdNotFound(f"share group {group_id} has acquired no record yet", group_id=group_id)
+        return rows
 
     def list_groups(self) -> GroupListing:
         topic = self.metadata.state_machine.view.get(GROUP_STATE_TOPIC)

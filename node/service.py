@@ -51,6 +51,8 @@ from raftmq.cluster.group_requests import (
     GroupListing,
     HeartbeatAnswer,
     OffsetCommit,
+    ShareAcknowledge,
+    ShareAcquire,
 )
 from raftmq.cluster.metadata import (
     AlterTopicRequest,
@@ -454,6 +456,16 @@ class BrokerService:
 
     def list_groups(self) -> GroupListing:
         return self._coordinator().list_groups()
+
+    async def share_acquire(self, request: ShareAcquire) -> dict[str, Any]:
+        """Queue mode: lock records of a partition for one consumer of a share group."""
+        return await self._coordinator().share_acquire(request)
+
+    async def share_acknowledge(self, request: ShareAcknowledge) -> dict[str, Any]:
+        return await self._coordinator().share_acknowledge(request)
+
+    async def describe_share_group(self, group_id: str) -> list[dict[str, Any]]:
+        return await self._coordinator().describe_share_group(group_id)
 
     # --- the controller's internal calls --------------------------------------------------------
 
