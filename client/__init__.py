@@ -18,6 +18,7 @@ from __future__ import annotations
 from raftmq.client.admin import Admin
 from raftmq.client.connection import Connection, MetadataFetcher
 from raftmq.client.consumer import Consumer
+from raftmq.client.exactly_once import ExactlyOnceProcessor
 from raftmq.client.group_consumer import GroupConsumer
 from raftmq.client.metadata import (
     BrokerInfo,
@@ -69,6 +70,7 @@ __all__ = [
     "CorruptBatch",
     "DeliveryReport",
     "DeliveryStatus",
+    "ExactlyOnceProcessor",
     "GroupConsumer",
     "HealthInfo",
     "MetadataFetcher",

@@ -409,14 +409,20 @@ class GroupConsumer(AsyncLifecycle):
     async def committed(self, partitions: Iterable[TopicPartition] | None = None, *,
                         timeout_s: float | None = None) -> dict[TopicPartition, int]:
         """The group's committed offsets (of ``partitions``, default all)."""
+        found = await self.committed_with_metadata(partitions, timeout_s=timeout_s)
+        return {tp: offset for tp, (offset, _metadata) in found.items()}
+
+    async def committed_with_metadata(self, partitions: Iterable[TopicPartition] | None = None, *,
+                                      timeout_s: float | None = None) -> dict[TopicPartition, tuple[int, str]]:
+        """The group's committed offsets with the metadata string of each commit."""
         deadline = time.monotonic() + (self.consumer.request_timeout_s if timeout_s is None else timeout_s)
         answer = await self._coordinator.call(self.group_id, "GET", "/offsets", None, deadline_s=deadline)
         wanted = set(partitions) if partitions is not None else None
-        found: dict[TopicPartition, int] = {}
+        found: dict[TopicPartition, tuple[int, str]] = {}
         for item in answer.get("offsets") or []:
             tp = TopicPartition(str(item["topic"]), int(item["partition"]))
             if wanted is None or tp in wanted:
-                found[tp] = int(item["offset"])
+                found[tp] = (int(item["offset"]), str(item.get("metadata") or ""))
         return found
 
 
