@@ -198,8 +198,9 @@ class GroupConsumer(AsyncLifecycle):
             answer.get("heartbeat_interval_ms")
         if type(epoch) is not int or not isinstance(assignment, list) or type(interval) is not int:
             raise UnexpectedResponse("heartbeat answer without member_epoch, assignment, heartbeat_interval_ms")
+        target = {TopicPartition(str(t), int(p)) for t, p in assignment}
         self.member_epoch = epoch
-        self._target = {TopicPartition(str(t), int(p)) for t, p in assignment}
+        self._target = target
         self._answered.set()
         self._answered = asyncio.Event()
         return interval / 1000
@@ -225,7 +226,9 @@ class GroupConsumer(AsyncLifecycle):
                 log.warning("group %s: %s; joining again", self.group_id, exc)
                 self._lose_everything()
                 retry = 1
-            except RaftMQError as exc:
+            except Exception as exc:  # noqa: BLE001 - RaftMQErrors and malformed answers: retried, never fatal
+                if not isinstance(exc, RaftMQError):
+                    log.error("group %s: heartbeat failed", self.group_id, exc_info=exc)
                 retry += 1
                 if time.monotonic() - last_ok >= self.session_timeout_ms / 1000 and self.member_epoch > 0:
                     log.warning("group %s: no heartbeat answered for a whole session (%s); joining again",
