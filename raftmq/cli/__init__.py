@@ -27,6 +27,7 @@ from pathlib import Path
 import click
 
 from raftmq.cli.bench import bench
+from raftmq.cli.bench_consume import consume as bench_consume
 from raftmq.cli.bench_failover import failover
 from raftmq.cli.bench_idle import idle
 from raftmq.cli.cluster_cmd import cluster
@@ -65,6 +66,7 @@ def cli() -> None:
 
 bench.add_command(idle)
 bench.add_command(failover)
+bench.add_command(bench_consume)
 for _command in (cluster, topic, produce, consume, group, dlt, node, bench, demo):
     cli.add_command(_command)
 

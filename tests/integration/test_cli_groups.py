@@ -4,8 +4,10 @@ group and its lag, and ``group reset-offsets`` is a dry run until ``--execute``.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
@@ -56,3 +58,16 @@ def test_consume_as_a_group_resumes_and_reports_lag(shared_cluster: LocalCluster
     assert done.exit_code == 0, done.output
     assert total_lag(run(shared_cluster, "group", "describe", group)) == 15
     assert values(run(shared_cluster, "consume", topic, "--group", group, "--timeout", "2")) == sorted(first + more)
+
+
+def test_bench_consume_reports_throughput_and_rebalance_times(shared_cluster: LocalCluster, tmp_path: Path) -> None:
+    report = tmp_path / "consume.json"
+    result = CliRunner().invoke(cli, ["bench", "consume", "--bootstrap", ",".join(shared_cluster.urls),
+                                      "--records", "3000", "--partitions", "3", "--consumers", "3",
+                                      "--session-timeout-ms", "1000", "--report", str(report)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    figures = json.loads(report.read_text())
+    assert figures["records"] == 3000 and figures["records_per_s"] > 0
+    assert 1.0 <= figures["rebalance_after_crash_s"] < 30  # at least the session timeout
+    assert 0 < figures["rebalance_after_leave_s"] < figures["rebalance_after_crash_s"]
