@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from raftmq.client import GroupConsumer, TopicPartition
+from raftmq.client import GroupConsumer, SyncGroupConsumer, TopicPartition
 from raftmq.cluster.consumer_groups import GROUP_STATE_TOPIC, group_partition_for
 from raftmq.cluster.errors import RaftMQError, UnknownMemberId
 
@@ -253,3 +253,21 @@ async def test_delivery_modes_under_a_consumer_crash(tmp_path: Path, delivery: s
             assert max(processed.values()) == 1
             assert set(processed) == everything(1, 5) | {(0, 20)}  # 15 records lost
         await survivor.stop()
+
+
+async def test_the_blocking_wrapper_reads_commits_and_leaves(tmp_path: Path) -> None:
+    async with InProcessCluster(tmp_path, brokers=3) as cluster:
+        await cluster.create_topic("orders", partitions=2)
+        await produce(cluster, 2, 3)
+
+        def read_and_commit() -> tuple[int, dict[TopicPartition, int]]:
+            with SyncGroupConsumer(cluster.urls, "sync", topics=["orders"], auto_commit=False, **FAST) as consumer:
+                got = 0
+                deadline = time.monotonic() + 10
+                while got < 6 and time.monotonic() < deadline:
+                    got += len(consumer.poll(timeout_ms=200))
+                consumer.commit()
+                return got, consumer.committed()
+
+        got, committed = await asyncio.to_thread(read_and_commit)  # the cluster keeps running on this loop
+        assert got == 6 and committed == {TopicPartition("orders", p): 3 for p in range(2)}
