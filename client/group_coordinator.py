@@ -39,6 +39,7 @@ class CoordinatorClient:
         self._backoff_ms = (retry_backoff_ms, max(retry_backoff_ms, retry_backoff_ms_max))
         self._rng = rng if rng is not None else random.Random()
         self._known: dict[str, str] = {}  # group id -> coordinator URL learned from NOT_COORDINATOR
+        self._avoid: str | None = None  # the broker that just could not answer: ask another one next
         self._rotation = 0
 
     def coordinator_url(self, group_id: str) -> str | None:
@@ -48,11 +49,15 @@ class CoordinatorClient:
         count = self._view.partition_count(GROUP_STATE_TOPIC)
         if count:
             url = self._view.leader_url(GROUP_STATE_TOPIC, group_partition_for(group_id, count))
-            if url is not None:
+            if url is not None and url != self._avoid:
                 return url
-        candidates = self._view.candidate_urls() or list(self._view.bootstrap_urls)
+        # No known coordinator, or the one the view names just failed (e.g. it restarted and has not loaded
+        # the metadata yet): ask the others in turn; whoever knows the coordinator redirects.
+        candidates = [u for u in self._view.candidate_urls() or list(self._view.bootstrap_urls) if u != self._avoid]
+        if not candidates:
+            return self._avoid
         self._rotation += 1
-        return candidates[self._rotation % len(candidates)] if candidates else None
+        return candidates[self._rotation % len(candidates)]
 
     async def call(self, group_id: str, method: str, suffix: str, body: Mapping[str, Any] | None, *,
                    deadline_s: float, kind: str = "groups") -> dict[str, Any]:
@@ -68,8 +73,11 @@ class CoordinatorClient:
             url = self.coordinator_url(group_id)
             if url is not None:
                 try:
-                    return await self._conn.request(method, url + path, body=body,
-                                                    timeout_s=min(remaining, self.request_timeout_s))
+                    answer = await self._conn.request(method, url + path, body=body,
+                                                      timeout_s=min(remaining, self.request_timeout_s))
+                    if self._avoid == url:
+                        self._avoid = None
+                    return answer
                 except NotCoordinator as exc:
                     last = exc
                     named = exc.details.get("coordinator_url")
@@ -84,6 +92,7 @@ class CoordinatorClient:
                     if not exc.retriable:
                         raise
                     self._known.pop(group_id, None)
+                    self._avoid = url
                     self._view.mark_stale()
             retry += 1
             await self._refresh(deadline_s)
