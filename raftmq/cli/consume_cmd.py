@@ -86,7 +86,7 @@ def format_json(record: ConsumerRecord) -> str:
 @click.option("--any-replica", is_flag=True,
               help="Read a replica's committed copy (possibly behind the leader) instead of the leader's.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(0.5, 3600), default=30.0, show_default=True,
-              help="Without --follow: give up when no record arrives for this long (with --group: stop).")
+              help="Without --follow: give up when no record arrives for this long.")
 @click.option("--group", "-g", "group_id", default=None,
               help="Read as a member of this consumer group: partitions come from the group, reading starts at its "
                    "committed offsets and what was printed is committed (TOPIC may be a glob such as 'order.*').")
@@ -170,7 +170,8 @@ async def _consume(topic: str, bootstrap: list[str], partitions: list[int], star
 async def _consume_group(topic: str, group_id: str, bootstrap: list[str], start: str, follow: bool,
                          max_records: int | None, output_format: str, timeout_s: float) -> int:
     """As a group member: partitions without a committed offset start at --from-beginning/--from-end; it
-    stops on Ctrl-C, --max, or (without --follow) when no record arrived for --timeout; leaving commits."""
+    stops on Ctrl-C, --max, or (without --follow) once its partitions are read to their end (or no record
+    arrived for --timeout); leaving commits."""
     glob = any(c in topic for c in "*?")
     consumer = GroupConsumer(bootstrap, group_id, topics=() if glob else [topic], pattern=topic if glob else None,
                              auto_offset_reset="latest" if start == "end" else "earliest",
@@ -191,9 +192,21 @@ async def _consume_group(topic: str, group_id: str, bootstrap: list[str], start:
                 except BrokenPipeError:
                     break
                 printed += len(records)
-            elif not follow and time.monotonic() - last_progress > timeout_s:
+            elif not follow and (await _caught_up(consumer) or time.monotonic() - last_progress > timeout_s):
                 break
     return printed
+
+
+async def _caught_up(consumer: GroupConsumer) -> bool:
+    """Every partition this member owns is read to its end (a group read without --follow stops there)."""
+    owned = consumer.assignment()
+    if not owned:
+        return False
+    positions = consumer.positions()
+    if any(tp not in positions for tp in owned):
+        return False
+    ends = await consumer.consumer.end_offsets(owned)
+    return all(positions[tp] >= ends[tp] for tp in owned)
 
 
 async def _seek(consumer: Consumer, chosen: list[TopicPartition], start: str, offset: int | None) -> None:

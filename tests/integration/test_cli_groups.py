@@ -40,7 +40,7 @@ def test_consume_as_a_group_resumes_and_reports_lag(shared_cluster: LocalCluster
     assert run(shared_cluster, "topic", "create", topic, "--partitions", "2").exit_code == 0
     first = [f"a{i:02d}" for i in range(10)]
     assert run(shared_cluster, "produce", topic, "--acks", "all", input="\n".join(first) + "\n").exit_code == 0
-    assert values(run(shared_cluster, "consume", topic, "--group", group, "--timeout", "2")) == first
+    assert values(run(shared_cluster, "consume", topic, "--group", group, "--timeout", "20")) == first
 
     listed = run(shared_cluster, "group", "list")
     assert listed.exit_code == 0 and group in listed.stdout, listed.output
@@ -49,7 +49,7 @@ def test_consume_as_a_group_resumes_and_reports_lag(shared_cluster: LocalCluster
     more = [f"b{i:02d}" for i in range(5)]
     assert run(shared_cluster, "produce", topic, "--acks", "all", input="\n".join(more) + "\n").exit_code == 0
     assert total_lag(run(shared_cluster, "group", "describe", group)) == 5
-    assert values(run(shared_cluster, "consume", topic, "--group", group, "--timeout", "2")) == more
+    assert values(run(shared_cluster, "consume", topic, "--group", group, "--timeout", "20")) == more
 
     dry = run(shared_cluster, "group", "reset-offsets", group, "--topic", topic, "--to-earliest")
     assert dry.exit_code == 0 and "dry run" in dry.stdout, dry.output
@@ -57,7 +57,7 @@ def test_consume_as_a_group_resumes_and_reports_lag(shared_cluster: LocalCluster
     done = run(shared_cluster, "group", "reset-offsets", group, "--topic", topic, "--to-earliest", "--execute")
     assert done.exit_code == 0, done.output
     assert total_lag(run(shared_cluster, "group", "describe", group)) == 15
-    assert values(run(shared_cluster, "consume", topic, "--group", group, "--timeout", "2")) == sorted(first + more)
+    assert values(run(shared_cluster, "consume", topic, "--group", group, "--timeout", "20")) == sorted(first + more)
 
 
 def test_bench_consume_reports_throughput_and_rebalance_times(shared_cluster: LocalCluster, tmp_path: Path) -> None:
