@@ -46,6 +46,7 @@ import msgpack
 from raftmq.cluster import limits
 from raftmq.cluster.errors import (
     FencedMemberEpoch,
+    GroupLimitReached,
     GroupMaxSizeReached,
     InternalError,
     InvalidGroupId,
@@ -251,6 +252,11 @@ class HeartbeatResult:
                 "reconciling": self.reconciling}
 
 
+def _too_many_groups(count: int) -> GroupLimitReached:
+    return GroupLimitReached(f"this group-state partition holds {count} groups, the most it may", groups=count,
+                             groups_max=limits.group_state_groups_max)
+
+
 def _pairs(partitions: Iterable[Partition]) -> list[list[Any]]:
     return [[t, p] for t, p in sorted(partitions)]
 
@@ -296,6 +302,8 @@ class GroupsState:
             return self._leave(group, group_id, member_id, epoch, time_ms)
         if epoch == JOIN_EPOCH:
             if group is None:
+                if len(self.groups) >= limits.group_state_groups_max:
+                    return _too_many_groups(len(self.groups))
                 group = self.groups[group_id] = Group(group_id, created_ms=time_ms)
             member_or_error = self._join(group, time_ms, p)
             if isinstance(member_or_error, RaftMQError):
@@ -490,7 +498,13 @@ class GroupsState:
         if refusal is not None:
             return refusal
         if group is None:
+            if len(self.groups) >= limits.group_state_groups_max:
+                return _too_many_groups(len(self.groups))
             group = self.groups[group_id] = Group(group_id, created_ms=time_ms)
+        new = sum(1 for t, part, _, _ in offsets if (t, part) not in group.offsets)
+        if len(group.offsets) + new > limits.group_offsets_max:
+            return GroupLimitReached(f"group {group_id} has {len(group.offsets)} committed offsets; "
+                                     f"{limits.group_offsets_max} is the most a group may have", group_id=group_id)
         for topic, partition, offset, metadata in offsets:
             group.offsets[(topic, partition)] = CommittedOffset(offset, metadata, time_ms, epoch)
         return {"committed": len(offsets)}

@@ -600,6 +600,15 @@ class GroupMaxSizeReached(RaftMQError):
 
 
 @_register
+class GroupLimitReached(RaftMQError):
+    """A coordinator partition holds as many groups, or a group as many committed offsets, as it may."""
+
+    code = "GROUP_LIMIT_REACHED"
+    http_status = 409
+    hint = "delete unused groups' offsets (raftmq group reset-offsets) or use fewer groups"
+
+
+@_register
 class GroupIdNotFound(RaftMQError):
     """No group with this id has members or committed offsets."""
 

@@ -285,6 +285,10 @@ group_state_partitions: Final = 5
 group_id_chars_max: Final = 255  # Kafka's limit for group.instance.id; a group id this long is a mistake
 group_members_max: Final = 1_000  # Kafka's group.max.size is unbounded; one heartbeat reconcile walks them all
 group_subscription_topics_max: Final = 1_000
+# Groups (consumer and share groups each) on one group-state partition, and committed offsets per group: the
+# whole state of a partition is in memory and in every snapshot.
+group_state_groups_max: Final = 10_000
+group_offsets_max: Final = 100_000
 # Offsets in one commit request (one per owned partition): bounds the Raft entry and the apply work.
 group_commit_offsets_max: Final = 10_000
 offset_metadata_chars_max: Final = 4_096  # Kafka's offset.metadata.max.bytes

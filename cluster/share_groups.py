@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raftmq.cluster import limits
-from raftmq.cluster.errors import InvalidRequest, RaftMQError, invariant
+from raftmq.cluster.errors import GroupLimitReached, InvalidRequest, RaftMQError, invariant
 
 
 class RecordState(enum.IntEnum):
@@ -98,7 +98,12 @@ class SharesState:
 
     def acquire(self, time_ms: int, p: Mapping[str, Any]) -> dict[str, Any] | RaftMQError:
         key = (str(p["group_id"]), str(p["topic"]), int(p["partition"]))
-        share = self.partitions.setdefault(key, SharePartition())
+        share = self.partitions.get(key)
+        if share is None:
+            if len(self.partitions) >= limits.group_state_groups_max:
+                return GroupLimitReached(f"this group-state partition holds {len(self.partitions)} share partitions, "
+                                         "the most it may")
+            share = self.partitions[key] = SharePartition()
         log_end, start_at = int(p["log_end"]), int(p.get("log_start", 0))
         share.end_offset = max(share.end_offset, log_end)
         if start_at > share.start_offset:  # retention deleted records nobody acknowledged: they are gone

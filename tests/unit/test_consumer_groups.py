@@ -349,3 +349,18 @@ def test_random_sequences_never_share_a_partition_and_revoke_before_reassigning(
         if state.groups.get(G) is not None and state.groups[G].members:
             settle(state)  # live members that heartbeat and release reach the target: nobody starves
             assert state.groups[G].state() == "stable"
+
+
+def test_groups_and_offsets_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from raftmq.cluster import limits
+    from raftmq.cluster.errors import GroupLimitReached
+
+    monkeypatch.setattr(limits, "group_state_groups_max", 1)
+    monkeypatch.setattr(limits, "group_offsets_max", 2)
+    state = GroupsState()
+    assert commit(state, "", -1, [("orders", 0), ("orders", 1)]) == {"committed": 2}
+    assert isinstance(commit(state, "", -1, [("orders", 2)]), GroupLimitReached)
+    assert commit(state, "", -1, [("orders", 1)], offset=9) == {"committed": 1}  # an existing offset moves
+    other = state.apply(GroupOp.COMMIT_OFFSETS, 0, {"group_id": "other", "member_id": "", "member_epoch": -1,
+                                                    "offsets": [["orders", 0, 1, ""]]})
+    assert isinstance(other, GroupLimitReached) and "other" not in state.groups
