@@ -153,6 +153,25 @@ class ShareAcknowledge:
                 "partition": self.partition, "acks": [list(a) for a in self.acks]}
 
 
+@dataclass(frozen=True)
+class ShareAcquired:
+    acquired: tuple[tuple[int, int, bool], ...]  # offset, delivery count, dead letter
+    start_offset: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"acquired": [list(a) for a in self.acquired], "start_offset": self.start_offset}
+
+
+@dataclass(frozen=True)
+class ShareAcknowledged:
+    done: tuple[int, ...]
+    refused: tuple[tuple[int, str], ...]  # offset, why
+    start_offset: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"done": list(self.done), "refused": [list(r) for r in self.refused], "start_offset": self.start_offset}
+
+
 def _share_target(group_id: str, body: Mapping[str, Any]) -> tuple[str, str, str]:
     member_id = _optional_text(body, "member_id", _MEMBER_ID_CHARS_MAX)
     if member_id is None:
@@ -274,5 +293,6 @@ def parse_offset_commit(group_id: str, body: Mapping[str, Any]) -> OffsetCommit:
 
 
 __all__ = ["CommittedOffsetView", "GroupDescription", "GroupHeartbeat", "GroupListing", "HeartbeatAnswer",
-           "OffsetCommit", "ShareAcknowledge", "ShareAcquire", "parse_group_heartbeat", "parse_offset_commit",
-           "parse_partition_list", "parse_share_acknowledge", "parse_share_acquire", "parse_subscription"]
+           "OffsetCommit", "ShareAcknowledge", "ShareAcknowledged", "ShareAcquire", "ShareAcquired",
+           "parse_group_heartbeat", "parse_offset_commit", "parse_partition_list", "parse_share_acknowledge",
+           "parse_share_acquire", "parse_subscription"]

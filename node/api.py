@@ -368,12 +368,12 @@ async def list_groups(request: web.Request) -> web.Response:
 
 async def share_acquire(request: web.Request) -> web.Response:
     acquire = parse_share_acquire(request.match_info["group"], await read_body(request))
-    return _respond(request, await _service(request).share_acquire(acquire))
+    return _respond(request, (await _service(request).share_acquire(acquire)).to_wire())
 
 
 async def share_acknowledge(request: web.Request) -> web.Response:
     acknowledge = parse_share_acknowledge(request.match_info["group"], await read_body(request))
-    return _respond(request, await _service(request).share_acknowledge(acknowledge))
+    return _respond(request, (await _service(request).share_acknowledge(acknowledge)).to_wire())
 
 
 async def describe_share_group(request: web.Request) -> web.Response:

@@ -55,7 +55,9 @@ from raftmq.cluster.group_requests import (
     HeartbeatAnswer,
     OffsetCommit,
     ShareAcknowledge,
+    ShareAcknowledged,
     ShareAcquire,
+    ShareAcquired,
 )
 from raftmq.cluster.metadata import Topic, parse_create_topic
 from raftmq.node.controller import Controller
@@ -233,18 +235,19 @@ class GroupCoordinator:
 
     # --- share groups (queue mode) ------------------------------------------------------------------------
 
-    async def share_acquire(self, request: ShareAcquire) -> dict[str, Any]:
-        """Lock available records for a member: ``{"acquired": [[offset, delivery_count, dead_letter]],
-        "start_offset"}``. Every acquire is one Raft entry: a lock must survive the coordinator's death."""
+    async def share_acquire(self, request: ShareAcquire) -> ShareAcquired:
+        """Lock available records for a member. Every acquire is one Raft entry: a lock must survive the
+        coordinator's death."""
         handle, _state_machine = await self._coordinator(request.group_id)
-        result: dict[str, Any] = await self._propose(handle, GroupOp.SHARE_ACQUIRE, request.payload())
-        return result
+        result = await self._propose(handle, GroupOp.SHARE_ACQUIRE, request.payload())
+        return ShareAcquired(tuple((int(o), int(n), bool(d)) for o, n, d in result["acquired"]),
+                             int(result["start_offset"]))
 
-    async def share_acknowledge(self, request: ShareAcknowledge) -> dict[str, Any]:
-        """``{"done": [offsets], "refused": [[offset, why]], "start_offset"}``."""
+    async def share_acknowledge(self, request: ShareAcknowledge) -> ShareAcknowledged:
         handle, _state_machine = await self._coordinator(request.group_id)
-        result: dict[str, Any] = await self._propose(handle, GroupOp.SHARE_ACKNOWLEDGE, request.payload())
-        return result
+        result = await self._propose(handle, GroupOp.SHARE_ACKNOWLEDGE, request.payload())
+        return ShareAcknowledged(tuple(int(o) for o in result["done"]),
+                                 tuple((int(o), str(why)) for o, why in result["refused"]), int(result["start_offset"]))
 
     async def describe_share_group(self, group_id: str) -> list[dict[str, Any]]:
         _handle, state_machine = await self._coordinator(group_id, create=False)

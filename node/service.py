@@ -52,7 +52,9 @@ from raftmq.cluster.group_requests import (
     HeartbeatAnswer,
     OffsetCommit,
     ShareAcknowledge,
+    ShareAcknowledged,
     ShareAcquire,
+    ShareAcquired,
 )
 from raftmq.cluster.metadata import (
     AlterTopicRequest,
@@ -457,11 +459,11 @@ class BrokerService:
     def list_groups(self) -> GroupListing:
         return self._coordinator().list_groups()
 
-    async def share_acquire(self, request: ShareAcquire) -> dict[str, Any]:
+    async def share_acquire(self, request: ShareAcquire) -> ShareAcquired:
         """Queue mode: lock records of a partition for one consumer of a share group."""
         return await self._coordinator().share_acquire(request)
 
-    async def share_acknowledge(self, request: ShareAcknowledge) -> dict[str, Any]:
+    async def share_acknowledge(self, request: ShareAcknowledge) -> ShareAcknowledged:
         return await self._coordinator().share_acknowledge(request)
 
     async def describe_share_group(self, group_id: str) -> list[dict[str, Any]]:
