@@ -14,11 +14,12 @@ The protocol is KIP-848's (Kafka's "next generation" consumer rebalance protocol
   may have been lost), else FENCED_MEMBER_EPOCH;
 * the coordinator computes the group's *target* assignment itself (``cluster/group_assignor.py``) whenever the
   group epoch moves (a member joins or leaves, a subscription or a subscribed topic changes);
-* members move to the target incrementally, never stop-the-world: a partition the member must give up goes
-  to its ``revoking`` set and stays owned by it until the member's heartbeat no longer lists it in ``owned``
-  (it stopped fetching and committed); only then is it granted to its new owner. So **a partition is owned by
-  at most one member at any time** (owned = ``assigned`` or ``revoking``), and a member keeps what it holds
-  unless balance needs it;
+* members move to the target incrementally, never stop-the-world, each on its own heartbeat (so every change
+  of what a member owns is answered to that member): a partition the member must give up goes to its
+  ``revoking`` set and stays owned by it until the member's heartbeat no longer lists it in ``owned`` (it
+  stopped fetching and committed); only then is it granted to its new owner, on that owner's next heartbeat.
+  So **a partition is owned by at most one member at any time** (owned = ``assigned`` or ``revoking``), and
+  a member keeps what it holds unless balance needs it. A member that leaves or expires owns nothing at once;
 * a member's epoch grows by one whenever what it owns changes; offset commits carry it: a commit is accepted
   from the current or previous epoch, and only for partitions the member owns (its revoking ones included: a
   member commits its last offsets before releasing). A member that lost a partition cannot commit over the
@@ -375,7 +376,7 @@ class GroupsState:
         if epoch == STATIC_LEAVE_EPOCH and member.instance_id is not None:
             member.left_static = True  # the session timer removes it if the instance does not come back
             return HeartbeatResult(group_id, member_id, STATIC_LEAVE_EPOCH, (), group.group_epoch)
-        self._remove(group, member_id, time_ms)
+        self._remove(group, member_id)
         return HeartbeatResult(group_id, member_id, LEAVE_EPOCH, (), group.group_epoch)
 
     def _current_member(self, group: Group | None, group_id: str, member_id: str, epoch: int) -> Member | RaftMQError:
@@ -399,10 +400,10 @@ class GroupsState:
             # The coordinator decided on an older view (the member heartbeated or changed since): keep it.
             return StaleMemberEpoch("the member changed since the expiry was decided", group_id=group.group_id,
                                     member_id=member.member_id, member_epoch=member.member_epoch)
-        self._remove(group, member.member_id, time_ms)
+        self._remove(group, member.member_id)
         return {"expired": member.member_id, "reason": p.get("reason", "session")}
 
-    def _remove(self, group: Group, member_id: str, time_ms: int) -> None:
+    def _remove(self, group: Group, member_id: str) -> None:
         del group.members[member_id]
         group.target.pop(member_id, None)
         group.group_epoch += 1
