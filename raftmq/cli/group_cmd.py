@@ -1,9 +1,10 @@
 """``raftmq group list | describe | reset-offsets``: consumer groups as tables.
 
-``describe`` shows the members (id, instance, client, epoch, state, what each owns) and, per partition of
-the subscribed topics, the owner, the committed offset, the log end and the lag (log end - committed; a
-partition without a committed offset counts its whole log as lag), with the total. ``reset-offsets`` shows
-the offsets it would commit and commits them only with ``--execute``; the group must have no members.
+``list`` shows each group's state, members and total lag. ``describe`` shows the members (id, instance,
+client, epoch, state, what each owns) and, per partition of the subscribed topics, the owner, the committed
+offset, the log end and the lag (log end - committed; a partition without a committed offset counts its
+whole log as lag), with the total. ``reset-offsets`` shows the offsets it would commit and commits them
+only with ``--execute``; the group must have no members.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from raftmq.cli.common import bootstrap_option, out, safe
 from raftmq.client.admin import Admin
 from raftmq.client.consumer import Consumer
 from raftmq.client.types import TopicPartition
+from raftmq.cluster.errors import RaftMQError
 
 
 @click.group("group")
@@ -29,21 +31,30 @@ def group() -> None:
 @group.command("list")
 @bootstrap_option()
 def list_groups(bootstrap: list[str]) -> None:
-    """Every consumer group with its state and member count."""
+    """Every consumer group with its state, member count and total lag."""
 
-    async def run() -> list[dict[str, Any]]:
+    async def run() -> list[tuple[dict[str, Any], int | None]]:
         async with Admin(bootstrap) as admin:
-            return await admin.list_groups()
+            groups = await admin.list_groups()
+            rows = []
+            for item in groups:
+                try:
+                    _rows, total = await _lag_rows(bootstrap, await admin.describe_group(str(item["group_id"])))
+                except RaftMQError:
+                    total = None  # its coordinator is moving: shown as unknown
+                rows.append((item, total))
+            return rows
 
     groups = asyncio.run(run())
     if not groups:
         out().print("no consumer groups (start one with: raftmq consume TOPIC --group NAME)")
         return
     table = Table(title=f"{len(groups)} group(s)", title_justify="left")
-    for column in ("group", "state", "members"):
-        table.add_column(column, justify="right" if column == "members" else "left")
-    for item in groups:
-        table.add_row(safe(str(item["group_id"])), str(item["state"]), str(item["members"]))
+    for column in ("group", "state", "members", "lag"):
+        table.add_column(column, justify="left" if column in ("group", "state") else "right")
+    for item, total in groups:
+        table.add_row(safe(str(item["group_id"])), str(item["state"]), str(item["members"]),
+                      "?" if total is None else f"{total:,}")
     out().print(table)
 
 
