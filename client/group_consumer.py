@@ -130,6 +130,7 @@ class GroupConsumer(AsyncLifecycle):
         self._wake = asyncio.Event()  # poll() released partitions: report it now
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._commits: set[asyncio.Task[int]] = set()
+        self._commit_sequence = -1
         self._last_commit = time.monotonic()
         self._reconcile_lock = asyncio.Lock()
         self._iter_buffer: list[ConsumerRecord] = []
@@ -371,7 +372,8 @@ class GroupConsumer(AsyncLifecycle):
         for commits in flight."""
         snapshot = dict(self.positions() if offsets is None else offsets)
         task = asyncio.get_running_loop().create_task(
-            self._commit(snapshot, time.monotonic() + self.consumer.request_timeout_s, metadata))
+            self._commit(snapshot, time.monotonic() + self.consumer.request_timeout_s, metadata,
+                         self._next_sequence()))
         self._commits.add(task)
 
         def done(finished: asyncio.Task[int]) -> None:
@@ -386,11 +388,20 @@ class GroupConsumer(AsyncLifecycle):
         task.add_done_callback(done)
         return task
 
-    async def _commit(self, offsets: Mapping[TopicPartition, int], deadline_s: float, metadata: str = "") -> int:
+    def _next_sequence(self) -> int:
+        self._commit_sequence += 1
+        return self._commit_sequence
+
+    async def _commit(self, offsets: Mapping[TopicPartition, int], deadline_s: float, metadata: str = "",
+                      sequence: int | None = None) -> int:
         if not offsets:
             return 0
+        # Numbered when the commit is made (its positions are then this member's newest): the coordinator
+        # ignores a commit that arrives after a later one, so concurrent and retried commits never move the
+        # group's offsets back.
+        sequence = self._next_sequence() if sequence is None else sequence
         for attempt in range(2):
-            body = {"member_id": self.member_id, "member_epoch": self.member_epoch,
+            body = {"member_id": self.member_id, "member_epoch": self.member_epoch, "sequence": sequence,
                     "offsets": [{"topic": tp.topic, "partition": tp.partition, "offset": offset, "metadata": metadata}
                                 for tp, offset in sorted(offsets.items())]}
             try:

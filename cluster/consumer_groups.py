@@ -155,6 +155,7 @@ class Member:
     revoking_since_ms: int | None = None
     joined_ms: int = 0
     left_static: bool = False  # left with epoch -2: keeps its partitions until its session expires
+    commit_sequence: int = -1  # the highest commit sequence applied (commits overtaken on the way are ignored)
 
     @property
     def owned(self) -> set[Partition]:
@@ -173,14 +174,15 @@ class Member:
                 "rebalance_timeout_ms": self.rebalance_timeout_ms, "member_epoch": self.member_epoch,
                 "previous_epoch": self.previous_epoch, "assigned": _pairs(self.assigned),
                 "revoking": _pairs(self.revoking), "revoking_since_ms": self.revoking_since_ms,
-                "joined_ms": self.joined_ms, "left_static": self.left_static}
+                "joined_ms": self.joined_ms, "left_static": self.left_static,
+                "commit_sequence": self.commit_sequence}
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> Member:
         return cls(d["member_id"], d["instance_id"], d["client_id"], Subscription.from_wire(d["subscription"]),
                    d["session_timeout_ms"], d["rebalance_timeout_ms"], d["member_epoch"], d["previous_epoch"],
                    _partitions(d["assigned"]), _partitions(d["revoking"]), d["revoking_since_ms"], d["joined_ms"],
-                   d["left_static"])
+                   d["left_static"], d.get("commit_sequence", -1))
 
 
 @dataclass(frozen=True)
@@ -498,6 +500,14 @@ class GroupsState:
         refusal = self.check_commit(group_id, member_id, epoch, [(t, part) for t, part, _, _ in offsets])
         if refusal is not None:
             return refusal
+        sequence = p.get("sequence")
+        member = group.members.get(member_id) if group is not None and member_id else None
+        if member is not None and sequence is not None:
+            if int(sequence) <= member.commit_sequence:
+                # A later commit of this member was applied first (the network reordered them): moving the
+                # offsets back to this older position would re-deliver what the member already handled.
+                return {"committed": 0, "superseded": True}
+            member.commit_sequence = int(sequence)
         if group is None:
             if len(self.groups) >= limits.group_state_groups_max:
                 return _too_many_groups(len(self.groups))

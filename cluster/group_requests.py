@@ -72,10 +72,13 @@ class OffsetCommit:
     member_id: str  # "" from outside the group (allowed only while it has no members)
     member_epoch: int
     offsets: tuple[tuple[str, int, int, str], ...]  # topic, partition, offset, metadata
+    # The member's commit counter (grows with every commit it sends): a commit overtaken on the way by a later
+    # one of the same member is ignored instead of moving the offsets back. None: no ordering asked for.
+    sequence: int | None = None
 
     def payload(self) -> dict[str, Any]:
         return {"group_id": self.group_id, "member_id": self.member_id, "member_epoch": self.member_epoch,
-                "offsets": [list(o) for o in self.offsets]}
+                "offsets": [list(o) for o in self.offsets], "sequence": self.sequence}
 
 
 @dataclass(frozen=True)
@@ -268,11 +271,12 @@ def parse_group_heartbeat(group_id: str, body: Mapping[str, Any]) -> GroupHeartb
 
 
 def parse_offset_commit(group_id: str, body: Mapping[str, Any]) -> OffsetCommit:
-    unknown = sorted(set(body) - {"member_id", "member_epoch", "offsets"})
+    unknown = sorted(set(body) - {"member_id", "member_epoch", "offsets", "sequence"})
     if unknown:
         raise InvalidRequest(f"unknown fields: {', '.join(map(str, unknown))}", fields=unknown)
     member_id = _optional_text(body, "member_id", _MEMBER_ID_CHARS_MAX) or ""
     epoch = _int(body, "member_epoch", -1, -1, 2**31 - 1)
+    sequence = _int(body, "sequence", None, 0, 2**63 - 1) if body.get("sequence") is not None else None
     raw = body.get("offsets")
     if not isinstance(raw, list) or not raw or len(raw) > limits.group_commit_offsets_max:
         raise InvalidRequest(f"offsets must be a non-empty list of at most {limits.group_commit_offsets_max} "
@@ -289,7 +293,8 @@ def parse_offset_commit(group_id: str, body: Mapping[str, Any]) -> OffsetCommit:
             raise InvalidRequest(f"metadata must be a string of at most {limits.offset_metadata_chars_max} "
                                  "characters", field="metadata")
         offsets[(topic, partition)] = (topic, partition, offset, metadata)
-    return OffsetCommit(validate_group_id(group_id), member_id, epoch, tuple(offsets[k] for k in sorted(offsets)))
+    return OffsetCommit(validate_group_id(group_id), member_id, epoch, tuple(offsets[k] for k in sorted(offsets)),
+                        sequence)
 
 
 __all__ = ["CommittedOffsetView", "GroupDescription", "GroupHeartbeat", "GroupListing", "HeartbeatAnswer",

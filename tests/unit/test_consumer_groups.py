@@ -364,3 +364,17 @@ def test_groups_and_offsets_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None
     other = state.apply(GroupOp.COMMIT_OFFSETS, 0, {"group_id": "other", "member_id": "", "member_epoch": -1,
                                                     "offsets": [["orders", 0, 1, ""]]})
     assert isinstance(other, GroupLimitReached) and "other" not in state.groups
+
+
+def test_a_commit_overtaken_by_a_later_one_of_the_same_member_is_ignored() -> None:
+    state = GroupsState()
+    a = join(state, "a")
+
+    def ordered(offset: int, sequence: int) -> Any:
+        return state.apply(GroupOp.COMMIT_OFFSETS, 0, {"group_id": G, "member_id": "a", "member_epoch": a.member_epoch,
+                                                       "offsets": [["orders", 0, offset, ""]], "sequence": sequence})
+
+    assert ordered(33, 5) == {"committed": 1}
+    assert ordered(29, 4) == {"committed": 0, "superseded": True}  # sent earlier, arrived later
+    assert state.committed(G)[("orders", 0)].offset == 33
+    assert ordered(10, 6) == {"committed": 1}  # a deliberate seek back, committed later: applied
