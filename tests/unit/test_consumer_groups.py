@@ -143,7 +143,7 @@ def test_identical_subscriptions_are_balanced_and_sticky(members: list[str], par
         assert len(target[member] & previous[member]) >= min(len(previous[member]), quota)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(data=st.data())
 def test_any_subscriptions_give_each_partition_to_one_eligible_member(data: st.DataObject) -> None:
     members = data.draw(st.lists(st.sampled_from("abcdef"), min_size=1, max_size=6, unique=True))
@@ -294,7 +294,7 @@ ACTIONS = st.lists(st.tuples(st.sampled_from(["join", "release", "hold", "leave"
                              st.sampled_from("abcde"), st.booleans()), min_size=1, max_size=60)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(actions=ACTIONS)
 def test_random_sequences_never_share_a_partition_and_revoke_before_reassigning(
         actions: list[tuple[str, str, bool]]) -> None:

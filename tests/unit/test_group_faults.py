@@ -65,7 +65,7 @@ def coordinator(cluster: InProcessCluster) -> int | None:
     return None
 
 
-@pytest.mark.parametrize("seed", [3, 4])
+@pytest.mark.parametrize("seed", [3])  # more seeds find more; one keeps the suite fast (try others locally)
 async def test_members_crash_and_the_coordinator_moves_without_losing_or_rewinding(tmp_path: Path,
                                                                                    seed: int) -> None:
     rng = random.Random(seed)
