@@ -32,7 +32,8 @@ producer): when a new owner starts it, the cluster fences the previous owner's p
 so a zombie cannot write after the new owner has scanned. The remaining window: a zombie batch that passed
 the leader's producer check just before the fence and commits after the new owner read the output end can
 be written twice; the new owner waits ``fence_settle_ms`` (default: one produce request timeout) after
-fencing before it scans, which closes that window for any request the zombie's brokers still answer.
+fencing before it scans, which narrows that window to entries an old leader appended before the fence and
+that commit even later (after a leader change): it does not close it.
 """
 
 from __future__ import annotations
