@@ -1,4 +1,5 @@
-"""raftmq's Python client: asyncio ``Producer``, ``Consumer``, ``Admin``, and blocking ``Sync*`` wrappers.
+"""raftmq's Python client: asyncio ``Producer``, ``Consumer``, ``GroupConsumer``, ``Admin``, and blocking
+``Sync*`` wrappers.
 
 The client depends only on ``cluster/`` (errors, batch format, routing, limits), never on ``node/``.
 Every error a call can raise is a :class:`RaftMQError` (re-exported here); ``error.definite`` False means
@@ -17,6 +18,8 @@ from __future__ import annotations
 from raftmq.client.admin import Admin
 from raftmq.client.connection import Connection, MetadataFetcher
 from raftmq.client.consumer import Consumer
+from raftmq.client.exactly_once import ExactlyOnceProcessor
+from raftmq.client.group_consumer import GroupConsumer
 from raftmq.client.metadata import (
     BrokerInfo,
     ClusterMetadata,
@@ -27,7 +30,8 @@ from raftmq.client.metadata import (
     TopicInfo,
 )
 from raftmq.client.producer import Producer
-from raftmq.client.sync import SyncAdmin, SyncConsumer, SyncProducer
+from raftmq.client.share_consumer import ShareConsumer, ShareRecord
+from raftmq.client.sync import SyncAdmin, SyncConsumer, SyncGroupConsumer, SyncProducer
 from raftmq.client.types import (
     ConsumerRecord,
     DeliveryReport,
@@ -66,6 +70,8 @@ __all__ = [
     "CorruptBatch",
     "DeliveryReport",
     "DeliveryStatus",
+    "ExactlyOnceProcessor",
+    "GroupConsumer",
     "HealthInfo",
     "MetadataFetcher",
     "MoveInfo",
@@ -79,8 +85,11 @@ __all__ = [
     "ProducerCounters",
     "RaftMQError",
     "RecordTooLarge",
+    "ShareConsumer",
+    "ShareRecord",
     "SyncAdmin",
     "SyncConsumer",
+    "SyncGroupConsumer",
     "SyncProducer",
     "TopicInfo",
     "TopicPartition",

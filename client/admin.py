@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from raftmq.client.connection import AsyncLifecycle, Connection, MetadataFetcher, backoff_s
+from raftmq.client.group_coordinator import CoordinatorClient
 from raftmq.client.metadata import (
     BrokerInfo,
     ClusterMetadata,
@@ -33,7 +34,7 @@ from raftmq.client.metadata import (
     parse_metadata,
     parse_topic,
 )
-from raftmq.client.types import HealthInfo
+from raftmq.client.types import HealthInfo, TopicPartition
 from raftmq.cluster import limits
 from raftmq.cluster.errors import (
     ClientTimeout,
@@ -73,6 +74,9 @@ class Admin(AsyncLifecycle):
         self._view = ClusterView(list(bootstrap_urls))
         self._conn = Connection(request_timeout_ms=request_timeout_ms)
         self._fetcher = MetadataFetcher(self._conn, self._view)
+        self._groups = CoordinatorClient(self._conn, self._view, self._fetcher,
+                                         request_timeout_s=self.request_timeout_s, retry_backoff_ms=retry_backoff_ms,
+                                         rng=self._rng)
 
     async def start(self) -> None:
         """Nothing to connect eagerly; present for symmetry with Producer/Consumer (idempotent)."""
@@ -335,6 +339,64 @@ class Admin(AsyncLifecycle):
             await asyncio.sleep(min(poll_interval_s, max(0.0, deadline - time.monotonic())))  # poll interval
 
     # --- internals ------------------------------------------------------------------------------------------
+
+    # --- consumer groups -----------------------------------------------------------------------------------
+
+    async def list_groups(self, *, timeout_s: float | None = None) -> list[dict[str, Any]]:
+        """Every consumer group (``group_id``, ``state``, ``members``), sorted: each broker lists the groups of
+        the group-state partitions it leads, so brokers are asked until every partition was covered.
+
+        Raises: ConnectionFailed / ClientTimeout when no broker answered."""
+        deadline = time.monotonic() + self._timeout(timeout_s)
+        with contextlib.suppress(RaftMQError):
+            await self._fetcher.refresh(timeout_s=self._timeout(timeout_s) / 2)
+        groups: dict[str, dict[str, Any]] = {}
+        covered: set[int] = set()
+        count: int | None = None
+        last: RaftMQError | None = None
+        for url in self._view.candidate_urls():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (count is not None and len(covered) >= count):
+                break
+            try:
+                answer = await self._conn.request("GET", url + "/v1/groups", timeout_s=remaining)
+            except RaftMQError as exc:
+                last = exc
+                continue
+            count = int(answer.get("partition_count") or 0)
+            covered.update(int(p) for p in answer.get("partitions") or [])
+            for group in answer.get("groups") or []:
+                groups[str(group["group_id"])] = dict(group)
+        if count is None:
+            raise last or ClientTimeout("no broker answered GET /v1/groups", sent=False)
+        return [groups[g] for g in sorted(groups)]
+
+    async def describe_group(self, group_id: str, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """The group as its coordinator sees it: state, epoch, members (each with its assignment, target,
+        epoch and subscription) and committed offsets (docs/api.md). Raises: GroupIdNotFound, ..."""
+        answer = await self._groups.call(group_id, "GET", "", None,
+                                         deadline_s=time.monotonic() + self._timeout(timeout_s))
+        group = answer.get("group")
+        if not isinstance(group, dict):
+            raise UnexpectedResponse("describe group answer without a group")
+        return group
+
+    async def group_offsets(self, group_id: str, *, timeout_s: float | None = None) -> dict[TopicPartition, int]:
+        """The group's committed offsets."""
+        answer = await self._groups.call(group_id, "GET", "/offsets", None,
+                                         deadline_s=time.monotonic() + self._timeout(timeout_s))
+        return {TopicPartition(str(o["topic"]), int(o["partition"])): int(o["offset"])
+                for o in answer.get("offsets") or []}
+
+    async def commit_group_offsets(self, group_id: str, offsets: Mapping[TopicPartition, int], *,
+                                   metadata: str = "", timeout_s: float | None = None) -> int:
+        """Set a group's offsets from outside it (reset-offsets). Only while the group has no members:
+        UNKNOWN_MEMBER_ID otherwise."""
+        body = {"offsets": [{"topic": tp.topic, "partition": tp.partition, "offset": offset, "metadata": metadata}
+                            for tp, offset in sorted(offsets.items())]}
+        answer = await self._groups.call(group_id, "POST", "/offsets", body,
+                                         deadline_s=time.monotonic() + self._timeout(timeout_s))
+        return int(answer.get("committed") or 0)
 
     async def _controller_request(self, method: str, path: str, body: Mapping[str, Any] | None,
                                   timeout_s: float) -> dict[str, Any]:

@@ -271,6 +271,19 @@ class Consumer(AsyncLifecycle):
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(pf.topic, pf.partition) for pf in self._order]
 
+    def positions(self) -> dict[TopicPartition, int]:
+        """The position of every assigned partition that has one (no lookups: the others are left out)."""
+        return {TopicPartition(pf.topic, pf.partition): pf.position for pf in self._order if pf.position is not None}
+
+    @property
+    def connection(self) -> Connection:
+        """The consumer's connection pool (a group consumer sends its coordinator requests through it)."""
+        return self._conn
+
+    @property
+    def metadata_fetcher(self) -> MetadataFetcher:
+        return self._fetcher
+
     def seek(self, topic: str, partition: int, offset: int) -> None:
         """Make ``offset`` the next record ``poll()`` returns for this partition. Drops prefetched data,
         un-pauses the partition, and restarts its fetcher.
@@ -375,6 +388,38 @@ class Consumer(AsyncLifecycle):
         queries = {TopicPartition(*tp): str(ts) for tp, ts in timestamps_ms.items()}
         infos = await self._offsets(queries, timeout_s)
         return {tp: info.offset for tp, info in infos.items()}
+
+    async def watermarks(self, topic: str, partition: int, *, timeout_s: float | None = None) -> tuple[int, int]:
+        """(log start offset, high watermark) of a partition, from its leader. Raises: see ``end_offsets``."""
+        info = (await self._offsets({TopicPartition(topic, partition): "latest"}, timeout_s))[
+            TopicPartition(topic, partition)]
+        if info.log_start_offset is None or info.high_watermark is None:
+            raise UnexpectedResponse("offsets answer without log_start_offset / high_watermark", topic=topic,
+                                     partition=partition)
+        return info.log_start_offset, info.high_watermark
+
+    async def read_records(self, topic: str, partition: int, offset: int, *, timeout_s: float | None = None
+                           ) -> list[ConsumerRecord]:
+        """One fetch from the partition's leader at ``offset``, outside any assignment or position: the
+        records at or after ``offset`` in what it returned (at least one batch when there is a record there;
+        CRCs checked with ``check_crcs``). Follows NOT_LEADER and retries retriable errors until the deadline.
+
+        Raises: OffsetOutOfRange, CorruptBatch, ClientTimeout / ConnectionFailed, other RaftMQErrors."""
+        deadline = time.monotonic() + (self.request_timeout_s if timeout_s is None else timeout_s)
+        path = f"/v1/topics/{quote(topic, safe='')}/partitions/{partition}/records"
+        response = await self._leader_request(topic, partition, path,
+                                              {"offset": offset, "max_bytes": self.fetch_max_bytes, "max_wait_ms": 0},
+                                              deadline)
+        data = response.get("batches", b"")
+        if not isinstance(data, bytes | bytearray):
+            raise UnexpectedResponse("fetch answer without binary 'batches'", topic=topic, partition=partition)
+        records: list[ConsumerRecord] = []
+        for header, view in iter_batches(bytes(data)):
+            if self.check_crcs:
+                verify_stored(view)
+            records.extend(ConsumerRecord(topic, partition, *r) for r in decode_records(view, header)
+                           if r.offset >= offset)
+        return records
 
     async def _offsets(self, queries: Mapping[TopicPartition, str],
                        timeout_s: float | None) -> dict[TopicPartition, OffsetInfo]:

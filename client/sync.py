@@ -20,15 +20,16 @@ from typing import Any, Final, Generic, Self, TypeVar
 
 from raftmq.client.admin import Admin
 from raftmq.client.consumer import Consumer
+from raftmq.client.group_consumer import GroupConsumer
 from raftmq.client.metadata import BrokerInfo, ClusterMetadata, TopicInfo
 from raftmq.client.producer import HeadersArg, Producer
 from raftmq.client.types import ConsumerRecord, DeliveryReport, HealthInfo, ProducerCounters, TopicPartition
 from raftmq.cluster.errors import ClientTimeout
 
-__all__ = ["SyncAdmin", "SyncConsumer", "SyncProducer"]
+__all__ = ["SyncAdmin", "SyncConsumer", "SyncGroupConsumer", "SyncProducer"]
 
 T = TypeVar("T")
-C = TypeVar("C", Producer, Consumer, Admin)
+C = TypeVar("C", Producer, Consumer, GroupConsumer, Admin)
 
 # Extra time a blocking call allows beyond the async client's own deadline (scheduling, thread hop).
 sync_call_margin_s: Final = 5.0
@@ -239,6 +240,50 @@ class SyncConsumer(_SyncBase[Consumer]):
                           timeout_s: float | None = None) -> dict[TopicPartition, int | None]:
         items = dict(timestamps_ms)
         return self._thread.call(lambda: self._client.offsets_for_times(items), self._t(timeout_s))
+
+
+class SyncGroupConsumer(_SyncBase[GroupConsumer]):
+    """Blocking :class:`~client.group_consumer.GroupConsumer`; takes the same arguments (callbacks run on the
+    wrapper's loop thread)."""
+
+    def __init__(self, bootstrap_urls: str | Iterable[str], group_id: str, **options: Any) -> None:
+        client = GroupConsumer(bootstrap_urls, group_id, **options)
+        super().__init__(client, "raftmq-sync-group-consumer",
+                         max(client.consumer.request_timeout_s, client.session_timeout_ms / 1000))
+
+    def poll(self, timeout_ms: int = 1000, max_records: int = 500) -> list[ConsumerRecord]:
+        """Raises what ``GroupConsumer.poll`` raises."""
+        return self._thread.call(lambda: self._client.poll(timeout_ms, max_records),
+                                 timeout_ms / 1000.0 + self._default_timeout_s)
+
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None, *, metadata: str = "",
+               timeout_s: float | None = None) -> int:
+        """Commit and wait (see ``GroupConsumer.commit``)."""
+        return self._thread.call(lambda: self._client.commit(offsets, metadata=metadata), self._t(timeout_s))
+
+    def commit_async(self, offsets: Mapping[TopicPartition, int] | None = None, *, metadata: str = "",
+                     callback: Callable[[int | None, Any], None] | None = None) -> None:
+        """Start a commit and return; ``callback(committed, error)`` runs on the loop thread."""
+
+        async def start() -> None:
+            self._client.commit_async(offsets, metadata=metadata, callback=callback)
+
+        self._thread.call(start, self._t(None))
+
+    def committed(self, *, timeout_s: float | None = None) -> dict[TopicPartition, int]:
+        return self._thread.call(lambda: self._client.committed(), self._t(timeout_s))
+
+    def assignment(self) -> list[TopicPartition]:
+        async def read() -> list[TopicPartition]:
+            return self._client.assignment()
+
+        return self._thread.call(read, self._t(None))
+
+    def seek(self, topic: str, partition: int, offset: int, *, timeout_s: float | None = None) -> None:
+        async def seek() -> None:
+            self._client.seek(topic, partition, offset)
+
+        self._thread.call(seek, self._t(timeout_s))
 
 
 class SyncAdmin(_SyncBase[Admin]):

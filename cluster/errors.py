@@ -515,6 +515,15 @@ class BufferExhausted(RaftMQError):
 
 
 @_register
+class DeadLetterFailed(RaftMQError):
+    """A record that kept failing could not be written to its dead-letter topic: the consumer stops before it."""
+
+    code = "DEAD_LETTER_FAILED"
+    retriable = True
+    hint = "check that <topic>.DLT can be written (raftmq topic describe), then restart the consumer"
+
+
+@_register
 class UnexpectedResponse(RaftMQError):
     """The broker answered with something that is not a valid raftmq response."""
 
@@ -522,6 +531,99 @@ class UnexpectedResponse(RaftMQError):
     http_status = 502
     retriable = True
     definite = False
+
+
+# --- consumer groups (cluster/consumer_groups.py) -----------------------------------------------------
+
+
+@_register
+class InvalidGroupId(RaftMQError):
+    """A group id is empty, too long, or uses characters outside [a-zA-Z0-9._-]."""
+
+    code = "INVALID_GROUP_ID"
+    http_status = 400
+
+
+@_register
+class NotCoordinator(RaftMQError):
+    """This broker is not the group's coordinator (the leader of its group-state partition); details name it."""
+
+    code = "NOT_COORDINATOR"
+    http_status = 421
+    retriable = True
+    refresh_metadata = True
+
+
+@_register
+class CoordinatorNotAvailable(RaftMQError):
+    """The group's coordinator is being elected, is still loading the group state, or its topic is being created."""
+
+    code = "COORDINATOR_NOT_AVAILABLE"
+    http_status = 503
+    retriable = True
+    refresh_metadata = True
+
+
+@_register
+class UnknownMemberId(RaftMQError):
+    """The member is not in the group (it left, or its session expired): nothing was done."""
+
+    code = "UNKNOWN_MEMBER_ID"
+    http_status = 409
+    hint = "the member must join the group again (member epoch 0) and drop the partitions it held"
+
+
+@_register
+class FencedMemberEpoch(RaftMQError):
+    """The member's epoch is not one the coordinator knows: another incarnation replaced it, or it fell behind."""
+
+    code = "FENCED_MEMBER_EPOCH"
+    http_status = 409
+    hint = "the member must drop its partitions and join again with member epoch 0"
+
+
+@_register
+class StaleMemberEpoch(RaftMQError):
+    """An offset commit from an older member epoch, or for a partition the member does not own: nothing committed."""
+
+    code = "STALE_MEMBER_EPOCH"
+    http_status = 409
+    hint = "heartbeat to learn the current epoch and assignment; commit only partitions still assigned"
+
+
+@_register
+class GroupMaxSizeReached(RaftMQError):
+    """The group has as many members as it may have."""
+
+    code = "GROUP_MAX_SIZE_REACHED"
+    http_status = 409
+
+
+@_register
+class GroupLimitReached(RaftMQError):
+    """A coordinator partition holds as many groups, or a group as many committed offsets, as it may."""
+
+    code = "GROUP_LIMIT_REACHED"
+    http_status = 409
+    hint = "delete unused groups' offsets (raftmq group reset-offsets) or use fewer groups"
+
+
+@_register
+class GroupIdNotFound(RaftMQError):
+    """No group with this id has members or committed offsets."""
+
+    code = "GROUP_ID_NOT_FOUND"
+    http_status = 404
+    hint = "`raftmq group list` shows the groups"
+
+
+@_register
+class NonEmptyGroup(RaftMQError):
+    """The operation needs a group without members (e.g. resetting its offsets)."""
+
+    code = "NON_EMPTY_GROUP"
+    http_status = 409
+    hint = "stop the group's consumers first"
 
 
 @_register

@@ -352,3 +352,64 @@ kafka_write_timeout_s: Final = 30.0
 # batches larger than this are converted on the I/O pool so one big batch does not stall the event loop
 # (every connection's requests) for milliseconds. Smaller ones are cheaper to convert in place.
 kafka_convert_inline_bytes_max: Final = 64 * KIB
+
+# --- consumer groups (cluster/consumer_groups.py, node/group_coordinator.py) -----------------------
+
+# Partitions of the internal group-state topic. Kafka uses 50; here each partition is a Raft group whose idle
+# heartbeats cost CPU on every replica (README "Idle partitions"), and groups spread over these by hash, so a
+# handful is enough for the group counts a cluster of this size serves. Fixed at the topic's creation.
+group_state_partitions: Final = 5
+group_id_chars_max: Final = 255  # Kafka's limit for group.instance.id; a group id this long is a mistake
+group_members_max: Final = 1_000  # Kafka's group.max.size is unbounded; one heartbeat reconcile walks them all
+group_subscription_topics_max: Final = 1_000
+# Groups (consumer and share groups each) on one group-state partition, and committed offsets per group: the
+# whole state of a partition is in memory and in every snapshot.
+group_state_groups_max: Final = 10_000
+group_offsets_max: Final = 100_000
+# Offsets in one commit request (one per owned partition): bounds the Raft entry and the apply work.
+group_commit_offsets_max: Final = 10_000
+offset_metadata_chars_max: Final = 4_096  # Kafka's offset.metadata.max.bytes
+# A member's session timeout (Kafka 848: group.consumer.session.timeout.ms 45 s, min 45 s; ours allows short
+# sessions so that tests and small clusters move partitions quickly).
+group_session_timeout_ms_default: Final = 10_000
+group_session_timeout_ms_min: Final = 100
+group_session_timeout_ms_max: Final = 300_000
+# How long a member may take to release revoked partitions before the coordinator removes it.
+group_rebalance_timeout_ms_default: Final = 30_000
+group_rebalance_timeout_ms_max: Final = 600_000
+# A member heartbeats every session timeout / this (Kafka's 45 s / 5 s is 9); three missed beats are tolerated.
+group_heartbeats_per_session: Final = 3
+# How often the coordinator looks for expired sessions and revocations that took too long.
+group_session_check_interval_s: Final = 0.05
+# A group request waits at most this long for its Raft entry to commit.
+group_request_timeout_ms: Final = 5_000
+# The client's auto-commit interval (Kafka auto.commit.interval.ms).
+client_auto_commit_interval_ms_default: Final = 5_000
+
+assert group_session_timeout_ms_min <= group_session_timeout_ms_default <= group_session_timeout_ms_max
+assert group_heartbeats_per_session >= 2, "one lost heartbeat must not expire a session"
+# A group command as proposed (one Raft entry, stored as one record of the group-state partition).
+group_command_bytes_max: Final = 512 * KIB
+assert group_command_bytes_max < record_bytes_max, "a group command is stored as one record"
+# A member that is not at its target assignment yet heartbeats at least this often: each of its heartbeats
+# acknowledges a release or picks up partitions others released, so this bounds the rebalance time.
+group_reconcile_heartbeat_interval_ms: Final = 100
+
+# --- retries and dead letters (cluster/dead_letters.py, client/dead_letter.py) -----------------------------
+
+client_retry_attempts_default: Final = 3  # handler runs per record before it is parked in <topic>.DLT
+client_retry_backoff_ms_base_default: Final = 100
+client_retry_backoff_ms_cap_default: Final = 10_000
+dlt_error_chars_max: Final = 1_000  # the dlt.error header: enough for a message, bounded for a traceback
+
+# --- share groups (cluster/share_groups.py) ----------------------------------------------------------------
+
+# Record states kept per share partition past its start offset: acquisition stops there, so the state (and
+# each acquire's walk) stays bounded while an unacknowledged record holds the window's start.
+share_window_records_max: Final = 2_000
+share_acquire_records_max: Final = 500  # records one acquire may lock (one poll's worth)
+share_lock_ms_min: Final = 100
+share_lock_ms_max: Final = 3_600_000  # a visibility timeout of an hour; longer means a stuck consumer
+share_lock_ms_default: Final = 30_000  # SQS's default visibility timeout
+share_max_deliveries_default: Final = 5  # Kafka's group.share.delivery.count.limit
+assert share_acquire_records_max <= share_window_records_max

@@ -19,6 +19,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from raftmq.cluster import batch as batches
 from raftmq.cluster import limits
+from raftmq.cluster.consumer_groups import validate_group_id
 from raftmq.cluster.errors import (
     InternalError,
     InvalidRequest,
@@ -28,6 +29,13 @@ from raftmq.cluster.errors import (
     RequestReadTimeout,
     RequestTooLarge,
     RouteNotFound,
+)
+from raftmq.cluster.group_requests import (
+    parse_group_heartbeat,
+    parse_offset_commit,
+    parse_partition_list,
+    parse_share_acknowledge,
+    parse_share_acquire,
 )
 from raftmq.cluster.metadata import parse_alter_topic, parse_create_topic, parse_producer_name
 from raftmq.cluster.wire import (
@@ -318,6 +326,62 @@ async def list_offsets(request: web.Request) -> web.Response:
     return _respond(request, (await _service(request).list_offset(offset_request)).to_wire())
 
 
+# --- consumer groups ----------------------------------------------------------------------------------
+
+
+def _group_arg(request: web.Request) -> str:
+    return validate_group_id(request.match_info["group"])
+
+
+async def group_heartbeat(request: web.Request) -> web.Response:
+    heartbeat = parse_group_heartbeat(_group_arg(request), await read_body(request))
+    return _respond(request, (await _service(request).group_heartbeat(heartbeat)).to_wire())
+
+
+async def commit_offsets(request: web.Request) -> web.Response:
+    commit = parse_offset_commit(_group_arg(request), await read_body(request))
+    return _respond(request, {"committed": await _service(request).commit_offsets(commit)})
+
+
+async def fetch_offsets(request: web.Request) -> web.Response:
+    offsets = await _service(request).fetch_offsets(_group_arg(request), None)
+    return _respond(request, {"group_id": request.match_info["group"], "offsets": [o.to_wire() for o in offsets]})
+
+
+async def delete_offsets(request: web.Request) -> web.Response:
+    group_id = _group_arg(request)
+    body = await read_body(request) if request.can_read_body else {}
+    unknown = sorted(set(body) - {"partitions"})
+    if unknown:
+        raise InvalidRequest(f"unknown fields: {', '.join(map(str, unknown))}", fields=unknown)
+    partitions = parse_partition_list(body["partitions"], "partitions") if body.get("partitions") is not None else None
+    return _respond(request, {"deleted": await _service(request).delete_offsets(group_id, partitions)})
+
+
+async def describe_group(request: web.Request) -> web.Response:
+    return _respond(request, {"group": (await _service(request).describe_group(_group_arg(request))).to_wire()})
+
+
+async def list_groups(request: web.Request) -> web.Response:
+    return _respond(request, _service(request).list_groups().to_wire())
+
+
+async def share_acquire(request: web.Request) -> web.Response:
+    acquire = parse_share_acquire(request.match_info["group"], await read_body(request))
+    return _respond(request, (await _service(request).share_acquire(acquire)).to_wire())
+
+
+async def share_acknowledge(request: web.Request) -> web.Response:
+    acknowledge = parse_share_acknowledge(request.match_info["group"], await read_body(request))
+    return _respond(request, (await _service(request).share_acknowledge(acknowledge)).to_wire())
+
+
+async def describe_share_group(request: web.Request) -> web.Response:
+    group_id = _group_arg(request)
+    rows = await _service(request).describe_share_group(group_id)
+    return _respond(request, {"group_id": group_id, "partitions": rows})
+
+
 def build_app(broker: Broker) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=limits.request_bytes_max)
     app[BROKER] = broker
@@ -341,4 +405,13 @@ def build_app(broker: Broker) -> web.Application:
     app.router.add_post("/v1/topics/{topic}/partitions/{partition}/records", produce)
     app.router.add_get("/v1/topics/{topic}/partitions/{partition}/records", fetch)
     app.router.add_get("/v1/topics/{topic}/partitions/{partition}/offsets", list_offsets)
+    app.router.add_get("/v1/groups", list_groups)
+    app.router.add_get("/v1/groups/{group}", describe_group)
+    app.router.add_post("/v1/groups/{group}/heartbeat", group_heartbeat)
+    app.router.add_post("/v1/groups/{group}/offsets", commit_offsets)
+    app.router.add_get("/v1/groups/{group}/offsets", fetch_offsets)
+    app.router.add_delete("/v1/groups/{group}/offsets", delete_offsets)
+    app.router.add_get("/v1/share-groups/{group}", describe_share_group)
+    app.router.add_post("/v1/share-groups/{group}/acquire", share_acquire)
+    app.router.add_post("/v1/share-groups/{group}/acknowledge", share_acknowledge)
     return app

@@ -24,16 +24,21 @@ from collections.abc import Callable
 from typing import Any
 
 from raftmq.cluster import limits
+from raftmq.cluster.consumer_groups import GROUP_STATE_TOPIC
 from raftmq.cluster.errors import InvalidConfig, RaftMQError
+from raftmq.cluster.metadata import Topic
 from raftmq.node.config import NodeConfig, PeerAddress
 from raftmq.node.controller import Controller
 from raftmq.node.forwarding import ControllerForwarder
 from raftmq.node.fsutil import write_file_atomically
+from raftmq.node.group_coordinator import GroupCoordinator
+from raftmq.node.group_partition import GroupPartitionStateMachine
 from raftmq.node.groups import ReplicationEngine
 from raftmq.node.internal_api import internal_token
 from raftmq.node.kafka_api import KafkaApi
 from raftmq.node.kafka_listener import KafkaListener
 from raftmq.node.metadata import MetadataGroup, ProposalIds
+from raftmq.node.partition import PartitionStateMachine
 from raftmq.node.reassignment import Reassigner
 from raftmq.node.replicas import ReplicaManager
 from raftmq.node.service import BrokerService
@@ -80,6 +85,7 @@ class Broker:
         self.metadata: MetadataGroup | None = None
         self.replicas: ReplicaManager | None = None
         self.controller: Controller | None = None
+        self.groups: GroupCoordinator | None = None
         self._service: BrokerService | None = None
         self._forwarder = ControllerForwarder(config.broker_id, internal_token(config.cluster_secret))
         self._lock_fd: int | None = None
@@ -114,8 +120,11 @@ class Broker:
             tick_s=self.controller_tick_s)
         self.reassigner = Reassigner(controller, self._step)
         controller.on_tick = self.reassigner.drive
+        replicas.state_machine_class = _state_machine_class
+        groups = self.groups = GroupCoordinator(broker_id=self.broker_id, metadata=metadata, replicas=replicas,
+                                                controller=controller, url_of=self.url_of)
         self._service = BrokerService(config=self.config, engine=engine, metadata=metadata, replicas=replicas,
-                                      controller=controller, describe_moves=self.reassigner.describe)
+                                      controller=controller, describe_moves=self.reassigner.describe, groups=groups)
         self.session = BrokerSession(config=self.config, incarnation=self.incarnation, metadata=metadata,
                                      controller=controller, call=self._forwarder.call, leads=replicas.led_partitions,
                                      on_fatal=self._fatal)
@@ -124,6 +133,7 @@ class Broker:
         await metadata.open(on_topics_changed=self._metadata_changed)
         replicas.start()
         controller.start()
+        groups.start()
         self.session.start()
         if self.config.kafka_listen is not None:
             self.kafka = KafkaListener(KafkaApi(self._service, self.config), self.config.kafka_listen)
@@ -140,7 +150,7 @@ class Broker:
             self._service.stopping = True
         if self.kafka is not None:
             await self.kafka.stop()
-        for task_owner in (self.session, self.controller):
+        for task_owner in (self.session, self.groups, self.controller):
             if task_owner is not None:
                 await task_owner.stop()
         if self.replicas is not None:
@@ -240,6 +250,11 @@ class Broker:
         self.incarnation = (previous if type(previous) is int and previous > 0 else 0) + 1
         identity["incarnation"] = self.incarnation
         write_file_atomically(identity_path, (json.dumps(identity) + "\n").encode(), durable=True)
+
+
+def _state_machine_class(topic: Topic) -> type[PartitionStateMachine]:
+    """The internal group-state topic's replicas hold consumer groups; every other topic's hold records."""
+    return GroupPartitionStateMachine if topic.name == GROUP_STATE_TOPIC else PartitionStateMachine
 
 
 def _listen_error(exc: OSError, config: NodeConfig) -> InvalidConfig:

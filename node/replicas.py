@@ -80,6 +80,8 @@ class ReplicaManager:
         self._lock = asyncio.Lock()
         self._requested = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The state machine of a topic's replicas: the internal group-state topic gets its own (broker wiring).
+        self.state_machine_class: Callable[[Topic], type[PartitionStateMachine]] = lambda _topic: PartitionStateMachine
         # Where a partition this broker does not host is led (the controller's leaders table), and URLs.
         self.leader_of: Callable[[str, int], int | None] = lambda _topic, _partition: None
         self.url_of: Callable[[int | None], str | None] = lambda _broker: None
@@ -198,7 +200,8 @@ class ReplicaManager:
                            retention_ms=topic.config.retention_ms, retention_bytes=topic.config.retention_bytes)
         durable = self.durability is not Durability.NEVER
         # Opening the log (recovery) may read a lot: do it off the event loop and the replication thread.
-        state_machine = await loop.run_in_executor(None, lambda: PartitionStateMachine(
+        state_machine_class = self.state_machine_class(topic)
+        state_machine = await loop.run_in_executor(None, lambda: state_machine_class(
             topic=topic.name, partition=partition, topic_id=topic.topic_id, directory=directory, config=config,
             durable=durable))
         replica_ids = tuple(topic.replicas[partition])

@@ -26,11 +26,13 @@ from typing import Any
 from raftmq.cluster import batch as batches
 from raftmq.cluster import commands, limits
 from raftmq.cluster.commands import MetadataOp, PartitionOp
+from raftmq.cluster.consumer_groups import GROUP_STATE_TOPIC
 from raftmq.cluster.errors import (
     BrokerShuttingDown,
     BufferFull,
     InvalidAcks,
     InvalidRequest,
+    InvalidTopic,
     LeaderNotAvailable,
     NotEnoughReplicas,
     NotEnoughReplicasAfterAppend,
@@ -41,6 +43,18 @@ from raftmq.cluster.errors import (
     RequestTimedOut,
     UnknownProducerId,
     UnknownTopicOrPartition,
+)
+from raftmq.cluster.group_requests import (
+    CommittedOffsetView,
+    GroupDescription,
+    GroupHeartbeat,
+    GroupListing,
+    HeartbeatAnswer,
+    OffsetCommit,
+    ShareAcknowledge,
+    ShareAcknowledged,
+    ShareAcquire,
+    ShareAcquired,
 )
 from raftmq.cluster.metadata import (
     AlterTopicRequest,
@@ -56,6 +70,7 @@ from raftmq.cluster.wire import Acks
 from raftmq.node import stages
 from raftmq.node.config import NodeConfig
 from raftmq.node.controller import Controller
+from raftmq.node.group_coordinator import GroupCoordinator
 from raftmq.node.groups import AppendInfo, ReplicationEngine
 from raftmq.node.metadata import MetadataGroup
 from raftmq.node.operations import (
@@ -84,7 +99,8 @@ log = logging.getLogger(__name__)
 class BrokerService:
     def __init__(self, *, config: NodeConfig, engine: ReplicationEngine, metadata: MetadataGroup,
                  replicas: ReplicaManager, controller: Controller,
-                 describe_moves: Callable[[], dict[tuple[str, int], dict[str, Any]]] = dict) -> None:
+                 describe_moves: Callable[[], dict[tuple[str, int], dict[str, Any]]] = dict,
+                 groups: GroupCoordinator | None = None) -> None:
         self.config = config
         self.broker_id = config.broker_id
         self.engine = engine
@@ -92,6 +108,7 @@ class BrokerService:
         self.replicas = replicas
         self.controller = controller
         self.describe_moves = describe_moves
+        self.groups = groups
         self.stopping = False
         self.started_at = time.monotonic()
         self.stage_times = StageTimes()  # acks=all produce requests led here (GET /v1/debug/stages)
@@ -133,6 +150,9 @@ class BrokerService:
         return partition_for(key, self.metadata.topic(topic).partitions)
 
     async def produce(self, request: ProduceRequest) -> ProduceResult:
+        if request.topic == GROUP_STATE_TOPIC:
+            raise InvalidTopic(f"{GROUP_STATE_TOPIC} is internal: consumer groups write it, clients only read it",
+                               topic=request.topic)
         handle = self._handle(request.topic, request.partition)
         self._leader_with_quorum(handle)
         header = batches.validate_produced(request.batch)
@@ -326,6 +346,9 @@ class BrokerService:
 
     async def create_topic(self, request: CreateTopicRequest, *, forwarded: bool = False) -> TopicDescription:
         self._check_running()
+        if request.name == GROUP_STATE_TOPIC and not forwarded:
+            raise InvalidTopic(f"{GROUP_STATE_TOPIC} is internal: the brokers create it for consumer groups",
+                               topic=request.name)
         topic = await self.controller.create_topic(request, forwarded=forwarded)
         if not forwarded:  # the broker that forwarded waits for leaders itself
             await self.replicas.wait_for_leaders(topic, limits.topic_leaders_wait_s)
@@ -334,6 +357,9 @@ class BrokerService:
     async def delete_topic(self, name: str) -> DeletedTopic:
         self._check_running()
         validate_topic_name(name)
+        if name == GROUP_STATE_TOPIC:
+            raise InvalidTopic(f"{GROUP_STATE_TOPIC} holds every consumer group's state and offsets: it cannot be "
+                               "deleted", topic=name)
         self.metadata.topic(name)
         result: dict[str, Any] = await self.controller.propose(MetadataOp.DELETE_TOPIC, {"name": name})
         self.replicas.request_reconcile()
@@ -349,6 +375,10 @@ class BrokerService:
         """Raise the partition count / change the replication factor (at the controller)."""
         self._check_running()
         validate_topic_name(name)
+        if name == GROUP_STATE_TOPIC and request.partitions is not None:
+            # Groups are hashed over the partition count: another count would look for them elsewhere.
+            raise InvalidTopic(f"the partition count of {GROUP_STATE_TOPIC} is fixed (groups are hashed over it); "
+                               "only its replication factor can change", topic=name)
         self.metadata.topic(name)
         if self.controller.active:
             topic = await self.controller.alter_topic(name, request)
@@ -400,6 +430,44 @@ class BrokerService:
             record = await self._wait_for(lambda: (r if (r := self.metadata.brokers.get(broker_id)) is not None
                                                    and r.state.value in wanted else None))
         return self._describe_broker(record)
+
+    # --- consumer groups (node/group_coordinator.py) -------------------------------------------------
+
+    def _coordinator(self) -> GroupCoordinator:
+        self._check_running()
+        if self.groups is None:
+            raise BrokerShuttingDown("this broker has no group coordinator")
+        return self.groups
+
+    async def group_heartbeat(self, request: GroupHeartbeat) -> HeartbeatAnswer:
+        """Join, heartbeat or leave a group; the answer carries the member's epoch and assignment."""
+        return await self._coordinator().heartbeat(request)
+
+    async def commit_offsets(self, request: OffsetCommit) -> int:
+        return await self._coordinator().commit_offsets(request)
+
+    async def fetch_offsets(self, group_id: str, partitions: tuple[tuple[str, int], ...] | None
+                            ) -> tuple[CommittedOffsetView, ...]:
+        return await self._coordinator().fetch_offsets(group_id, partitions)
+
+    async def delete_offsets(self, group_id: str, partitions: tuple[tuple[str, int], ...] | None) -> int:
+        return await self._coordinator().delete_offsets(group_id, partitions)
+
+    async def describe_group(self, group_id: str) -> GroupDescription:
+        return await self._coordinator().describe(group_id)
+
+    def list_groups(self) -> GroupListing:
+        return self._coordinator().list_groups()
+
+    async def share_acquire(self, request: ShareAcquire) -> ShareAcquired:
+        """Queue mode: lock records of a partition for one consumer of a share group."""
+        return await self._coordinator().share_acquire(request)
+
+    async def share_acknowledge(self, request: ShareAcknowledge) -> ShareAcknowledged:
+        return await self._coordinator().share_acknowledge(request)
+
+    async def describe_share_group(self, group_id: str) -> list[dict[str, Any]]:
+        return await self._coordinator().describe_share_group(group_id)
 
     # --- the controller's internal calls --------------------------------------------------------
 

@@ -27,12 +27,15 @@ from pathlib import Path
 import click
 
 from raftmq.cli.bench import bench
+from raftmq.cli.bench_consume import consume as bench_consume
 from raftmq.cli.bench_failover import failover
 from raftmq.cli.bench_idle import idle
 from raftmq.cli.cluster_cmd import cluster
 from raftmq.cli.common import RaftMQGroup
 from raftmq.cli.consume_cmd import consume
 from raftmq.cli.demo import demo
+from raftmq.cli.dlt_cmd import dlt
+from raftmq.cli.group_cmd import group
 from raftmq.cli.node_cmd import node
 from raftmq.cli.produce_cmd import produce
 from raftmq.cli.topic_cmd import topic
@@ -63,7 +66,8 @@ def cli() -> None:
 
 bench.add_command(idle)
 bench.add_command(failover)
-for _command in (cluster, topic, produce, consume, node, bench, demo):
+bench.add_command(bench_consume)
+for _command in (cluster, topic, produce, consume, group, dlt, node, bench, demo):
     cli.add_command(_command)
 
 try:  # written separately; the CLI works without it

@@ -18,6 +18,7 @@ import click
 from raftmq.cli.common import CommandFailed, bootstrap_option, err, stop_on_signals
 from raftmq.client.admin import Admin
 from raftmq.client.consumer import Consumer
+from raftmq.client.group_consumer import GroupConsumer
 from raftmq.client.types import ConsumerRecord, TopicPartition
 from raftmq.cluster.errors import ClientTimeout, UnknownTopicOrPartition
 
@@ -86,13 +87,24 @@ def format_json(record: ConsumerRecord) -> str:
               help="Read a replica's committed copy (possibly behind the leader) instead of the leader's.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(0.5, 3600), default=30.0, show_default=True,
               help="Without --follow: give up when no record arrives for this long.")
+@click.option("--group", "-g", "group_id", default=None,
+              help="Read as a member of this consumer group: partitions come from the group, reading starts at its "
+                   "committed offsets and what was printed is committed (TOPIC may be a glob such as 'order.*').")
 @bootstrap_option()
 def consume(topic: str, partitions: tuple[int, ...], start: str | None, offset: int | None, follow: bool,
-            max_records: int | None, output_format: str, any_replica: bool, timeout_s: float,
+            max_records: int | None, output_format: str, any_replica: bool, timeout_s: float, group_id: str | None,
             bootstrap: list[str]) -> None:
     """Print the records of TOPIC."""
     if offset is not None and start is not None:
         raise click.UsageError("use --offset or --from-beginning/--from-end, not both")
+    if group_id is not None:
+        if partitions or offset is not None or any_replica:
+            raise click.UsageError("--group takes its partitions and offsets from the group: no --partition, "
+                                   "--offset or --any-replica")
+        printed = asyncio.run(_consume_group(topic, group_id, bootstrap, start or "beginning", follow, max_records,
+                                             output_format, timeout_s))
+        err().print(f"[dim]{printed:,} record(s) from {topic} as group {group_id}[/]")
+        return
     printed, parts = asyncio.run(_consume(topic, bootstrap, list(dict.fromkeys(partitions)),
                                           start or "beginning", offset, follow, max_records, output_format,
                                           any_replica, timeout_s))
@@ -153,6 +165,48 @@ async def _consume(topic: str, bootstrap: list[str], partitions: list[int], star
                     if pending and time.monotonic() - last_progress > timeout_s:
                         raise await _stalled(consumer, pending, ends, timeout_s)
     return printed, len(chosen)
+
+
+async def _consume_group(topic: str, group_id: str, bootstrap: list[str], start: str, follow: bool,
+                         max_records: int | None, output_format: str, timeout_s: float) -> int:
+    """As a group member: partitions without a committed offset start at --from-beginning/--from-end; it
+    stops on Ctrl-C, --max, or (without --follow) once its partitions are read to their end (or no record
+    arrived for --timeout); leaving commits."""
+    glob = any(c in topic for c in "*?")
+    consumer = GroupConsumer(bootstrap, group_id, topics=() if glob else [topic], pattern=topic if glob else None,
+                             auto_offset_reset="latest" if start == "end" else "earliest",
+                             max_wait_ms=_FOLLOW_MAX_WAIT_MS if follow else _READ_MAX_WAIT_MS,
+                             client_id="raftmq-cli")
+    fmt = format_json if output_format == "json" else format_text
+    printed = 0
+    async with consumer, stop_on_signals() as interrupted:
+        last_progress = time.monotonic()
+        while not interrupted.is_set() and (max_records is None or printed < max_records):
+            records = await consumer.poll(timeout_ms=_POLL_TIMEOUT_MS,
+                                          max_records=min(500, (max_records or 500) - printed) or 1)
+            if records:
+                last_progress = time.monotonic()
+                try:
+                    sys.stdout.write("".join(fmt(r) + "\n" for r in records))
+                    sys.stdout.flush()
+                except BrokenPipeError:
+                    break
+                printed += len(records)
+            elif not follow and (await _caught_up(consumer) or time.monotonic() - last_progress > timeout_s):
+                break
+    return printed
+
+
+async def _caught_up(consumer: GroupConsumer) -> bool:
+    """Every partition this member owns is read to its end (a group read without --follow stops there)."""
+    owned = consumer.assignment()
+    if not owned:
+        return False
+    positions = consumer.positions()
+    if any(tp not in positions for tp in owned):
+        return False
+    ends = await consumer.consumer.end_offsets(owned)
+    return all(positions[tp] >= ends[tp] for tp in owned)
 
 
 async def _seek(consumer: Consumer, chosen: list[TopicPartition], start: str, offset: int | None) -> None:

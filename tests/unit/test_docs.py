@@ -13,7 +13,7 @@ from raftmq.cluster.errors import all_error_classes
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 CLIENT_ONLY = {"CONNECTION_FAILED", "CLIENT_TIMEOUT", "PRODUCER_CLOSED", "BUFFER_EXHAUSTED", "UNEXPECTED_RESPONSE",
-               "INVARIANT_VIOLATION"}
+               "INVARIANT_VIOLATION", "DEAD_LETTER_FAILED"}
 _ROW = re.compile(r"\| `([A-Z_]+)` \| (\d{3}) \| (yes|no) \| (\*\*no\*\*|yes|no) \|")
 
 
