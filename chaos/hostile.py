@@ -111,11 +111,18 @@ async def _peer_garbage(host: str, port: int, rng: random.Random, tally: Tally, 
 
 
 def _malformed_request(rng: random.Random, host: str, topic: str) -> bytes:
-    path = rng.choice(_PATHS).replace("{t}", rng.choice((topic, "x" * rng.randint(1, 300), "%00", "../etc")))
-    path = path.replace("{p}", rng.choice(("0", "1", "-1", "99999999999999999999", "abc")))
+    """One hostile request. Never a well-formed destructive one: the client API has no authentication by
+    design, so ``DELETE /v1/topics/<the workload's topic>`` or a drain of a real broker would be an operator's
+    command, not an attack (the topic's deletion would be counted as the broker losing every record)."""
+    method = rng.choice(_METHODS)
+    template = rng.choice(_PATHS)
+    names = (topic, "x" * rng.randint(1, 300), "%00", "../etc") if method != "DELETE" else ("x" * 300, "%00", "a b")
+    path = template.replace("{t}", rng.choice(names))
+    ids = ("0", "1", "-1", "99999999999999999999", "abc") if not template.startswith("/v1/brokers/") else (
+        "-1", "99999999999999999999", "abc")
+    path = path.replace("{p}", rng.choice(ids))
     if rng.random() < 0.3:
         path += rng.choice(("?offset=-5", "?offset=abc&max_bytes=0", "?max_wait_ms=999999999", "?acks=7"))
-    method = rng.choice(_METHODS)
     shape = rng.random()
     body = rng.randbytes(rng.randint(0, limits.hostile_body_bytes_max))
     if shape < 0.1:
