@@ -143,9 +143,16 @@ async def test_group_state_is_rebuilt_from_snapshot_and_log(tmp_path: Path) -> N
             OffsetCommit(GROUP, a.result.member_id, a.result.member_epoch, (("orders", 0, 5, "x"),))))
         topic = cluster.service(1).metadata.topic(GROUP_STATE_TOPIC)
         partition = group_partition_for(GROUP, topic.partitions)
-        replicas = [node.broker.replicas.local(topic, partition) for node in cluster.running()]
-        machines = [h.state_machine for h in replicas if h is not None]
-        assert len(machines) == 3 and all(isinstance(m, GroupPartitionStateMachine) for m in machines)
+
+        def local_machines() -> list[Any]:
+            replicas = [node.broker.replicas.local(topic, partition) for node in cluster.running()]
+            return [h.state_machine for h in replicas if h is not None]
+
+        # a replica opens its copy when its broker sees the topic: the slowest may not have yet
+        await cluster.pass_time_until(lambda: len(local_machines()) == 3, timeout_s=10,
+                                      what="every replica of the group's partition open")
+        machines = local_machines()
+        assert all(isinstance(m, GroupPartitionStateMachine) for m in machines)
         await cluster.pass_time_until(lambda: all(len(m.groups.committed(GROUP)) == 1 for m in machines),
                                       timeout_s=10, what="the first commit on every replica")
         cluster.network.compact(f"p/{topic.topic_id}/{partition}")  # every replica snapshots
