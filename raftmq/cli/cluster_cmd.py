@@ -18,6 +18,7 @@ from typing import Any
 import click
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from raftmq.cli.cluster_local import (
     LAYOUT_FILE,
@@ -47,6 +48,7 @@ from raftmq.cli.common import (
     port_in_use,
     safe,
 )
+from raftmq.cli.group_cmd import group_summaries, groups_table
 from raftmq.cluster.errors import ConnectionFailed, RaftMQError
 
 # `up` defaults; the restart command it prints leaves out options at these values.
@@ -73,6 +75,17 @@ def cluster() -> None:
 # --- status (collection and rendering: raftmq/cli/cluster_status.py) ------------------------------------
 
 
+def _print_groups(urls: list[str]) -> None:
+    """Consumer groups and their total lag, when there are any (``raftmq group describe G`` for the details)."""
+    try:
+        groups = asyncio.run(group_summaries(urls))
+    except RaftMQError as exc:
+        out().print(Text(f"consumer groups unknown: {exc} (retry, or: raftmq group list)", style="yellow"))
+        return
+    if groups:
+        out().print(groups_table(groups))
+
+
 @cluster.command("status")
 @bootstrap_option()
 @click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 60), default=STATUS_TIMEOUT_S,
@@ -82,6 +95,8 @@ def status(bootstrap: list[str], timeout_s: float) -> None:
     leader reports it; under-replicated and leaderless partitions are called out."""
     snapshot = asyncio.run(collect(bootstrap, timeout_s=timeout_s))
     out().print(render_status(snapshot))
+    if snapshot.reachable:
+        _print_groups([state.url for state in snapshot.reachable])
     if not snapshot.reachable:
         raise CommandFailed(ConnectionFailed.code, f"no broker answered at {', '.join(bootstrap)}",
                             "start a cluster (raftmq cluster up) or pass the right --bootstrap / "

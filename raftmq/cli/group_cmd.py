@@ -10,6 +10,7 @@ only with ``--execute``; the group must have no members.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -32,30 +33,35 @@ def group() -> None:
 @bootstrap_option()
 def list_groups(bootstrap: list[str]) -> None:
     """Every consumer group with its state, member count and total lag."""
-
-    async def run() -> list[tuple[dict[str, Any], int | None]]:
-        async with Admin(bootstrap) as admin:
-            groups = await admin.list_groups()
-            rows = []
-            for item in groups:
-                try:
-                    _rows, total = await _lag_rows(bootstrap, await admin.describe_group(str(item["group_id"])))
-                except RaftMQError:
-                    total = None  # its coordinator is moving: shown as unknown
-                rows.append((item, total))
-            return rows
-
-    groups = asyncio.run(run())
+    groups = asyncio.run(group_summaries(bootstrap))
     if not groups:
         out().print("no consumer groups (start one with: raftmq consume TOPIC --group NAME)")
         return
-    table = Table(title=f"{len(groups)} group(s)", title_justify="left")
+    out().print(groups_table(groups))
+
+
+async def group_summaries(bootstrap: Sequence[str]) -> list[tuple[dict[str, Any], int | None]]:
+    """Every group (``group_id``, ``state``, ``members``) with its total lag (None: its coordinator did not
+    answer, e.g. it is moving)."""
+    async with Admin(list(bootstrap)) as admin:
+        rows = []
+        for item in await admin.list_groups():
+            try:
+                _rows, total = await _lag_rows(list(bootstrap), await admin.describe_group(str(item["group_id"])))
+            except RaftMQError:
+                total = None
+            rows.append((item, total))
+        return rows
+
+
+def groups_table(groups: Sequence[tuple[dict[str, Any], int | None]]) -> Table:
+    table = Table(title=f"{len(groups)} consumer group(s)", title_justify="left")
     for column in ("group", "state", "members", "lag"):
         table.add_column(column, justify="left" if column in ("group", "state") else "right")
     for item, total in groups:
         table.add_row(safe(str(item["group_id"])), str(item["state"]), str(item["members"]),
                       "?" if total is None else f"{total:,}")
-    out().print(table)
+    return table
 
 
 async def _lag_rows(bootstrap: list[str], description: dict[str, Any]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from raftmq.deploy.local_cluster import LocalCluster
+from raftmq.deploy.local_cluster import LocalCluster, wait_until
 
 from raftmq.cli import cli
 
@@ -50,6 +50,10 @@ def test_consume_as_a_group_resumes_and_reports_lag(shared_cluster: LocalCluster
     more = [f"b{i:02d}" for i in range(5)]
     assert run(shared_cluster, "produce", topic, "--acks", "all", input="\n".join(more) + "\n").exit_code == 0
     assert total_lag(run(shared_cluster, "group", "describe", group)) == 5
+    # `cluster status` lists the groups with their total lag (a coordinator still settling shows "?": retried)
+    row = rf"{group}\s+│\s+empty\s+│\s+0\s+│\s+5\s+│"
+    wait_until(lambda: re.search(row, run(shared_cluster, "cluster", "status").stdout) is not None, timeout_s=20,
+               what="the group's row in cluster status")
     assert values(run(shared_cluster, "consume", topic, "--group", group, "--timeout", "20")) == more
 
     dry = run(shared_cluster, "group", "reset-offsets", group, "--topic", topic, "--to-earliest")
