@@ -207,3 +207,20 @@ faultfs_control_line_bytes_max: Final = 1 * MIB
 hostile_overrun_s: Final = 5.0
 # From SIGTERM to its report written and the process gone (its tasks wind down within a few seconds).
 hostile_finish_deadline_s: Final = 15.0
+
+# --- the consumer-group workload (chaos/group_workload.py) ----------------------------------------------
+# Members: a short session so a crashed member's partitions move within a fault step; commits every 200 ms.
+group_session_timeout_ms: Final = 1_500
+group_auto_commit_interval_ms: Final = 200
+group_request_timeout_ms: Final = 1_500
+group_poll_timeout_ms: Final = 300
+# At most this many members at once; a member crashes or one joins every 2-4 s (seeded).
+group_members_max: Final = 3
+group_churn_interval_s: Final = (2.0, 4.0)
+# A clean stop of one member (commit, leave) is bounded; the watcher samples committed offsets this often.
+group_member_stop_deadline_s: Final = 5.0
+group_commit_sample_s: Final = 0.5
+# After the drain the members get this long to process every record of the final logs (progress checked
+# every group_settle_poll_s).
+group_settle_deadline_s: Final = 30.0
+group_settle_poll_s: Final = 0.1

@@ -43,6 +43,7 @@ import aiohttp
 from raftmq.chaos import limits
 from raftmq.chaos.checker import CheckResult, check
 from raftmq.chaos.faultfs import unavailable_reason
+from raftmq.chaos.group_workload import GroupWorkload
 from raftmq.chaos.harness import BrokerExited, ChaosCluster, FaultEvent, FaultHandle, PlacementGoal
 from raftmq.chaos.history import History, SendOp
 from raftmq.chaos.nemesis import Step, generate
@@ -576,7 +577,9 @@ class _Run:
         self.timeline: LeaderTimeline | None = None
         self.executor: NemesisExecutor | None = None
         self.stop_polling = asyncio.Event()
-        self.tasks: list[asyncio.Task[Any]] = []  # timeline, nemesis, consumer
+        self.tasks: list[asyncio.Task[Any]] = []  # timeline, nemesis, consumer, group members
+        self.group: GroupWorkload | None = None
+        self.group_stop = asyncio.Event()
         self._final_disks: dict[int, dict[str, Any]] = {}  # the fault file systems' status before the stop
         self.progress_task: asyncio.Task[None] | None = None
 
@@ -654,6 +657,9 @@ class _Run:
         self.tasks = [asyncio.create_task(timeline.run(self.stop_polling), name="chaos-timeline"),
                       asyncio.create_task(executor.run(self.t0), name="chaos-nemesis")]
         self.tasks.append(asyncio.create_task(workload.run_consumer(), name="chaos-consumer"))
+        # Consumer-group members crashing and rejoining under the same faults (chaos/group_workload.py).
+        self.group = GroupWorkload(self.harness.client_urls, self.config.topic, seed=self.config.seed)
+        self.tasks.append(asyncio.create_task(self.group.run(self.group_stop), name="chaos-group"))
         await workload.run_producers(self.settings.duration_s)
         return timeline, executor
 
@@ -694,9 +700,10 @@ class _Run:
     async def _stop_reading(self, workload: Workload) -> None:
         """The consumer (bounded) and the metadata poller stop."""
         workload.stop_consumer()
+        self.group_stop.set()  # no more churn; the members keep consuming until _check's settle
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(limits.consumer_stop_deadline_s):
-                await asyncio.gather(self.tasks[2], return_exceptions=True)
+                await asyncio.gather(*self.tasks[2:], return_exceptions=True)
         self.stop_polling.set()
 
     async def _drain(self, workload: Workload, converged: dict[str, Any]) -> None:
@@ -726,6 +733,11 @@ class _Run:
         self.status["phase"] = "checking"
         history = workload.build()
         (self.run_dir / "history.json").write_text(history.dumps())
+        if self.group is not None:
+            final = {(r.partition, r.offset, r.value) for r in history.reads if r.topic == self.config.topic}
+            await self.group.settle(final, limits.group_settle_deadline_s)
+            result.stats["group"] = self.group.summary()
+            result.extra_findings += self.group.findings(final)
         checked = await asyncio.to_thread(check, history, acks=self.acks, majority_alive=True,
                                           loss_allowed=self._loss_allowed())
         result.check = checked
@@ -766,6 +778,9 @@ class _Run:
         if self.workload is not None:
             self.workload.stop()
             self.workload.stop_consumer()
+        self.group_stop.set()
+        if self.group is not None:
+            await self.group.stop()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
