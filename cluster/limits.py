@@ -70,6 +70,8 @@ replication_status_refresh_s: Final = 0.25
 # The replication thread runs calls from other threads (group opening, membership changes) for at most this
 # long per pass, then polls, pings and ticks before it goes on (node/replication.py, ReplicationLoop._run_calls).
 replication_calls_budget_s: Final = 0.05
+# ... and ticks dirty groups for at most this long per pass (the others are ticked first in the next pass).
+replication_tick_budget_s: Final = 0.1
 # A leader whose group has had nothing to do for this long asks its followers to go quiet (node/quiescence.py).
 raft_quiesce_after_s: Final = 0.5
 # A quiet follower whose link to the leader goes down campaigns within this (the link timeout already waited).

@@ -1083,7 +1083,9 @@ class ReplicationLoop(NetworkListener):
         self._completions: list[tuple[asyncio.Future[Any] | None, Any, RaftMQError | None]] = []
         self._after_sync: list[tuple[asyncio.Future[Any] | None, Any, RaftMQError | None]] = []
         self._completions_lock = threading.Lock()
-        self._dirty: set[str] = set()
+        # Groups to tick, in the order they became dirty (a dict as an ordered set): a pass ticks them first in,
+        # first out, for at most replication_tick_budget_s, and the rest wait for the next pass.
+        self._dirty: dict[str, None] = {}
         # Groups' next timer (RaftGroup.next_tick) as a heap of (due, seq, group id): the sweep looks only at
         # the due ones, so idle and quiet groups cost nothing per sweep. At most one live entry per group
         # (RaftGroup.queued_tick); entries it superseded are dropped when they surface.
@@ -1170,7 +1172,7 @@ class ReplicationLoop(NetworkListener):
 
     def mark_dirty(self, group_id: str) -> None:
         """Replication thread only: tick this group in the current pass."""
-        self._dirty.add(group_id)
+        self._dirty[group_id] = None
 
     def wake_group(self, group_id: str) -> None:
         self._wake_queue.append(group_id)
@@ -1189,21 +1191,21 @@ class ReplicationLoop(NetworkListener):
         for group in self.groups.values():
             if group.transport is not None:
                 group.transport.peer_up(peer_id)
-            self._dirty.add(group.group_id)
+            self._dirty[group.group_id] = None
 
     def on_peer_down(self, peer_id: int) -> None:
         for group in self.groups.values():
             if group.transport is not None:
                 group.transport.peer_down(peer_id)
             group.quiescence.link_down(peer_id)
-            self._dirty.add(group.group_id)
+            self._dirty[group.group_id] = None
 
     def on_raft_message(self, peer_id: int, group_id: str, message: dict[str, Any]) -> None:
         group = self.groups.get(group_id)
         if group is None or group.transport is None:
             return  # not created here yet (or deleted): the sender retries
         group.transport.deliver(peer_id, message)
-        self._dirty.add(group_id)
+        self._dirty[group_id] = None
 
     # group management (replication thread) -------------------------------------------------------
 
@@ -1214,13 +1216,13 @@ class ReplicationLoop(NetworkListener):
         for peer_id in self.network.up_peers():
             if group.transport is not None:
                 group.transport.peer_up(peer_id)
-        self._dirty.add(group.group_id)
+        self._dirty[group.group_id] = None
 
     def remove_group(self, group_id: str) -> RaftGroup | None:
         group = self.groups.pop(group_id, None)
         if group is not None:
             group.close()
-        self._dirty.discard(group_id)
+        self._dirty.pop(group_id, None)
         return group
 
     # the thread ----------------------------------------------------------------------------------
@@ -1252,7 +1254,7 @@ class ReplicationLoop(NetworkListener):
             self.network.maintain()
             self._run_calls()
             while self._wake_queue:
-                self._dirty.add(self._wake_queue.popleft())
+                self._dirty[self._wake_queue.popleft()] = None
             now = time.monotonic()
             if now >= next_sweep:
                 next_sweep = now + limits.replication_sweep_interval_s
@@ -1312,7 +1314,7 @@ class ReplicationLoop(NetworkListener):
                 continue  # removed, or superseded by an earlier entry
             group.queued_tick = math.inf
             if now >= group.next_tick:
-                self._dirty.add(group_id)
+                self._dirty[group_id] = None
             else:
                 self._schedule(group)  # its timer moved later since this entry was queued
 
@@ -1323,14 +1325,22 @@ class ReplicationLoop(NetworkListener):
             heapq.heappush(self._timers, (due, next(self._timer_seq), group.group_id))
 
     def _tick_dirty(self, now: float) -> list[RaftGroup]:
+        """Tick dirty groups, oldest first, for at most ``replication_tick_budget_s``: thousands of groups woken
+        at once (a link that came back, a mass election) must not hold back polling and pings, or the peers
+        time the links out and wake everything again."""
         ticked = []
-        for group_id in self._dirty:
-            dirty = self.groups.get(group_id)
-            if dirty is not None:
-                dirty.tick(now)
-                self._schedule(dirty)
-                ticked.append(dirty)
-        self._dirty.clear()
+        dirty = self._dirty
+        deadline = time.monotonic() + limits.replication_tick_budget_s
+        while dirty:
+            group_id = next(iter(dirty))
+            del dirty[group_id]
+            group = self.groups.get(group_id)
+            if group is not None:
+                group.tick(now)
+                self._schedule(group)
+                ticked.append(group)
+                if len(ticked) % 64 == 0 and time.monotonic() >= deadline:
+                    break
         return ticked
 
     @staticmethod
