@@ -413,3 +413,15 @@ share_lock_ms_max: Final = 3_600_000  # a visibility timeout of an hour; longer 
 share_lock_ms_default: Final = 30_000  # SQS's default visibility timeout
 share_max_deliveries_default: Final = 5  # Kafka's group.share.delivery.count.limit
 assert share_acquire_records_max <= share_window_records_max
+
+# --- exchanges and routing (cluster/exchanges.py, node/publish.py) ------------------------------------------
+
+exchanges_max: Final = 1_000  # exchanges in the cluster (each travels in every metadata snapshot)
+exchange_bindings_max: Final = 1_000  # bindings of one exchange: a fanout publish appends to each bound topic
+exchange_name_chars_max: Final = 249  # the topic name limit
+routing_key_bytes_max: Final = 255  # AMQP's shortstr
+binding_headers_max: Final = 32  # header values one headers binding compares
+exchange_alternate_hops_max: Final = 4  # alternate exchanges followed before a record counts as unroutable
+# Destinations (topic partitions) one publish appends to at once; more wait for a slot. Bounds the produce
+# requests one publish keeps in flight, whatever the number of bindings.
+publish_destinations_parallel_max: Final = 16

@@ -34,6 +34,7 @@ from raftmq.cluster.errors import (
     UnknownBroker,
     UnknownTopicOrPartition,
 )
+from raftmq.cluster.exchanges import ExchangeTable
 
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")  # used with fullmatch: "$" would accept a trailing newline
 _CONFIG_KEYS = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "min_insync_replicas")
@@ -300,6 +301,7 @@ class MetadataState:
     fenced_producer_ids: OrderedDict[int, None] = field(default_factory=OrderedDict)
     brokers: dict[int, BrokerRecord] = field(default_factory=dict)
     brokers_version: int = 0  # bumped on every broker change
+    exchanges: ExchangeTable = field(default_factory=ExchangeTable)  # cluster/exchanges.py
 
     def apply(self, index: int, op: int, time_ms: int, payload: Mapping[str, Any]) -> Any:
         if op == MetadataOp.CREATE_TOPIC:
@@ -310,6 +312,7 @@ class MetadataState:
             if topic is None:
                 return UnknownTopicOrPartition(f"topic {name!r} does not exist", topic=name)
             self.topics_version += 1
+            self.exchanges.forget_topic(topic.name)
             return {"deleted": topic.name, "topic_id": topic.topic_id}
         if op == MetadataOp.ALLOCATE_PRODUCER_ID:
             name = payload.get("name")
@@ -320,6 +323,14 @@ class MetadataState:
             return self._set_broker_state(time_ms, payload)
         if op in _PARTITION_OPS:
             return self._change_topic(op, payload)
+        if op == MetadataOp.CREATE_EXCHANGE:
+            return self.exchanges.create(time_ms, payload)
+        if op == MetadataOp.DELETE_EXCHANGE:
+            return self.exchanges.delete(payload)
+        if op == MetadataOp.BIND_EXCHANGE:
+            return self.exchanges.bind(payload, self.topics.__contains__)
+        if op == MetadataOp.UNBIND_EXCHANGE:
+            return self.exchanges.unbind(payload)
         return InvalidRequest(f"unknown metadata operation {op}")
 
     # --- brokers --------------------------------------------------------------------------------
@@ -427,13 +438,14 @@ class MetadataState:
         return topic
 
     def to_bytes(self) -> bytes:
-        data: bytes = msgpack.packb({"v": 2, "topics": [t.to_wire() for t in self.topics.values()],
+        data: bytes = msgpack.packb({"v": 3, "topics": [t.to_wire() for t in self.topics.values()],
                               "brokers": [b.to_wire() for b in self.brokers.values()],
                               "brokers_version": self.brokers_version,
                               "next_producer_id": self.next_producer_id,
                               "topics_version": self.topics_version,
                               "producer_names": [[name, ids[0], ids[1]] for name, ids in self.producer_names.items()],
-                              "fenced_producer_ids": list(self.fenced_producer_ids)},
+                              "fenced_producer_ids": list(self.fenced_producer_ids),
+                              "exchanges": self.exchanges.to_wire(), "exchanges_version": self.exchanges.version},
                              use_bin_type=True)
         return data
 
@@ -446,7 +458,8 @@ class MetadataState:
         brokers = {int(b["id"]): BrokerRecord.from_wire(b) for b in raw.get("brokers", [])}
         return cls(topics=topics, next_producer_id=int(raw["next_producer_id"]),
                    topics_version=int(raw.get("topics_version", 0)), producer_names=names,
-                   fenced_producer_ids=fenced, brokers=brokers, brokers_version=int(raw.get("brokers_version", 0)))
+                   fenced_producer_ids=fenced, brokers=brokers, brokers_version=int(raw.get("brokers_version", 0)),
+                   exchanges=ExchangeTable.from_wire(raw.get("exchanges", ()), int(raw.get("exchanges_version", 0))))
 
 
 _PARTITION_OPS = frozenset({MetadataOp.CREATE_PARTITIONS, MetadataOp.SET_REPLICATION_FACTOR,
