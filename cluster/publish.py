@@ -25,7 +25,6 @@ No I/O here.
 from __future__ import annotations
 
 import enum
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,8 +57,8 @@ class PublishRequest:
         return {name: value.decode("utf-8", "replace") for name, value in headers if value is not None}
 
 
-def parse_publish(exchange: str, body: Any, now_ms: int | None = None) -> PublishRequest:
-    """A ``POST /v1/exchanges/{exchange}/publish`` body."""
+def parse_publish(exchange: str, body: Any, now_ms: int) -> PublishRequest:
+    """A ``POST /v1/exchanges/{exchange}/publish`` body; ``now_ms`` stamps records that carry no timestamp."""
     validate_exchange_name(exchange)
     if not isinstance(body, Mapping):
         raise InvalidRequest("body must be an object")
@@ -68,9 +67,8 @@ def parse_publish(exchange: str, body: Any, now_ms: int | None = None) -> Publis
     if unknown:
         raise InvalidRequest(f"unknown fields: {', '.join(map(str, unknown))}", fields=unknown)
     routing_key = validate_routing_key(body.get("routing_key"))
-    now = int(time.time() * 1000) if now_ms is None else now_ms
     # records_to_batch validates every record exactly as a produce does; decode it back into items.
-    raw = records_to_batch(body.get("records"), now_ms=now)
+    raw = records_to_batch(body.get("records"), now_ms=now_ms)
     items = tuple((r.key, r.value, list(r.headers), r.timestamp_ms) for r in batches.decode_records(raw))
     acks = parse_acks(body.get("acks", "all"))
     timeout_ms = require_int(body, "timeout_ms", default=limits.produce_timeout_ms_default, minimum=1,

@@ -415,7 +415,7 @@ async def bind_exchange(request: web.Request) -> web.Response:
 
 
 async def publish(request: web.Request) -> web.Response:
-    published = parse_publish(request.match_info["exchange"], await read_body(request))
+    published = parse_publish(request.match_info["exchange"], await read_body(request), int(time.time() * 1000))
     return _respond(request, await _service(request).exchanges.publish(published))
 
 

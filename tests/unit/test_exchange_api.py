@@ -71,7 +71,8 @@ async def test_fanout_admin_publish_partial_failure_and_retry(tmp_path: Path) ->
         retry = answer["error"]["details"]["retry"]
         assert retry == [["audit", 0]]
         # The retry names only the destinations left: orders does not get the record twice.
-        status, answer = await call(session, one, "POST", "/v1/exchanges/notify/publish", {**body, "destinations": retry})
+        status, answer = await call(session, one, "POST", "/v1/exchanges/notify/publish",
+                                    {**body, "destinations": retry})
         assert status == 200, answer
         assert [v for v, _ in records(cluster, "orders")] == [b"first", b"second"]
         assert [v for v, _ in records(cluster, "audit")] == [b"first", b"second", b"second"]  # "unknown" = maybe

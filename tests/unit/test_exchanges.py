@@ -232,7 +232,7 @@ def test_bad_bindings(body: dict[str, Any]) -> None:
 
 def test_a_publish_is_planned_per_destination_with_routing_headers() -> None:
     request = parse_publish("orders-x", {"routing_key": "order.created", "publish_id": "p1", "records": [
-        {"key": "customer-1", "value": "a"}, {"key": "customer-2", "value": "b"}, {"value": "c"}]})
+        {"key": "customer-1", "value": "a"}, {"key": "customer-2", "value": "b"}, {"value": "c"}]}, now_ms=1)
     planned = plan_destinations(request, ["audit", "orders"], {"audit": 1, "orders": 4}, pick=0)
     unkeyed = partition_for(b"p1", 4)
     expected = sorted({partition_for(b"customer-1", 4), partition_for(b"customer-2", 4), unkeyed})
@@ -242,7 +242,7 @@ def test_a_publish_is_planned_per_destination_with_routing_headers() -> None:
     assert records[0].headers == (("x-exchange", b"orders-x"), ("x-routing-key", b"order.created"))
     # A retry names what is left: only those destinations get the records again.
     retry = parse_publish("orders-x", {"routing_key": "order.created", "publish_id": "p1",
-                                       "records": [{"value": "c"}], "destinations": [["orders", unkeyed]]})
+                                       "records": [{"value": "c"}], "destinations": [["orders", unkeyed]]}, now_ms=1)
     assert [(d.topic, d.partition) for d in plan_destinations(retry, ["audit", "orders"],
                                                               {"audit": 1, "orders": 4}, pick=3)] == \
         [("orders", unkeyed)]
