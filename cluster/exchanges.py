@@ -344,6 +344,7 @@ def describe_route(route_: Route) -> dict[str, Any]:
     return {"topics": list(route_.topics), "exchanges": list(route_.exchanges)}
 
 
-def routed_headers(exchange: str, routing_key: str, headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+def routed_headers(exchange: str, routing_key: str, headers: Sequence[tuple[str, bytes | None]]
+                   ) -> list[tuple[str, bytes | None]]:
     """A routed record's headers: its own, then the exchange and routing key it was published with."""
     return [*headers, (EXCHANGE_HEADER, exchange.encode()), (ROUTING_KEY_HEADER, routing_key.encode())]
