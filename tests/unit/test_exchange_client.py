@@ -53,8 +53,11 @@ async def test_the_seed_examples_route_as_amqp_says(tmp_path: Path) -> None:
             assert [e["name"] for e in await admin.list_exchanges()] == ["docs", "events", "notify", "order",
                                                                          "unrouted"]
             # A publish routes on the receiving broker's copy of the metadata: let every broker apply the binds.
-            await wait_until(lambda: all(len(getattr(cluster.service(b).metadata.exchanges.get("docs"), "bindings", ())) == 1
-                                         for b in (1, 2, 3)), what="every broker to learn the bindings")
+            def learned(broker_id: int) -> bool:
+                docs = cluster.service(broker_id).metadata.exchanges.get("docs")
+                return docs is not None and len(docs.bindings) == 1
+
+            await wait_until(lambda: all(learned(b) for b in (1, 2, 3)), what="every broker to learn the bindings")
 
             receipt = await publisher.publish("order", b"o1", "order.created", key="customer-7")
             assert (receipt.routed, receipt.topics) == (True, ("orders",))
