@@ -425,3 +425,18 @@ exchange_alternate_hops_max: Final = 4  # alternate exchanges followed before a 
 # Destinations (topic partitions) one publish appends to at once; more wait for a slot. Bounds the produce
 # requests one publish keeps in flight, whatever the number of bindings.
 publish_destinations_parallel_max: Final = 16
+# Push consumers (cluster/push.py, node/push.py): at most `prefetch` records unacknowledged per connection, so
+# the broker holds at most push_prefetch_max records (each at most record_bytes_max) for one consumer.
+push_prefetch_default: Final = 10
+push_prefetch_max: Final = 1_000
+push_topics_max: Final = 100  # topics one push subscription reads
+push_connections_max: Final = 256  # push WebSockets one broker serves at once (each holds its prefetch window)
+# A consumer that does not read its socket for this long (a send does not drain) is disconnected; its records
+# are released to the group.
+push_send_timeout_s: Final = 30.0
+# How often an idle push session looks at the watermarks of partitions it does not host (reads, not Raft
+# entries: it acquires, one Raft entry, only when a partition has records it has not seen, or locks expired).
+push_idle_poll_s: Final = 0.2
+push_rescan_s: Final = 1.0  # at most one acquire (Raft entry) per idle partition and push session this often
+push_read_timeout_s: Final = 10.0  # a push session's read of watermarks or records from another broker
+push_heartbeat_s: Final = 10.0  # WebSocket pings: a consumer gone without a close is noticed within two

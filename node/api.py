@@ -40,6 +40,7 @@ from raftmq.cluster.group_requests import (
 )
 from raftmq.cluster.metadata import parse_alter_topic, parse_create_topic, parse_producer_name
 from raftmq.cluster.publish import parse_publish
+from raftmq.cluster.push import parse_subscription
 from raftmq.cluster.wire import (
     Acks,
     decode_body,
@@ -419,6 +420,18 @@ async def publish(request: web.Request) -> web.Response:
     return _respond(request, await _service(request).exchanges.publish(published))
 
 
+async def share_push(request: web.Request) -> web.StreamResponse:
+    """A push consumer's WebSocket (node/push.py); every refusal happens before the upgrade, as a coded
+    HTTP answer."""
+    subscription = parse_subscription(request.match_info["group"], request.query)
+    service = _service(request)
+    await service.push.check(subscription)
+    ws = web.WebSocketResponse(heartbeat=limits.push_heartbeat_s, max_msg_size=limits.request_bytes_max)
+    await ws.prepare(request)
+    await service.push.serve(ws, subscription)
+    return ws
+
+
 def build_app(broker: Broker) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=limits.request_bytes_max)
     app[BROKER] = broker
@@ -451,6 +464,7 @@ def build_app(broker: Broker) -> web.Application:
     app.router.add_get("/v1/share-groups/{group}", describe_share_group)
     app.router.add_post("/v1/share-groups/{group}/acquire", share_acquire)
     app.router.add_post("/v1/share-groups/{group}/acknowledge", share_acknowledge)
+    app.router.add_get("/v1/share-groups/{group}/push", share_push)
     app.router.add_get("/v1/exchanges", list_exchanges)
     app.router.add_post("/v1/exchanges", create_exchange)
     app.router.add_get("/v1/exchanges/{exchange}", describe_exchange)

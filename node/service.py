@@ -91,6 +91,7 @@ from raftmq.node.operations import (
     TopicDescription,
 )
 from raftmq.node.partition import AppendResult
+from raftmq.node.push import PushSessions
 from raftmq.node.reassignment import perform_step
 from raftmq.node.replicas import PartitionHandle, ReplicaManager
 from raftmq.node.stages import StageTimes, StageTrace
@@ -116,6 +117,7 @@ class BrokerService:
         self.stage_times = StageTimes()  # acks=all produce requests led here (GET /v1/debug/stages)
         self.exchanges = Exchanges(metadata=metadata, propose=self._propose_metadata, produce_here=self.produce,
                                    call=call, wait_for=self._wait_for)
+        self.push = PushSessions(self, call)
 
     # --- leadership -----------------------------------------------------------------------------
 
