@@ -9,16 +9,19 @@ directly to check the memory bound; every wait is on a condition or a receive wi
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import msgpack
 import pytest
+from click.testing import CliRunner
 from raftmq.client.admin import Admin
 from raftmq.client.publisher import ExchangePublisher
 from raftmq.client.push_consumer import PushConsumer, PushRecord
 from raftmq.cluster.errors import InvalidRequest, UnknownTopicOrPartition
 from raftmq.cluster.push import DeathReason, PrefetchWindow, parse_ack_frame, parse_death, parse_subscription
 
+from raftmq.cli import cli
 from tests.inprocess import InProcessCluster
 
 
@@ -164,3 +167,18 @@ def test_the_pure_parts() -> None:
     for frame in (b"\xc1", msgpack.packb([]), msgpack.packb({"acks": [["t", 0, 5, "maybe"]]})):
         with pytest.raises(InvalidRequest):
             parse_ack_frame(frame)
+
+
+@pytest.mark.asyncio
+async def test_consume_push_prints_and_acknowledges(tmp_path: Path) -> None:
+    async with InProcessCluster(tmp_path, brokers=1) as cluster:
+        await cluster.create_topic("jobs")
+        await cluster.append_records("jobs", 0, [b"j%d" % i for i in range(5)])
+        args = ["consume", "jobs", "--group", "cli", "--push", "--prefetch", "2", "--max", "3", "-b", cluster.urls[0]]
+        result = await asyncio.to_thread(CliRunner().invoke, cli, args)
+        assert result.exit_code == 0, result.output
+        assert result.stdout.splitlines() == ["0 0 - j0", "0 1 - j1", "0 2 - j2"]
+        # The printed records were acknowledged: the group hands out only the rest.
+        async with PushConsumer(cluster.urls, "cli", topics=["jobs"], prefetch=5) as consumer:
+            assert [r.value for r in await receive_all(consumer, 2)] == [b"j3", b"j4"]
+            assert await consumer.receive(0.3) is None
