@@ -62,6 +62,7 @@ class PushSessions:
         self.service = service
         self.call = call
         self.sessions: set[PushSession] = set()
+        self._releases: set[asyncio.Task[None]] = set()  # releases that outlive a cancelled handler
 
     @property
     def active(self) -> int:
@@ -81,6 +82,12 @@ class PushSessions:
         for topic in subscription.topics:
             self.service.metadata.topic(topic)  # UNKNOWN_TOPIC_OR_PARTITION before the upgrade
 
+    def keep(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        """Hold a reference to ``task`` until it ends (the event loop keeps only weak ones)."""
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+        return task
+
     async def serve(self, ws: web.WebSocketResponse, subscription: PushSubscription) -> None:
         session = PushSession(self, ws, subscription)
         self.sessions.add(session)
@@ -99,6 +106,7 @@ class PushSession:
         self.member_id = "push-" + uuid.uuid4().hex
         self.window = PrefetchWindow(subscription.prefetch)
         self.records: dict[Delivery, Record] = {}  # the in-flight records (a reject may dead-letter them)
+        self.pending: set[Delivery] = set()  # acquired (locked for this member), not yet in the window
         self.wake = asyncio.Event()
         self.seen_end: dict[tuple[str, int], int] = {}  # high watermark at the last acquire that found nothing
         self.scanned_at: dict[tuple[str, int], float] = {}
@@ -117,10 +125,13 @@ class PushSession:
             log.info("push consumer %s of %s: disconnected (%r)", self.member_id, self.sub.group_id, exc)
         finally:
             reader.cancel()
+            # aiohttp cancels the handler when the client goes away: the release runs as its own task so a
+            # cancellation cannot cut it short (else the records stay locked until lock_ms passes).
+            release = self.sessions.keep(asyncio.get_running_loop().create_task(self._release_all()))
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(release)
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            await self._release_all()
-            await self.ws.close()
+                await self.ws.close()
 
     # --- delivering -------------------------------------------------------------------------------
 
@@ -154,26 +165,30 @@ class PushSession:
             self.seen_end[key] = log_end
             return False
         self.seen_end.pop(key, None)
+        self.pending.update((topic, partition, o) for o, _n, _d in acquired.acquired)
         records = await self._read(topic, partition, sorted(o for o, _n, _d in acquired.acquired))
         dead: list[tuple[int, AckKind]] = []
-        sent = 0
+        frames = []
         for offset, count, over_limit in acquired.acquired:
             record = records.get(offset)
+            self.pending.discard((topic, partition, offset))
             if record is None:
                 continue  # gone (retention); its lock expires
             if over_limit:
                 dead.append((offset, await self._dead_letter(topic, partition, record, DeathReason.DELIVERY_LIMIT,
                                                              count - 1)))
                 continue
+            # Into the window before the first send: if the connection breaks mid-way, run() releases them all.
             self.window.deliver((topic, partition, offset), count)
             self.records[(topic, partition, offset)] = record
-            async with asyncio.timeout(limits.push_send_timeout_s):
-                await self.ws.send_bytes(delivery_frame(topic, partition, record, count))
-            sent += 1
+            frames.append(delivery_frame(topic, partition, record, count))
         if dead:
             await self.service.share_acknowledge(ShareAcknowledge(self.sub.group_id, self.member_id, topic,
                                                                   partition, tuple(dead)))
-        return sent > 0
+        for frame in frames:
+            async with asyncio.timeout(limits.push_send_timeout_s):
+                await self.ws.send_bytes(frame)
+        return bool(frames)
 
     async def _dead_letter(self, topic: str, partition: int, record: Record, reason: DeathReason,
                            count: int) -> AckKind:
@@ -232,8 +247,9 @@ class PushSession:
                 log.info("push %s: acknowledging %s-%d failed: %s", self.member_id, topic, partition, exc)
 
     async def _release_all(self) -> None:
-        held = list(self.window.in_flight)
+        held = sorted(set(self.window.in_flight) | self.pending)
         self.window.in_flight.clear()
+        self.pending.clear()
         self.records.clear()
         with contextlib.suppress(RaftMQError):
             by_partition: dict[tuple[str, int], list[tuple[int, AckKind]]] = {}
