@@ -37,7 +37,8 @@ from raftmq.cluster.errors import (
 from raftmq.cluster.exchanges import ExchangeTable
 
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")  # used with fullmatch: "$" would accept a trailing newline
-_CONFIG_KEYS = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "min_insync_replicas")
+_CONFIG_KEYS = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "min_insync_replicas",
+                "message_ttl_ms")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class TopicConfig:
     segment_bytes: int = limits.segment_bytes_default
     segment_ms: int = limits.segment_ms_default
     min_insync_replicas: int = 1
+    # A record older than this (its timestamp) is not delivered to push consumers: it is dead-lettered with
+    # reason "expired" (RabbitMQ's per-queue message TTL). -1: records do not expire.
+    message_ttl_ms: int = -1
 
     def to_wire(self) -> dict[str, int]:
         return asdict(self)
@@ -179,6 +183,8 @@ def parse_topic_config(raw: Any, replication_factor: int) -> TopicConfig:
     if not limits.segment_bytes_min <= config.segment_bytes <= limits.segment_bytes_max:
         raise InvalidConfig(f"segment_bytes must be between {limits.segment_bytes_min} and {limits.segment_bytes_max}",
                             key="segment_bytes")
+    if config.message_ttl_ms != -1 and config.message_ttl_ms < 1:
+        raise InvalidConfig("message_ttl_ms must be -1 (records do not expire) or at least 1", key="message_ttl_ms")
     if config.segment_ms < 1:
         raise InvalidConfig("segment_ms must be at least 1", key="segment_ms")
     if not quorum <= config.min_insync_replicas <= replication_factor:

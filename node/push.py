@@ -169,14 +169,16 @@ class PushSession:
         records = await self._read(topic, partition, sorted(o for o, _n, _d in acquired.acquired))
         dead: list[tuple[int, AckKind]] = []
         frames = []
+        ttl_ms = self.service.metadata.topic(topic).config.message_ttl_ms
+        now_ms = int(time.time() * 1000)
         for offset, count, over_limit in acquired.acquired:
             record = records.get(offset)
             self.pending.discard((topic, partition, offset))
             if record is None:
                 continue  # gone (retention); its lock expires
-            if over_limit:
-                dead.append((offset, await self._dead_letter(topic, partition, record, DeathReason.DELIVERY_LIMIT,
-                                                             count - 1)))
+            if over_limit or 0 < ttl_ms < now_ms - record.timestamp_ms:
+                reason = DeathReason.DELIVERY_LIMIT if over_limit else DeathReason.EXPIRED
+                dead.append((offset, await self._dead_letter(topic, partition, record, reason, count - 1)))
                 continue
             # Into the window before the first send: if the connection breaks mid-way, run() releases them all.
             self.window.deliver((topic, partition, offset), count)

@@ -10,6 +10,7 @@ directly to check the memory bound; every wait is on a condition or a receive wi
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import msgpack
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 from raftmq.client.admin import Admin
 from raftmq.client.publisher import ExchangePublisher
 from raftmq.client.push_consumer import PushConsumer, PushRecord
+from raftmq.cluster.batch import decode_records, iter_batches
 from raftmq.cluster.errors import InvalidRequest, UnknownTopicOrPartition
 from raftmq.cluster.push import DeathReason, PrefetchWindow, parse_ack_frame, parse_death, parse_subscription
 
@@ -126,8 +128,6 @@ async def test_a_dead_letter_exchange_collects_rejected_records(tmp_path: Path) 
                     break
         assert (b"good", 1) in handled and (b"flaky", 2) in handled
         dead = cluster.leader("payments-dead", 0).state_machine.log
-        from raftmq.cluster.batch import decode_records, iter_batches
-
         letters = [r for _, chunk in iter_batches(dead.read(0, 1 << 20)) for r in decode_records(chunk)]
         by_value = {r.value: parse_death(r.headers) for r in letters}
         assert set(by_value) == {b"bad", b"flaky"}
@@ -182,3 +182,27 @@ async def test_consume_push_prints_and_acknowledges(tmp_path: Path) -> None:
         async with PushConsumer(cluster.urls, "cli", topics=["jobs"], prefetch=5) as consumer:
             assert [r.value for r in await receive_all(consumer, 2)] == [b"j3", b"j4"]
             assert await consumer.receive(0.3) is None
+
+
+@pytest.mark.asyncio
+async def test_expired_records_go_to_the_dead_letter_exchange(tmp_path: Path) -> None:
+    async with InProcessCluster(tmp_path, brokers=1) as cluster:
+        await cluster.create_topic("quotes", config={"message_ttl_ms": 60_000})
+        await cluster.create_topic("stale")
+        async with Admin(cluster.urls) as admin:
+            await admin.create_exchange("expired", "fanout")
+            await admin.bind("expired", "stale")
+        await cluster.append_records("quotes", 0, [b"old-1", b"old-2"], timestamp_ms=1_000)  # long expired
+        await cluster.append_records("quotes", 0, [b"fresh"], timestamp_ms=int(time.time() * 1000))
+        async with PushConsumer(cluster.urls, "pricing", topics=["quotes"], dead_letter_exchange="expired") as consumer:
+            record = await consumer.receive(5.0)
+            assert record is not None and record.value == b"fresh"
+            await consumer.ack(record)
+            assert await consumer.receive(0.3) is None
+        letters = cluster.stored("stale", 0)
+        assert [value for _offset, _key, value in letters] == [b"old-1", b"old-2"]
+        log = cluster.leader("stale", 0).state_machine.log
+        deaths = [parse_death(r.headers) for _, chunk in iter_batches(log.read(0, 1 << 20))
+                  for r in decode_records(chunk)]
+        assert [(d["reason"], d["offset"], d["count"]) for d in deaths] == [("expired", "0", "0"),
+                                                                            ("expired", "1", "0")]
