@@ -44,7 +44,7 @@ def death_headers(reason: DeathReason, *, count: int, topic: str, partition: int
                   time_ms: int) -> list[tuple[str, bytes | None]]:
     """The headers a dead-lettered record carries after its own (values UTF-8 text, numbers in decimal)."""
     fields = (("reason", reason.value), ("count", str(count)), ("topic", topic), ("partition", str(partition)),
-              ("offset", str(offset)), ("time_ms", str(time_ms)))
+              ("offset", str(offset)), ("time-ms", str(time_ms)))
     return [(f"x-death-{name}", value.encode()) for name, value in fields]
 
 
