@@ -87,6 +87,10 @@ class ExchangePublisher(AsyncLifecycle):
                 pause = backoff_s(attempt, base_ms=self.retry_backoff_ms, max_ms=limits.client_retry_backoff_ms_max,
                                   rng=self._rng)
                 if not isinstance(retry, list) or not retry or time.monotonic() + pause >= deadline:
+                    # The whole picture: destinations earlier attempts appended, then the last attempt's.
+                    last = [d for d in exc.details.get("destinations") or () if d.get("status") != "ok"]
+                    exc.details["destinations"] = [{"topic": t, "partition": p, "status": "ok", "base_offset": o}
+                                                   for t, p, o in done] + last
                     raise
                 body["destinations"] = retry
                 await asyncio.sleep(pause)  # the retry's backoff

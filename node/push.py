@@ -62,7 +62,7 @@ class PushSessions:
         self.service = service
         self.call = call
         self.sessions: set[PushSession] = set()
-        self._releases: set[asyncio.Task[None]] = set()  # releases that outlive a cancelled handler
+        self._tasks: set[asyncio.Task[None]] = set()  # sessions and releases that outlive a cancelled handler
 
     @property
     def active(self) -> int:
@@ -84,17 +84,19 @@ class PushSessions:
 
     def keep(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
         """Hold a reference to ``task`` until it ends (the event loop keeps only weak ones)."""
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return task
 
     async def serve(self, ws: web.WebSocketResponse, subscription: PushSubscription) -> None:
+        """Run one session to its end. aiohttp cancels the handler when the client goes away; the session
+        runs as its own task so that a cancellation between an acquire's commit and its bookkeeping cannot
+        leave records locked for nobody: it notices the closed socket itself and releases what it holds."""
         session = PushSession(self, ws, subscription)
         self.sessions.add(session)
-        try:
-            await session.run()
-        finally:
-            self.sessions.discard(session)
+        task = self.keep(asyncio.get_running_loop().create_task(session.run()))
+        task.add_done_callback(lambda _task: self.sessions.discard(session))
+        await asyncio.shield(task)
 
 
 class PushSession:

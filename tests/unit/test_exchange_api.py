@@ -15,7 +15,11 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
+from raftmq.client.admin import Admin
+from raftmq.client.publisher import ExchangePublisher
+from raftmq.cluster import limits
 from raftmq.cluster.batch import decode_records, iter_batches
+from raftmq.cluster.errors import PublishIncomplete
 
 from tests.inprocess import Fault, InProcessCluster, RequestLog, wait_until
 
@@ -115,3 +119,40 @@ async def test_unroutable_and_bad_requests_are_coded(tmp_path: Path) -> None:
         status, answer = await call(session, url, "DELETE", "/v1/exchanges/d")
         assert (status, answer) == (200, {"deleted": "d"})
         assert (await call(session, url, "GET", "/v1/exchanges"))[1] == {"exchanges": []}
+
+
+async def test_publishes_acknowledged_across_a_leader_loss_are_in_every_topic(tmp_path: Path) -> None:
+    """acks=all to three topics while the leader of one is cut off from its replicas and another is elected:
+    the publish that hit the cut-off leader is reported per destination (never acknowledged whole), and every
+    publish the client saw acknowledged is in all three topics after the partition heals."""
+    async with InProcessCluster(tmp_path, brokers=3) as cluster:
+        for name, leader in (("a", 1), ("b", 2), ("c", 3)):
+            await cluster.create_topic(name, leaders=[leader])
+        async with Admin(cluster.urls) as admin:
+            await admin.create_exchange("all", "fanout")
+            for name in "abc":
+                await admin.bind("all", name)
+        acknowledged: list[bytes] = []
+        incomplete: list[dict[str, str]] = []
+        async with ExchangePublisher(cluster.urls[:1], request_timeout_ms=2_000) as publisher:
+            for i in range(6):
+                await publisher.publish("all", b"before-%d" % i, timeout_s=5.0)
+                acknowledged.append(b"before-%d" % i)
+            cluster.partition({3}, {1, 2})  # c's leader (broker 3) can no longer commit
+            try:
+                await publisher.publish("all", b"during", timeout_s=0.5)
+                acknowledged.append(b"during")
+            except PublishIncomplete as exc:
+                incomplete = [{d["topic"]: d["status"]} for d in exc.details["destinations"]]
+            cluster.advance(limits.raft_leader_fallback_timeout_s + limits.raft_election_timeout_min_s)
+            await wait_until(lambda: cluster.leader("c", 0).group.status.leader_id in (1, 2),
+                             what="a new leader of c")
+            for i in range(6):
+                await publisher.publish("all", b"after-%d" % i, timeout_s=5.0)
+                acknowledged.append(b"after-%d" % i)
+        cluster.heal()
+        assert b"during" not in acknowledged and {"c": "ok"} not in incomplete and {"a": "ok"} in incomplete
+        for name in "abc":
+            stored = [value for _offset, _key, value in cluster.stored(name, 0)]
+            assert set(acknowledged) <= set(stored), (name, stored)
+            assert all(stored.count(v) == 1 for v in acknowledged)
