@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from raftmq.cluster import limits
+from raftmq.cluster.consumer_groups import GROUP_STATE_TOPIC
 from raftmq.cluster.errors import (
     BindingNotFound,
     ExchangeAlreadyExists,
@@ -229,6 +230,8 @@ def parse_binding(body: Any) -> Binding:
     topic = body.get("topic")
     if not isinstance(topic, str) or not topic:
         raise InvalidBinding("topic (the bound topic's name) is required", field="topic")
+    if topic == GROUP_STATE_TOPIC:
+        raise InvalidBinding(f"{GROUP_STATE_TOPIC} is internal: only consumer groups write it", field="topic")
     key = validate_routing_key(body.get("key"), "key")
     raw = body.get("headers") or {}
     if not isinstance(raw, Mapping) or len(raw) > limits.binding_headers_max \

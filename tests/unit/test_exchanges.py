@@ -223,8 +223,9 @@ def test_bad_create_requests(body: dict[str, Any], error: type[Exception]) -> No
         parse_create_exchange(body)
 
 
-@pytest.mark.parametrize("body", [{}, {"topic": "t", "key": 5}, {"topic": "t", "headers": {"a": 1}},
-                                  {"topic": "t", "match": "some"}, {"topic": "t", "key": "k" * 256}])
+@pytest.mark.parametrize("body", [{}, {"topic": "__consumer_offsets"}, {"topic": "t", "key": 5},
+                                  {"topic": "t", "headers": {"a": 1}}, {"topic": "t", "match": "some"},
+                                  {"topic": "t", "key": "k" * 256}])
 def test_bad_bindings(body: dict[str, Any]) -> None:
     with pytest.raises((InvalidBinding, InvalidRequest)):
         parse_binding(body)
