@@ -30,6 +30,8 @@ from raftmq.client.metadata import (
     TopicInfo,
 )
 from raftmq.client.producer import Producer
+from raftmq.client.publisher import ExchangePublisher, PublishReceipt
+from raftmq.client.push_consumer import PushConsumer, PushRecord
 from raftmq.client.share_consumer import ShareConsumer, ShareRecord
 from raftmq.client.sync import SyncAdmin, SyncConsumer, SyncGroupConsumer, SyncProducer
 from raftmq.client.types import (
@@ -69,6 +71,7 @@ __all__ = [
     "ConsumerRecord",
     "CorruptBatch",
     "DeliveryReport",
+    "ExchangePublisher",
     "DeliveryStatus",
     "ExactlyOnceProcessor",
     "GroupConsumer",
@@ -81,6 +84,9 @@ __all__ = [
     "OffsetOutOfRange",
     "PartitionInfo",
     "Producer",
+    "PublishReceipt",
+    "PushConsumer",
+    "PushRecord",
     "ProducerClosed",
     "ProducerCounters",
     "RaftMQError",

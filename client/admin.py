@@ -398,6 +398,48 @@ class Admin(AsyncLifecycle):
                                          deadline_s=time.monotonic() + self._timeout(timeout_s))
         return int(answer.get("committed") or 0)
 
+    # --- exchanges (docs/api.md "Exchanges") -----------------------------------------------------------
+
+    async def create_exchange(self, name: str, type: str, *, alternate_exchange: str | None = None,
+                              timeout_s: float | None = None) -> dict[str, Any]:
+        """``POST /v1/exchanges``: ``type`` is direct, fanout, topic or headers. Declaring an existing exchange
+        as it is succeeds. Raises: InvalidExchange, ExchangeAlreadyExists (another type/alternate)."""
+        body = {"name": name, "type": type, "alternate_exchange": alternate_exchange}
+        return await self._exchange_call("POST", "/v1/exchanges", body, timeout_s)
+
+    async def list_exchanges(self, *, timeout_s: float | None = None) -> list[dict[str, Any]]:
+        """``GET /v1/exchanges``: every exchange with its bindings, sorted by name."""
+        response = await self._fetcher.any_broker_request("GET", "/v1/exchanges", timeout_s=self._timeout(timeout_s))
+        exchanges = response.get("exchanges")
+        if not isinstance(exchanges, list):
+            raise UnexpectedResponse("GET /v1/exchanges answer without an exchanges list")
+        return exchanges
+
+    async def describe_exchange(self, name: str, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """``GET /v1/exchanges/{name}``. Raises: UnknownExchange."""
+        response = await self._fetcher.any_broker_request("GET", f"/v1/exchanges/{quote(name, safe='')}",
+                                                          timeout_s=self._timeout(timeout_s))
+        return _exchange_of(response)
+
+    async def delete_exchange(self, name: str, *, timeout_s: float | None = None) -> None:
+        """``DELETE /v1/exchanges/{name}``: the exchange and its bindings (the topics stay). Raises: UnknownExchange."""
+        await self._controller_request("DELETE", f"/v1/exchanges/{quote(name, safe='')}", None,
+                                       self._timeout(timeout_s))
+
+    async def bind(self, exchange: str, topic: str, *, key: str = "", headers: Mapping[str, str] | None = None,
+                   match: str = "all", unbind: bool = False, timeout_s: float | None = None) -> dict[str, Any]:
+        """``POST`` (or, ``unbind``, ``DELETE``) ``/v1/exchanges/{exchange}/bindings``: bind ``topic`` with a
+        binding ``key`` (direct, topic) or ``headers`` and ``match`` all/any (headers); fanout takes neither.
+        Binding twice is a success. Raises: UnknownExchange, UnknownTopicOrPartition, InvalidBinding,
+        BindingNotFound (unbind)."""
+        body = {"topic": topic, "key": key, "headers": dict(headers or {}), "match": match}
+        return await self._exchange_call("DELETE" if unbind else "POST",
+                                         f"/v1/exchanges/{quote(exchange, safe='')}/bindings", body, timeout_s)
+
+    async def _exchange_call(self, method: str, path: str, body: Mapping[str, Any],
+                             timeout_s: float | None) -> dict[str, Any]:
+        return _exchange_of(await self._controller_request(method, path, body, self._timeout(timeout_s)))
+
     async def _controller_request(self, method: str, path: str, body: Mapping[str, Any] | None,
                                   timeout_s: float) -> dict[str, Any]:
         """Send to the controller (else any broker); follow one NOT_LEADER redirect; move on to the next
@@ -431,6 +473,13 @@ class Admin(AsyncLifecycle):
                     raise
                 last_error = exc
         raise last_error or ClientTimeout(f"{method} {path}: deadline passed", sent=False)
+
+
+def _exchange_of(response: Mapping[str, Any]) -> dict[str, Any]:
+    exchange = response.get("exchange")
+    if not isinstance(exchange, dict):
+        raise UnexpectedResponse("answer without an exchange")
+    return exchange
 
 
 def _redirect_url(details: Mapping[str, Any], view: ClusterView) -> str | None:

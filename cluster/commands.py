@@ -41,6 +41,10 @@ class MetadataOp(enum.IntEnum):
     BEGIN_REASSIGNMENT = 108    # a partition gets a target replica set
     SET_PARTITION_REPLICAS = 109  # one membership step committed in the partition's group: its voters now
     END_REASSIGNMENT = 110      # the move is over (target reached or cancelled)
+    CREATE_EXCHANGE = 111       # cluster/exchanges.py; a replica that predates these ops answers INVALID_REQUEST
+    DELETE_EXCHANGE = 112
+    BIND_EXCHANGE = 113         # exchange -> topic binding
+    UNBIND_EXCHANGE = 114
 
 
 class Command(NamedTuple):

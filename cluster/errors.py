@@ -634,6 +634,75 @@ class InvariantViolation(RaftMQError):
     http_status = 500
 
 
+# --- exchanges and routing ------------------------------------------------------------------------------
+
+
+@_register
+class InvalidExchange(RaftMQError):
+    """An exchange name, type or alternate exchange is not valid."""
+
+    code = "INVALID_EXCHANGE"
+    http_status = 400
+    hint = "exchange names use [a-zA-Z0-9._-]; types are direct, fanout, topic and headers"
+
+
+@_register
+class UnknownExchange(RaftMQError):
+    """No exchange with this name exists."""
+
+    code = "UNKNOWN_EXCHANGE"
+    http_status = 404
+    hint = "`raftmq exchange list` shows the exchanges; `raftmq exchange create` makes one"
+
+
+@_register
+class ExchangeAlreadyExists(RaftMQError):
+    """An exchange with this name exists with another type or alternate exchange."""
+
+    code = "EXCHANGE_ALREADY_EXISTS"
+    http_status = 409
+    hint = "delete it first, or declare it as it is (the same type and alternate is a success)"
+
+
+@_register
+class InvalidBinding(RaftMQError):
+    """A binding does not suit its exchange (a key on a headers exchange, a malformed pattern, too many)."""
+
+    code = "INVALID_BINDING"
+    http_status = 400
+    hint = "direct and topic exchanges bind with a key, headers exchanges with headers, fanout with neither"
+
+
+@_register
+class BindingNotFound(RaftMQError):
+    """The exchange has no binding with this topic, key and headers."""
+
+    code = "BINDING_NOT_FOUND"
+    http_status = 404
+    hint = "`raftmq exchange describe NAME` lists the bindings"
+
+
+@_register
+class Unroutable(RaftMQError):
+    """A mandatory publish matched no binding (nor any alternate exchange's): nothing was appended."""
+
+    code = "UNROUTABLE"
+    http_status = 422
+    hint = "bind a topic that matches the routing key, or give the exchange an alternate exchange"
+
+
+@_register
+class PublishIncomplete(RaftMQError):
+    """A publish to an exchange was not acknowledged by every destination; details.destinations says, per
+    topic partition, which appended it (ok), which certainly did not (failed) and which may have (unknown)."""
+
+    code = "PUBLISH_INCOMPLETE"
+    http_status = 503
+    retriable = True
+    definite = False
+    hint = "retry with the same publish: the client sends it only to the destinations that did not acknowledge"
+
+
 def invariant(condition: bool, message: str) -> None:
     """Assert that stays on under ``python -O``; raises InvariantViolation with the reason."""
     if not condition:

@@ -415,3 +415,30 @@ share_lock_ms_max: Final = 3_600_000  # a visibility timeout of an hour; longer 
 share_lock_ms_default: Final = 30_000  # SQS's default visibility timeout
 share_max_deliveries_default: Final = 5  # Kafka's group.share.delivery.count.limit
 assert share_acquire_records_max <= share_window_records_max
+
+# --- exchanges and routing (cluster/exchanges.py, node/publish.py) ------------------------------------------
+
+exchanges_max: Final = 1_000  # exchanges in the cluster (each travels in every metadata snapshot)
+exchange_bindings_max: Final = 1_000  # bindings of one exchange: a fanout publish appends to each bound topic
+exchange_name_chars_max: Final = 249  # the topic name limit
+routing_key_bytes_max: Final = 255  # AMQP's shortstr
+binding_headers_max: Final = 32  # header values one headers binding compares
+exchange_alternate_hops_max: Final = 4  # alternate exchanges followed before a record counts as unroutable
+# Destinations (topic partitions) one publish appends to at once; more wait for a slot. Bounds the produce
+# requests one publish keeps in flight, whatever the number of bindings.
+publish_destinations_parallel_max: Final = 16
+# Push consumers (cluster/push.py, node/push.py): at most `prefetch` records unacknowledged per connection, so
+# the broker holds at most push_prefetch_max records (each at most record_bytes_max) for one consumer.
+push_prefetch_default: Final = 10
+push_prefetch_max: Final = 1_000
+push_topics_max: Final = 100  # topics one push subscription reads
+push_connections_max: Final = 256  # push WebSockets one broker serves at once (each holds its prefetch window)
+# A consumer that does not read its socket for this long (a send does not drain) is disconnected; its records
+# are released to the group.
+push_send_timeout_s: Final = 30.0
+# How often an idle push session looks at the watermarks of partitions it does not host (reads, not Raft
+# entries: it acquires, one Raft entry, only when a partition has records it has not seen, or locks expired).
+push_idle_poll_s: Final = 0.2
+push_rescan_s: Final = 1.0  # at most one acquire (Raft entry) per idle partition and push session this often
+push_read_timeout_s: Final = 10.0  # a push session's read of watermarks or records from another broker
+push_heartbeat_s: Final = 10.0  # WebSocket pings: a consumer gone without a close is noticed within two

@@ -34,9 +34,11 @@ from raftmq.cluster.errors import (
     UnknownBroker,
     UnknownTopicOrPartition,
 )
+from raftmq.cluster.exchanges import ExchangeTable
 
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")  # used with fullmatch: "$" would accept a trailing newline
-_CONFIG_KEYS = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "min_insync_replicas")
+_CONFIG_KEYS = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "min_insync_replicas",
+                "message_ttl_ms")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class TopicConfig:
     segment_bytes: int = limits.segment_bytes_default
     segment_ms: int = limits.segment_ms_default
     min_insync_replicas: int = 1
+    # A record older than this (its timestamp) is not delivered to push consumers: it is dead-lettered with
+    # reason "expired" (RabbitMQ's per-queue message TTL). -1: records do not expire.
+    message_ttl_ms: int = -1
 
     def to_wire(self) -> dict[str, int]:
         return asdict(self)
@@ -178,6 +183,8 @@ def parse_topic_config(raw: Any, replication_factor: int) -> TopicConfig:
     if not limits.segment_bytes_min <= config.segment_bytes <= limits.segment_bytes_max:
         raise InvalidConfig(f"segment_bytes must be between {limits.segment_bytes_min} and {limits.segment_bytes_max}",
                             key="segment_bytes")
+    if config.message_ttl_ms != -1 and config.message_ttl_ms < 1:
+        raise InvalidConfig("message_ttl_ms must be -1 (records do not expire) or at least 1", key="message_ttl_ms")
     if config.segment_ms < 1:
         raise InvalidConfig("segment_ms must be at least 1", key="segment_ms")
     if not quorum <= config.min_insync_replicas <= replication_factor:
@@ -300,6 +307,7 @@ class MetadataState:
     fenced_producer_ids: OrderedDict[int, None] = field(default_factory=OrderedDict)
     brokers: dict[int, BrokerRecord] = field(default_factory=dict)
     brokers_version: int = 0  # bumped on every broker change
+    exchanges: ExchangeTable = field(default_factory=ExchangeTable)  # cluster/exchanges.py
 
     def apply(self, index: int, op: int, time_ms: int, payload: Mapping[str, Any]) -> Any:
         if op == MetadataOp.CREATE_TOPIC:
@@ -310,6 +318,7 @@ class MetadataState:
             if topic is None:
                 return UnknownTopicOrPartition(f"topic {name!r} does not exist", topic=name)
             self.topics_version += 1
+            self.exchanges.forget_topic(topic.name)
             return {"deleted": topic.name, "topic_id": topic.topic_id}
         if op == MetadataOp.ALLOCATE_PRODUCER_ID:
             name = payload.get("name")
@@ -320,6 +329,14 @@ class MetadataState:
             return self._set_broker_state(time_ms, payload)
         if op in _PARTITION_OPS:
             return self._change_topic(op, payload)
+        if op == MetadataOp.CREATE_EXCHANGE:
+            return self.exchanges.create(time_ms, payload)
+        if op == MetadataOp.DELETE_EXCHANGE:
+            return self.exchanges.delete(payload)
+        if op == MetadataOp.BIND_EXCHANGE:
+            return self.exchanges.bind(payload, self.topics.__contains__)
+        if op == MetadataOp.UNBIND_EXCHANGE:
+            return self.exchanges.unbind(payload)
         return InvalidRequest(f"unknown metadata operation {op}")
 
     # --- brokers --------------------------------------------------------------------------------
@@ -427,13 +444,14 @@ class MetadataState:
         return topic
 
     def to_bytes(self) -> bytes:
-        data: bytes = msgpack.packb({"v": 2, "topics": [t.to_wire() for t in self.topics.values()],
+        data: bytes = msgpack.packb({"v": 3, "topics": [t.to_wire() for t in self.topics.values()],
                               "brokers": [b.to_wire() for b in self.brokers.values()],
                               "brokers_version": self.brokers_version,
                               "next_producer_id": self.next_producer_id,
                               "topics_version": self.topics_version,
                               "producer_names": [[name, ids[0], ids[1]] for name, ids in self.producer_names.items()],
-                              "fenced_producer_ids": list(self.fenced_producer_ids)},
+                              "fenced_producer_ids": list(self.fenced_producer_ids),
+                              "exchanges": self.exchanges.to_wire(), "exchanges_version": self.exchanges.version},
                              use_bin_type=True)
         return data
 
@@ -446,7 +464,8 @@ class MetadataState:
         brokers = {int(b["id"]): BrokerRecord.from_wire(b) for b in raw.get("brokers", [])}
         return cls(topics=topics, next_producer_id=int(raw["next_producer_id"]),
                    topics_version=int(raw.get("topics_version", 0)), producer_names=names,
-                   fenced_producer_ids=fenced, brokers=brokers, brokers_version=int(raw.get("brokers_version", 0)))
+                   fenced_producer_ids=fenced, brokers=brokers, brokers_version=int(raw.get("brokers_version", 0)),
+                   exchanges=ExchangeTable.from_wire(raw.get("exchanges", ()), int(raw.get("exchanges_version", 0))))
 
 
 _PARTITION_OPS = frozenset({MetadataOp.CREATE_PARTITIONS, MetadataOp.SET_REPLICATION_FACTOR,

@@ -30,6 +30,7 @@ from raftmq.cluster.errors import (
     RequestTooLarge,
     RouteNotFound,
 )
+from raftmq.cluster.exchanges import parse_binding, parse_create_exchange
 from raftmq.cluster.group_requests import (
     parse_group_heartbeat,
     parse_offset_commit,
@@ -38,6 +39,8 @@ from raftmq.cluster.group_requests import (
     parse_share_acquire,
 )
 from raftmq.cluster.metadata import parse_alter_topic, parse_create_topic, parse_producer_name
+from raftmq.cluster.publish import parse_publish
+from raftmq.cluster.push import parse_subscription
 from raftmq.cluster.wire import (
     Acks,
     decode_body,
@@ -382,6 +385,53 @@ async def describe_share_group(request: web.Request) -> web.Response:
     return _respond(request, {"group_id": group_id, "partitions": rows})
 
 
+# --- exchanges ----------------------------------------------------------------------------------------
+
+
+async def list_exchanges(request: web.Request) -> web.Response:
+    return _respond(request, {"exchanges": [e.to_wire() for e in _service(request).exchanges.list()]})
+
+
+async def create_exchange(request: web.Request) -> web.Response:
+    payload = parse_create_exchange(await read_body(request))
+    exchange = await _service(request).exchanges.create(payload)
+    return _respond(request, {"exchange": exchange.to_wire()}, status=201)
+
+
+async def describe_exchange(request: web.Request) -> web.Response:
+    exchange = _service(request).exchanges.describe(request.match_info["exchange"])
+    return _respond(request, {"exchange": exchange.to_wire()})
+
+
+async def delete_exchange(request: web.Request) -> web.Response:
+    exchange = await _service(request).exchanges.delete(request.match_info["exchange"])
+    return _respond(request, {"deleted": exchange.name})
+
+
+async def bind_exchange(request: web.Request) -> web.Response:
+    binding = parse_binding(await read_body(request))
+    unbind = request.method == "DELETE"
+    exchange = await _service(request).exchanges.bind(request.match_info["exchange"], binding, unbind=unbind)
+    return _respond(request, {"exchange": exchange.to_wire()}, status=200 if unbind else 201)
+
+
+async def publish(request: web.Request) -> web.Response:
+    published = parse_publish(request.match_info["exchange"], await read_body(request), int(time.time() * 1000))
+    return _respond(request, await _service(request).exchanges.publish(published))
+
+
+async def share_push(request: web.Request) -> web.StreamResponse:
+    """A push consumer's WebSocket (node/push.py); every refusal happens before the upgrade, as a coded
+    HTTP answer."""
+    subscription = parse_subscription(request.match_info["group"], request.query)
+    service = _service(request)
+    await service.push.check(subscription)
+    ws = web.WebSocketResponse(heartbeat=limits.push_heartbeat_s, max_msg_size=limits.request_bytes_max)
+    await ws.prepare(request)
+    await service.push.serve(ws, subscription)
+    return ws
+
+
 def build_app(broker: Broker) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=limits.request_bytes_max)
     app[BROKER] = broker
@@ -414,4 +464,12 @@ def build_app(broker: Broker) -> web.Application:
     app.router.add_get("/v1/share-groups/{group}", describe_share_group)
     app.router.add_post("/v1/share-groups/{group}/acquire", share_acquire)
     app.router.add_post("/v1/share-groups/{group}/acknowledge", share_acknowledge)
+    app.router.add_get("/v1/share-groups/{group}/push", share_push)
+    app.router.add_get("/v1/exchanges", list_exchanges)
+    app.router.add_post("/v1/exchanges", create_exchange)
+    app.router.add_get("/v1/exchanges/{exchange}", describe_exchange)
+    app.router.add_delete("/v1/exchanges/{exchange}", delete_exchange)
+    app.router.add_post("/v1/exchanges/{exchange}/bindings", bind_exchange)
+    app.router.add_delete("/v1/exchanges/{exchange}/bindings", bind_exchange)
+    app.router.add_post("/v1/exchanges/{exchange}/publish", publish)
     return app

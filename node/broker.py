@@ -124,7 +124,8 @@ class Broker:
         groups = self.groups = GroupCoordinator(broker_id=self.broker_id, metadata=metadata, replicas=replicas,
                                                 controller=controller, url_of=self.url_of)
         self._service = BrokerService(config=self.config, engine=engine, metadata=metadata, replicas=replicas,
-                                      controller=controller, describe_moves=self.reassigner.describe, groups=groups)
+                                      controller=controller, describe_moves=self.reassigner.describe, groups=groups,
+                                      call=self._forwarder.call)
         self.session = BrokerSession(config=self.config, incarnation=self.incarnation, metadata=metadata,
                                      controller=controller, call=self._forwarder.call, leads=replicas.led_partitions,
                                      on_fatal=self._fatal)

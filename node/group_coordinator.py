@@ -235,6 +235,11 @@ class GroupCoordinator:
 
     # --- share groups (queue mode) ------------------------------------------------------------------------
 
+    async def check_coordinator(self, group_id: str) -> None:
+        """Raise NOT_COORDINATOR (naming the coordinator) or COORDINATOR_NOT_AVAILABLE unless this broker
+        coordinates ``group_id`` now (a push consumer's WebSocket is checked before its upgrade)."""
+        await self._coordinator(group_id)
+
     async def share_acquire(self, request: ShareAcquire) -> ShareAcquired:
         """Lock available records for a member. Every acquire is one Raft entry: a lock must survive the
         coordinator's death."""

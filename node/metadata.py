@@ -22,6 +22,7 @@ import msgpack
 from raftmq.cluster import commands, limits
 from raftmq.cluster.commands import MetadataOp
 from raftmq.cluster.errors import LeaderNotAvailable, RaftMQError, RequestTimedOut, UnknownTopicOrPartition
+from raftmq.cluster.exchanges import Exchange
 from raftmq.cluster.metadata import BrokerRecord, ProducerCheck, Topic
 from raftmq.node.groups import GroupSpec, GroupStatus, ReplicationEngine, ReplicationGroup
 from raftmq.node.metadata_sm import METADATA_GROUP_ID, MetadataStateMachine
@@ -119,6 +120,10 @@ class MetadataGroup:
     @property
     def view(self) -> Mapping[str, Topic]:
         return self.state_machine.view
+
+    @property
+    def exchanges(self) -> Mapping[str, Exchange]:
+        return self.state_machine.exchanges
 
     def topic(self, name: str) -> Topic:
         topic = self.state_machine.view.get(name)

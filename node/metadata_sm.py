@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 import msgpack
 from raftmq.cluster import commands
 from raftmq.cluster.errors import InternalError
+from raftmq.cluster.exchanges import Exchange
 from raftmq.cluster.metadata import BrokerRecord, MetadataState, Topic
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class MetadataStateMachine:
         self.applied_index = 0
         self.view: Mapping[str, Topic] = MappingProxyType({})
         self.brokers: Mapping[int, BrokerRecord] = MappingProxyType({})
+        self.exchanges: Mapping[str, Exchange] = MappingProxyType({})
         self.on_topics_changed: Callable[[], None] | None = None
         self._announced_version = -1
         self._announced_index = -1
@@ -45,15 +47,19 @@ class MetadataStateMachine:
             return InternalError("metadata entry is not a raftmq command")
         if not isinstance(payload, dict):
             return InternalError("metadata payload is not a map")
-        versions = (self.state.topics_version, self.state.brokers_version)
+        versions = self._versions()
         result = self.state.apply(index, decoded.op, decoded.time_ms, payload)
-        if versions != (self.state.topics_version, self.state.brokers_version):
+        if versions != self._versions():
             self._publish()
         return result
+
+    def _versions(self) -> tuple[int, int, int]:
+        return self.state.topics_version, self.state.brokers_version, self.state.exchanges.version
 
     def _publish(self) -> None:
         self.view = MappingProxyType(dict(self.state.topics))
         self.brokers = MappingProxyType(dict(self.state.brokers))
+        self.exchanges = MappingProxyType(dict(self.state.exchanges.exchanges))
 
     def restore(self, state: bytes | None) -> None:
         if state is None:

@@ -44,6 +44,7 @@ from raftmq.cluster.errors import (
     UnknownProducerId,
     UnknownTopicOrPartition,
 )
+from raftmq.cluster.exchanges import Exchange
 from raftmq.cluster.group_requests import (
     CommittedOffsetView,
     GroupDescription,
@@ -69,7 +70,8 @@ from raftmq.cluster.routing import partition_for
 from raftmq.cluster.wire import Acks
 from raftmq.node import stages
 from raftmq.node.config import NodeConfig
-from raftmq.node.controller import Controller
+from raftmq.node.controller import Call, Controller
+from raftmq.node.exchanges import Exchanges
 from raftmq.node.group_coordinator import GroupCoordinator
 from raftmq.node.groups import AppendInfo, ReplicationEngine
 from raftmq.node.metadata import MetadataGroup
@@ -89,6 +91,7 @@ from raftmq.node.operations import (
     TopicDescription,
 )
 from raftmq.node.partition import AppendResult
+from raftmq.node.push import PushSessions
 from raftmq.node.reassignment import perform_step
 from raftmq.node.replicas import PartitionHandle, ReplicaManager
 from raftmq.node.stages import StageTimes, StageTrace
@@ -100,7 +103,7 @@ class BrokerService:
     def __init__(self, *, config: NodeConfig, engine: ReplicationEngine, metadata: MetadataGroup,
                  replicas: ReplicaManager, controller: Controller,
                  describe_moves: Callable[[], dict[tuple[str, int], dict[str, Any]]] = dict,
-                 groups: GroupCoordinator | None = None) -> None:
+                 groups: GroupCoordinator | None = None, call: Call | None = None) -> None:
         self.config = config
         self.broker_id = config.broker_id
         self.engine = engine
@@ -112,6 +115,9 @@ class BrokerService:
         self.stopping = False
         self.started_at = time.monotonic()
         self.stage_times = StageTimes()  # acks=all produce requests led here (GET /v1/debug/stages)
+        self.exchanges = Exchanges(metadata=metadata, propose=self._propose_metadata, produce_here=self.produce,
+                                   call=call, wait_for=self._wait_for)
+        self.push = PushSessions(self, call)
 
     # --- leadership -----------------------------------------------------------------------------
 
@@ -365,6 +371,10 @@ class BrokerService:
         self.replicas.request_reconcile()
         return DeletedTopic(str(result["deleted"]), int(result["topic_id"]))
 
+    async def _propose_metadata(self, op: MetadataOp, payload: dict[str, Any]) -> Any:
+        self._check_running()
+        return await self.controller.propose(op, payload)
+
     async def init_producer(self, name: str | None) -> ProducerIdentity:
         """Kafka's InitProducerId (see cluster/metadata.py MetadataState for names and fencing)."""
         self._check_running()
@@ -485,10 +495,10 @@ class BrokerService:
         """A learner's metadata command, at the controller."""
         if not self.controller.active:
             raise self.controller.not_controller()
-        if op not in (MetadataOp.DELETE_TOPIC, MetadataOp.ALLOCATE_PRODUCER_ID):
+        if op not in _FORWARDABLE_OPS:
             raise InvalidRequest(f"metadata operation {op} cannot be forwarded")
         result = await self.metadata.propose(MetadataOp(op), payload)
-        return result.to_wire() if isinstance(result, (Topic, BrokerRecord)) else result
+        return result.to_wire() if isinstance(result, (Topic, BrokerRecord, Exchange)) else result
 
     async def partition_step(self, body: dict[str, Any]) -> dict[str, Any]:
         """On a partition's leader: one membership step of a move the controller drives."""
@@ -604,6 +614,11 @@ class BrokerService:
         ok = self.engine.failure is None and not self.stopping
         return Health(ok, self.broker_id, self.config.cluster_id, self.metadata.ready, len(self.replicas.partitions),
                       time.monotonic() - self.started_at, self.config.durability.value)
+
+
+# Metadata commands a learner may ask the controller to propose (their payloads are built by brokers).
+_FORWARDABLE_OPS = frozenset({MetadataOp.DELETE_TOPIC, MetadataOp.ALLOCATE_PRODUCER_ID, MetadataOp.CREATE_EXCHANGE,
+                              MetadataOp.DELETE_EXCHANGE, MetadataOp.BIND_EXCHANGE, MetadataOp.UNBIND_EXCHANGE})
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

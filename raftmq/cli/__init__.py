@@ -35,6 +35,7 @@ from raftmq.cli.common import RaftMQGroup
 from raftmq.cli.consume_cmd import consume
 from raftmq.cli.demo import demo
 from raftmq.cli.dlt_cmd import dlt
+from raftmq.cli.exchange_cmd import exchange
 from raftmq.cli.group_cmd import group
 from raftmq.cli.node_cmd import node
 from raftmq.cli.produce_cmd import produce
@@ -67,7 +68,7 @@ def cli() -> None:
 bench.add_command(idle)
 bench.add_command(failover)
 bench.add_command(bench_consume)
-for _command in (cluster, topic, produce, consume, group, dlt, node, bench, demo):
+for _command in (cluster, topic, exchange, produce, consume, group, dlt, node, bench, demo):
     cli.add_command(_command)
 
 try:  # written separately; the CLI works without it

@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
@@ -41,6 +41,7 @@ from raftmq.cli.common import (
     out,
     stop_on_signals,
 )
+from raftmq.cli.exchange_cmd import parse_headers, publish_summary, publish_values
 from raftmq.client.admin import Admin
 from raftmq.client.producer import Producer
 from raftmq.client.types import DeliveryReport
@@ -191,7 +192,12 @@ def generated_value(index: int, size: int) -> bytes:
 
 
 @click.command("produce")
-@click.argument("topic")
+@click.argument("topic", required=False)
+@click.option("--exchange", default=None, help="Publish to this exchange instead of a TOPIC (one record at a time; "
+              "each is acknowledged when every bound topic has it).")
+@click.option("--routing-key", default="", help="With --exchange: the routing key.")
+@click.option("--header", "headers", multiple=True, help="With --exchange: NAME=VALUE record header (repeat).")
+@click.option("--mandatory", is_flag=True, help="With --exchange: count records no binding matches as failures.")
 @click.option("--acks", type=ACKS_CHOICE, default="all", show_default=True,
               help="0: no wait; 1: leader has it; all: a majority has it (and offsets are reported).")
 @click.option("--key", default=None, help="Key of every record (else none, or from --key-separator).")
@@ -213,10 +219,17 @@ def generated_value(index: int, size: int) -> bytes:
 @click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 3600), default=60.0, show_default=True,
               help="Seconds each record may take to be acknowledged, retries included.")
 @bootstrap_option()
-def produce(topic: str, acks: str, key: str | None, key_separator: str | None, partition: int | None,
+def produce(topic: str | None, exchange: str | None, routing_key: str, headers: tuple[str, ...], mandatory: bool,
+            acks: str, key: str | None, key_separator: str | None, partition: int | None,
             count: int | None, size: int, no_idempotence: bool, linger_ms: float, batch_bytes: int,
             timeout_s: float, bootstrap: list[str]) -> None:
-    """Send records to TOPIC: one per stdin line, or --count generated ones of --size bytes."""
+    """Send records to TOPIC (or --exchange E): one per stdin line, or --count generated ones of --size bytes."""
+    if (topic is None) == (exchange is None):
+        raise click.UsageError("give a TOPIC or --exchange NAME (not both)")
+    if exchange is not None:
+        _publish(exchange, routing_key, headers, mandatory, acks, key, count, size, timeout_s, bootstrap)
+        return
+    assert topic is not None
     if count is None and key_separator == "":
         raise click.BadParameter("must not be empty", param_hint="'--key-separator'")
     stdin: IO[bytes] | None = getattr(sys.stdin, "buffer", None) if count is None else None
@@ -234,6 +247,21 @@ def produce(topic: str, acks: str, key: str | None, key_separator: str | None, p
     if stats.errors:
         console.print(errors_table(stats.errors, title="first errors by code"))
     if stats.acked != stats.attempted:
+        raise click.exceptions.Exit(EXIT_BROKER)
+
+
+def _publish(exchange: str, routing_key: str, headers: tuple[str, ...], mandatory: bool, acks: str,
+             key: str | None, count: int | None, size: int, timeout_s: float, bootstrap: list[str]) -> None:
+    if count is not None:
+        values: Iterator[bytes] = (generated_value(i, size) for i in range(count))
+    else:
+        stdin: IO[bytes] = sys.stdin.buffer
+        values = (line.rstrip(b"\n") for line in stdin)
+    counts = asyncio.run(publish_values(
+        bootstrap, exchange, routing_key, values, key=key.encode() if key is not None else None,
+        headers=parse_headers(headers), mandatory=mandatory, acks=normalize_acks(acks), timeout_s=timeout_s))
+    out().print(publish_summary(counts))
+    if counts["failed"] or (mandatory and counts["unroutable"]):
         raise click.exceptions.Exit(EXIT_BROKER)
 
 

@@ -1,0 +1,153 @@
+"""Push consumers of share groups, the pure part: the subscription, the prefetch window, the frames on the
+WebSocket, and the ``x-death`` headers of a dead-lettered record.
+
+A push consumer opens one WebSocket to its share group's coordinator (``GET /v1/share-groups/{group}/push``,
+docs/api.md "Push consumers"). The broker locks records for it (share-group acquire, as a pulling share
+consumer would) and sends each as one binary frame, never more than ``prefetch`` unacknowledged at once: a
+consumer that stops acknowledging stops receiving, and the broker holds at most ``prefetch`` records for it.
+The consumer answers with ack frames: ``accept`` (done), ``release`` (a nack that requeues) or ``reject``
+(a nack that dead-letters: published to the subscription's dead-letter exchange when it names one, then
+archived). Records delivered ``max_deliveries`` times are dead-lettered the same way, reason
+``delivery_limit``, instead of being sent again.
+
+No I/O here.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from raftmq.cluster import limits
+from raftmq.cluster.batch import Record
+from raftmq.cluster.consumer_groups import validate_group_id
+from raftmq.cluster.errors import InvalidRequest
+from raftmq.cluster.exchanges import validate_exchange_name, validate_routing_key
+from raftmq.cluster.metadata import validate_topic_name
+from raftmq.cluster.share_groups import AckKind
+
+Delivery = tuple[str, int, int]  # topic, partition, offset
+
+
+class DeathReason(enum.StrEnum):
+    """Why a record was dead-lettered (RabbitMQ's x-death reasons, plus the delivery limit)."""
+
+    REJECTED = "rejected"
+    DELIVERY_LIMIT = "delivery_limit"
+    EXPIRED = "expired"
+
+
+def death_headers(reason: DeathReason, *, count: int, topic: str, partition: int, offset: int,
+                  time_ms: int) -> list[tuple[str, bytes | None]]:
+    """The headers a dead-lettered record carries after its own (values UTF-8 text, numbers in decimal)."""
+    fields = (("reason", reason.value), ("count", str(count)), ("topic", topic), ("partition", str(partition)),
+              ("offset", str(offset)), ("time-ms", str(time_ms)))
+    return [(f"x-death-{name}", value.encode()) for name, value in fields]
+
+
+def parse_death(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
+    """The ``x-death-*`` headers of a record, by field name."""
+    return {name[len("x-death-"):]: (value or b"").decode("utf-8", "replace") for name, value in headers
+            if name.startswith("x-death-")}
+
+
+@dataclass(frozen=True)
+class PushSubscription:
+    group_id: str
+    topics: tuple[str, ...]
+    prefetch: int
+    lock_ms: int
+    max_deliveries: int
+    dead_letter_exchange: str | None = None
+    dead_letter_routing_key: str = ""
+
+
+def _query_int(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = query.get(name)
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or len(text) > 19 or not low <= int(text) <= high:
+        raise InvalidRequest(f"{name} must be an integer in [{low}, {high}]", field=name)
+    return int(text)
+
+
+def parse_subscription(group_id: str, query: Mapping[str, str]) -> PushSubscription:
+    """The query string of ``GET /v1/share-groups/{group}/push``."""
+    unknown = sorted(set(query) - {"topics", "prefetch", "lock_ms", "max_deliveries", "dead_letter_exchange",
+                                   "dead_letter_routing_key"})
+    if unknown:
+        raise InvalidRequest(f"unknown parameters: {', '.join(unknown)}", fields=unknown)
+    topics = tuple(sorted({validate_topic_name(t) for t in (query.get("topics") or "").split(",") if t}))
+    if not topics or len(topics) > limits.push_topics_max:
+        raise InvalidRequest(f"topics: 1-{limits.push_topics_max} comma-separated topic names", field="topics")
+    dead_letter_exchange = query.get("dead_letter_exchange")
+    if dead_letter_exchange is not None:
+        validate_exchange_name(dead_letter_exchange)
+    return PushSubscription(
+        validate_group_id(group_id), topics,
+        _query_int(query, "prefetch", limits.push_prefetch_default, 1, limits.push_prefetch_max),
+        _query_int(query, "lock_ms", limits.share_lock_ms_default, limits.share_lock_ms_min, limits.share_lock_ms_max),
+        _query_int(query, "max_deliveries", limits.share_max_deliveries_default, 1, 1000),
+        dead_letter_exchange, validate_routing_key(query.get("dead_letter_routing_key"), "dead_letter_routing_key"))
+
+
+@dataclass
+class PrefetchWindow:
+    """The records delivered to one push consumer and not acknowledged yet: at most ``prefetch``."""
+
+    prefetch: int
+    in_flight: dict[Delivery, int] = field(default_factory=dict)  # -> delivery count
+
+    @property
+    def room(self) -> int:
+        return self.prefetch - len(self.in_flight)
+
+    def deliver(self, delivery: Delivery, count: int) -> None:
+        if self.room <= 0:
+            raise AssertionError("a delivery past the prefetch window")  # the sender checks room first
+        self.in_flight[delivery] = count
+
+    def settle(self, delivery: Delivery) -> int | None:
+        """Forget an acknowledged delivery; its delivery count, or None when it was not in flight."""
+        return self.in_flight.pop(delivery, None)
+
+
+def parse_ack_frame(data: bytes) -> list[tuple[Delivery, AckKind]]:
+    """A consumer's frame: msgpack ``{"acks": [[topic, partition, offset, "accept"|"release"|"reject"], ...]}``."""
+    try:
+        body = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.UnpackException):
+        raise InvalidRequest("an ack frame is a msgpack object") from None
+    acks = body.get("acks") if isinstance(body, dict) else None
+    if not isinstance(acks, list) or len(acks) > limits.push_prefetch_max:
+        raise InvalidRequest(f"acks must be a list of at most {limits.push_prefetch_max} entries", field="acks")
+    parsed = []
+    for entry in acks:
+        if not isinstance(entry, list) or len(entry) != 4 or not isinstance(entry[0], str) \
+                or type(entry[1]) is not int or type(entry[2]) is not int or entry[3] not in set(AckKind):
+            raise InvalidRequest("acks entries are [topic, partition, offset, accept|release|reject]", field="acks")
+        parsed.append(((entry[0], entry[1], entry[2]), AckKind(entry[3])))
+    return parsed
+
+
+def ack_frame(acks: Iterable[tuple[Delivery, AckKind | str]]) -> bytes:
+    frame: bytes = msgpack.packb({"acks": [[t, p, o, str(kind)] for (t, p, o), kind in acks]}, use_bin_type=True)
+    return frame
+
+
+def delivery_frame(topic: str, partition: int, record: Record, delivery_count: int) -> bytes:
+    frame: bytes = msgpack.packb({"topic": topic, "partition": partition, "offset": record.offset,
+                                  "timestamp_ms": record.timestamp_ms, "key": record.key, "value": record.value,
+                                  "headers": [list(h) for h in record.headers], "delivery_count": delivery_count},
+                                 use_bin_type=True)
+    return frame
+
+
+def parse_delivery_frame(data: bytes) -> dict[str, Any]:
+    body = msgpack.unpackb(data, raw=False)
+    if not isinstance(body, dict) or not {"topic", "partition", "offset", "value"} <= set(body):
+        raise InvalidRequest("a delivery frame is a msgpack object with topic, partition, offset and value")
+    return body
