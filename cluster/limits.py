@@ -413,3 +413,22 @@ share_lock_ms_max: Final = 3_600_000  # a visibility timeout of an hour; longer 
 share_lock_ms_default: Final = 30_000  # SQS's default visibility timeout
 share_max_deliveries_default: Final = 5  # Kafka's group.share.delivery.count.limit
 assert share_acquire_records_max <= share_window_records_max
+
+# --- Kafka's classic group protocol (cluster/kafka_classic_group.py, node/kafka_groups.py) -------------
+
+# A group that had no members waits this long after its first JoinGroup before it forms a generation, so
+# consumers starting together share the first one instead of rebalancing once per member. Kafka's
+# group.initial.rebalance.delay.ms is 3 s; a raftmq cluster is usually smaller and tests start consumers
+# together.
+kafka_group_initial_delay_ms: Final = 500
+# The longest a join phase waits for the current members to rejoin (Kafka waits the members' rebalance
+# timeout, which is max.poll.interval.ms, 5 minutes by default in every client: one crashed member whose
+# session has not expired yet would stall its group that long). A member that has not rejoined by then is
+# removed; an expired member is not waited for at all.
+kafka_group_rebalance_wait_ms_max: Final = 30_000
+# How often a join phase in progress rechecks its members (expiries end the wait early) and restarts the
+# sessions of the members blocked in JoinGroup (clients do not heartbeat while they wait).
+kafka_group_phase_check_interval_s: Final = 0.1
+# Groups with classic rendezvous state on one coordinator; a JoinGroup for a further group is answered
+# COORDINATOR_NOT_AVAILABLE (retriable) until some group empties.
+kafka_classic_groups_max: Final = group_state_groups_max * group_state_partitions

@@ -18,7 +18,8 @@ What is served and how it differs from a Kafka broker:
 * Fetch v4-11 from committed records only; max_wait_ms / min_bytes long poll; no fetch sessions
   (session_id 0 tells clients to send full fetches); last_stable_offset = high watermark (no transactions).
 * No topic auto-creation; CreateTopics waits until the new partitions have leaders.
-* FindCoordinator answers COORDINATOR_NOT_AVAILABLE: consumer groups are not served over Kafka yet.
+* Consumer groups (FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
+  OffsetFetch): Kafka's classic protocol on raftmq's group coordinator, ``node/kafka_groups.py``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from raftmq.cluster.kafka_messages import (
 from raftmq.cluster.metadata import CreateTopicRequest, parse_create_topic
 from raftmq.cluster.wire import Acks
 from raftmq.node.config import NodeConfig
+from raftmq.node.kafka_groups import KafkaGroups
 from raftmq.node.operations import FetchRequest, FetchResult, OffsetRequest, OffsetSpec, ProduceRequest
 from raftmq.node.service import BrokerService
 
@@ -70,8 +72,17 @@ class KafkaApi:
         self._handlers: dict[ApiKey, Callable[[Request], Awaitable[Body | None]]] = {
             ApiKey.API_VERSIONS: self.api_versions, ApiKey.METADATA: self.metadata, ApiKey.PRODUCE: self.produce,
             ApiKey.FETCH: self.fetch, ApiKey.LIST_OFFSETS: self.list_offsets,
-            ApiKey.FIND_COORDINATOR: self.find_coordinator, ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
+            ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
             ApiKey.CREATE_TOPICS: self.create_topics, ApiKey.DELETE_TOPICS: self.delete_topics}
+        self.groups = KafkaGroups(service, self.kafka_address_of)
+        self._handlers.update({
+            ApiKey.FIND_COORDINATOR: self.groups.find_coordinator, ApiKey.JOIN_GROUP: self.groups.join_group,
+            ApiKey.SYNC_GROUP: self.groups.sync_group, ApiKey.HEARTBEAT: self.groups.heartbeat,
+            ApiKey.LEAVE_GROUP: self.groups.leave_group, ApiKey.OFFSET_COMMIT: self.groups.offset_commit,
+            ApiKey.OFFSET_FETCH: self.groups.offset_fetch})
+
+    async def stop(self) -> None:
+        await self.groups.stop()
 
     async def handle(self, request: Request) -> Body | None:
         """The response body, or None when the request gets no response (Produce with acks=0)."""
@@ -123,10 +134,14 @@ class KafkaApi:
                                "replica_nodes": list(p.replicas), "isr_nodes": isr})
         return {"error_code": 0, "name": name, "partitions": partitions}
 
-    async def find_coordinator(self, request: Request) -> Body:
-        return {"error_code": int(KafkaError.COORDINATOR_NOT_AVAILABLE),
-                "error_message": "consumer groups are not served over raftmq's Kafka listener yet; consume with "
-                                 "assign() and explicit offsets"}
+    def kafka_address_of(self, broker_id: int) -> tuple[str, int] | None:
+        """A broker's advertised Kafka address, from the same source as Metadata's broker list."""
+        if broker_id == self.config.broker_id:
+            address = self.config.kafka_address
+        else:
+            entry = self.config.broker(broker_id)
+            address = entry.kafka if entry is not None else None
+        return (address.host, address.port) if address is not None else None
 
     # --- produce ----------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -445,6 +445,21 @@ class BrokerService:
 
     async def commit_offsets(self, request: OffsetCommit) -> int:
         return await self._coordinator().commit_offsets(request)
+
+    # Kafka's classic group protocol (node/kafka_groups.py): the same coordinator and replicated state.
+
+    async def find_coordinator(self, group_id: str) -> int:
+        return await self._coordinator().find(group_id)
+
+    async def classic_join(self, request: GroupHeartbeat) -> HeartbeatAnswer:
+        return await self._coordinator().heartbeat(request, classic=True)
+
+    async def classic_view(self, group_id: str, *, keep_alive: Iterable[str] = ()) -> tuple[int, dict[str, int]]:
+        return await self._coordinator().classic_view(group_id, keep_alive=keep_alive)
+
+    async def install_assignment(self, group_id: str, generation: int,
+                                 target: dict[str, frozenset[tuple[str, int]]]) -> None:
+        await self._coordinator().install_assignment(group_id, generation, target)
 
     async def fetch_offsets(self, group_id: str, partitions: tuple[tuple[str, int], ...] | None
                             ) -> tuple[CommittedOffsetView, ...]:

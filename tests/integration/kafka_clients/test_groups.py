@@ -1,0 +1,194 @@
+"""Consumer groups over Kafka's classic protocol (FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
+LeaveGroup, OffsetCommit, OffsetFetch) with each client, unchanged but for the bootstrap address: group
+consume with commits that a restarted consumer resumes from (nothing re-delivered, nothing skipped), two
+consumers splitting a topic's partitions and one taking all of them over when the other leaves, `kcat -G`,
+and a group mixing librdkafka, kafka-python and aiokafka (they agree on roundrobin).
+
+Method: the package's one real 3-broker cluster (tests/integration/kafka_clients/conftest.py); every test uses
+its own topic and group; every wait is bounded by CLIENT_TIMEOUT_S. Records are produced with raftmq's own
+client, so what a group reads is checked against what was acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition as AioTopicPartition
+from confluent_kafka import Consumer
+from confluent_kafka import TopicPartition as CkTopicPartition
+from kafka import KafkaConsumer, TopicPartition
+from raftmq.deploy.local_cluster import LocalCluster
+
+from tests.integration.kafka_clients.support import CLIENT_TIMEOUT_S, create_topic, produce_over_http, unique
+
+pytestmark = pytest.mark.cluster
+
+PARTITIONS = 3
+
+
+def produce(cluster: LocalCluster, topic: str, first: int, count: int) -> set[bytes]:
+    values = [f"v{i}".encode() for i in range(first, first + count)]
+    produce_over_http(cluster, topic, [(f"k{i}".encode(), v) for i, v in zip(range(first, first + count), values,
+                                                                               strict=True)])
+    return set(values)
+
+
+def confluent(bootstrap: str, group: str, **extra: Any) -> Consumer:
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                     "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
+                     **extra})
+
+
+def poll_confluent(consumer: Consumer, want: int, *, seen: list[bytes] | None = None) -> list[bytes]:
+    got = seen if seen is not None else []
+    deadline = time.monotonic() + CLIENT_TIMEOUT_S
+    while len(got) < want and time.monotonic() < deadline:
+        message = consumer.poll(0.2)
+        if message is None:
+            continue
+        assert message.error() is None, message.error()
+        got.append(message.value())
+    return got
+
+
+def test_confluent_group_commits_survive_a_restart(kafka_cluster: LocalCluster) -> None:
+    topic, group = unique("grp-ck"), unique("g")
+    create_topic(kafka_cluster, topic, PARTITIONS)
+    first = produce(kafka_cluster, topic, 0, 30)
+    consumer = confluent(kafka_cluster.kafka_bootstrap, group)
+    try:
+        consumer.subscribe([topic])
+        got = poll_confluent(consumer, 30)
+        assert set(got) == first and len(got) == 30
+        consumer.commit(asynchronous=False)
+        committed = consumer.committed([CkTopicPartition(topic, p) for p in range(PARTITIONS)],
+                                       timeout=CLIENT_TIMEOUT_S)
+        assert sum(tp.offset for tp in committed) == 30
+    finally:
+        consumer.close()
+    second = produce(kafka_cluster, topic, 30, 12)
+    restarted = confluent(kafka_cluster.kafka_bootstrap, group)
+    try:
+        restarted.subscribe([topic])
+        got = poll_confluent(restarted, 12)
+        assert set(got) == second and len(got) == 12, "a restarted member resumes at the committed offsets"
+        assert restarted.poll(0.5) is None
+    finally:
+        restarted.close()
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + CLIENT_TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+
+
+def test_two_confluent_consumers_split_the_partitions_and_one_takes_over(kafka_cluster: LocalCluster) -> None:
+    topic, group = unique("grp-split"), unique("g")
+    create_topic(kafka_cluster, topic, PARTITIONS)
+    a, b = confluent(kafka_cluster.kafka_bootstrap, group), confluent(kafka_cluster.kafka_bootstrap, group)
+    try:
+        a.subscribe([topic])
+        b.subscribe([topic])
+
+        def split() -> bool:
+            a.poll(0.1)
+            b.poll(0.1)
+            mine, theirs = {p.partition for p in a.assignment()}, {p.partition for p in b.assignment()}
+            return bool(mine) and bool(theirs) and not mine & theirs and mine | theirs == set(range(PARTITIONS))
+
+        wait_for(split, "two members to split the partitions")
+        b.close()
+
+        def taken_over() -> bool:
+            a.poll(0.1)
+            return {p.partition for p in a.assignment()} == set(range(PARTITIONS))
+
+        wait_for(taken_over, "the remaining member to take every partition")
+        values = produce(kafka_cluster, topic, 0, 9)
+        assert set(poll_confluent(a, 9)) == values
+    finally:
+        a.close()
+
+
+def test_kafka_python_group_commits_and_resumes(kafka_cluster: LocalCluster) -> None:
+    topic, group = unique("grp-kp"), unique("g")
+    create_topic(kafka_cluster, topic, PARTITIONS)
+    first = produce(kafka_cluster, topic, 0, 20)
+
+    def run(want: int, committed_after: int) -> list[bytes]:
+        consumer = KafkaConsumer(topic, bootstrap_servers=kafka_cluster.kafka_bootstrap, group_id=group,
+                                 auto_offset_reset="earliest", enable_auto_commit=False,
+                                 session_timeout_ms=6000, heartbeat_interval_ms=500)
+        try:
+            got: list[bytes] = []
+            deadline = time.monotonic() + CLIENT_TIMEOUT_S
+            while len(got) < want and time.monotonic() < deadline:
+                for records in consumer.poll(timeout_ms=200).values():
+                    got += [r.value for r in records]
+            consumer.commit()
+            committed = sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in range(PARTITIONS))
+            assert committed == committed_after
+            return got
+        finally:
+            consumer.close()
+
+    got = run(20, 20)
+    assert set(got) == first and len(got) == 20
+    second = produce(kafka_cluster, topic, 20, 7)
+    got = run(7, 27)
+    assert set(got) == second and len(got) == 7
+
+
+def test_aiokafka_group_commits_and_resumes(kafka_cluster: LocalCluster) -> None:
+    topic, group = unique("grp-aio"), unique("g")
+    create_topic(kafka_cluster, topic, PARTITIONS)
+    first = produce(kafka_cluster, topic, 0, 20)
+
+    async def run(want: int) -> tuple[list[bytes], int]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_cluster.kafka_bootstrap, group_id=group,
+                                    auto_offset_reset="earliest", enable_auto_commit=False,
+                                    session_timeout_ms=6000, heartbeat_interval_ms=500)
+        await consumer.start()
+        try:
+            got: list[bytes] = []
+            async with asyncio.timeout(CLIENT_TIMEOUT_S):
+                while len(got) < want:
+                    for records in (await consumer.getmany(timeout_ms=200)).values():
+                        got += [r.value for r in records]
+            await consumer.commit()
+            committed = [await consumer.committed(AioTopicPartition(topic, p)) for p in range(PARTITIONS)]
+            return got, sum(c or 0 for c in committed)
+        finally:
+            await consumer.stop()
+
+    got, committed = asyncio.run(run(20))
+    assert set(got) == first and len(got) == 20 and committed == 20
+    second = produce(kafka_cluster, topic, 20, 5)
+    got, committed = asyncio.run(run(5))
+    assert set(got) == second and len(got) == 5 and committed == 25
+
+
+@pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is not installed (Debian package kcat)")
+def test_kcat_balanced_consumer_reads_and_commits(kafka_cluster: LocalCluster) -> None:
+    topic, group = unique("grp-kcat"), unique("g")
+    create_topic(kafka_cluster, topic, PARTITIONS)
+    values = produce(kafka_cluster, topic, 0, 15)
+    command = ["kcat", "-b", kafka_cluster.kafka_bootstrap, "-G", group, "-c", "15", "-f", "%s\n",
+               "-X", "auto.offset.reset=earliest", "-X", "enable.auto.commit=true",
+               "-X", "auto.commit.interval.ms=100", topic]
+    out = subprocess.run(command, capture_output=True, timeout=CLIENT_TIMEOUT_S, check=True, text=True)
+    assert set(out.stdout.split()) == {v.decode() for v in values}
+    # kcat commits what it consumed as it closes: a group consumer reading the committed offsets sees them.
+    checker = KafkaConsumer(bootstrap_servers=kafka_cluster.kafka_bootstrap, group_id=group,
+                            enable_auto_commit=False)
+    try:
+        assert sum(checker.committed(TopicPartition(topic, p)) or 0 for p in range(PARTITIONS)) == 15
+    finally:
+        checker.close()
