@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -83,10 +84,13 @@ def test_confluent_group_commits_survive_a_restart(kafka_cluster: LocalCluster) 
         restarted.close()
 
 
-def wait_for(condition: Callable[[], bool], what: str) -> None:
+def wait_for(condition: Callable[[], bool], what: str, poll_s: float = 0.0) -> None:
+    """Until ``condition`` holds (it may block in a client's poll itself; else ``poll_s`` between checks)."""
     deadline = time.monotonic() + CLIENT_TIMEOUT_S
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if poll_s:
+            time.sleep(poll_s)  # a condition poll with a deadline, not a synchronisation
 
 
 def test_two_confluent_consumers_split_the_partitions_and_one_takes_over(kafka_cluster: LocalCluster) -> None:
@@ -192,3 +196,60 @@ def test_kcat_balanced_consumer_reads_and_commits(kafka_cluster: LocalCluster) -
         assert sum(checker.committed(TopicPartition(topic, p)) or 0 for p in range(PARTITIONS)) == 15
     finally:
         checker.close()
+
+
+def test_a_group_of_librdkafka_kafka_python_and_aiokafka_members_shares_the_partitions(
+        kafka_cluster: LocalCluster) -> None:
+    """The three clients' assignors have only roundrobin in common: the vote picks it, and each member gets
+    one partition of three. Each client polls on its own thread (kafka-python joins inside poll(), blocking)."""
+    topic, group = unique("grp-mixed"), unique("g")
+    create_topic(kafka_cluster, topic, PARTITIONS)
+    bootstrap = kafka_cluster.kafka_bootstrap
+    owned: dict[str, set[int]] = {"librdkafka": set(), "kafka-python": set(), "aiokafka": set()}
+    stop = threading.Event()
+
+    def librdkafka() -> None:
+        consumer = confluent(bootstrap, group)
+        try:
+            consumer.subscribe([topic])
+            while not stop.is_set():
+                consumer.poll(0.05)
+                owned["librdkafka"] = {p.partition for p in consumer.assignment()}
+        finally:
+            consumer.close()
+
+    def kafka_python() -> None:
+        consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                                 session_timeout_ms=6000, heartbeat_interval_ms=500)
+        try:
+            while not stop.is_set():
+                consumer.poll(timeout_ms=50)
+                owned["kafka-python"] = {p.partition for p in consumer.assignment()}
+        finally:
+            consumer.close()
+
+    async def aiokafka() -> None:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                                    session_timeout_ms=6000, heartbeat_interval_ms=500)
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                await consumer.getmany(timeout_ms=50)
+                owned["aiokafka"] = {p.partition for p in consumer.assignment()}
+        finally:
+            await consumer.stop()
+
+    threads = [threading.Thread(target=librdkafka), threading.Thread(target=kafka_python),
+               threading.Thread(target=lambda: asyncio.run(aiokafka()))]
+    for thread in threads:
+        thread.start()
+    try:
+        def split() -> bool:
+            parts = list(owned.values())
+            return all(len(o) == 1 for o in parts) and set.union(*parts) == set(range(PARTITIONS))
+
+        wait_for(split, f"the three members to split the partitions (they own {owned})", poll_s=0.05)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(CLIENT_TIMEOUT_S)
