@@ -42,9 +42,9 @@ from raftmq.cluster.kafka_messages import (
     Request,
     advertised_api_keys,
 )
-from raftmq.cluster.metadata import CreateTopicRequest, parse_create_topic
+from raftmq.cluster.metadata import BrokerState, CreateTopicRequest, parse_create_topic
 from raftmq.cluster.wire import Acks
-from raftmq.node.config import NodeConfig
+from raftmq.node.config import NodeConfig, PeerAddress
 from raftmq.node.kafka_groups import KafkaGroups
 from raftmq.node.operations import FetchRequest, FetchResult, OffsetRequest, OffsetSpec, ProduceRequest
 from raftmq.node.service import BrokerService
@@ -94,18 +94,21 @@ class KafkaApi:
         return {"error_code": 0, "api_keys": advertised_api_keys(), "throttle_time_ms": 0}
 
     def _brokers(self) -> list[Body]:
-        """Every broker whose Kafka address we know (its [[brokers]] ``kafka`` key, ours from kafka_advertised);
-        clients dial these for every data request."""
+        """Every broker whose Kafka address we know (``kafka_address_of``: as the broker registered it, or
+        from our [[brokers]] config), except brokers removed from the cluster; clients dial these for every
+        data request."""
         registered = self.service.metadata.brokers
         out = []
-        for entry in self.config.brokers:
-            address = self.config.kafka_address if entry.broker_id == self.config.broker_id else entry.kafka
+        for broker_id in sorted({entry.broker_id for entry in self.config.brokers} | set(registered)):
+            record = registered.get(broker_id)
+            if record is not None and record.state is BrokerState.REMOVED:
+                continue
+            address = self.kafka_address_of(broker_id)
             if address is None:
                 continue
-            record = registered.get(entry.broker_id)
-            rack = record.rack if record is not None else (self.config.rack if entry.broker_id == self.config.broker_id
+            rack = record.rack if record is not None else (self.config.rack if broker_id == self.config.broker_id
                                                            else None)
-            out.append({"node_id": entry.broker_id, "host": address.host, "port": address.port, "rack": rack})
+            out.append({"node_id": broker_id, "host": address[0], "port": address[1], "rack": rack})
         return out
 
     async def metadata(self, request: Request) -> Body:
@@ -135,13 +138,14 @@ class KafkaApi:
         return {"error_code": 0, "name": name, "partitions": partitions}
 
     def kafka_address_of(self, broker_id: int) -> tuple[str, int] | None:
-        """A broker's advertised Kafka address, from the same source as Metadata's broker list."""
-        if broker_id == self.config.broker_id:
-            address = self.config.kafka_address
-        else:
-            entry = self.config.broker(broker_id)
-            address = entry.kafka if entry is not None else None
-        return (address.host, address.port) if address is not None else None
+        """A broker's advertised Kafka address as (host, port), or None."""
+        address = self.service.kafka_address_of(broker_id)
+        try:
+            parsed = PeerAddress.parse(address) if address is not None else None
+        except ValueError:
+            log.warning("broker %d registered a Kafka address that is not host:port: %r", broker_id, address)
+            return None
+        return (parsed.host, parsed.port) if parsed is not None else None
 
     # --- produce ----------------------------------------------------------------------------------
 

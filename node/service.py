@@ -558,17 +558,20 @@ class BrokerService:
                                  record.state.value, record.rack, record.incarnation,
                                  broker_id in self.config.voters, replicas, leaders,
                                  round(time.monotonic() - seen, 2) if seen is not None else None,
-                                 kafka=self._kafka_of(broker_id))
+                                 kafka=self.kafka_address_of(broker_id))
 
-    def _kafka_of(self, broker_id: int) -> str | None:
-        """A broker's advertised Kafka address as this broker's config knows it (node/kafka_api.py lists the
-        same in Kafka Metadata)."""
+    def kafka_address_of(self, broker_id: int) -> str | None:
+        """A broker's advertised Kafka address (host:port; node/kafka_api.py lists the same in Kafka Metadata):
+        ours from our config; another's as it registered it with the controller (so a broker added after
+        the others started is listed too), else as our [[brokers]] config has it."""
         if broker_id == self.broker_id:
             address = self.config.kafka_address
-        else:
-            entry = self.config.broker(broker_id)
-            address = entry.kafka if entry is not None else None
-        return str(address) if address is not None else None
+            return str(address) if address is not None else None
+        record = self.metadata.brokers.get(broker_id)
+        if record is not None and record.kafka is not None:
+            return record.kafka
+        entry = self.config.broker(broker_id)
+        return str(entry.kafka) if entry is not None and entry.kafka is not None else None
 
     def describe_cluster(self) -> ClusterDescription:
         status = self.metadata.status
@@ -577,7 +580,7 @@ class BrokerService:
                    else BrokerDescription(e.broker_id, e.url, str(e.peer),
                                           e.broker_id == self.broker_id or self.engine.is_peer_up(e.broker_id),
                                           metadata_voter=e.broker_id in self.config.voters,
-                                          kafka=self._kafka_of(e.broker_id))
+                                          kafka=self.kafka_address_of(e.broker_id))
                    for e in self.config.brokers]
         brokers += [self._describe_broker(r) for r in registered.values()]
         return ClusterDescription(
