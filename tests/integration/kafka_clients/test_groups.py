@@ -253,3 +253,31 @@ def test_a_group_of_librdkafka_kafka_python_and_aiokafka_members_shares_the_part
         stop.set()
         for thread in threads:
             thread.join(CLIENT_TIMEOUT_S)
+
+
+@pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is not installed (Debian package kcat)")
+def test_a_member_killed_without_leaving_is_expired_and_its_partitions_move(kafka_cluster: LocalCluster) -> None:
+    """A `kcat -G` member SIGKILLed (no LeaveGroup): its session expires on the coordinator, the remaining
+    member hears REBALANCE_IN_PROGRESS on its heartbeat, rejoins, and owns every partition."""
+    topic, group = unique("grp-expiry"), unique("g")
+    create_topic(kafka_cluster, topic, PARTITIONS)
+    survivor = confluent(kafka_cluster.kafka_bootstrap, group)
+    doomed = subprocess.Popen(["kcat", "-b", kafka_cluster.kafka_bootstrap, "-G", group, "-q",
+                               "-X", "session.timeout.ms=2000", "-X", "heartbeat.interval.ms=300", topic],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        survivor.subscribe([topic])
+
+        def owned() -> set[int]:
+            survivor.poll(0.1)
+            return {p.partition for p in survivor.assignment()}
+
+        wait_for(lambda: 0 < len(owned()) < PARTITIONS, "kcat and the consumer to share the partitions")
+        doomed.kill()
+        doomed.wait(CLIENT_TIMEOUT_S)
+        wait_for(lambda: owned() == set(range(PARTITIONS)), "the survivor to own every partition")
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+            doomed.wait(CLIENT_TIMEOUT_S)
+        survivor.close()
