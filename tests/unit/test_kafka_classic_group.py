@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from raftmq.cluster.consumer_groups import GroupOp, GroupsState, HeartbeatResult
 from raftmq.cluster.errors import InconsistentGroupProtocol, InvalidRequest, InvalidTopic, StaleMemberEpoch
@@ -57,7 +57,7 @@ def test_a_mixed_group_votes_for_roundrobin_and_kafka_clients_alone_keep_range()
         select_protocol([joiner("a", ("range",)), joiner("b", ("sticky",))], joiner("a", ("range",)))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a loaded machine
 @given(st.lists(st.lists(st.sampled_from(["range", "roundrobin", "sticky", "coop"]), min_size=1, max_size=4,
                          unique=True), min_size=1, max_size=6))
 def test_the_vote_picks_a_protocol_every_member_supports(preferences: list[list[str]]) -> None:
