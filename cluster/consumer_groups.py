@@ -26,9 +26,10 @@ The protocol is KIP-848's (Kafka's "next generation" consumer rebalance protocol
   new owner: STALE_MEMBER_EPOCH, or UNKNOWN_MEMBER_ID once it is out of the group.
 
 Kafka's classic protocol (JoinGroup/SyncGroup, the assignment computed by a client-side assignor on the
-group's leader member) fits the same state: its generation is the group epoch, and the leader's SyncGroup
-assignment is installed as the target with ``SET_TARGET`` instead of being computed here; reconciliation,
-ownership and offset fencing stay the same.
+group's leader member; ``cluster/kafka_classic_group.py``) fits the same state: its generation is the group
+epoch; a member that completes a join phase joins here with ``classic`` set (eager: it owns nothing, and the
+group epoch moves); the leader's SyncGroup assignment is installed with ``SET_TARGET`` + ``install``, which
+makes it owned at once instead of reconciled. Ownership and offset fencing stay the same.
 
 Offsets are stored per (topic, partition) with the member's metadata string and the commit time. A group
 with no members may take commits without a member id (a consumer that assigns partitions by hand, or an
@@ -313,6 +314,8 @@ class GroupsState:
                 self._forget_if_unused(group)
                 return member_or_error
             member = member_or_error
+            if p.get("classic"):
+                return self._classic_join(group, member)
             before = (frozenset(member.assigned), frozenset(member.revoking))
         else:
             member_or_error = self._current_member(group, group_id, member_id, epoch)
@@ -333,6 +336,19 @@ class GroupsState:
         self._observe_topics(group, p.get("topics") or {})
         self._ensure_target(group)
         self._reconcile(group, member, time_ms, before)
+        return self._answer(group, member)
+
+    def _classic_join(self, group: Group, member: Member) -> HeartbeatResult:
+        """A member of Kafka's classic protocol completed a join phase: eager, so it owns nothing until the
+        leader's assignment is installed (``SET_TARGET`` with ``install``), and every join phase is a new
+        generation (the group epoch), even when the members and subscriptions are the same as before."""
+        if member.owned:
+            member.previous_epoch = member.member_epoch
+            member.member_epoch += 1
+        member.assigned.clear()
+        member.revoking.clear()
+        member.revoking_since_ms = None
+        group.group_epoch += 1
         return self._answer(group, member)
 
     def _join(self, group: Group, time_ms: int, p: Mapping[str, Any]) -> Member | RaftMQError:
@@ -484,6 +500,16 @@ class GroupsState:
             seen |= parts
         group.target = {member: target.get(member, frozenset()) for member in group.members}
         group.target_epoch = group.group_epoch
+        if p.get("install"):
+            # Kafka's classic protocol: every member gave up its partitions when it rejoined, so the new
+            # assignment is owned at once (no revocation step); each member whose partitions change moves to
+            # a new epoch, which its offset commits then carry.
+            for member in group.members.values():
+                wanted = set(group.target[member.member_id])
+                if wanted != member.owned:
+                    member.previous_epoch = member.member_epoch
+                    member.member_epoch += 1
+                member.assigned, member.revoking, member.revoking_since_ms = wanted, set(), None
         return {"group_epoch": group.group_epoch}
 
     def _answer(self, group: Group, member: Member) -> HeartbeatResult:

@@ -627,6 +627,34 @@ class NonEmptyGroup(RaftMQError):
 
 
 @_register
+class RebalanceInProgress(RaftMQError):
+    """The group is rebalancing (Kafka's classic protocol): the member must rejoin with JoinGroup."""
+
+    code = "REBALANCE_IN_PROGRESS"
+    http_status = 409
+    retriable = True
+    hint = "rejoin the group; its members are being reassigned"
+
+
+@_register
+class IllegalGeneration(RaftMQError):
+    """A classic-protocol request carried a generation that is not the group's current one."""
+
+    code = "ILLEGAL_GENERATION"
+    http_status = 409
+    hint = "rejoin the group to learn the current generation"
+
+
+@_register
+class InconsistentGroupProtocol(RaftMQError):
+    """A JoinGroup's protocol type or assignors have nothing in common with the group's other members."""
+
+    code = "INCONSISTENT_GROUP_PROTOCOL"
+    http_status = 409
+    hint = "give every consumer of the group a common partition assignor (roundrobin is supported by all)"
+
+
+@_register
 class InvariantViolation(RaftMQError):
     """An internal invariant failed: a bug. The process should stop rather than continue."""
 

@@ -36,11 +36,18 @@ class KafkaError(enum.IntEnum):
     REQUEST_TIMED_OUT = 7
     MESSAGE_TOO_LARGE = 10
     COORDINATOR_NOT_AVAILABLE = 15
+    NOT_COORDINATOR = 16
     INVALID_TOPIC_EXCEPTION = 17
     RECORD_LIST_TOO_LARGE = 18
     NOT_ENOUGH_REPLICAS = 19
     NOT_ENOUGH_REPLICAS_AFTER_APPEND = 20
     INVALID_REQUIRED_ACKS = 21
+    ILLEGAL_GENERATION = 22
+    INCONSISTENT_GROUP_PROTOCOL = 23
+    INVALID_GROUP_ID = 24
+    UNKNOWN_MEMBER_ID = 25
+    INVALID_SESSION_TIMEOUT = 26
+    REBALANCE_IN_PROGRESS = 27
     UNSUPPORTED_VERSION = 35
     TOPIC_ALREADY_EXISTS = 36
     INVALID_PARTITIONS = 37
@@ -55,6 +62,7 @@ class KafkaError(enum.IntEnum):
     UNKNOWN_PRODUCER_ID = 59
     REASSIGNMENT_IN_PROGRESS = 60
     UNSUPPORTED_COMPRESSION_TYPE = 76
+    GROUP_MAX_SIZE_REACHED = 81
     INVALID_RECORD = 87
 
 
@@ -95,6 +103,23 @@ ERROR_CODES: Final[dict[str, KafkaError]] = {
     "UNKNOWN_PRODUCER_ID": KafkaError.UNKNOWN_PRODUCER_ID,
     "PRODUCER_FENCED": KafkaError.INVALID_PRODUCER_EPOCH,
     "STORAGE_ERROR": KafkaError.KAFKA_STORAGE_ERROR,
+    # Consumer groups (Kafka's classic protocol, node/kafka_groups.py). NOT_COORDINATOR and
+    # COORDINATOR_NOT_AVAILABLE make every client look the coordinator up again and retry; the member
+    # errors make it rejoin (UNKNOWN_MEMBER_ID: with a fresh member id).
+    "NOT_COORDINATOR": KafkaError.NOT_COORDINATOR,
+    "COORDINATOR_NOT_AVAILABLE": KafkaError.COORDINATOR_NOT_AVAILABLE,
+    "UNKNOWN_MEMBER_ID": KafkaError.UNKNOWN_MEMBER_ID,
+    "REBALANCE_IN_PROGRESS": KafkaError.REBALANCE_IN_PROGRESS,
+    "ILLEGAL_GENERATION": KafkaError.ILLEGAL_GENERATION,
+    "INCONSISTENT_GROUP_PROTOCOL": KafkaError.INCONSISTENT_GROUP_PROTOCOL,
+    "INVALID_GROUP_ID": KafkaError.INVALID_GROUP_ID,
+    "GROUP_MAX_SIZE_REACHED": KafkaError.GROUP_MAX_SIZE_REACHED,
+    # A commit for a partition the member does not own (any more), or from an epoch the group moved past:
+    # in the classic protocol the member's generation is stale, and it rejoins.
+    "STALE_MEMBER_EPOCH": KafkaError.ILLEGAL_GENERATION,
+    "FENCED_MEMBER_EPOCH": KafkaError.ILLEGAL_GENERATION,
+    # The group-state partition holds as many groups as it may: nothing a client can fix by retrying soon.
+    "GROUP_LIMIT_REACHED": KafkaError.GROUP_MAX_SIZE_REACHED,
 }
 
 

@@ -10,9 +10,11 @@ for idempotence, ListOffsets 1 for timestamp lookups, FindCoordinator 0 for lz4.
 advertised for that reason only and answered UNSUPPORTED_VERSION (nothing sends them: the maximum is 7),
 as Kafka 4.0 does.
 
-Group APIs: FindCoordinator is advertised (librdkafka 2.0.2 ties lz4 to it) and answered
-COORDINATOR_NOT_AVAILABLE until raftmq's consumer groups can serve it; JoinGroup, SyncGroup, Heartbeat,
-LeaveGroup, OffsetCommit and OffsetFetch are not advertised.
+Group APIs (Kafka's classic group protocol): FindCoordinator 0-1, JoinGroup 0-5, SyncGroup 0-3,
+Heartbeat 0-1, LeaveGroup 0-1, OffsetCommit 2-3, OffsetFetch 1-3. librdkafka 2.0.2's group consumer
+(``kcat -G``) needs JoinGroup, SyncGroup, Heartbeat and LeaveGroup v0 in the range, and ties lz4 to
+FindCoordinator v0; aiokafka stops at OffsetCommit 3, kafka-python needs OffsetFetch 2 for "every committed
+partition" (a null topic list).
 
 No flexible (KIP-482) version is needed by any of the four clients except ApiVersions v3, which librdkafka
 sends first (it falls back, but v3 saves a round trip); kafka-python sends v4 first and falls back to our
@@ -41,7 +43,13 @@ class ApiKey(enum.IntEnum):
     FETCH = 1
     LIST_OFFSETS = 2
     METADATA = 3
+    OFFSET_COMMIT = 8
+    OFFSET_FETCH = 9
     FIND_COORDINATOR = 10
+    JOIN_GROUP = 11
+    HEARTBEAT = 12
+    LEAVE_GROUP = 13
+    SYNC_GROUP = 14
     API_VERSIONS = 18
     CREATE_TOPICS = 19
     DELETE_TOPICS = 20
@@ -54,7 +62,13 @@ ADVERTISED: Final[Mapping[ApiKey, tuple[int, int]]] = {
     ApiKey.FETCH: (4, 11),
     ApiKey.LIST_OFFSETS: (1, 2),
     ApiKey.METADATA: (0, 4),
+    ApiKey.OFFSET_COMMIT: (2, 3),
+    ApiKey.OFFSET_FETCH: (1, 3),
     ApiKey.FIND_COORDINATOR: (0, 1),
+    ApiKey.JOIN_GROUP: (0, 5),
+    ApiKey.HEARTBEAT: (0, 1),
+    ApiKey.LEAVE_GROUP: (0, 1),
+    ApiKey.SYNC_GROUP: (0, 3),
     ApiKey.API_VERSIONS: (0, 3),
     ApiKey.CREATE_TOPICS: (0, 3),
     ApiKey.DELETE_TOPICS: (0, 1),
@@ -64,8 +78,10 @@ ADVERTISED: Final[Mapping[ApiKey, tuple[int, int]]] = {
 PRODUCE_VERSION_MIN_SERVED: Final = 3
 # The first flexible version of each API we serve (only ApiVersions reaches it).
 FIRST_FLEXIBLE: Final[Mapping[ApiKey, int]] = {
-    ApiKey.PRODUCE: 9, ApiKey.FETCH: 12, ApiKey.LIST_OFFSETS: 6, ApiKey.METADATA: 9, ApiKey.FIND_COORDINATOR: 3,
-    ApiKey.API_VERSIONS: 3, ApiKey.CREATE_TOPICS: 5, ApiKey.DELETE_TOPICS: 4, ApiKey.INIT_PRODUCER_ID: 2}
+    ApiKey.PRODUCE: 9, ApiKey.FETCH: 12, ApiKey.LIST_OFFSETS: 6, ApiKey.METADATA: 9, ApiKey.OFFSET_COMMIT: 8,
+    ApiKey.OFFSET_FETCH: 6, ApiKey.FIND_COORDINATOR: 3, ApiKey.JOIN_GROUP: 6, ApiKey.HEARTBEAT: 4,
+    ApiKey.LEAVE_GROUP: 4, ApiKey.SYNC_GROUP: 4, ApiKey.API_VERSIONS: 3, ApiKey.CREATE_TOPICS: 5,
+    ApiKey.DELETE_TOPICS: 4, ApiKey.INIT_PRODUCER_ID: 2}
 
 
 def is_flexible(api_key: ApiKey, version: int) -> bool:
@@ -181,6 +197,56 @@ FIND_COORDINATOR_RESPONSE: Schema = (
     _f("port", "int32", default=-1),
 )
 
+JOIN_GROUP_REQUEST: Schema = (
+    _f("group_id", "string"), _f("session_timeout_ms", "int32"), _f("rebalance_timeout_ms", "int32", 1, default=-1),
+    _f("member_id", "string"), _f("group_instance_id", "nullable_string", 5), _f("protocol_type", "string"),
+    _f("protocols", (_f("name", "string"), _f("metadata", "bytes")), array=True),
+)
+JOIN_GROUP_RESPONSE: Schema = (
+    _f("throttle_time_ms", "int32", 2, default=0), _f("error_code", "int16"), _f("generation_id", "int32", default=-1),
+    _f("protocol_name", "string", default=""), _f("leader", "string", default=""), _f("member_id", "string"),
+    _f("members", (_f("member_id", "string"), _f("group_instance_id", "nullable_string", 5),
+                   _f("metadata", "bytes")), array=True, default=()),
+)
+SYNC_GROUP_REQUEST: Schema = (
+    _f("group_id", "string"), _f("generation_id", "int32"), _f("member_id", "string"),
+    _f("group_instance_id", "nullable_string", 3),
+    _f("assignments", (_f("member_id", "string"), _f("assignment", "bytes")), array=True),
+)
+SYNC_GROUP_RESPONSE: Schema = (
+    _f("throttle_time_ms", "int32", 1, default=0), _f("error_code", "int16"), _f("assignment", "bytes", default=b""),
+)
+HEARTBEAT_REQUEST: Schema = (_f("group_id", "string"), _f("generation_id", "int32"), _f("member_id", "string"))
+HEARTBEAT_RESPONSE: Schema = (_f("throttle_time_ms", "int32", 1, default=0), _f("error_code", "int16"))
+LEAVE_GROUP_REQUEST: Schema = (_f("group_id", "string"), _f("member_id", "string"))
+LEAVE_GROUP_RESPONSE: Schema = HEARTBEAT_RESPONSE
+OFFSET_COMMIT_REQUEST: Schema = (
+    _f("group_id", "string"), _f("generation_id", "int32"), _f("member_id", "string"),
+    _f("retention_time_ms", "int64", default=-1),
+    _f("topics", (_f("name", "string"),
+                  _f("partitions", (_f("partition_index", "int32"), _f("committed_offset", "int64"),
+                                    _f("committed_metadata", "nullable_string")), array=True)), array=True),
+)
+OFFSET_COMMIT_RESPONSE: Schema = (
+    _f("throttle_time_ms", "int32", 3, default=0),
+    _f("topics", (_f("name", "string"),
+                  _f("partitions", (_f("partition_index", "int32"), _f("error_code", "int16")), array=True)),
+       array=True),
+)
+OFFSET_FETCH_REQUEST: Schema = (
+    _f("group_id", "string"),
+    # v2+: null means every partition the group has committed.
+    _f("topics", (_f("name", "string"), _f("partition_indexes", "int32", array=True)), array=True, nullable=True),
+)
+OFFSET_FETCH_RESPONSE: Schema = (
+    _f("throttle_time_ms", "int32", 3, default=0),
+    _f("topics", (_f("name", "string"),
+                  _f("partitions", (_f("partition_index", "int32"), _f("committed_offset", "int64"),
+                                    _f("metadata", "nullable_string"), _f("error_code", "int16")), array=True)),
+       array=True),
+    _f("error_code", "int16", 2, default=0),
+)
+
 INIT_PRODUCER_ID_REQUEST: Schema = (_f("transactional_id", "nullable_string"),
                                     _f("transaction_timeout_ms", "int32", default=-1))
 INIT_PRODUCER_ID_RESPONSE: Schema = (
@@ -216,6 +282,12 @@ SCHEMAS: Final[Mapping[ApiKey, tuple[Schema, Schema]]] = {
     ApiKey.FETCH: (FETCH_REQUEST, FETCH_RESPONSE),
     ApiKey.LIST_OFFSETS: (LIST_OFFSETS_REQUEST, LIST_OFFSETS_RESPONSE),
     ApiKey.FIND_COORDINATOR: (FIND_COORDINATOR_REQUEST, FIND_COORDINATOR_RESPONSE),
+    ApiKey.JOIN_GROUP: (JOIN_GROUP_REQUEST, JOIN_GROUP_RESPONSE),
+    ApiKey.SYNC_GROUP: (SYNC_GROUP_REQUEST, SYNC_GROUP_RESPONSE),
+    ApiKey.HEARTBEAT: (HEARTBEAT_REQUEST, HEARTBEAT_RESPONSE),
+    ApiKey.LEAVE_GROUP: (LEAVE_GROUP_REQUEST, LEAVE_GROUP_RESPONSE),
+    ApiKey.OFFSET_COMMIT: (OFFSET_COMMIT_REQUEST, OFFSET_COMMIT_RESPONSE),
+    ApiKey.OFFSET_FETCH: (OFFSET_FETCH_REQUEST, OFFSET_FETCH_RESPONSE),
     ApiKey.INIT_PRODUCER_ID: (INIT_PRODUCER_ID_REQUEST, INIT_PRODUCER_ID_RESPONSE),
     ApiKey.CREATE_TOPICS: (CREATE_TOPICS_REQUEST, CREATE_TOPICS_RESPONSE),
     ApiKey.DELETE_TOPICS: (DELETE_TOPICS_REQUEST, DELETE_TOPICS_RESPONSE),

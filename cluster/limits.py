@@ -442,3 +442,22 @@ push_idle_poll_s: Final = 0.2
 push_rescan_s: Final = 1.0  # at most one acquire (Raft entry) per idle partition and push session this often
 push_read_timeout_s: Final = 10.0  # a push session's read of watermarks or records from another broker
 push_heartbeat_s: Final = 10.0  # WebSocket pings: a consumer gone without a close is noticed within two
+
+# --- Kafka's classic group protocol (cluster/kafka_classic_group.py, node/kafka_groups.py) -------------
+
+# A group that had no members waits this long after its first JoinGroup before it forms a generation, so
+# consumers starting together share the first one instead of rebalancing once per member. Kafka's
+# group.initial.rebalance.delay.ms is 3 s; a raftmq cluster is usually smaller and tests start consumers
+# together.
+kafka_group_initial_delay_ms: Final = 500
+# The longest a join phase waits for the current members to rejoin (Kafka waits the members' rebalance
+# timeout, which is max.poll.interval.ms, 5 minutes by default in every client: one crashed member whose
+# session has not expired yet would stall its group that long). A member that has not rejoined by then is
+# removed; an expired member is not waited for at all.
+kafka_group_rebalance_wait_ms_max: Final = 30_000
+# How often a join phase in progress rechecks its members (expiries end the wait early) and restarts the
+# sessions of the members blocked in JoinGroup (clients do not heartbeat while they wait).
+kafka_group_phase_check_interval_s: Final = 0.1
+# Groups with classic rendezvous state on one coordinator; a JoinGroup for a further group is answered
+# COORDINATOR_NOT_AVAILABLE (retriable) until some group empties.
+kafka_classic_groups_max: Final = group_state_groups_max * group_state_partitions

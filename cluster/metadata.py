@@ -122,16 +122,18 @@ class BrokerRecord:
     incarnation: int
     state: BrokerState = BrokerState.ALIVE
     state_since_ms: int = 0
+    kafka: str | None = None  # host:port its Kafka listener advertises (Kafka Metadata lists it)
 
     def to_wire(self) -> dict[str, Any]:
         return {"id": self.broker_id, "url": self.url, "peer": self.peer, "rack": self.rack,
-                "incarnation": self.incarnation, "state": self.state.value, "state_since_ms": self.state_since_ms}
+                "incarnation": self.incarnation, "state": self.state.value, "state_since_ms": self.state_since_ms,
+                "kafka": self.kafka}
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> BrokerRecord:
         return cls(broker_id=int(data["id"]), url=str(data["url"]), peer=str(data["peer"]),
                    rack=data.get("rack"), incarnation=int(data["incarnation"]), state=BrokerState(data["state"]),
-                   state_since_ms=int(data.get("state_since_ms", 0)))
+                   state_since_ms=int(data.get("state_since_ms", 0)), kafka=data.get("kafka"))
 
 
 def majority(replication_factor: int) -> int:
@@ -353,7 +355,7 @@ class MetadataState:
             state = BrokerState.DRAINING  # a restart does not cancel a drain
         since = known.state_since_ms if known is not None and known.state is state else time_ms
         record = BrokerRecord(broker_id, str(payload["url"]), str(payload["peer"]), payload.get("rack"),
-                              incarnation, state, since)
+                              incarnation, state, since, payload.get("kafka"))
         if record != known:
             self.brokers[broker_id] = record
             self.brokers_version += 1

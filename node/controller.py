@@ -256,7 +256,7 @@ class Controller:
                                     f"{self.cluster_id!r}", cluster_id=self.cluster_id)
         known = self.metadata.brokers.get(broker_id)
         wanted = {"id": broker_id, "url": body["url"], "peer": body["peer"], "rack": body.get("rack"),
-                  "incarnation": int(body["incarnation"])}
+                  "incarnation": int(body["incarnation"]), "kafka": body.get("kafka")}
         if known is not None and known.incarnation > wanted["incarnation"]:
             raise StaleBrokerIncarnation(
                 f"broker {broker_id} started again (incarnation {known.incarnation}); this process is incarnation "
@@ -366,8 +366,8 @@ class Controller:
 def _registration_changed(known: BrokerRecord, wanted: Mapping[str, Any]) -> bool:
     if known.state in (BrokerState.FENCED, BrokerState.REMOVED):
         return True  # it is back
-    return (known.url, known.peer, known.rack, known.incarnation) != (
-        wanted["url"], wanted["peer"], wanted["rack"], wanted["incarnation"])
+    return (known.url, known.peer, known.rack, known.incarnation, known.kafka) != (
+        wanted["url"], wanted["peer"], wanted["rack"], wanted["incarnation"], wanted.get("kafka"))
 
 
 def _same_request(topic: Topic, payload: Mapping[str, Any]) -> bool:

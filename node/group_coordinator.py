@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgpack
@@ -173,10 +173,13 @@ class GroupCoordinator:
 
     # --- requests -------------------------------------------------------------------------------------
 
-    async def heartbeat(self, request: GroupHeartbeat) -> HeartbeatAnswer:
+    async def heartbeat(self, request: GroupHeartbeat, *, classic: bool = False) -> HeartbeatAnswer:
+        """``classic``: a join of Kafka's classic protocol (see cluster/consumer_groups.py)."""
         handle, state_machine = await self._coordinator(request.group_id)
         member_id = request.member_id or uuid.uuid4().hex
         payload = request.payload(member_id, self._topics())
+        if classic:
+            payload["classic"] = True
         with state_machine.lock:
             answer = state_machine.groups.peek_heartbeat(payload)
         if answer is None:
@@ -193,6 +196,45 @@ class GroupCoordinator:
         if answer.reconciling:  # its next heartbeats move it on (release acknowledged, partitions granted)
             interval_ms = min(interval_ms, limits.group_reconcile_heartbeat_interval_ms)
         return HeartbeatAnswer(answer, interval_ms, self.broker_id)
+
+    # --- Kafka's classic protocol (node/kafka_groups.py keeps the join phases) -------------------------
+
+    async def find(self, group_id: str) -> int:
+        """The broker id of ``group_id``'s coordinator (creating the group-state topic on first use)."""
+        topic = await self._topic(create=True)
+        partition = group_partition_for(group_id, topic.partitions)
+        leader = self.replicas.leader_id(topic, partition)
+        if leader is None:
+            raise CoordinatorNotAvailable(f"group-state partition {partition} has no leader right now",
+                                          group_id=group_id, partition=partition)
+        return leader
+
+    async def classic_view(self, group_id: str, *, keep_alive: Iterable[str] = ()) -> tuple[int, dict[str, int]]:
+        """(group epoch, member id -> member epoch) of ``group_id`` as applied here, if this broker is its
+        coordinator ((-1, {}) for a group it does not hold). ``keep_alive``: members whose sessions this
+        restarts (a classic Heartbeat, or a member waiting in a join phase: no Raft entry, as KIP-848's
+        unchanged heartbeats)."""
+        handle, state_machine = await self._coordinator(group_id)
+        with state_machine.lock:
+            group = state_machine.groups.groups.get(group_id)
+            if group is None:
+                return -1, {}
+            members = {m.member_id: m.member_epoch for m in group.members.values()}
+            sessions = {m: group.members[m].session_timeout_ms for m in keep_alive if m in group.members}
+            epoch = group.group_epoch
+        now = time.monotonic()
+        for member_id, session_ms in sessions.items():
+            self._deadlines[(handle.partition, group_id, member_id)] = now + session_ms / 1000
+        return epoch, members
+
+    async def install_assignment(self, group_id: str, generation: int,
+                                 target: Mapping[str, frozenset[tuple[str, int]]]) -> None:
+        """A classic leader's assignment for generation ``generation``: owned at once by the members
+        (STALE_MEMBER_EPOCH if the group moved on since)."""
+        handle, _state_machine = await self._coordinator(group_id)
+        await self._propose(handle, GroupOp.SET_TARGET, {
+            "group_id": group_id, "group_epoch": generation, "install": True,
+            "target": {member: [list(p) for p in sorted(parts)] for member, parts in target.items()}})
 
     async def commit_offsets(self, request: OffsetCommit) -> int:
         handle, state_machine = await self._coordinator(request.group_id)

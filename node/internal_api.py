@@ -72,7 +72,8 @@ def parse_heartbeat(body: Mapping[str, Any]) -> dict[str, Any]:
         checked.append(entry)
     return {"broker_id": _int(body, "broker_id", 1, 2**31 - 1), "cluster_id": _text(body, "cluster_id"),
             "incarnation": _int(body, "incarnation"), "url": _text(body, "url"), "peer": _text(body, "peer"),
-            "rack": _text(body, "rack", optional=True, chars_max=64), "leads": checked}
+            "rack": _text(body, "rack", optional=True, chars_max=64),
+            "kafka": _text(body, "kafka", optional=True, chars_max=300), "leads": checked}
 
 
 def parse_step(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,8 @@ What is served and how it differs from a Kafka broker:
 * Fetch v4-11 from committed records only; max_wait_ms / min_bytes long poll; no fetch sessions
   (session_id 0 tells clients to send full fetches); last_stable_offset = high watermark (no transactions).
 * No topic auto-creation; CreateTopics waits until the new partitions have leaders.
-* FindCoordinator answers COORDINATOR_NOT_AVAILABLE: consumer groups are not served over Kafka yet.
+* Consumer groups (FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
+  OffsetFetch): Kafka's classic protocol on raftmq's group coordinator, ``node/kafka_groups.py``.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ from raftmq.cluster.kafka_messages import (
     Request,
     advertised_api_keys,
 )
-from raftmq.cluster.metadata import CreateTopicRequest, parse_create_topic
+from raftmq.cluster.metadata import BrokerState, CreateTopicRequest, parse_create_topic
 from raftmq.cluster.wire import Acks
-from raftmq.node.config import NodeConfig
+from raftmq.node.config import NodeConfig, PeerAddress
+from raftmq.node.kafka_groups import KafkaGroups
 from raftmq.node.operations import FetchRequest, FetchResult, OffsetRequest, OffsetSpec, ProduceRequest
 from raftmq.node.service import BrokerService
 
@@ -70,8 +72,17 @@ class KafkaApi:
         self._handlers: dict[ApiKey, Callable[[Request], Awaitable[Body | None]]] = {
             ApiKey.API_VERSIONS: self.api_versions, ApiKey.METADATA: self.metadata, ApiKey.PRODUCE: self.produce,
             ApiKey.FETCH: self.fetch, ApiKey.LIST_OFFSETS: self.list_offsets,
-            ApiKey.FIND_COORDINATOR: self.find_coordinator, ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
+            ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
             ApiKey.CREATE_TOPICS: self.create_topics, ApiKey.DELETE_TOPICS: self.delete_topics}
+        self.groups = KafkaGroups(service, self.kafka_address_of)
+        self._handlers.update({
+            ApiKey.FIND_COORDINATOR: self.groups.find_coordinator, ApiKey.JOIN_GROUP: self.groups.join_group,
+            ApiKey.SYNC_GROUP: self.groups.sync_group, ApiKey.HEARTBEAT: self.groups.heartbeat,
+            ApiKey.LEAVE_GROUP: self.groups.leave_group, ApiKey.OFFSET_COMMIT: self.groups.offset_commit,
+            ApiKey.OFFSET_FETCH: self.groups.offset_fetch})
+
+    async def stop(self) -> None:
+        await self.groups.stop()
 
     async def handle(self, request: Request) -> Body | None:
         """The response body, or None when the request gets no response (Produce with acks=0)."""
@@ -83,18 +94,21 @@ class KafkaApi:
         return {"error_code": 0, "api_keys": advertised_api_keys(), "throttle_time_ms": 0}
 
     def _brokers(self) -> list[Body]:
-        """Every broker whose Kafka address we know (its [[brokers]] ``kafka`` key, ours from kafka_advertised);
-        clients dial these for every data request."""
+        """Every broker whose Kafka address we know (``kafka_address_of``: as the broker registered it, or
+        from our [[brokers]] config), except brokers removed from the cluster; clients dial these for every
+        data request."""
         registered = self.service.metadata.brokers
         out = []
-        for entry in self.config.brokers:
-            address = self.config.kafka_address if entry.broker_id == self.config.broker_id else entry.kafka
+        for broker_id in sorted({entry.broker_id for entry in self.config.brokers} | set(registered)):
+            record = registered.get(broker_id)
+            if record is not None and record.state is BrokerState.REMOVED:
+                continue
+            address = self.kafka_address_of(broker_id)
             if address is None:
                 continue
-            record = registered.get(entry.broker_id)
-            rack = record.rack if record is not None else (self.config.rack if entry.broker_id == self.config.broker_id
+            rack = record.rack if record is not None else (self.config.rack if broker_id == self.config.broker_id
                                                            else None)
-            out.append({"node_id": entry.broker_id, "host": address.host, "port": address.port, "rack": rack})
+            out.append({"node_id": broker_id, "host": address[0], "port": address[1], "rack": rack})
         return out
 
     async def metadata(self, request: Request) -> Body:
@@ -123,10 +137,15 @@ class KafkaApi:
                                "replica_nodes": list(p.replicas), "isr_nodes": isr})
         return {"error_code": 0, "name": name, "partitions": partitions}
 
-    async def find_coordinator(self, request: Request) -> Body:
-        return {"error_code": int(KafkaError.COORDINATOR_NOT_AVAILABLE),
-                "error_message": "consumer groups are not served over raftmq's Kafka listener yet; consume with "
-                                 "assign() and explicit offsets"}
+    def kafka_address_of(self, broker_id: int) -> tuple[str, int] | None:
+        """A broker's advertised Kafka address as (host, port), or None."""
+        address = self.service.kafka_address_of(broker_id)
+        try:
+            parsed = PeerAddress.parse(address) if address is not None else None
+        except ValueError:
+            log.warning("broker %d registered a Kafka address that is not host:port: %r", broker_id, address)
+            return None
+        return (parsed.host, parsed.port) if parsed is not None else None
 
     # --- produce ----------------------------------------------------------------------------------
 

@@ -90,6 +90,7 @@ class KafkaListener:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.api.stop()  # the group join phases it drives
         if self._server is not None:
             with suppress(TimeoutError):
                 async with asyncio.timeout(limits.kafka_write_timeout_s):

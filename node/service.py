@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -456,6 +456,21 @@ class BrokerService:
     async def commit_offsets(self, request: OffsetCommit) -> int:
         return await self._coordinator().commit_offsets(request)
 
+    # Kafka's classic group protocol (node/kafka_groups.py): the same coordinator and replicated state.
+
+    async def find_coordinator(self, group_id: str) -> int:
+        return await self._coordinator().find(group_id)
+
+    async def classic_join(self, request: GroupHeartbeat) -> HeartbeatAnswer:
+        return await self._coordinator().heartbeat(request, classic=True)
+
+    async def classic_view(self, group_id: str, *, keep_alive: Iterable[str] = ()) -> tuple[int, dict[str, int]]:
+        return await self._coordinator().classic_view(group_id, keep_alive=keep_alive)
+
+    async def install_assignment(self, group_id: str, generation: int,
+                                 target: dict[str, frozenset[tuple[str, int]]]) -> None:
+        await self._coordinator().install_assignment(group_id, generation, target)
+
     async def fetch_offsets(self, group_id: str, partitions: tuple[tuple[str, int], ...] | None
                             ) -> tuple[CommittedOffsetView, ...]:
         return await self._coordinator().fetch_offsets(group_id, partitions)
@@ -553,17 +568,20 @@ class BrokerService:
                                  record.state.value, record.rack, record.incarnation,
                                  broker_id in self.config.voters, replicas, leaders,
                                  round(time.monotonic() - seen, 2) if seen is not None else None,
-                                 kafka=self._kafka_of(broker_id))
+                                 kafka=self.kafka_address_of(broker_id))
 
-    def _kafka_of(self, broker_id: int) -> str | None:
-        """A broker's advertised Kafka address as this broker's config knows it (node/kafka_api.py lists the
-        same in Kafka Metadata)."""
+    def kafka_address_of(self, broker_id: int) -> str | None:
+        """A broker's advertised Kafka address (host:port; node/kafka_api.py lists the same in Kafka Metadata):
+        ours from our config; another's as it registered it with the controller (so a broker added after
+        the others started is listed too), else as our [[brokers]] config has it."""
         if broker_id == self.broker_id:
             address = self.config.kafka_address
-        else:
-            entry = self.config.broker(broker_id)
-            address = entry.kafka if entry is not None else None
-        return str(address) if address is not None else None
+            return str(address) if address is not None else None
+        record = self.metadata.brokers.get(broker_id)
+        if record is not None and record.kafka is not None:
+            return record.kafka
+        entry = self.config.broker(broker_id)
+        return str(entry.kafka) if entry is not None and entry.kafka is not None else None
 
     def describe_cluster(self) -> ClusterDescription:
         status = self.metadata.status
@@ -572,7 +590,7 @@ class BrokerService:
                    else BrokerDescription(e.broker_id, e.url, str(e.peer),
                                           e.broker_id == self.broker_id or self.engine.is_peer_up(e.broker_id),
                                           metadata_voter=e.broker_id in self.config.voters,
-                                          kafka=self._kafka_of(e.broker_id))
+                                          kafka=self.kafka_address_of(e.broker_id))
                    for e in self.config.brokers]
         brokers += [self._describe_broker(r) for r in registered.values()]
         return ClusterDescription(

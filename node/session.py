@@ -50,6 +50,7 @@ class BrokerSession:
         config = self.config
         return {"broker_id": config.broker_id, "cluster_id": config.cluster_id, "incarnation": self.incarnation,
                 "url": config.advertised_url, "peer": str(config.peer_listen), "rack": config.rack,
+                "kafka": str(config.kafka_address) if config.kafka_address is not None else None,
                 "leads": self.leads()}
 
     async def _run(self) -> None:

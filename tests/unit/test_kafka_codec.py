@@ -92,7 +92,7 @@ def test_unadvertised_keys_and_versions_are_refused_with_their_header() -> None:
     with pytest.raises(UnsupportedRequest) as refused:
         decode_request(encode_request(ApiKey.API_VERSIONS, 4, 5, {})[4:])
     assert refused.value.header.correlation_id == 5
-    unknown_key = b"\x00\x0b\x00\x05\x00\x00\x00\x06\xff\xff"  # JoinGroup v5: not served
+    unknown_key = b"\x00\x0b\x00\x06\x00\x00\x00\x06\xff\xff"  # JoinGroup v6 (flexible): not served
     with pytest.raises(UnsupportedRequest):
         decode_request(unknown_key)
 

@@ -31,6 +31,9 @@ class StubApi:
         self.running_max = 0
         self.changed = asyncio.Condition()
 
+    async def stop(self) -> None:
+        """The listener stops its API when it stops (the real one ends its group join phases)."""
+
     async def handle(self, request: Request) -> dict[str, Any] | None:
         if request.api_key is ApiKey.API_VERSIONS:
             return {"error_code": 0, "api_keys": [], "throttle_time_ms": 0}

@@ -188,3 +188,14 @@ def test_producer_names_are_validated(body: object) -> None:
     with pytest.raises(InvalidRequest):
         parse_producer_name(body)
     assert parse_producer_name({}) is None and parse_producer_name({"name": "svc-1"}) == "svc-1"
+
+
+def test_a_brokers_kafka_address_is_registered_and_survives_a_snapshot() -> None:
+    """Kafka Metadata lists brokers added after the others started from this registry (node/kafka_api.py)."""
+    state = MetadataState()
+    register = {"id": 4, "url": "http://h:4", "peer": "h:5", "rack": None, "incarnation": 1, "kafka": "h:9095"}
+    assert state.apply(1, MetadataOp.REGISTER_BROKER, 1, register).kafka == "h:9095"
+    moved = state.apply(2, MetadataOp.REGISTER_BROKER, 1, {**register, "incarnation": 2, "kafka": "h:9096"})
+    assert moved.kafka == "h:9096" and MetadataState.from_bytes(state.to_bytes()) == state
+    older = {k: v for k, v in register.items() if k != "kafka"}  # a broker without a Kafka listener
+    assert state.apply(3, MetadataOp.REGISTER_BROKER, 1, {**older, "id": 5}).kafka is None
