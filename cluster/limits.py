@@ -198,16 +198,19 @@ producer_metadata_wait_ms: Final = 2_000
 # --- topics -------------------------------------------------------------------------------------
 
 topic_name_chars_max: Final = 249
-# Issue 10 asks for 4,096. Kept at 256 because the broker cannot host that many groups yet: every partition is
-# a Raft group ticked by one replication thread, so idle CPU and start-up time grow with the partition count
-# (README "Performance": `raftmq bench idle`, 303 partitions about 32 % of a core per broker). Measured on 3
-# local brokers with the limit at 4,096: `raftmq topic create big -p 4096` was accepted, but broker 1 opened
-# the partitions at ~5/s falling to ~2/s, 764 of 4,096 had a leader after 5 min (the CLI's --timeout 300 ran
-# out) and the brokers used 29-37 % of a core each meanwhile. Nothing else needs changing to raise it: partition
-# numbers in requests are parsed up to partition_number_max; a heartbeat lists at most heartbeat_partitions_max
-# leaders; /v1/metadata with 4,096 partitions was 1.05 MB, below client_response_bytes_max; a create-topic
-# answer waits at most topic_leaders_wait_s for leaders and then answers anyway (node/service.py). Raise it
-# once idle groups are cheap (issue 10, item 2) and `raftmq bench idle --partitions 4096` shows it.
+# Issue 10 asks for 4,096. Kept at 256: idle groups are cheap now (quiet groups, node/quiescence.py: 1,000
+# idle partitions cost 1.8-4.5 % of a core per broker), but creating 4,096 partitions at once on 3 local brokers
+# of a loaded 2-core machine (load average 5-7) still fails: every broker opened the partitions (16,400 fds,
+# ~160 MB RSS each) at ~10/s, but its replication thread, busy opening groups, fsyncing their first terms and
+# ticking thousands of woken groups, let peer links time out (0.8 s without a ping) 15-20 times a minute; each
+# timeout wakes every quiet group of that peer, which re-elects, so after 900 s only 37 of 4,096 had a leader.
+# The per-pass budgets (replication_calls_budget_s, replication_tick_budget_s) cut the timeouts by about half;
+# what remains: opening groups and their term fsyncs off the replication thread, and a link liveness that does
+# not depend on that thread's pass time. Nothing else needs changing to raise it: partition numbers in requests
+# are parsed up to partition_number_max; a heartbeat lists at most heartbeat_partitions_max leaders;
+# /v1/metadata with 4,096 partitions was 1.05 MB, below client_response_bytes_max; a create-topic answer waits
+# at most topic_leaders_wait_s for leaders and then answers anyway (node/service.py). `raftmq bench idle
+# --partitions 4096` (with this limit raised) is the check.
 partitions_per_topic_max: Final = 256
 # A partition number in a request path (int32, as in Kafka); above partitions_per_topic_max it cannot exist.
 partition_number_max: Final = 2**31 - 1
