@@ -413,3 +413,9 @@ share_lock_ms_max: Final = 3_600_000  # a visibility timeout of an hour; longer 
 share_lock_ms_default: Final = 30_000  # SQS's default visibility timeout
 share_max_deliveries_default: Final = 5  # Kafka's group.share.delivery.count.limit
 assert share_acquire_records_max <= share_window_records_max
+
+# --- storage faults: a replica whose disk refuses writes (node/replication.py, node/journal.py) ------------
+
+# A replica taken out of its group by a failed write or fsync probes its disk at every housekeeping pass
+# (housekeeping_interval_s) by writing, fsyncing and deleting a file of this size next to its journal.
+journal_probe_bytes: Final = 4 * KIB  # one page: what the smallest real append needs
