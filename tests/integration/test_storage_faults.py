@@ -12,8 +12,6 @@ fsync), removed again for "space returns"."""
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,59 +19,11 @@ from typing import Any
 
 import pytest
 from raftmq.cluster.errors import OutcomeUnknown, StorageError
-from raftmq.node import journal as journal_module
 from raftmq.node.replication import RaftGroup
 
 from tests.conftest import wait_for_condition
+from tests.faulty_disk import FaultyDisk
 from tests.integration.test_replication import Node, Trio, _leader, _submit
-
-
-class FaultyDisk:
-    """Stands in for the ``os`` module (and ``write_file_atomically``) inside node/journal.py: for files in
-    ``directory`` (or opened from there) writes fail with ENOSPC when ``full``, fsyncs with EIO when
-    ``failing_fsync``; every other replica's journal goes through untouched."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.full = False
-        self.failing_fsync = False
-        self.refused = 0
-        self._fds: set[int] = set()
-        self._real_write_file = journal_module.write_file_atomically
-
-    def _ours(self, fd: int) -> bool:
-        if fd in self._fds:
-            return True
-        try:
-            target = Path(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:
-            return False
-        if target.parent == self.directory:
-            self._fds.add(fd)
-            return True
-        return False
-
-    def _refuse(self, code: int) -> OSError:
-        self.refused += 1
-        return OSError(code, os.strerror(code))
-
-    def pwritev(self, fd: int, buffers: Any, offset: int) -> int:
-        if self.full and self._ours(fd):
-            raise self._refuse(errno.ENOSPC)
-        return os.pwritev(fd, buffers, offset)
-
-    def fdatasync(self, fd: int) -> None:
-        if self.failing_fsync and self._ours(fd):
-            raise self._refuse(errno.EIO)
-        os.fdatasync(fd)
-
-    def write_file_atomically(self, path: Path, data: bytes, *, durable: bool = True) -> None:
-        if self.full and path.parent == self.directory:
-            raise self._refuse(errno.ENOSPC)
-        self._real_write_file(path, data, durable=durable)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
 
 
 @pytest.fixture
@@ -87,13 +37,7 @@ async def three(tmp_path: Path) -> AsyncIterator[Trio]:
 
 @pytest.fixture
 def faulty_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[[RaftGroup], FaultyDisk]:
-    def install(group: RaftGroup) -> FaultyDisk:
-        disk = FaultyDisk(group.journal.path.parent)
-        monkeypatch.setattr(journal_module, "os", disk)
-        monkeypatch.setattr(journal_module, "write_file_atomically", disk.write_file_atomically)
-        return disk
-
-    return install
+    return lambda group: FaultyDisk(group.journal.path.parent).install(monkeypatch)
 
 
 def _copies(three: Trio) -> list[list[Any]]:
