@@ -11,6 +11,10 @@ in memory and rewrites itself in place on compaction (not crash-atomic). This on
 * makes durability explicit: ``sync()`` fdatasyncs what was appended, and the replication loop decides when
   (group commit before acknowledging under the ``always`` policy); term and vote are written with
   tmp + fsync + rename before pysyncobj sends the vote that depends on them;
+* turns every write the disk refuses (append, fsync, truncation, compaction, term and vote) into a coded
+  STORAGE_ERROR without recording anything as done; after a failed fsync it never trusts the entries that
+  fsync was to cover (a later fsync may succeed without writing them), and ``recover`` (once a probe write
+  and fsync succeed) cuts them, never below what the replica has committed;
 * compacts atomically (new file + fsync + rename), and on open finishes a compaction that a crash
   interrupted between writing the snapshot and rewriting the journal (pysyncobj replaces a journal whose
   first two entries differ from its snapshot's by those two), so pysyncobj never throws away entries that

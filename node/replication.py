@@ -32,6 +32,10 @@ role, term and last entry pre-vote reads and moves (``_RaftView``), and read-onl
 ``_SyncObj__raftMatchIndex`` / ``_SyncObj__lastResponseTime`` for the in-sync replica set. Membership
 changes add two: ``_SyncObj__doApplyCommand`` is overridden (a change is applied on append only) and
 ``_SyncObj__changeClusterIDx`` is set (pysyncobj's one-change-at-a-time check, which it never arms).
+Pre-vote reads the election deadline through a property that replaces ``_SyncObj__raftElectionDeadline``
+(``_RaftObject``). Storage faults (``RaftGroup.fence_storage``) read ``_SyncObj__connectedNodes`` and the
+match indexes to pick the follower to hand leadership to, and step a returning replica down with
+``_SyncObj__setState`` and ``_SyncObj__generateRaftTimeout``.
 """
 
 from __future__ import annotations
