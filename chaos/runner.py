@@ -803,6 +803,9 @@ class _Run:
             result.stats["rss_max_bytes"] = dict(sorted(self.timeline.rss_max_bytes.items()))
             result.stats["rss_samples"] = self.timeline.rss_samples
         result.extra_findings += self._crash_findings() + self._two_leader_findings() + self._nemesis_findings()
+        if self.harness.mounts and result.verdict != "SKIP":
+            result.extra_findings += storage_fault_findings(
+                {n: node.log_path for n, node in self.harness.cluster.nodes.items()})
         if self.scenario.hostile and result.verdict != "SKIP":
             result.stats["hostile"] = self.harness.hostile_reports
             result.extra_findings += hostile_findings(self.harness.hostile_reports, result.stats)
@@ -841,11 +844,11 @@ class _Run:
             tail = " | ".join(line.strip()
                               for line in crash["log_tail"].splitlines()[-limits.crash_finding_log_lines_max:])
             if _stopped_on_disk_error(crash):
-                found.append({"kind": "broker_stopped_on_disk_error", "expected": True, "count": 1,
-                              "explanation": f"broker {crash['node']} stopped itself (exit {crash['returncode']}) "
-                                             f"on a STORAGE_ERROR during the {crash['disk_fault']} fault: fail-stop "
-                                             "rather than acknowledge what it could not store; started again when "
-                                             f"the fault ended (see {crash['log']}): {tail}"})
+                found.append({"kind": "broker_stopped_on_disk_error", "expected": False, "count": 1,
+                              "explanation": f"broker {crash['node']} exited (code {crash['returncode']}) on a "
+                                             f"STORAGE_ERROR during the {crash['disk_fault']} fault: a replica whose "
+                                             "disk refuses writes must leave its Raft group and the broker stay up "
+                                             f"(see {crash['log']}): {tail}"})
                 continue
             found.append({"kind": "broker_crashed", "expected": False, "count": 1,
                           "explanation": f"broker {crash['node']} exited on its own with code "
@@ -920,14 +923,41 @@ def hostile_findings(reports: list[dict[str, Any]], stats: dict[str, Any]) -> li
     return found
 
 
-# The broker's exit code when its replication thread fails (node/replication.py): with a STORAGE_ERROR in
-# its log during a disk fault, a deliberate stop, not a crash.
+# The broker's exit code when its replication thread fails (node/replication.py).
 _REPLICATION_STOPPED_EXIT = 70
+# What node/replication.py logs when a replica leaves its group on a storage fault, and when it rejoins.
+_FENCED_LOG = "out of the group on broker"
+_REJOINED_LOG = "the disk takes writes again"
+
+
+def storage_fault_findings(logs: dict[int, Path]) -> list[dict[str, Any]]:
+    """How the brokers met the disk faults, from their logs (informational): replicas taken out of their Raft
+    groups (they refuse writes with STORAGE_ERROR and hand leadership over) and brought back once the disk
+    took writes again. A replica still out at the end would have kept the run from converging."""
+    fenced: dict[int, int] = {}
+    rejoined: dict[int, int] = {}
+    for node, path in sorted(logs.items()):
+        try:
+            with open(path, errors="replace") as stream:
+                for line in stream:
+                    if _FENCED_LOG in line:
+                        fenced[node] = fenced.get(node, 0) + 1
+                    elif _REJOINED_LOG in line:
+                        rejoined[node] = rejoined.get(node, 0) + 1
+        except OSError:
+            continue
+    if not fenced:
+        return []
+    shown = ", ".join(f"broker {node}: {count} out, {rejoined.get(node, 0)} back" for node, count in fenced.items())
+    return [{"kind": "replicas_out_on_storage_fault", "expected": True, "count": sum(fenced.values()),
+             "explanation": f"replicas that left their Raft group when their disk refused a write or fsync (they "
+                            f"answered STORAGE_ERROR, handed leadership over, acknowledged nothing unsynced) and "
+                            f"rejoined once it took writes again: {shown}"}]
 
 
 def _stopped_on_disk_error(crash: dict[str, Any]) -> bool:
     """The broker exited with the replication thread's code, naming a STORAGE_ERROR, while a disk fault (ENOSPC,
-    EIO) was active on it: the fail-stop the broker promises on a disk it cannot trust."""
+    EIO) was active on it. It should not: such a replica leaves its group and the broker stays up."""
     return (crash.get("disk_fault") in ("disk-full", "disk-errors") and crash["returncode"] == _REPLICATION_STOPPED_EXIT
             and "STORAGE_ERROR" in crash["log_tail"])
 

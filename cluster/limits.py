@@ -464,3 +464,9 @@ kafka_group_phase_check_interval_s: Final = 0.1
 # Groups with classic rendezvous state on one coordinator; a JoinGroup for a further group is answered
 # COORDINATOR_NOT_AVAILABLE (retriable) until some group empties.
 kafka_classic_groups_max: Final = group_state_groups_max * group_state_partitions
+
+# --- storage faults: a replica whose disk refuses writes (node/replication.py, node/journal.py) ------------
+
+# A replica taken out of its group by a failed write or fsync probes its disk at every housekeeping pass
+# (housekeeping_interval_s) by writing, fsyncing and deleting a file of this size next to its journal.
+journal_probe_bytes: Final = 4 * KIB  # one page: what the smallest real append needs

@@ -11,6 +11,10 @@ in memory and rewrites itself in place on compaction (not crash-atomic). This on
 * makes durability explicit: ``sync()`` fdatasyncs what was appended, and the replication loop decides when
   (group commit before acknowledging under the ``always`` policy); term and vote are written with
   tmp + fsync + rename before pysyncobj sends the vote that depends on them;
+* turns every write the disk refuses (append, fsync, truncation, compaction, term and vote) into a coded
+  STORAGE_ERROR without recording anything as done; after a failed fsync it never trusts the entries that
+  fsync was to cover (a later fsync may succeed without writing them), and ``recover`` (once a probe write
+  and fsync succeed) cuts them, never below what the replica has committed;
 * compacts atomically (new file + fsync + rename), and on open finishes a compaction that a crash
   interrupted between writing the snapshot and rewriting the journal (pysyncobj replaces a journal whose
   first two entries differ from its snapshot's by those two), so pysyncobj never throws away entries that
@@ -40,7 +44,7 @@ from typing import Any
 import msgpack
 from raftmq.cluster import limits
 from raftmq.cluster.errors import StorageError, invariant
-from raftmq.node.fsutil import fsync_directory, make_directories, write_file_atomically
+from raftmq.node.fsutil import fsync_directory, make_directories, write_all, write_file_atomically
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,11 @@ class DurableJournal:
         self._cache_start = 0
         self._end_position = len(_MAGIC)
         self._unsynced = False
+        # Entries known to be on disk: every entry below this position was covered by a sync that succeeded.
+        # After a failed fsync the pages it was to write may be lost while the kernel marks them clean (a
+        # later fsync can then succeed without writing them), so the entries from here on are not trusted.
+        self._synced_count = 0
+        self._sync_failed = False
         self._meta: dict[str, Any] = {}
         self._meta_dirty = False
         self.truncated_tail_bytes = 0
@@ -186,6 +195,7 @@ class DurableJournal:
             if self.durable:
                 os.fsync(self._fd)
         self._end_position = position
+        self._synced_count = len(self._terms)  # what is on disk now is all there is to trust
         self._cache_start = len(self._terms)
         self._refill_cache_tail()
 
@@ -328,6 +338,7 @@ class DurableJournal:
         self._cache_start = 0
         self._end_position = len(_MAGIC)
         self._unsynced = True
+        self._synced_count = 0
         self.config_entries = {}
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802 - pysyncobj's name
@@ -335,9 +346,14 @@ class DurableJournal:
         if entryFrom >= len(self._terms):
             return
         entry_from = max(entryFrom, 0)
+        self._synced_count = min(self._synced_count, entry_from)
         self._forget_config(from_index=self._first_index + entry_from)
-        self._end_position = self._positions[entry_from] if entry_from < len(self._positions) else self._end_position
-        os.ftruncate(self._fd, self._end_position)
+        end_position = self._positions[entry_from] if entry_from < len(self._positions) else self._end_position
+        try:
+            os.ftruncate(self._fd, end_position)
+        except OSError as exc:  # nothing is recorded as deleted: the journal still matches its file
+            raise _write_failed(self.path, "truncate", exc) from exc
+        self._end_position = end_position
         del self._terms[entry_from:]
         del self._positions[entry_from:]
         del self._lengths[entry_from:]
@@ -355,28 +371,19 @@ class DurableJournal:
         entry_to = min(entryTo, len(self._terms))
         keep_from = self._positions[entry_to] if entry_to < len(self._positions) else self._end_position
         tmp = self.path.with_name(self.path.name + ".compact")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, _MAGIC)
-            copied = 0
-            remaining = self._end_position - keep_from
-            while copied < remaining:
-                chunk = os.pread(self._fd, min(remaining - copied, 4 * limits.MIB), keep_from + copied)
-                invariant(len(chunk) > 0, "journal shrank during compaction")
-                os.write(fd, chunk)
-                copied += len(chunk)
+            fd = self._write_compacted(tmp, keep_from)
+            os.replace(tmp, self.path)
             if self.durable:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        os.replace(tmp, self.path)
-        if self.durable:
-            fsync_directory(self.path.parent)
+                fsync_directory(self.path.parent)
+        except OSError as exc:  # the old journal is untouched and still in use; the new one is garbage
+            tmp.unlink(missing_ok=True)
+            raise _write_failed(self.path, "compact", exc) from exc
         os.close(self._fd)
         self._fd = fd
         shift = keep_from - len(_MAGIC)
         self._first_index += entry_to
+        self._synced_count = max(0, self._synced_count - entry_to)
         self._forget_config(below=self._first_index)
         self._terms = self._terms[entry_to:]
         self._lengths = self._lengths[entry_to:]
@@ -387,6 +394,25 @@ class DurableJournal:
         self._cache_start = max(0, self._cache_start - entry_to)
         if self._terms and len(self._terms) - 1 not in self._cache:
             self._refill_cache_tail()
+
+    def _write_compacted(self, tmp: Path, keep_from: int) -> int:
+        """Write the magic and the records from ``keep_from`` on to ``tmp``; returns its open fd."""
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, _MAGIC)
+            copied = 0
+            remaining = self._end_position - keep_from
+            while copied < remaining:
+                chunk = os.pread(self._fd, min(remaining - copied, 4 * limits.MIB), keep_from + copied)
+                invariant(len(chunk) > 0, "journal shrank during compaction")
+                write_all(fd, chunk)
+                copied += len(chunk)
+            if self.durable:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     # --- durability ---------------------------------------------------------------------------
 
@@ -401,8 +427,42 @@ class DurableJournal:
                 try:
                     os.fdatasync(self._fd)
                 except OSError as exc:
+                    self._sync_failed = True
                     raise _write_failed(self.path, "fsync", exc) from exc
             self._unsynced = False
+            if not self._sync_failed:  # after a failed fsync a later one proves nothing about the earlier pages
+                self._synced_count = len(self._terms)
+
+    def recover(self, *, keep_through_index: int) -> int:
+        """After a write or fsync this journal's disk refused: check that the disk takes a write and an fsync
+        again (raises StorageError while it does not), then make the journal trustworthy. If an fsync failed,
+        the entries it was to cover are cut (a power cut could have taken them just the same; this replica
+        never acknowledged them nor counted itself for them), but never an entry at or below
+        ``keep_through_index`` (what this replica has committed: under the ``always`` policy it is all synced
+        anyway). Term, vote and commit index are written again. Returns the number of entries cut."""
+        probe = self.path.with_name(self.path.name + ".probe")
+        try:
+            write_file_atomically(probe, bytes(limits.journal_probe_bytes), durable=self.durable)
+            probe.unlink()
+        except OSError as exc:
+            probe.with_name(probe.name + ".tmp").unlink(missing_ok=True)
+            raise _write_failed(self.path, "write a probe file next to", exc) from exc
+        cut = 0
+        if self._sync_failed:
+            keep = max(self._synced_count, keep_through_index - self._first_index + 1, 1 if self._terms else 0)
+            cut = max(0, len(self._terms) - keep)
+            if cut:
+                log.warning("journal %s: cutting %d entries from index %d whose fsync failed", self.path, cut,
+                            self._first_index + keep)
+                self.deleteEntriesFrom(keep)
+        self._sync_failed = False  # what is left is trusted once this fsync succeeds
+        self._unsynced = True  # fsync whatever is there, even if nothing changed since the failure
+        self.sync()
+        try:
+            self._store_meta(durable=self.durable)
+        except OSError as exc:
+            raise _write_failed(self.path, "write the term and vote of", exc) from exc
+        return cut
 
     def flush(self) -> None:
         self.sync()
@@ -422,10 +482,14 @@ class DurableJournal:
         return int(self._meta.get("commit_index", 1))
 
     def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:  # noqa: N802,N803
-        # Raft: currentTerm and votedFor must be durable before any message that reflects them is sent.
+        # Raft: currentTerm and votedFor must be durable before any message that reflects them is sent. If
+        # the disk refuses, the raised error stops this replica before pysyncobj sends that message.
         self._meta["term"] = term
         self._meta["voted_for"] = votedForNodeId
-        self._store_meta(durable=self.durable)
+        try:
+            self._store_meta(durable=self.durable)
+        except OSError as exc:
+            raise _write_failed(self.path, "write the term and vote of", exc) from exc
 
     def getCurrentTerm(self) -> int:  # noqa: N802
         return int(self._meta.get("term", 0))
@@ -450,7 +514,10 @@ class DurableJournal:
         # over it becomes durable by name at the next fsync of the directory (a segment roll does one) while
         # its bytes may not be: after a power cut the meta would read as empty, the vote forgotten.
         if self._meta_dirty:
-            self._store_meta(durable=self.durable)
+            try:
+                self._store_meta(durable=self.durable)
+            except OSError as exc:
+                raise _write_failed(self.path, "write the commit index of", exc) from exc
 
     def _destroy(self) -> None:
         if self._fd < 0:
@@ -467,8 +534,9 @@ class DurableJournal:
 
 def _write_failed(path: Path, what: str, exc: OSError) -> StorageError:
     """The coded error for a journal write the disk refused (full, failing). Raised, never swallowed: Raft
-    must not count an entry as stored that is not, so the replication thread stops the broker with it."""
-    hint = {errno.ENOSPC: "the disk is full: free space, then restart the broker",
-            errno.EIO: "the disk reported an I/O error: check it, then restart the broker"}
-    advice = hint.get(exc.errno or 0, "check the data directory, then restart the broker")
+    must not count an entry as stored that is not, so the replication thread takes the replica out of its
+    group (it neither acknowledges nor leads) until the disk takes writes again."""
+    hint = {errno.ENOSPC: "the disk is full: free space; the replica resumes by itself once writes succeed",
+            errno.EIO: "the disk reported an I/O error: check it; the replica resumes once writes succeed"}
+    advice = hint.get(exc.errno or 0, "check the data directory; the replica resumes once writes succeed")
     return StorageError(f"cannot {what} the Raft journal {path}: {exc.strerror or exc}; {advice}", path=str(path))

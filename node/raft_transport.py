@@ -641,6 +641,10 @@ class GroupTransport(Transport):
         """A raftmq message of this group that pysyncobj never sees (pre-vote)."""
         return self.network.send_raft(peer_id, self.group_id, message)
 
+    def drop_held(self) -> None:
+        """The fsync these acknowledgements waited for failed: they are never sent."""
+        self._held.clear()
+
     def release_held(self) -> None:
         held, self._held = self._held, []
         for peer_id, message in held:

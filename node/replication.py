@@ -32,6 +32,10 @@ role, term and last entry pre-vote reads and moves (``_RaftView``), and read-onl
 ``_SyncObj__raftMatchIndex`` / ``_SyncObj__lastResponseTime`` for the in-sync replica set. Membership
 changes add two: ``_SyncObj__doApplyCommand`` is overridden (a change is applied on append only) and
 ``_SyncObj__changeClusterIDx`` is set (pysyncobj's one-change-at-a-time check, which it never arms).
+Pre-vote reads the election deadline through a property that replaces ``_SyncObj__raftElectionDeadline``
+(``_RaftObject``). Storage faults (``RaftGroup.fence_storage``) read ``_SyncObj__connectedNodes`` and the
+match indexes to pick the follower to hand leadership to, and step a returning replica down with
+``_SyncObj__setState`` and ``_SyncObj__generateRaftTimeout``.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ from raftmq.cluster.errors import (
     OutcomeUnknown,
     RaftMQError,
     ReassignmentInProgress,
+    StorageError,
     invariant,
 )
 from raftmq.node import peer_protocol
@@ -462,7 +467,23 @@ class _RaftObject(SyncObj):
         self._state_machine = state_machine
         self._journal = journal
         self._traces = traces  # Raft index -> stage trace of a traced request appended here (RaftGroup)
+        self.election_deadline = 0.0  # pysyncobj's __raftElectionDeadline, as it wrote it (raft clock)
+        self.election_allowed = False  # may pysyncobj's election check in this tick see it (RaftGroup._tick)
         super().__init__(self_node, other_nodes, conf, transportClass=transport_factory)
+
+    # pysyncobj reads its election deadline in exactly one place, the election check of _onTick, and that
+    # check comes after work that can take long (the one-second meta write, with its fsyncs). Pre-vote decides
+    # on the deadline before the tick (PreVote.gate); had the deadline passed during that work, pysyncobj
+    # would campaign without a pre-vote, raise its term, and on a slow disk (where this happened) end up at a
+    # higher term than a healthy leader it can never depose. So the check sees the deadline only in a tick
+    # that pre-vote let through; otherwise the election waits for the next tick and its pre-vote round.
+    @property
+    def _SyncObj__raftElectionDeadline(self) -> float:  # noqa: N802 - pysyncobj's (mangled) name
+        return self.election_deadline if self.election_allowed else math.inf
+
+    @_SyncObj__raftElectionDeadline.setter
+    def _SyncObj__raftElectionDeadline(self, value: float) -> None:  # noqa: N802
+        self.election_deadline = float(value)
 
     @replicated
     def _apply(self, command: bytes) -> Any:
@@ -489,16 +510,16 @@ class _RaftView:
     """pysyncobj's private Raft fields, as node/prevote.py's RaftView and node/quiescence.py's QuiesceView name
     them (read here, nowhere else)."""
 
-    def __init__(self, raft: SyncObj) -> None:
+    def __init__(self, raft: _RaftObject) -> None:
         self._raft = raft
 
     @property
     def election_deadline(self) -> float:
-        return float(self._raft._SyncObj__raftElectionDeadline)
+        return self._raft.election_deadline
 
     @election_deadline.setter
     def election_deadline(self, value: float) -> None:
-        self._raft._SyncObj__raftElectionDeadline = value
+        self._raft.election_deadline = value
 
     def role(self) -> int:
         return int(self._raft._SyncObj__raftState)
@@ -547,6 +568,23 @@ class _RaftView:
 
     def commands_queued(self) -> bool:
         return bool(len(self._raft._SyncObj__commandsQueue._FastQueue__queue))
+
+    def step_down(self) -> None:
+        """Become a follower with no known leader and a fresh election timeout, as pysyncobj's own leader
+        fallback does: a replica coming back from a storage fault must not resume leading a log it may have
+        cut, nor campaign the moment it returns."""
+        raft = self._raft
+        raft._SyncObj__setState(0)
+        raft._SyncObj__raftLeader = None
+        raft.election_deadline = raft_clock() + raft._SyncObj__generateRaftTimeout()
+
+    def most_caught_up_follower(self) -> int | None:
+        """A leader's connected follower with the highest match index (None: none connected)."""
+        raft = self._raft
+        connected = raft._SyncObj__connectedNodes
+        candidates = [(int(index), node.broker_id) for node, index in raft._SyncObj__raftMatchIndex.items()
+                      if node in connected]
+        return max(candidates)[1] if candidates else None
 
 
 def _unused_serializer(*_args: Any) -> Any:  # pragma: no cover - GroupSnapshotter replaces the Serializer
@@ -697,6 +735,10 @@ class RaftGroup:
         self.leader_since: float | None = None  # monotonic time this replica last became leader
         self._last_transfer_attempt = 0.0
         self.status = GroupStatus(group_id=self.group_id)
+        # Set while this replica's disk refuses writes (see fence_storage): the group is not ticked, hears
+        # nothing and is answered nothing, and submits are refused, until recover_storage succeeds.
+        self.storage_fault: StorageError | None = None
+        self._told_stale_leader: tuple[int, int] | None = None
         self.closed = False
 
     def _build_raft(self, conf: SyncObjConf) -> tuple[_RaftObject, GroupTransport]:
@@ -725,6 +767,13 @@ class RaftGroup:
                trace: StageTrace | None = None) -> asyncio.Future[Any]:
         """See ``node.groups.ReplicationGroup.submit``; errors per ``error_for_fail_reason``."""
         future: asyncio.Future[Any] = self.loop.asyncio_loop.create_future()
+        fault = self.storage_fault
+        if fault is not None:
+            future.set_exception(StorageError(
+                f"broker {self.self_id} cannot write {self.group_id} to its disk ({fault.message}); nothing was "
+                "appended. Its leadership is handed to another replica: refresh the metadata and retry there",
+                path=fault.details.get("path")))
+            return future
         if resolve_on_append:
             proposal_id = commands.proposal_id_of(command)
             invariant(proposal_id is not None, "submit needs an encoded command")
@@ -808,6 +857,9 @@ class RaftGroup:
         raft = self.raft
         if self.closed:
             return LeaderNotAvailable(f"{self.group_id} is closed on broker {self.self_id}; nothing was appended")
+        if self.storage_fault is not None:
+            return StorageError(f"broker {self.self_id} cannot write {self.group_id} to its disk; nothing was "
+                                "appended: retry at the partition's new leader", path=str(self.directory))
         if not raft._isLeader():
             leader = raft._getLeader()
             if leader is None:
@@ -910,6 +962,90 @@ class RaftGroup:
             self.loop.pass_traces.append(trace)  # the loop stamps SENT and FSYNCED at the end of this pass
 
     def tick(self, now: float) -> None:
+        if self.storage_fault is not None:
+            self.next_tick = math.inf  # recover_storage brings it back
+            return
+        try:
+            self._tick(now)
+        except (StorageError, OSError) as exc:
+            self.fence_storage(exc, now)
+
+    def answer_stale_leader(self, peer_id: int, message: dict[str, Any]) -> None:
+        """AppendEntries from a leader of an older term, to a replica that knows no leader at its own newer
+        term. pysyncobj drops it without a word, so that leader never learns that its term is over and keeps
+        leading the others, while this replica (a candidate whose vote requests were lost with a link, or a
+        follower that voted for one) can never win: pre-vote stops it, because the others still hear their
+        leader. Raft answers a stale AppendEntries with the newer term, which makes the leader step down (etcd
+        does so under pre-vote for exactly this case); pysyncobj's leader only steps down for a newer term in
+        a vote request, so the answer is this replica's vote request at its term, with its own last entry: the
+        leader adopts the term and becomes a follower (and votes only if this log is as up to date as its
+        own), and the next pre-vote round elects a leader everyone follows."""
+        if message.get("type") != "append_entries" or self.raft_view.role() == 2 \
+                or self.raft._getLeader() is not None or peer_id not in self.voters:
+            return
+        term = message.get("term")
+        current = self.raft.raftCurrentTerm
+        if not isinstance(term, int) or term >= current:
+            return
+        index, last_term = self.raft_view.last_log()
+        if self._told_stale_leader != (peer_id, term):  # it answers every heartbeat; log it once
+            self._told_stale_leader = (peer_id, term)
+            log.info("%s: broker %d leads at term %d, this replica is at term %d with no leader: telling it",
+                     self.group_id, peer_id, term, current)
+        self.transport.send_control(peer_id, {"type": "request_vote", "term": current, "last_log_index": index,
+                                              "last_log_term": last_term})
+
+    def fence_storage(self, exc: BaseException, now: float) -> None:
+        """This replica's disk refused a write or an fsync (its journal, its term and vote, or the state
+        machine's log). Raft must never count or acknowledge as stored an entry that is not, and the failed
+        write may have left the entries since the last good fsync anywhere between written and lost. So until
+        ``recover_storage`` finds the disk writable again, the replica is out of its group: it is not ticked
+        (a leader never counts itself for a commit again, never heartbeats), Raft messages to it are dropped
+        (a follower never acknowledges), acknowledgements held for the fsync are dropped, submits are refused
+        with STORAGE_ERROR (nothing appended), what it was waiting for is OUTCOME_UNKNOWN, and its status says
+        it leads nothing. To the others it looks like a crashed replica, which Raft is built for. A leader
+        first asks its most caught-up follower to campaign now (Raft's TimeoutNow): that also wakes quiet
+        followers, whose election timers do not run while the link to this broker is up."""
+        if self.storage_fault is not None:
+            return
+        self.storage_fault = exc if isinstance(exc, StorageError) else StorageError(
+            f"{self.group_id}: {exc}", path=str(self.directory))
+        log.error("%s: out of the group on broker %d until its disk takes writes again: %s", self.group_id,
+                  self.self_id, self.storage_fault.message)
+        self.transport.drop_held()
+        if self.raft_view.role() == 2:
+            target = self.raft_view.most_caught_up_follower()
+            if target is not None:
+                self.transport.send_control(target, {"type": "timeout_now", "term": self.raft.raftCurrentTerm})
+        self._fail_waiting(f"could not write {self.group_id} to its disk")
+        self.next_tick = math.inf
+        self.publish_status(now)
+
+    def recover_storage(self, now: float) -> bool:
+        """Replication thread, about once a second while ``storage_fault`` is set: if the disk takes a write
+        and an fsync again, make the journal trustworthy (``DurableJournal.recover``) and rejoin the group. A
+        replica that was leading or campaigning comes back as a follower with no leader and a fresh election
+        timeout (its log may have been cut, and the others have most likely elected a leader meanwhile); a
+        follower comes back as it was, and its leader's next AppendEntries catches it up."""
+        if self.storage_fault is None:
+            return False
+        try:
+            cut = self.journal.recover(keep_through_index=self.raft.raftCommitIndex)
+        except (StorageError, OSError) as exc:
+            log.debug("%s: disk still refuses writes: %s", self.group_id, exc)
+            return False
+        if self.raft_view.role() != 0:
+            self.raft_view.step_down()
+            self.quiescence.wake()
+        self.storage_fault = None
+        self.transport.drop_held()
+        self.loop.mark_dirty(self.group_id)
+        log.warning("%s: the disk takes writes again; broker %d rejoins the group as a follower (%d unsynced "
+                    "journal entries cut)", self.group_id, self.self_id, cut)
+        self.publish_status(now)
+        return True
+
+    def _tick(self, now: float) -> None:
         self.last_tick = now
         self.ticks += 1
         self._refresh_voters()  # messages handled since the last tick may have appended or cut changes
@@ -922,8 +1058,15 @@ class RaftGroup:
             quiescence.before_tick()
             self.next_tick = math.inf
             return
+        raft = self.raft
+        before_gate = raft_clock()
         self.prevote.gate()
-        self.raft.doTick(0.0)
+        # Due before the gate looked, and still due after it: pre-vote let it through (won, or a transfer).
+        raft.election_allowed = raft.election_deadline < before_gate
+        try:
+            raft.doTick(0.0)
+        finally:
+            raft.election_allowed = False
         self._refresh_voters()
         quiescence.after_tick(self.raft_view.idle_leader() and not self._membership_requested
                               and not self.journal.unsynced)
@@ -945,7 +1088,7 @@ class RaftGroup:
             if fallback is not None:
                 due = min(due, fallback)
         else:
-            due = raft._SyncObj__raftElectionDeadline
+            due = raft.election_deadline
         return max(0.0, due - clock)
 
     def _fallback_due(self) -> float | None:
@@ -967,7 +1110,8 @@ class RaftGroup:
         return (raft._SyncObj__raftState, leader.broker_id if leader is not None else None, raft.raftCurrentTerm,
                 raft.raftCommitIndex, raft.raftLastApplied, self.journal.last_index, self.journal.size_bytes,
                 raft._SyncObj__noopIDx, raft.isReady(), len(self.replica_ids), self.voters,
-                self._membership_requested, self.loop.network.links_version, matches, self.quiescence.quiet)
+                self._membership_requested, self.loop.network.links_version, matches, self.quiescence.quiet,
+                self.storage_fault is not None)
 
     def publish_status(self, now: float) -> None:
         """Publish a new ``GroupStatus`` when something in it changed (an idle group then costs one tuple per
@@ -987,11 +1131,13 @@ class RaftGroup:
     def _build_status(self, now: float) -> None:
         raft = self.raft
         role = _ROLES.get(raft._SyncObj__raftState, "follower")
+        leader = raft._getLeader()
+        if self.storage_fault is not None:
+            role, leader = "follower", None  # out of the group (fence_storage): it leads and follows no one
         if role == "leader" and self.leader_since is None:
             self.leader_since = now
         elif role != "leader":
             self.leader_since = None
-        leader = raft._getLeader()
         if role != "leader":
             self._membership_requested = False  # pysyncobj forwarded or failed it; the log decides from now on
         connected = tuple(sorted(b for b in self.replica_ids if b != self.self_id and self.loop.network.is_up(b)))
@@ -1055,7 +1201,10 @@ class RaftGroup:
             return
         self.closed = True
         self.snapshotter.close()
-        self.raft.destroy()  # autoTick=False: destroys transport and journal at once
+        try:
+            self.raft.destroy()  # autoTick=False: destroys transport and journal at once (a last fsync)
+        except (StorageError, OSError):
+            log.exception("%s: closing the journal failed; what it did not sync is not acknowledged", self.group_id)
         self.state_machine.close()
 
 
@@ -1202,9 +1351,13 @@ class ReplicationLoop(NetworkListener):
 
     def on_raft_message(self, peer_id: int, group_id: str, message: dict[str, Any]) -> None:
         group = self.groups.get(group_id)
-        if group is None or group.transport is None:
-            return  # not created here yet (or deleted): the sender retries
-        group.transport.deliver(peer_id, message)
+        if group is None or group.transport is None or group.storage_fault is not None:
+            return  # not created here yet (or deleted, or out of the group on a storage fault): the sender retries
+        group.answer_stale_leader(peer_id, message)
+        try:
+            group.transport.deliver(peer_id, message)  # a follower appends here
+        except (StorageError, OSError) as exc:
+            group.fence_storage(exc, time.monotonic())
         self._dirty[group_id] = None
 
     # group management (replication thread) -------------------------------------------------------
@@ -1280,6 +1433,9 @@ class ReplicationLoop(NetworkListener):
                 self._next_housekeeping = now + limits.housekeeping_interval_s
                 self.published_links = self.network.link_stats()
                 for group in self.groups.values():
+                    if group.storage_fault is not None:
+                        group.recover_storage(now)
+                        continue
                     group.maybe_force_compaction()
                     if self.leader_rebalance:
                         group.maybe_transfer_to_preferred(now)
@@ -1358,18 +1514,20 @@ class ReplicationLoop(NetworkListener):
                 return
             self._next_flush = now + self.flush_interval_s
             ticked = list(self.groups.values())
-        unsynced = [group for group in ticked if group.journal.unsynced]
+        unsynced = [group for group in ticked if group.journal.unsynced and group.storage_fault is None]
         if self.durability is Durability.NEVER:
             for group in unsynced:
                 group.journal.sync()  # clears the flag; no fsync
             return
         if len(unsynced) == 1:
-            unsynced[0].journal.sync()
-        elif unsynced:
-            list(self._fsync_pool.map(lambda group: group.journal.sync(), unsynced))
+            failures = [_sync_journal(unsynced[0])]
+        else:
+            failures = list(self._fsync_pool.map(_sync_journal, unsynced))
         self.fsync_count += len(unsynced)
-        for group in unsynced:
-            if group.transport is not None:
+        for group, failure in zip(unsynced, failures, strict=True):
+            if failure is not None:
+                group.fence_storage(failure, now)  # its held acknowledgements are dropped, never sent
+            elif group.transport is not None:
                 group.transport.release_held()
 
     def _deliver_completions(self) -> None:
@@ -1393,6 +1551,16 @@ class ReplicationLoop(NetworkListener):
                 self.asyncio_loop.call_soon_threadsafe(_resolve_batch, batch, progress)
             except RuntimeError:
                 pass  # the event loop is closed: we are shutting down
+
+
+def _sync_journal(group: RaftGroup) -> BaseException | None:
+    """fdatasync one group's journal (on the fsync pool); the disk's refusal is returned, not raised, so one
+    failing journal does not hide the others' results."""
+    try:
+        group.journal.sync()
+    except (StorageError, OSError) as exc:
+        return exc
+    return None
 
 
 def _resolve_batch(batch: list[tuple[asyncio.Future[Any] | None, Any, RaftMQError | None]],

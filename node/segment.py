@@ -375,6 +375,10 @@ class Segment:
         self._time_index: TimeIndex | None = None
         self._index_fd: int | None = None
         self._time_index_fd: int | None = None
+        # A failed append could not be cut back (_undo_append): the files may hold bytes past their ends, and an
+        # O_APPEND write would land after them. The entry counts the index files must be cut to (None: that
+        # file was not written); cut before the next append, or refuse it.
+        self._tail_to_cut: tuple[int | None, int | None] | None = None
 
     def __repr__(self) -> str:
         return (f"Segment({self.log_path.name}, offsets=[{self.base_offset}, {self.next_offset}), "
@@ -565,6 +569,12 @@ class Segment:
         invariant(self.size_bytes + len(batch) <= U32_MAX, f"{self.name} would exceed 4 GiB")
         index, time_index = self._indexes()
         fd = self._log_fd()
+        if self._tail_to_cut is not None:
+            try:
+                self._cut_tail(*self._tail_to_cut)
+            except OSError as exc:
+                raise StorageError(f"cannot append to {self.log_path}: a failed write left bytes after its end that "
+                                   f"cannot be cut yet ({exc}); nothing was stored", path=str(self.log_path)) from exc
         position = self.size_bytes
         summary = self._summary()
         index_count, time_count = len(index), len(time_index)
@@ -594,15 +604,22 @@ class Segment:
         index.keep(index_count)
         time_index.keep(time_count)
         self._restore_summary(summary)
-        # Best effort: if these fail too the disk is gone; recovery at the next open cuts whatever is left.
+        # If this fails too, the next append tries again before it writes (the files are O_APPEND: a write must
+        # never land after leftover bytes), and recovery at the next open cuts whatever is left.
+        counts = (index_count if index_written else None, time_count if time_written else None)
         try:
-            os.ftruncate(self._log_fd(), position)
-            if index_written and self._index_fd is not None:
-                os.ftruncate(self._index_fd, index_count * OffsetIndex.ENTRY_BYTES)
-            if time_written and self._time_index_fd is not None:
-                os.ftruncate(self._time_index_fd, time_count * TimeIndex.ENTRY_BYTES)
+            self._cut_tail(*counts)
         except OSError:
-            pass
+            self._tail_to_cut = counts
+
+    def _cut_tail(self, index_count: int | None, time_count: int | None) -> None:
+        """Cut the .log at size_bytes, and each index that was written at its entry count."""
+        os.ftruncate(self._log_fd(), self.size_bytes)
+        if index_count is not None and self._index_fd is not None:
+            os.ftruncate(self._index_fd, index_count * OffsetIndex.ENTRY_BYTES)
+        if time_count is not None and self._time_index_fd is not None:
+            os.ftruncate(self._time_index_fd, time_count * TimeIndex.ENTRY_BYTES)
+        self._tail_to_cut = None
 
     # --- reads ------------------------------------------------------------------------------------
 
