@@ -125,11 +125,13 @@ class RunConfig:
     warmup_records: int
     idempotent: bool | None = None  # None: on for acks=all, off otherwise (the producer's default)
     gc_freeze: bool = True
+    client: str = "raftmq"  # "raftmq" (its own client, HTTP) or "kafka" (confluent-kafka, Kafka protocol)
 
     @property
     def label(self) -> str:
         rate = f"{self.rate:,.0f}/s" if self.rate else "flat out"
-        return f"acks={self.acks} durability={self.durability} {self.via} {rate}"
+        client = "kafka client (confluent-kafka) " if self.client == "kafka" else ""
+        return f"{client}acks={self.acks} durability={self.durability} {self.via} {rate}"
 
 
 class _Recorder(OutcomeTally):
@@ -415,8 +417,10 @@ async def _flush(producers: Sequence[Producer], deadline: float, stop: asyncio.E
 class _Target:
     """Where a group of runs sends: an existing cluster, or one started (and stopped) here."""
 
-    def __init__(self, urls: list[str], local: Any = None, harness: Any = None, root: Path | None = None):
+    def __init__(self, urls: list[str], local: Any = None, harness: Any = None, root: Path | None = None,
+                 kafka_bootstrap: str = ""):
         self.urls = urls
+        self.kafka_bootstrap = kafka_bootstrap  # host:port,... of the Kafka listeners ("" if none)
         self.local = local
         self.harness = harness
         self.root = root
@@ -430,9 +434,10 @@ class _Target:
 
 @contextlib.contextmanager
 def _target(bootstrap: list[str] | None, via: str, nodes: int, durability: str,
-            deadline: float) -> Iterator[_Target]:
+            deadline: float, kafka_bootstrap: str | None = None) -> Iterator[_Target]:
+    """``kafka_bootstrap``: None for no Kafka listeners; else the existing cluster's ("" when starting one)."""
     if bootstrap is not None:
-        yield _Target(bootstrap)
+        yield _Target(bootstrap, kafka_bootstrap=kafka_bootstrap or "")
         return
     from raftmq.deploy.local_cluster import LocalCluster
 
@@ -454,11 +459,11 @@ def _target(bootstrap: list[str] | None, via: str, nodes: int, durability: str,
                 harness.wait_ready(timeout_s=ready_timeout)
                 urls = list(harness.client_urls)
             else:
-                local = LocalCluster(root, nodes=nodes, durability=durability)
+                local = LocalCluster(root, nodes=nodes, durability=durability, kafka=kafka_bootstrap is not None)
                 local.start()
                 local.wait_ready(timeout_s=ready_timeout)
                 urls = local.urls
-        yield _Target(urls, local, harness, root)
+        yield _Target(urls, local, harness, root, local.kafka_bootstrap)
     finally:
         with err().status("stopping the benchmark cluster ..."):
             if harness is not None:
@@ -604,8 +609,11 @@ def result_table(config: RunConfig, result: RunResult) -> Table:
     table.add_row("latency p99.9 / max", f"{ms('p999_ms')} / {ms('max_ms')}")
     outcome = f"acked {result.acked:,}  failed {result.failed:,}  unknown {result.unknown:,}"
     table.add_row("outcome", outcome if result.acked == config.records else f"[yellow]{outcome}[/]")
-    table.add_row("batches", f"{result.batches:,} ({result.records_per_batch:,.1f} records each), "
-                             f"{result.retries:,} retries")
+    if result.batches or not result.requests:
+        table.add_row("batches", f"{result.batches:,} ({result.records_per_batch:,.1f} records each), "
+                                 f"{result.retries:,} retries")
+    else:  # librdkafka counts Produce requests (each with a batch per partition), not batches
+        table.add_row("requests", f"{result.requests:,} Produce requests, {result.retries:,} retries")
     table.add_row("elapsed", f"{result.elapsed_s:,.2f} s (sent at {result.send_rate_per_s:,.0f} records/s)")
     if result.client_cpu_s is not None and result.attempted:
         per_record = result.client_cpu_s / result.attempted * 1e6
@@ -720,14 +728,20 @@ def summary_table(runs: list[dict[str, Any]]) -> Table:
 @click.option("--gc-freeze/--no-gc-freeze", default=True, show_default=True,
               help="gc.freeze() the client process before measuring (what a long-running producer "
                    "application would do; see README \"Performance\").")
+@click.option("--client", type=click.Choice(["raftmq", "kafka"]), default="raftmq", show_default=True,
+              help="The producer measured: raftmq's own client (HTTP API) or confluent-kafka over the Kafka "
+                   "protocol (pip install confluent-kafka).")
+@click.option("--kafka-bootstrap", default=None, metavar="HOST:PORT,...",
+              help="With --client kafka and --bootstrap: the cluster's Kafka listeners.")
 def produce(records: int, record_bytes: int, acks_text: str, partitions: int, replication_factor: int | None,
             rate: float | None, linger_ms: float, batch_bytes: int, producers: int,
             durability_text: str | None,
             nodes: int, bootstrap: list[str] | None, via_proxies: bool, compare_proxies: bool,
             report_path: Path | None, warmup_records: int, max_seconds: float, profile: bool,
-            no_idempotence: bool, gc_freeze: bool) -> None:
+            no_idempotence: bool, gc_freeze: bool, client: str, kafka_bootstrap: str | None) -> None:
     """Measure producer throughput and per-record latency (send -> delivery report)."""
     acks_list, durabilities, vias = _matrix(acks_text, durability_text, bootstrap, via_proxies, compare_proxies)
+    kafka_bootstrap = _check_kafka_client(client, kafka_bootstrap, bootstrap, vias)
     if replication_factor is not None and bootstrap is None and replication_factor > nodes:
         raise click.BadParameter(f"{replication_factor} > --nodes {nodes}",
                                  param_hint="'--replication-factor'")
@@ -735,7 +749,8 @@ def produce(records: int, record_bytes: int, acks_text: str, partitions: int, re
                      replication_factor=replication_factor, rate=rate, linger_ms=linger_ms,
                      batch_bytes=batch_bytes, producers=producers, durabilities=durabilities, nodes=nodes,
                      bootstrap=bootstrap, vias=vias, warmup_records=warmup_records, max_seconds=max_seconds,
-                     profile=profile, idempotent=None if not no_idempotence else False, gc_freeze=gc_freeze)
+                     profile=profile, idempotent=None if not no_idempotence else False, gc_freeze=gc_freeze,
+                     client=client, kafka_bootstrap=kafka_bootstrap)
     bench_run = _bench_run(plan, report_path)
     report = _new_report(plan, bench_run)
     _run_plan_and_report(plan, bench_run, report)
@@ -764,6 +779,8 @@ class BenchPlan:
     profile: bool
     idempotent: bool | None
     gc_freeze: bool
+    client: str = "raftmq"
+    kafka_bootstrap: str | None = None  # Kafka listeners: None without --client kafka, "" for a started cluster
 
     @property
     def cluster_nodes(self) -> int | None:
@@ -776,7 +793,7 @@ class BenchPlan:
                          replication_factor=self.replication_factor, rate=self.rate, linger_ms=self.linger_ms,
                          batch_bytes=self.batch_bytes, producers=self.producers, nodes=self.cluster_nodes,
                          warmup_records=self.warmup_records, idempotent=self.idempotent,
-                         gc_freeze=self.gc_freeze)
+                         gc_freeze=self.gc_freeze, client=self.client)
 
     def settings(self) -> dict[str, Any]:
         """The report's "settings" (its keys and their order are part of the report format)."""
@@ -786,7 +803,8 @@ class BenchPlan:
                 "batch_bytes": self.batch_bytes, "producers": self.producers, "durability": self.durabilities,
                 "nodes": self.cluster_nodes, "bootstrap": self.bootstrap, "vias": self.vias,
                 "warmup_records": self.warmup_records, "max_seconds": self.max_seconds,
-                "idempotent": self.idempotent, "profile": self.profile, "gc_freeze": self.gc_freeze}
+                "idempotent": self.idempotent, "profile": self.profile, "gc_freeze": self.gc_freeze,
+                "client": self.client}
 
 
 @dataclass(frozen=True)
@@ -816,6 +834,25 @@ def _matrix(acks_text: str, durability_text: str | None, bootstrap: list[str] | 
         return acks_list, ["(existing cluster)"], ["external"]
     vias = ["direct", "proxies"] if compare_proxies else ["proxies"] if via_proxies else ["direct"]
     return acks_list, durabilities, vias
+
+
+def _check_kafka_client(client: str, kafka_bootstrap: str | None, bootstrap: list[str] | None,
+                        vias: list[str]) -> str | None:
+    """The Kafka listeners to use: None for --client raftmq, "" when the benchmark starts the cluster."""
+    if client != "kafka":
+        if kafka_bootstrap is not None:
+            raise click.BadParameter("only used with --client kafka", param_hint="'--kafka-bootstrap'")
+        return None
+    from raftmq.cli.bench_kafka import import_confluent_kafka
+
+    import_confluent_kafka()  # before a cluster is started: a missing package is a usage error
+    if "proxies" in vias:
+        raise click.BadParameter("the fault-proxy cluster opens no Kafka listeners; drop --via-proxies/"
+                                 "--compare-proxies", param_hint="'--client'")
+    if bootstrap is not None and not kafka_bootstrap:
+        raise click.BadParameter("--client kafka with --bootstrap needs the cluster's Kafka listeners too "
+                                 "(e.g. --kafka-bootstrap 127.0.0.1:9092)", param_hint="'--kafka-bootstrap'")
+    return kafka_bootstrap or ""
 
 
 def _bench_run(plan: BenchPlan, report_path: Path | None) -> _BenchRun:
@@ -877,7 +914,8 @@ def _run_plan(plan: BenchPlan, bench_run: _BenchRun, report: dict[str, Any]) -> 
         if time.perf_counter() > bench_run.deadline:
             report["aborted"] = _DEADLINE_PASSED
             return
-        with _target(plan.bootstrap, via, plan.nodes, durability, bench_run.deadline) as target:
+        with _target(plan.bootstrap, via, plan.nodes, durability, bench_run.deadline,
+                     plan.kafka_bootstrap) as target:
             for acks in plan.acks:
                 if time.perf_counter() > bench_run.deadline:
                     report["aborted"] = _DEADLINE_PASSED
@@ -936,7 +974,12 @@ def _one_run(target: _Target, config: RunConfig, number: int, bench_run: _BenchR
     before = {b: u for b in broker_ids if (u := _usage_of(target, b)) is not None}
     try:
         with progress:
-            result = asyncio.run(measure(target.urls, topic, config, bench_run.deadline, progress))
+            if config.client == "kafka":
+                from raftmq.cli.bench_kafka import measure_kafka
+
+                result = measure_kafka(target.kafka_bootstrap, topic, config, bench_run.deadline, progress)
+            else:
+                result = asyncio.run(measure(target.urls, topic, config, bench_run.deadline, progress))
         result.brokers = broker_usage(target, before)
     finally:
         if profiler is not None:
