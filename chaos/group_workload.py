@@ -51,12 +51,11 @@ class GroupStats:
 class _Member:
     def __init__(self, workload: GroupWorkload, index: int) -> None:
         self.workload = workload
-        config = workload
-        self.consumer = GroupConsumer(config.urls, config.group, topics=[config.topic],
+        self.consumer = GroupConsumer(workload.urls, workload.group, topics=[workload.topic],
                                       session_timeout_ms=limits.group_session_timeout_ms,
                                       auto_commit_interval_ms=limits.group_auto_commit_interval_ms,
                                       request_timeout_ms=limits.group_request_timeout_ms,
-                                      rng=random.Random(f"{config.seed}:member:{index}"))
+                                      rng=random.Random(f"{workload.seed}:member:{index}"))
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> bool:
