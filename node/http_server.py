@@ -39,6 +39,7 @@ class ConnectionGuard:
         self.connections_max = connections_max
         self.head_timeout_s = head_timeout_s
         self.open: set[GuardedRequestHandler] = set()
+        self.closed = False  # the port was shut down: a connection accepted in the race is closed at once
         self.stats = {"connections_refused": 0, "idle_evicted": 0, "head_timeouts": 0}
 
     def admit(self, handler: GuardedRequestHandler) -> bool:
@@ -82,6 +83,10 @@ class GuardedRequestHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.last_activity = self._loop.time()
+        if self._guard.closed:
+            # Accepted just as the port shut down: aiohttp no longer tracks it, so nobody else would close it.
+            transport.close()
+            return
         super().connection_made(transport)
         if not self._guard.admit(self):
             transport.write(_refusal())  # type: ignore[attr-defined]
@@ -149,6 +154,17 @@ class GuardedAppRunner(web.AppRunner):
                                  handler_cancellation=server.handler_cancellation, loop=server._loop,
                                  guard=self.guard, **server._kwargs)
         return guarded
+
+    async def cleanup(self) -> None:
+        """aiohttp's shutdown, then close any connection it did not (one accepted while the port was closing)."""
+        self.guard.closed = True
+        try:
+            await super().cleanup()
+        finally:
+            for handler in list(self.guard.open):
+                self.guard.open.discard(handler)
+                if handler.transport is not None:
+                    handler.transport.close()
 
 
 __all__ = ["ConnectionGuard", "GuardedAppRunner", "GuardedRequestHandler"]

@@ -231,6 +231,10 @@ async def test_move_a_group_to_three_other_brokers(cluster: Cluster) -> None:
     term = leader.status.term
     removed = [group for group in (cluster.brokers[1].group, cluster.brokers[2].group) if group is not None]
     baseline = [group.prevote.rounds_started for group in removed]
+    # A round a replica won while it was still a voter (its timer can fire during the move on a loaded
+    # machine) may leave it campaigning at a term the voters, having since removed it, never hear of. What
+    # must not happen is a round won once the removals are committed: no voter answers a removed replica.
+    won = [group.prevote.rounds_won for group in removed]
 
     def tried_or_knows() -> bool:
         return all(group.self_id not in group.replica_ids or group.prevote.rounds_started > rounds
@@ -239,7 +243,7 @@ async def test_move_a_group_to_three_other_brokers(cluster: Cluster) -> None:
     await wait_for_condition(tried_or_knows, timeout_s=20, what="the removed replicas' election timers")
     await cluster.write(b"after-the-removed-tried")
     assert (await cluster.leader()) is leader and leader.status.term == term
-    assert all(group.prevote.rounds_won == 0 or group.status.term <= term for group in removed)
+    assert [group.prevote.rounds_won for group in removed] == won
 
 
 async def test_replace_a_dead_voter_then_restart_replicas(cluster: Cluster) -> None:
