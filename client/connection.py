@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import io
 import json
 import random
@@ -286,6 +287,7 @@ class MetadataFetcher:
         self.connection = connection
         self.view = view
         self._lock = asyncio.Lock()
+        self._probes: dict[str, asyncio.Future[None]] = {}
 
     async def refresh(self, *, timeout_s: float, force: bool = True) -> None:
         """Refresh the view (``force=False``: only when stale).
@@ -338,6 +340,31 @@ class MetadataFetcher:
         error = ConnectionFailed("no broker answered /v1/metadata", sent=False,
                                  tried=self.view.candidate_urls())
         raise error from last_error
+
+    async def probe_leaders(self, *, avoid_url: str, timeout_s: float) -> None:
+        """Ask every known broker but ``avoid_url`` for metadata at once and merge the answers by leader epoch
+        (a newer leader replaces the view's; ClusterView.update keeps the newer of two). Used while a request
+        waits at ``avoid_url`` without an answer. Single-flight per ``avoid_url``; errors are ignored (the
+        request that waits keeps its own deadline)."""
+        probe = self._probes.get(avoid_url)
+        if probe is None:
+            probe = asyncio.ensure_future(self._probe(avoid_url, timeout_s))
+            self._probes[avoid_url] = probe
+            probe.add_done_callback(lambda _: self._probes.pop(avoid_url, None))
+        await asyncio.shield(probe)
+
+    async def _probe(self, avoid_url: str, timeout_s: float) -> None:
+        urls = [url for url in dict.fromkeys(self.view.brokers.values()) if url != avoid_url]
+
+        async def ask(url: str) -> None:
+            try:
+                response = await self.connection.request("GET", url + "/v1/metadata", timeout_s=timeout_s)
+            except RaftMQError:
+                return
+            with contextlib.suppress(UnexpectedResponse):
+                self.view.update(response, now_s=time.monotonic())
+
+        await asyncio.gather(*(ask(url) for url in urls))
 
     async def any_broker_request(
         self, method: str, path: str, *, body: Mapping[str, Any] | None = None,

@@ -32,7 +32,12 @@ Outcomes (every send future resolves, or its ``on_delivery`` callback is called,
 Retries: only errors flagged ``retriable``, with capped exponential backoff and jitter
 (``retry_backoff_ms`` .. ``limits.client_retry_backoff_ms_max``), until the batch's delivery deadline
 (``delivery_timeout_ms`` after its first record's ``send()``). ``NOT_LEADER`` re-routes at once to the
-leader its details name; errors flagged ``refresh_metadata`` refresh the cluster view first.
+leader its details name; errors flagged ``refresh_metadata`` refresh the cluster view first. A leader
+that neither answers nor refuses (paused, cut off) is found out without waiting for the request timeout:
+while an idempotent producer's request waits longer than ``limits.client_leader_probe_after_ms``, the
+other brokers are asked for the partition's leader every ``limits.client_leader_probe_interval_ms``; once
+they name a newer one, the request is abandoned (its outcome stays unknown) and the same bytes are sent
+there (same sequence: stored once).
 
 Idempotence (default on): ``start()`` gets a producer id (``POST /v1/producers``). Each partition numbers
 its records from 0 (``base_sequence`` = records this producer id sent to the partition before); a retry
@@ -75,7 +80,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final, overload
 from urllib.parse import quote
 
@@ -729,8 +734,12 @@ class Producer(AsyncLifecycle):
             if timeout_s < limits.client_attempt_s_min:
                 batch.deadline_s = time.monotonic()  # too little time left to be worth a request
                 continue
-            error = await self._send_once(st, batch, url + attempt.path, url, timeout_s)
-            if error is None or await self._after_error(st, batch, error, url, attempt):
+            error = await self._send_once(st, batch, url + attempt.path, url, timeout_s, attempt)
+            if error is None:
+                return
+            if attempt.reroute_url is not None and isinstance(error, ClientTimeout):
+                continue  # the leader moved while the request waited: resend there at once
+            if await self._after_error(st, batch, error, url, attempt):
                 return
 
     async def _route(self, batch: _Batch, attempt: _Attempt) -> str | None:
@@ -759,8 +768,9 @@ class Producer(AsyncLifecycle):
         return url
 
     async def _send_once(self, st: _PartitionState, batch: _Batch, target: str, url: str,
-                         timeout_s: float) -> RaftMQError | None:
-        """One produce request. None: the batch is resolved ok; else the error it got."""
+                         timeout_s: float, attempt: _Attempt) -> RaftMQError | None:
+        """One produce request. None: the batch is resolved ok; else the error it got (a ClientTimeout with
+        ``attempt.reroute_url`` set: the partition's leader moved while the request waited)."""
         body = {"acks": self.acks, "timeout_ms": max(1, min(limits.produce_timeout_ms_max, int(timeout_s * 900))),
                 "batch": batch.encoded}
         if batch.attempts == 0:
@@ -771,7 +781,11 @@ class Producer(AsyncLifecycle):
         self._requests += 1
         batch.in_flight = True
         try:
-            response = await self._conn.request("POST", target, body=body, timeout_s=timeout_s)
+            request = self._conn.request("POST", target, body=body, timeout_s=timeout_s)
+            if self.idempotent:
+                response = await self._request_watching_leader(batch, request, url, attempt)
+            else:
+                response = await request
         except DuplicateSequence:
             batch.in_flight = False
             self._finish_ok(st, batch, None, url)
@@ -783,6 +797,32 @@ class Producer(AsyncLifecycle):
             return exc
         self._finish_ok(st, batch, response, url)
         return None
+
+    async def _request_watching_leader(self, batch: _Batch, request: Coroutine[Any, Any, Any], url: str,
+                                       attempt: _Attempt) -> Any:
+        """Await ``request`` (sent to the partition's leader at ``url``); while it waits unanswered, ask the
+        other brokers whether leadership moved. A paused or cut-off leader neither answers nor refuses, so
+        without this the batch would sit there for the whole request timeout after a new leader was elected.
+        Only for an idempotent producer: the resend carries the same producer id and sequence, so the new
+        leader stores the records once (or answers DUPLICATE_SEQUENCE if they reached it before the fault)."""
+        task = asyncio.ensure_future(request)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=limits.client_leader_probe_after_ms / 1000)
+            while not done:
+                await self._fetcher.probe_leaders(avoid_url=url,
+                                                  timeout_s=limits.client_leader_probe_timeout_ms / 1000)
+                moved = self._view.leader_url(batch.topic, batch.partition)
+                if moved is not None and moved != url and not task.done():
+                    attempt.reroute_url = moved
+                    raise ClientTimeout(f"the leader of {batch.topic}/{batch.partition} moved to {moved} while "
+                                        f"the request waited at {url}; resent there with the same sequence")
+                done, _ = await asyncio.wait({task}, timeout=limits.client_leader_probe_interval_ms / 1000)
+            return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RaftMQError):
+                    await task
 
     async def _after_error(self, st: _PartitionState, batch: _Batch, error: RaftMQError, url: str,
                            attempt: _Attempt) -> bool:

@@ -301,6 +301,39 @@ async def test_hung_broker_gives_unknown(cluster: InProcessCluster) -> None:
     assert all(isinstance(r.error, ClientTimeout) for r in reports)
 
 
+async def test_a_silent_leader_is_left_for_its_successor_without_waiting_for_the_request_timeout(
+        cluster: InProcessCluster) -> None:
+    """A paused leader neither answers nor refuses. The producer asks the other brokers, learns that leadership
+    moved, and resends there (the same bytes: the same sequence) long before its 60 s request timeout; the
+    held request is never released, so only the probe can have found the new leader."""
+    cluster.set_leader("t", 0, 1)
+    await wait_until(lambda: cluster.leader("t", 0) is cluster.handles("t", 0)[0], what="broker 1 leading t/0")
+    async with producer(cluster, request_timeout_ms=60_000, delivery_timeout_ms=120_000) as p:
+        cluster.inject("produce", Fault("hang", broker_id=1, times=1000))
+        cluster.inject("metadata", Fault("hang", broker_id=1, times=1000))
+        future = await p.send("t", b"x", partition=0)
+        await wait_until(lambda: len(cluster.produce_requests()) == 1, what="the request held at broker 1")
+        cluster.set_leader("t", 0, 2)
+        report = await asyncio.wait_for(future, 10.0)
+    assert report.ok and report.leader_id == 2 and report.offset == 0
+    requests = cluster.produce_requests()
+    assert [r.broker_id for r in requests] == [1, 2] and requests[0].body["batch"] == requests[1].body["batch"]
+    assert cluster.stored("t", 0) == [(0, None, b"x")]
+
+
+async def test_a_slow_leader_that_keeps_leading_is_waited_for(cluster: InProcessCluster) -> None:
+    """The probe finds the same leader: the producer keeps waiting for its answer and sends nothing twice."""
+    async with producer(cluster, request_timeout_ms=60_000) as p:
+        cluster.hold_produce()
+        future = await p.send("t", b"x", partition=0)
+        probes = len(cluster.requests_for("/v1/metadata", "GET"))
+        await wait_until(lambda: len(cluster.requests_for("/v1/metadata", "GET")) >= probes + 2,
+                         what="the producer asking the brokers who leads")
+        cluster.release_produce()
+        report = await asyncio.wait_for(future, 10.0)
+    assert report.ok and report.offset == 0 and len(cluster.produce_requests()) == 1
+
+
 async def test_unreachable_leader_fails_definitely(cluster: InProcessCluster) -> None:
     async with producer(cluster, delivery_timeout_ms=300) as p:
         await cluster.brokers[1].stop()  # leader of t/1; requests are refused before they are sent
