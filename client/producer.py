@@ -34,10 +34,10 @@ Retries: only errors flagged ``retriable``, with capped exponential backoff and 
 (``delivery_timeout_ms`` after its first record's ``send()``). ``NOT_LEADER`` re-routes at once to the
 leader its details name; errors flagged ``refresh_metadata`` refresh the cluster view first. A leader
 that neither answers nor refuses (paused, cut off) is found out without waiting for the request timeout:
-while an idempotent producer's request waits longer than ``limits.client_leader_probe_after_ms``, the
-other brokers are asked for the partition's leader every ``limits.client_leader_probe_interval_ms``; once
-they name a newer one, the request is abandoned (its outcome stays unknown) and the same bytes are sent
-there (same sequence: stored once).
+while a request (acks 1 or all) waits longer than ``limits.client_leader_probe_after_ms``, the other
+brokers are asked for the partition's leader every ``limits.client_leader_probe_interval_ms``; once they
+name a newer one, the request is abandoned (its outcome stays unknown) and the same bytes are sent there
+(with idempotence the same sequence: stored once).
 
 Idempotence (default on): ``start()`` gets a producer id (``POST /v1/producers``). Each partition numbers
 its records from 0 (``base_sequence`` = records this producer id sent to the partition before); a retry
@@ -782,7 +782,7 @@ class Producer(AsyncLifecycle):
         batch.in_flight = True
         try:
             request = self._conn.request("POST", target, body=body, timeout_s=timeout_s)
-            if self.idempotent:
+            if self.acks != 0:
                 response = await self._request_watching_leader(batch, request, url, attempt)
             else:
                 response = await request
@@ -803,8 +803,10 @@ class Producer(AsyncLifecycle):
         """Await ``request`` (sent to the partition's leader at ``url``); while it waits unanswered, ask the
         other brokers whether leadership moved. A paused or cut-off leader neither answers nor refuses, so
         without this the batch would sit there for the whole request timeout after a new leader was elected.
-        Only for an idempotent producer: the resend carries the same producer id and sequence, so the new
-        leader stores the records once (or answers DUPLICATE_SEQUENCE if they reached it before the fault)."""
+        An idempotent producer's resend carries the same producer id and sequence, so the new leader stores
+        the records once (or answers DUPLICATE_SEQUENCE if they reached it before the fault). Without
+        idempotence the resend may store them twice, exactly as the retry after the request timeout would:
+        this is that retry, made as soon as leadership has provably moved."""
         task = asyncio.ensure_future(request)
         try:
             done, _ = await asyncio.wait({task}, timeout=limits.client_leader_probe_after_ms / 1000)

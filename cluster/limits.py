@@ -247,10 +247,11 @@ client_retry_backoff_ms_max: Final = 2_000
 # long, so a producer finds the new leader within this of its election instead of sleeping through it with
 # the general backoff (which grows to client_retry_backoff_ms_max).
 client_leader_retry_backoff_ms_max: Final = 150
-# An idempotent producer whose request has waited this long at the leader asks the partition's other brokers
-# whether leadership moved (a paused or cut-off leader neither answers nor refuses), then again every
-# interval while it waits; each broker gets the probe timeout. On a newer leader it resends there with the
-# same producer id and sequence, so the record is stored once even if the old leader had replicated it.
+# A producer whose request has waited this long at the leader asks the other brokers whether leadership
+# moved (a paused or cut-off leader neither answers nor refuses), then again every interval while it waits;
+# each broker gets the probe timeout. On a newer leader it resends there at once (an idempotent producer
+# with the same producer id and sequence, so the record is stored once even if the old leader had
+# replicated it).
 client_leader_probe_after_ms: Final = 300
 client_leader_probe_interval_ms: Final = 200
 client_leader_probe_timeout_ms: Final = 250

@@ -301,21 +301,22 @@ async def test_hung_broker_gives_unknown(cluster: InProcessCluster) -> None:
     assert all(isinstance(r.error, ClientTimeout) for r in reports)
 
 
+@pytest.mark.parametrize("acks", ["all", 1])
 async def test_a_silent_leader_is_left_for_its_successor_without_waiting_for_the_request_timeout(
-        cluster: InProcessCluster) -> None:
+        cluster: InProcessCluster, acks: str | int) -> None:
     """A paused leader neither answers nor refuses. The producer asks the other brokers, learns that leadership
-    moved, and resends there (the same bytes: the same sequence) long before its 60 s request timeout; the
-    held request is never released, so only the probe can have found the new leader."""
+    moved, and resends there (the same bytes) long before its 60 s request timeout; the held request is never
+    released, so only the probe can have found the new leader."""
     cluster.set_leader("t", 0, 1)
     await wait_until(lambda: cluster.leader("t", 0) is cluster.handles("t", 0)[0], what="broker 1 leading t/0")
-    async with producer(cluster, request_timeout_ms=60_000, delivery_timeout_ms=120_000) as p:
+    async with producer(cluster, acks=acks, request_timeout_ms=60_000, delivery_timeout_ms=120_000) as p:
         cluster.inject("produce", Fault("hang", broker_id=1, times=1000))
         cluster.inject("metadata", Fault("hang", broker_id=1, times=1000))
         future = await p.send("t", b"x", partition=0)
         await wait_until(lambda: len(cluster.produce_requests()) == 1, what="the request held at broker 1")
         cluster.set_leader("t", 0, 2)
         report = await asyncio.wait_for(future, 10.0)
-    assert report.ok and report.leader_id == 2 and report.offset == 0
+    assert report.ok and report.leader_id == 2 and report.offset == (0 if acks == "all" else None)
     requests = cluster.produce_requests()
     assert [r.broker_id for r in requests] == [1, 2] and requests[0].body["batch"] == requests[1].body["batch"]
     assert cluster.stored("t", 0) == [(0, None, b"x")]
