@@ -67,7 +67,7 @@ topic_min_insync_replicas_default: Final = 2
 # Producer workers: with acks=all the first half is idempotent and the rest not, so both kinds are judged.
 producer_processes_default: Final = 4
 # Sends per second, all workers together: enough sends per partition to time a failover well within the
-# 3 s target, few enough that three brokers on one machine (durability "always") keep up.
+# 1 s target, few enough that three brokers on one machine (durability "always") keep up.
 send_rate_per_s_default: Final = 200.0
 # Keys per partition (picked with the client's routing): every partition gets traffic, and each key gets
 # many sends for the checker's per-key reorder check.
@@ -163,9 +163,9 @@ examples_max: Final = 50
 
 # --- the report (chaos/report.py) ----------------------------------------------------------------
 
-# Failover target for acks=all: a new leader acknowledges writes within 3 s of the fault. Reported (runs
+# Failover target for acks=all: a new leader acknowledges writes within 1 s of the fault. Reported (runs
 # over it are flagged), not gated: CI machines vary.
-failover_target_ms: Final = 3000.0
+failover_target_ms: Final = 1000.0
 # summary.md shows the first rows of each run's timeline and some lost records; report.json has them all.
 summary_timeline_rows_max: Final = 250
 summary_lost_records_max: Final = 20

@@ -3,7 +3,7 @@
 ``report.json`` (format ``raftmq-chaos-report/1``): the configuration and seed, every scenario's schedule,
 the matrix rows, failover times, the overall verdict, and per run the timeline (faults, live-target
 resolutions, leader changes), the checker's full ``CheckResult.to_json()`` and the run's statistics.
-``summary.md``: the matrix, failover times against the 3 s target (``limits.failover_target_ms``), and per
+``summary.md``: the matrix, failover times against the 1 s target (``limits.failover_target_ms``), and per
 scenario and ack level the findings labelled *expected* or **BUG**, where every lost record went
 (``LostRecord.describe()``), and the timeline. Every run's history, logs and data stay under
 ``<report dir>/<scenario>/acks-<a>/``.
