@@ -43,10 +43,23 @@ async def _restart_and_catch_up(session: aiohttp.ClientSession, cluster: LocalCl
     await asyncio.to_thread(cluster.wait_ready, [broker_id], timeout_s=30)
 
     async def caught_up() -> bool:
-        _, replica_end = await _fetch_raw(session, cluster.nodes[broker_id].url, topic, 0)
-        return replica_end == end
+        fetched = await _fetched_or_none(session, cluster.nodes[broker_id].url, topic, 0)
+        return fetched is not None and fetched[1] == end
 
     await wait_for_condition(caught_up, timeout_s=timeout_s, what=f"broker {broker_id} caught up on {topic}")
+
+
+class _ReplicaNotReady(Exception):
+    """The broker answered 503 BROKER_NOT_READY: it restarted and the partition is still opening."""
+
+
+async def _fetched_or_none(session: aiohttp.ClientSession, url: str, topic: str, partition: int, *,
+                           any_replica: bool = True) -> tuple[list[bytes], int] | None:
+    """``_fetch_raw`` for conditions polled across a restart: None while the replica is still opening."""
+    try:
+        return await _fetch_raw(session, url, topic, partition, any_replica=any_replica)
+    except _ReplicaNotReady:
+        return None
 
 
 async def _fetch_raw(session: aiohttp.ClientSession, url: str, topic: str, partition: int, *,
@@ -62,6 +75,8 @@ async def _fetch_raw(session: aiohttp.ClientSession, url: str, topic: str, parti
         async with session.get(f"{url}/v1/topics/{topic}/partitions/{partition}/records", params=params,
                                headers={"Accept": "application/msgpack"}) as response:
             body = msgpack.unpackb(await response.read())
+            if response.status == 503 and body.get("error", {}).get("code") == "BROKER_NOT_READY":
+                raise _ReplicaNotReady(body)
             assert response.status == 200, body
         high_watermark = body["high_watermark"]
         chunks = list(batches.iter_batches(body["batches"]))
@@ -217,8 +232,8 @@ async def test_kill_all_brokers_mid_stream(own_cluster: LocalCluster, session: a
     leader = await asyncio.to_thread(cluster.wait_for_leader, "crash", 0, timeout_s=20)
 
     async def leader_has_everything() -> bool:
-        stored_now, _ = await _fetch_raw(session, cluster.nodes[leader].url, "crash", 0, any_replica=False)
-        return {v for _, _, v in _values(stored_now)} >= set(acked)
+        fetched = await _fetched_or_none(session, cluster.nodes[leader].url, "crash", 0, any_replica=False)
+        return fetched is not None and {v for _, _, v in _values(fetched[0])} >= set(acked)
 
     await wait_for_condition(leader_has_everything, timeout_s=30, what="every acked record after the restart")
     stored_batches, _ = await _fetch_raw(session, cluster.nodes[leader].url, "crash", 0, any_replica=False)
@@ -333,8 +348,8 @@ async def test_torn_tail_is_cut_on_restart(own_cluster: LocalCluster, session: a
     reference, end = await _fetch_raw(session, cluster.nodes[leader].url, "torn", 0)
 
     async def repaired() -> bool:
-        replica, _ = await _fetch_raw(session, cluster.nodes[follower].url, "torn", 0)
-        return replica == reference
+        fetched = await _fetched_or_none(session, cluster.nodes[follower].url, "torn", 0)
+        return fetched is not None and fetched[0] == reference
 
     await wait_for_condition(repaired, timeout_s=30, what="the follower refilled its log from the leader")
     assert end == 50
