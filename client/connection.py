@@ -40,6 +40,7 @@ import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Final, Self
+from urllib.parse import quote
 
 import aiohttp
 import msgpack
@@ -287,7 +288,7 @@ class MetadataFetcher:
         self.connection = connection
         self.view = view
         self._lock = asyncio.Lock()
-        self._probes: dict[str, asyncio.Future[None]] = {}
+        self._probes: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     async def refresh(self, *, timeout_s: float, force: bool = True) -> None:
         """Refresh the view (``force=False``: only when stale).
@@ -341,28 +342,30 @@ class MetadataFetcher:
                                  tried=self.view.candidate_urls())
         raise error from last_error
 
-    async def probe_leaders(self, *, avoid_url: str, timeout_s: float) -> None:
-        """Ask every known broker but ``avoid_url`` for metadata at once and merge the answers by leader epoch
-        (a newer leader replaces the view's; ClusterView.update keeps the newer of two). Used while a request
-        waits at ``avoid_url`` without an answer. Single-flight per ``avoid_url``; errors are ignored (the
-        request that waits keeps its own deadline)."""
-        probe = self._probes.get(avoid_url)
+    async def probe_leaders(self, topic: str, *, avoid_url: str, timeout_s: float) -> None:
+        """Ask every known broker but ``avoid_url`` how it sees ``topic`` (``GET /v1/topics/{topic}``: each
+        partition's leader and leader epoch from that broker's replicas) and merge the answers by leader epoch,
+        so a newer leader replaces the view's. Used while a request waits at ``avoid_url`` without an answer.
+        Single-flight per (topic, broker); errors are ignored (the request that waits keeps its deadline)."""
+        key = (topic, avoid_url)
+        probe = self._probes.get(key)
         if probe is None:
-            probe = asyncio.ensure_future(self._probe(avoid_url, timeout_s))
-            self._probes[avoid_url] = probe
-            probe.add_done_callback(lambda _: self._probes.pop(avoid_url, None))
+            probe = asyncio.ensure_future(self._probe(topic, avoid_url, timeout_s))
+            self._probes[key] = probe
+            probe.add_done_callback(lambda _: self._probes.pop(key, None))
         await asyncio.shield(probe)
 
-    async def _probe(self, avoid_url: str, timeout_s: float) -> None:
+    async def _probe(self, topic: str, avoid_url: str, timeout_s: float) -> None:
         urls = [url for url in dict.fromkeys(self.view.brokers.values()) if url != avoid_url]
+        path = "/v1/topics/" + quote(topic, safe="")
 
         async def ask(url: str) -> None:
             try:
-                response = await self.connection.request("GET", url + "/v1/metadata", timeout_s=timeout_s)
+                response = await self.connection.request("GET", url + path, timeout_s=timeout_s)
             except RaftMQError:
                 return
             with contextlib.suppress(UnexpectedResponse):
-                self.view.update(response, now_s=time.monotonic())
+                self.view.merge_topic(response.get("topic") if isinstance(response, dict) else None, source_url=url)
 
         await asyncio.gather(*(ask(url) for url in urls))
 

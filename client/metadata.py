@@ -470,6 +470,19 @@ class ClusterView:
         self.version += 1
         return parsed
 
+    def merge_topic(self, raw: Any, *, source_url: str | None = None) -> None:
+        """Apply one topic as ``GET /v1/topics/{name}`` describes it (``raw`` is its ``topic`` field), merged with
+        the view's by leader epoch like :meth:`update`; the rest of the view is unchanged.
+
+        Raises:
+            UnexpectedResponse: the body does not have the documented shape (the view is unchanged).
+        """
+        new = parse_topic(raw)
+        source = self.broker_id_for_url(source_url) if source_url is not None else None
+        old = self._topics.get(new.name)
+        self._topics[new.name] = new if old is None else self._merge_topic(old, new, source)
+        self.version += 1
+
     @staticmethod
     def _merge_topic(old: TopicInfo, new: TopicInfo, source_broker_id: int | None) -> TopicInfo:
         """Keep the better leader of each partition: a newer epoch wins; at the same epoch a known leader

@@ -811,7 +811,7 @@ class Producer(AsyncLifecycle):
         try:
             done, _ = await asyncio.wait({task}, timeout=limits.client_leader_probe_after_ms / 1000)
             while not done:
-                await self._fetcher.probe_leaders(avoid_url=url,
+                await self._fetcher.probe_leaders(batch.topic, avoid_url=url,
                                                   timeout_s=limits.client_leader_probe_timeout_ms / 1000)
                 moved = self._view.leader_url(batch.topic, batch.partition)
                 if moved is not None and moved != url and not task.done():

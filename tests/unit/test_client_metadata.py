@@ -79,6 +79,22 @@ def test_older_epoch_does_not_replace_leader() -> None:
     assert view.leader_id("orders", 0) == 1
 
 
+def test_one_topic_merges_by_epoch_and_leaves_the_rest_alone() -> None:
+    """What the producer's leader probe feeds the view: one topic as GET /v1/topics/{name} describes it."""
+    view = ClusterView([B1])
+    view.update(metadata(leader=1, epoch=4), now_s=0.0)
+    brokers, version = dict(view.brokers), view.version
+    lagging = metadata(leader=1, epoch=3)["topics"][0]
+    view.merge_topic(lagging, source_url=B2)
+    assert view.leader_id("orders", 0) == 1 and view.partition("orders", 0).leader_epoch == 4  # type: ignore[union-attr]
+    view.merge_topic(metadata(leader=2, epoch=5)["topics"][0], source_url=B2)
+    assert view.leader_url("orders", 0) == B2 and view.leader_url("orders", 1) == B2
+    assert view.brokers == brokers and view.version > version
+    with pytest.raises(UnexpectedResponse):
+        view.merge_topic({"partitions": []}, source_url=B3)
+    assert view.leader_url("orders", 0) == B2
+
+
 @given(st.lists(st.tuples(st.sampled_from([1, 2, 3]), st.integers(0, 20)), min_size=1, max_size=30))
 def test_leader_follows_the_newest_epoch_seen(updates: list[tuple[int, int]]) -> None:
     # Whatever order answers arrive in, the view holds a leader of the highest epoch seen, and the
