@@ -1,0 +1,111 @@
+"""The chaos suite's Kafka client mode (``raftmq chaos run ... --client kafka``), its pure and wiring parts.
+
+Goal: a confluent-kafka delivery report becomes the same kind of history entry the checker already judges
+(never ``fail`` when the record may be stored), failover is timed without broker ids in the reports, and the
+chaos cluster advertises the Kafka fault proxies so that a Kafka client's traffic goes through them.
+Method: the pure mapping against every error name librdkafka has; the failover rule on a hand-made history;
+the configs the harness writes, read back without starting a broker. The end-to-end run is
+tests/chaos/test_kafka_client_scenario.py.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import confluent_kafka
+import pytest
+from raftmq.chaos.harness import ChaosCluster
+from raftmq.chaos.history import HistoryBuilder
+from raftmq.chaos.kafka_delivery import NEVER_SENT, NO_REPORT, delivery, error_code, refused
+from raftmq.chaos.kafka_producer import producer_config
+from raftmq.chaos.runner import compute_failovers
+from raftmq.chaos.workload import Workload, WorkloadConfig
+from raftmq.node import PeerAddress
+
+KAFKA_ERROR_NAMES = sorted(name for name in dir(confluent_kafka.KafkaError)
+                           if name.isupper() or (name.startswith("_") and not name.startswith("__")))
+
+
+def test_a_report_without_error_is_ok_with_its_offset() -> None:
+    ok = delivery(None, 2, 41)
+    assert (ok.outcome, ok.partition, ok.offset, ok.error) == ("ok", 2, 41, None)
+    at_acks_0 = delivery(None, 1, -1001)  # librdkafka's OFFSET_INVALID: acks=0 answers no offset
+    assert (at_acks_0.outcome, at_acks_0.partition, at_acks_0.offset) == ("ok", 1, None)
+
+
+@pytest.mark.parametrize("name", ["_MSG_TIMED_OUT", "REQUEST_TIMED_OUT", "_TRANSPORT", "NOT_LEADER_FOR_PARTITION",
+                                  "NOT_ENOUGH_REPLICAS", "OUT_OF_ORDER_SEQUENCE_NUMBER", "_FATAL", "_PURGE_INFLIGHT"])
+def test_errors_after_the_message_may_have_been_sent_are_unknown(name: str) -> None:
+    # librdkafka retries until the delivery timeout: an earlier attempt may have been stored whatever the
+    # last error says, so the checker must treat the send like the raftmq client's OUTCOME_UNKNOWN.
+    outcome = delivery(name, 0, 17)
+    assert (outcome.outcome, outcome.partition, outcome.offset) == ("unknown", 0, None)
+    assert outcome.error == error_code(name)
+
+
+def test_only_errors_raised_before_sending_are_definite_failures() -> None:
+    assert NEVER_SENT <= set(KAFKA_ERROR_NAMES), "a name librdkafka does not have would never match"
+    for name in KAFKA_ERROR_NAMES:
+        expected = "fail" if name in NEVER_SENT else "unknown"
+        assert delivery(name, -1, -1).outcome == expected, name
+    assert refused("_QUEUE_FULL").outcome == "fail"
+
+
+def test_error_codes_are_prefixed_and_readable() -> None:
+    assert error_code("_MSG_TIMED_OUT") == "KAFKA_MSG_TIMED_OUT"
+    assert error_code("NOT_LEADER_FOR_PARTITION") == "KAFKA_NOT_LEADER_FOR_PARTITION"
+    assert NO_REPORT.startswith("KAFKA_")
+
+
+def test_producer_config_matches_the_workload() -> None:
+    config = producer_config("127.0.0.1:1,127.0.0.1:2", acks="all", idempotent=True, linger_ms=2.0,
+                             request_timeout_ms=2000, delivery_timeout_ms=8000, client_id="w0")
+    assert config["acks"] == "all" and config["enable.idempotence"] is True
+    assert config["message.timeout.ms"] == 8000 and config["request.timeout.ms"] == 2000
+    assert config["partitioner"] == "murmur2_random"  # Java's partitioner: raftmq's key routing
+    assert producer_config("b:1", acks="1", idempotent=False, linger_ms=0, request_timeout_ms=1,
+                           delivery_timeout_ms=1, client_id="w")["acks"] == "1"
+    confluent_kafka.Producer(config)  # librdkafka accepts every key and value
+
+
+def _send(history: HistoryBuilder, value: str, start_ms: float, end_ms: float, leader: int | None) -> None:
+    history.record_send(process=0, idempotent=True, acks="all", topic="t", key="k", value=value, start_ms=start_ms,
+                        end_ms=end_ms, outcome="ok", partition=0, offset=0, leader_id=leader, leader_epoch=None)
+
+
+def test_failover_without_broker_ids_counts_the_first_send_started_after_the_fault() -> None:
+    history = HistoryBuilder()
+    _send(history, "before", 900.0, 1200.0, None)  # in flight at the fault: may have been the old leader's
+    _send(history, "after", 1100.0, 1700.0, None)
+    probe = {"step": 0, "kind": "kill", "partition": 0, "old_leader": 3, "old_term": 1, "fault_ms": 1000.0,
+             "also_led": []}
+    kafka = compute_failovers([probe], history.build(), [], reports_name_leader=False)
+    assert kafka[0].failover_ms == 700.0 and kafka[0].new_leader is None
+    # raftmq's own reports name the broker: sends without one never count there.
+    assert compute_failovers([probe], history.build(), [])[0].failover_ms is None
+
+
+def test_the_chaos_cluster_advertises_its_kafka_proxies(tmp_path: Path) -> None:
+    harness = ChaosCluster(tmp_path / "cluster", nodes=3, kafka=True)
+    wanted = harness._client_wanted(2)
+    assert [(name, kind) for name, kind, _upstream, _nodes in wanted] == [("http_n2", "client"),
+                                                                         ("kafka_n2", "kafka")]
+    assert wanted[1][2] == f"127.0.0.1:{harness.cluster.nodes[2].kafka_port}"
+    cluster = harness.cluster
+    for broker_id in cluster.nodes:
+        cluster.set_kafka_advertised(broker_id, PeerAddress("127.0.0.1", 30000 + broker_id))
+    cluster.write_configs()
+    config = tomllib.loads(cluster.nodes[1].config_path.read_text())
+    assert config["kafka_listen"] == f"127.0.0.1:{cluster.nodes[1].kafka_port}"
+    assert config["kafka_advertised"] == "127.0.0.1:30001"
+    assert {entry["id"]: entry["kafka"] for entry in config["brokers"]} == {
+        1: "127.0.0.1:30001", 2: "127.0.0.1:30002", 3: "127.0.0.1:30003"}
+    assert harness.kafka_bootstrap == "127.0.0.1:30001,127.0.0.1:30002,127.0.0.1:30003"
+
+
+def test_the_kafka_workload_needs_a_bootstrap() -> None:
+    with pytest.raises(ValueError, match="bootstrap"):
+        Workload(WorkloadConfig(client="kafka"), ["http://127.0.0.1:1"], lambda: 0.0)
+    with pytest.raises(ValueError, match="not 'raftmq' or 'kafka'"):
+        Workload(WorkloadConfig(client="amqp"), ["http://127.0.0.1:1"], lambda: 0.0)
