@@ -18,8 +18,7 @@ One run (``run_once``):
    back before the drain, and durability "always" keeps logs across SIGKILL). Extra checks from the
    timeline: at most one leader per term per partition. Failover time for every step that takes the leader
    away: from the fault to the first ok send on that partition acknowledged by a DIFFERENT leader (with
-   ``client="kafka"``, whose delivery reports do not name the broker: to the first ok send on that partition
-   that started after the fault).
+   ``client="kafka"``, whose delivery reports do not name the broker: see ``compute_failovers``).
 
 ``RunSettings.client``: the producers' client, raftmq's own (HTTP API) or ``"kafka"``: confluent-kafka on
 the brokers' Kafka-protocol listeners, which then sit behind fault proxies too and advertise them in Kafka
@@ -466,24 +465,31 @@ def compute_failovers(probes: list[dict[str, Any]], history: History,
                       changes: list[dict[str, Any]], *, reports_name_leader: bool = True) -> list[Failover]:
     """Per probe, the time from the fault to the first ok send on the partition acknowledged by another
     leader. ``reports_name_leader=False`` (a Kafka client's delivery reports carry no broker id): to the first
-    ok send on the partition that STARTED after the fault instead; the leader the fault took away cannot
-    have acknowledged it (killed, paused or cut off from the majority an acks=all or acks=1 commit needs),
-    so the new leader did, unless it was a fault that left the leader working."""
+    ok send on the partition that started after the fault and was answered after the metadata poller first
+    saw another broker lead it (the election), whose leader and term it then names. The old leader may
+    still commit what reached its followers just before a cut took effect (seen: an ack 50 ms after an
+    isolation), but not once a majority has moved to a newer term, so such a send is the new leader's; the
+    poller's period (about 200 ms) can only make the figure later, never earlier."""
     result = []
     for probe in probes:
         p, old, fault_ms = probe["partition"], probe["old_leader"], probe["fault_ms"]
-        firsts = [op for op in history.sends
-                  if op.outcome == "ok" and op.partition == p and op.end_ms >= fault_ms
-                  and (op.leader_id is not None and op.leader_id != old if reports_name_leader
-                       else op.start_ms >= fault_ms)]
-        first = min(firsts, key=lambda op: op.end_ms) if firsts else None
         election = next((c for c in changes if c["partition"] == p and c["t_ms"] >= fault_ms
                          and c["leader"] is not None and c["leader"] != old), None)
+        if reports_name_leader:
+            firsts = [op for op in history.sends if op.outcome == "ok" and op.partition == p
+                      and op.end_ms >= fault_ms and op.leader_id is not None and op.leader_id != old]
+        else:
+            firsts = [op for op in history.sends if op.outcome == "ok" and op.partition == p
+                      and op.start_ms >= fault_ms and election is not None and op.end_ms >= election["t_ms"]]
+        first = min(firsts, key=lambda op: op.end_ms) if firsts else None
+        new_leader = None if first is None else first.leader_id
+        new_term = None if first is None else first.leader_epoch
+        if first is not None and not reports_name_leader and election is not None:
+            new_leader, new_term = election["leader"], election["term"]
         result.append(Failover(step=probe["step"], kind=probe["kind"], partition=p, old_leader=old,
                                old_term=probe["old_term"], fault_ms=fault_ms,
                                failover_ms=None if first is None else first.end_ms - fault_ms,
-                               new_leader=None if first is None else first.leader_id,
-                               new_term=None if first is None else first.leader_epoch,
+                               new_leader=new_leader, new_term=new_term,
                                election_ms=None if election is None else election["t_ms"] - fault_ms,
                                also_led=probe["also_led"]))
     return result

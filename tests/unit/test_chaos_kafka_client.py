@@ -74,16 +74,22 @@ def _send(history: HistoryBuilder, value: str, start_ms: float, end_ms: float, l
                         end_ms=end_ms, outcome="ok", partition=0, offset=0, leader_id=leader, leader_epoch=None)
 
 
-def test_failover_without_broker_ids_counts_the_first_send_started_after_the_fault() -> None:
+def test_failover_without_broker_ids_counts_the_first_send_after_the_election() -> None:
     history = HistoryBuilder()
-    _send(history, "before", 900.0, 1200.0, None)  # in flight at the fault: may have been the old leader's
-    _send(history, "after", 1100.0, 1700.0, None)
+    _send(history, "in flight", 900.0, 1300.0, None)  # started before the fault: may have been the old leader's
+    _send(history, "old leader", 1010.0, 1050.0, None)  # committed by the old leader before the cut took hold
+    _send(history, "new leader", 1100.0, 1700.0, None)
     probe = {"step": 0, "kind": "kill", "partition": 0, "old_leader": 3, "old_term": 1, "fault_ms": 1000.0,
              "also_led": []}
-    kafka = compute_failovers([probe], history.build(), [], reports_name_leader=False)
-    assert kafka[0].failover_ms == 700.0 and kafka[0].new_leader is None
+    elected = [{"t_ms": 800.0, "partition": 0, "leader": 3, "term": 1},
+               {"t_ms": 1600.0, "partition": 0, "leader": 2, "term": 2}]
+    kafka = compute_failovers([probe], history.build(), elected, reports_name_leader=False)
+    assert (kafka[0].failover_ms, kafka[0].new_leader, kafka[0].new_term) == (700.0, 2, 2)
+    assert kafka[0].election_ms == 600.0
+    # No election seen: no failover claimed.
+    assert compute_failovers([probe], history.build(), elected[:1], reports_name_leader=False)[0].failover_ms is None
     # raftmq's own reports name the broker: sends without one never count there.
-    assert compute_failovers([probe], history.build(), [])[0].failover_ms is None
+    assert compute_failovers([probe], history.build(), elected)[0].failover_ms is None
 
 
 def test_the_chaos_cluster_advertises_its_kafka_proxies(tmp_path: Path) -> None:
