@@ -1,5 +1,6 @@
 """One chaos producer worker's Kafka client (``--client kafka``): a confluent-kafka (librdkafka) Producer
-talking to the brokers' Kafka-protocol listeners through their fault proxies.
+talking to the brokers' Kafka-protocol listeners through their fault proxies (``KafkaSender``), and the
+worker's sends on it (``KafkaWorker``: one history entry per send, whatever happens).
 
 librdkafka sends from its own threads and hands delivery reports to whoever calls ``poll()``; here that is
 the sender's own thread, which takes the report's end time at once and passes the report to the event loop
@@ -13,6 +14,10 @@ the run; Kafka's murmur2 partitioner (``murmur2_random``), which is raftmq's own
 the workload's keys land on the partitions it chose them for; reconnect and retry backoffs bounded
 (chaos/limits.py). confluent-kafka is an optional dependency (extra ``kafka``), imported when a sender is
 made.
+
+A fatal librdkafka error (an idempotence failure it cannot recover from) leaves a producer refusing every
+message; the worker then does what an application does: it stops that producer, records what it never
+reported as ``unknown``, counts the error, and starts a new one, so the run keeps its load.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from types import ModuleType
 from typing import Any
 
 from raftmq.chaos import limits
+from raftmq.chaos.kafka_delivery import NO_REPORT, Delivery, delivery, refused
 
 log = logging.getLogger("raftmq.chaos.kafka_producer")
 _LIBRDKAFKA_LOG = logging.getLogger("raftmq.chaos.librdkafka")
@@ -81,6 +87,7 @@ class KafkaSender:
         self._thread.start()
         # librdkafka's client-wide errors (all brokers down, a fatal idempotence error), counted by name.
         self.errors: dict[str, int] = {}
+        self.fatal = False  # a fatal error happened: this producer refuses every message from now on
 
     def send(self, topic: str, key: str, value: str, on_report: ReportCallback) -> str | None:
         """Queue one message; None, or the error name when ``produce()`` refused it (nothing was queued)."""
@@ -102,12 +109,14 @@ class KafkaSender:
 
     def _on_error(self, error: Any) -> None:
         name = str(error.name())
-        if error.fatal():
+        fatal = bool(error.fatal())
+        if fatal:
             log.warning("%s: fatal Kafka client error %s: %s", self._name, name, error.str())
-        self._loop.call_soon_threadsafe(self._count_error, name)
+        self._loop.call_soon_threadsafe(self._count_error, name, fatal)
 
-    def _count_error(self, name: str) -> None:
+    def _count_error(self, name: str, fatal: bool = False) -> None:
         self.errors[name] = self.errors.get(name, 0) + 1
+        self.fatal = self.fatal or fatal
 
     def _poll_loop(self) -> None:
         try:
@@ -141,3 +150,65 @@ class KafkaSender:
             remaining = -1
         await asyncio.to_thread(self._thread.join, limits.kafka_sender_join_s)
         return remaining
+
+
+class KafkaWorker:
+    """A worker's sends on a ``KafkaSender``: each becomes exactly one ``record(key, value, start_ms, end_ms,
+    Delivery)`` call (``end_ms`` None: now), from its delivery report, from ``produce()`` refusing it, or,
+    when its sender stopped without reporting it, as ``unknown``. Its ``release`` is called with the record.
+    Event loop only."""
+
+    def __init__(self, config: dict[str, Any], clock: Callable[[], float],
+                 record: Callable[[str, str, float, float | None, Delivery], None], *, name: str, topic: str,
+                 sender_factory: Callable[[dict[str, Any], Callable[[], float], str], KafkaSender] = KafkaSender
+                 ) -> None:
+        self._config = config
+        self._clock = clock
+        self._record = record
+        self._name = name
+        self._topic = topic
+        self._new_sender = sender_factory
+        self._generation = 0
+        self._sender = sender_factory(config, clock, name)
+        # value -> (key, start_ms, release, the sender generation that queued it)
+        self._pending: dict[str, tuple[str, float, Callable[[], None], int]] = {}
+        self.errors: dict[str, int] = {}
+
+    async def send(self, key: str, value: str, start_ms: float, release: Callable[[], None]) -> None:
+        if self._sender.fatal:
+            await self._replace_sender()
+        self._pending[value] = (key, start_ms, release, self._generation)
+        problem = self._sender.send(self._topic, key, value, functools.partial(self._on_report, value))
+        if problem is not None:  # produce() refused it: nothing was queued
+            self._settle(value, None, refused(problem))
+
+    def _on_report(self, value: str, end_ms: float, error: str | None, partition: int | None,
+                   offset: int | None) -> None:
+        if value in self._pending:
+            self._settle(value, end_ms, delivery(error, partition, offset))
+
+    def _settle(self, value: str, end_ms: float | None, outcome: Delivery) -> None:
+        key, start_ms, release, _generation = self._pending.pop(value)
+        release()
+        self._record(key, value, start_ms, end_ms, outcome)
+
+    async def _replace_sender(self) -> None:
+        self.errors["PRODUCER_RESTARTED_AFTER_FATAL_ERROR"] = self.errors.get("PRODUCER_RESTARTED_AFTER_FATAL_ERROR",
+                                                                              0) + 1
+        await self._retire()
+        self._generation += 1
+        self._sender = self._new_sender(self._config, self._clock, f"{self._name}.{self._generation}")
+
+    async def _retire(self) -> None:
+        """Stop the current sender; what it never reported is ``unknown``."""
+        unreported = await self._sender.stop()
+        for name, count in self._sender.errors.items():
+            self.errors[name] = self.errors.get(name, 0) + count
+        left = [value for value, row in self._pending.items() if row[3] == self._generation]
+        if left:
+            log.warning("%s: %d sends without a delivery report (flush left %d)", self._name, len(left), unreported)
+        for value in left:
+            self._settle(value, None, Delivery("unknown", None, None, NO_REPORT))
+
+    async def stop(self) -> None:
+        await self._retire()

@@ -39,8 +39,8 @@ from urllib.parse import quote
 
 from raftmq.chaos import limits
 from raftmq.chaos.history import Acks, History, HistoryBuilder, LogRecord, Outcome
-from raftmq.chaos.kafka_delivery import NO_REPORT, Delivery, delivery, refused
-from raftmq.chaos.kafka_producer import KafkaSender, producer_config
+from raftmq.chaos.kafka_delivery import Delivery
+from raftmq.chaos.kafka_producer import KafkaWorker, producer_config
 from raftmq.client import Admin, Consumer, DeliveryReport, Producer
 from raftmq.cluster.errors import RaftMQError, TopicAlreadyExists
 from raftmq.cluster.routing import partition_for
@@ -201,44 +201,19 @@ class Workload:
             await producer.stop(timeout_s=cfg.delivery_timeout_ms / 1000 + limits.producer_stop_grace_s)
 
     async def _kafka_producer(self, worker: int, idempotent: bool, end: float, duration_s: float) -> None:
-        """The same worker with a confluent-kafka producer (chaos/kafka_producer.py). Every queued message gets
-        exactly one report from librdkafka within the delivery timeout; one still unreported when the sender
-        stopped is recorded ``unknown``."""
+        """The same worker with a confluent-kafka producer (chaos/kafka_producer.py): one report per send."""
         cfg = self.config
-        sender = KafkaSender(producer_config(self.kafka_bootstrap, acks=cfg.acks, idempotent=idempotent,
-                                             linger_ms=cfg.linger_ms, request_timeout_ms=cfg.request_timeout_ms,
-                                             delivery_timeout_ms=cfg.delivery_timeout_ms,
-                                             client_id=f"chaos-kafka-{worker}"),
-                             self.clock, name=f"chaos-kafka-{worker}")
-        pending: dict[str, tuple[str, float, Callable[[], None]]] = {}  # value -> (key, start_ms, release)
-
-        def settle(value: str, end_ms: float | None, outcome: Delivery) -> None:
-            key, start_ms, release = pending.pop(value)
-            release()
-            self._record_delivery(worker, idempotent, key, value, start_ms, end_ms, outcome)
-
-        def on_report(value: str, end_ms: float, error: str | None, partition: int | None, offset: int | None
-                      ) -> None:
-            if value in pending:
-                settle(value, end_ms, delivery(error, partition, offset))
-
-        async def send(key: str, value: str, start_ms: float, release: Callable[[], None]) -> None:
-            pending[value] = (key, start_ms, release)
-            problem = sender.send(cfg.topic, key, value, functools.partial(on_report, value))
-            if problem is not None:  # produce() refused it: nothing was queued
-                settle(value, None, refused(problem))
-
+        config = producer_config(self.kafka_bootstrap, acks=cfg.acks, idempotent=idempotent, linger_ms=cfg.linger_ms,
+                                 request_timeout_ms=cfg.request_timeout_ms,
+                                 delivery_timeout_ms=cfg.delivery_timeout_ms, client_id=f"chaos-kafka-{worker}")
+        sends = KafkaWorker(config, self.clock, functools.partial(self._record_delivery, worker, idempotent),
+                            name=f"chaos-kafka-{worker}", topic=cfg.topic)
         try:
-            await self._send_paced(worker, end, duration_s, send)
+            await self._send_paced(worker, end, duration_s, sends.send)
         finally:
-            unreported = await sender.stop()
-            for name, count in sender.errors.items():
+            await sends.stop()
+            for name, count in sends.errors.items():
                 self.errors[f"kafka client: {name}"] += count
-            if pending:
-                log.warning("kafka worker %d: %d sends without a delivery report (flush left %d)", worker,
-                            len(pending), unreported)
-            for value in list(pending):
-                settle(value, None, Delivery("unknown", None, None, NO_REPORT))
 
     async def _send_paced(self, worker: int, end: float, duration_s: float,
                           send: Callable[[str, str, float, Callable[[], None]], Awaitable[None]]) -> None:

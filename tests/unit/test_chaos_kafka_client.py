@@ -4,21 +4,24 @@ Goal: a confluent-kafka delivery report becomes the same kind of history entry t
 (never ``fail`` when the record may be stored), failover is timed without broker ids in the reports, and the
 chaos cluster advertises the Kafka fault proxies so that a Kafka client's traffic goes through them.
 Method: the pure mapping against every error name librdkafka has; the failover rule on a hand-made history;
-the configs the harness writes, read back without starting a broker. The end-to-end run is
+the configs the harness writes, read back without starting a broker; a worker's bookkeeping (one record per
+send, a producer replaced after a fatal error) against a fake sender. The end-to-end run is
 tests/chaos/test_kafka_client_scenario.py.
 """
 
 from __future__ import annotations
 
+import functools
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import confluent_kafka
 import pytest
 from raftmq.chaos.harness import ChaosCluster
 from raftmq.chaos.history import HistoryBuilder
-from raftmq.chaos.kafka_delivery import NEVER_SENT, NO_REPORT, delivery, error_code, refused
-from raftmq.chaos.kafka_producer import producer_config
+from raftmq.chaos.kafka_delivery import NEVER_SENT, NO_REPORT, Delivery, delivery, error_code, refused
+from raftmq.chaos.kafka_producer import KafkaWorker, producer_config
 from raftmq.chaos.runner import compute_failovers
 from raftmq.chaos.workload import Workload, WorkloadConfig
 from raftmq.node import PeerAddress
@@ -115,3 +118,53 @@ def test_the_kafka_workload_needs_a_bootstrap() -> None:
         Workload(WorkloadConfig(client="kafka"), ["http://127.0.0.1:1"], lambda: 0.0)
     with pytest.raises(ValueError, match="not 'raftmq' or 'kafka'"):
         Workload(WorkloadConfig(client="amqp"), ["http://127.0.0.1:1"], lambda: 0.0)
+
+
+class FakeSender:
+    """Stands in for a KafkaSender: keeps the report callbacks so the test decides what librdkafka says."""
+
+    made: list[FakeSender] = []
+
+    def __init__(self, config: dict[str, object], clock: object, name: str) -> None:
+        self.name = name
+        self.reports: dict[str, Callable[..., None]] = {}
+        self.fatal = False
+        self.stopped = False
+        self.errors = {"_ALL_BROKERS_DOWN": 1}
+        FakeSender.made.append(self)
+
+    def send(self, topic: str, key: str, value: str, on_report: Callable[..., None]) -> str | None:
+        if value.endswith("refused"):
+            return "_QUEUE_FULL"
+        self.reports[value] = on_report
+        return None
+
+    async def stop(self) -> int:
+        self.stopped = True
+        return 0
+
+
+async def test_a_kafka_worker_records_every_send_once_and_restarts_after_a_fatal_error() -> None:
+    FakeSender.made = []
+    recorded: list[tuple[str, float, float | None, str, str | None]] = []
+    released: list[str] = []
+
+    def record(key: str, value: str, start_ms: float, end_ms: float | None, outcome: Delivery) -> None:
+        recorded.append((value, start_ms, end_ms, outcome.outcome, outcome.error))
+
+    worker = KafkaWorker({}, lambda: 0.0, record, name="w", topic="t",
+                         sender_factory=FakeSender)  # type: ignore[arg-type]  # duck-typed stand-in
+    for value in ("a", "b", "c-refused"):
+        await worker.send("k", value, 1.0, functools.partial(released.append, value))
+    first = FakeSender.made[0]
+    first.reports["a"](5.0, None, 0, 7)
+    first.reports["a"](6.0, None, 0, 7)  # a second report of one message: ignored
+    first.fatal = True
+    await worker.send("k", "d", 8.0, functools.partial(released.append, "d"))
+    assert first.stopped and len(FakeSender.made) == 2, "a fatal error replaces the producer"
+    FakeSender.made[1].reports["d"](9.0, "_MSG_TIMED_OUT", 1, -1)
+    await worker.stop()
+    assert recorded == [("c-refused", 1.0, None, "fail", "KAFKA_QUEUE_FULL"), ("a", 1.0, 5.0, "ok", None),
+                        ("b", 1.0, None, "unknown", NO_REPORT), ("d", 8.0, 9.0, "unknown", "KAFKA_MSG_TIMED_OUT")]
+    assert sorted(released) == ["a", "b", "c-refused", "d"]
+    assert worker.errors == {"PRODUCER_RESTARTED_AFTER_FATAL_ERROR": 1, "_ALL_BROKERS_DOWN": 2}
