@@ -12,19 +12,23 @@ tests/chaos/test_kafka_client_scenario.py.
 from __future__ import annotations
 
 import functools
+import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import confluent_kafka
 import pytest
+from click.testing import CliRunner
 from raftmq.chaos.harness import ChaosCluster
 from raftmq.chaos.history import HistoryBuilder
 from raftmq.chaos.kafka_delivery import NEVER_SENT, NO_REPORT, Delivery, delivery, error_code, refused
-from raftmq.chaos.kafka_producer import KafkaWorker, producer_config
+from raftmq.chaos.kafka_producer import KafkaClientMissing, KafkaWorker, import_confluent_kafka, producer_config
 from raftmq.chaos.runner import compute_failovers
 from raftmq.chaos.workload import Workload, WorkloadConfig
 from raftmq.node import PeerAddress
+
+from raftmq.cli import cli
 
 KAFKA_ERROR_NAMES = sorted(name for name in dir(confluent_kafka.KafkaError)
                            if name.isupper() or (name.startswith("_") and not name.startswith("__")))
@@ -168,3 +172,15 @@ async def test_a_kafka_worker_records_every_send_once_and_restarts_after_a_fatal
                         ("b", 1.0, None, "unknown", NO_REPORT), ("d", 8.0, 9.0, "unknown", "KAFKA_MSG_TIMED_OUT")]
     assert sorted(released) == ["a", "b", "c-refused", "d"]
     assert worker.errors == {"PRODUCER_RESTARTED_AFTER_FATAL_ERROR": 1, "_ALL_BROKERS_DOWN": 2}
+
+
+def test_without_confluent_kafka_the_command_stops_with_a_coded_error(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "confluent_kafka", None)  # what an environment without the package has
+    result = CliRunner().invoke(cli, ["chaos", "run", "kill-leader", "--client", "kafka", "--acks", "all",
+                                      "--duration", "20s", "--report-dir", str(tmp_path / "report")])
+    assert result.exit_code == 2, result.output
+    assert "DEPENDENCY_MISSING" in result.output and "raftmq[kafka]" in result.output
+    assert not (tmp_path / "report").exists(), "nothing starts before the check"
+    with pytest.raises(KafkaClientMissing, match=r"raftmq\[kafka\]"):
+        import_confluent_kafka()
