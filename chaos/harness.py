@@ -2,12 +2,14 @@
 
 Wiring (``ChaosCluster.start``): the proxy server starts FIRST; then one proxy per broker pair on the pair's
 single peer connection (``link_A_B`` with A < B; upstream = the dialer B -> the acceptor A's peer port, since
-the broker with the larger id dials), and one proxy in front of every broker's client port (``http_nX``).
-Each dialer is configured to dial its peer through the pair's proxy (``LocalCluster.set_dial``) and each
-broker advertises its client proxy URL (``set_advertised_url``), so clients that follow metadata or
-NOT_LEADER redirects stay behind the proxies. Only then do the brokers start. Proxy ports are fixed ports
-outside the kernel's ephemeral range, so a disabled proxy's port is not handed to an outgoing connection.
-``verify_wiring`` proves nothing leaks around a proxy.
+the broker with the larger id dials), and one proxy in front of every broker's client port (``http_nX``)
+and, when the brokers open Kafka-protocol listeners (``kafka=True``), one in front of each of those
+(``kafka_nX``). Each dialer is configured to dial its peer through the pair's proxy (``LocalCluster.set_dial``)
+and each broker advertises its client proxy URL (``set_advertised_url``) and its Kafka proxy's address (node
+key ``kafka_advertised``, what Kafka Metadata returns), so clients that follow metadata or NOT_LEADER
+redirects (raftmq's or a Kafka client) stay behind the proxies. Only then do the brokers start. Proxy ports
+are fixed ports outside the kernel's ephemeral range, so a disabled proxy's port is not handed to an
+outgoing connection. ``verify_wiring`` proves nothing leaks around a proxy.
 
 Fault primitives return a ``FaultHandle``; ``undo(handle)`` reverts exactly that fault (proxies disabled by
 two overlapping faults come back only when both are undone), ``heal()`` reverts everything (``POST /reset``,
@@ -66,7 +68,8 @@ _TCP_ESTABLISHED: Final = "01"
 
 @dataclasses.dataclass(frozen=True)
 class ProxyInfo:
-    """One proxy of the wiring. ``kind`` "link": ``nodes`` = (acceptor, dialer); "client": ``nodes`` = (broker,)."""
+    """One proxy of the wiring. ``kind`` "link": ``nodes`` = (acceptor, dialer); "client" (the HTTP client port)
+    and "kafka" (the Kafka-protocol listener): ``nodes`` = (broker,)."""
 
     name: str
     kind: str
@@ -234,6 +237,12 @@ class ChaosCluster:
         return [self.cluster.nodes[n].advertised_url for n in self.node_ids]
 
     @property
+    def kafka_bootstrap(self) -> str:
+        """The brokers' Kafka proxy addresses, comma-separated (Kafka clients' bootstrap.servers); "" when the
+        brokers have no Kafka listeners."""
+        return self.cluster.kafka_bootstrap
+
+    @property
     def direct_urls(self) -> list[str]:
         """The brokers' own client ports (the control plane: metadata polling, drains)."""
         return [self.cluster.nodes[n].url for n in self.node_ids]
@@ -265,19 +274,26 @@ class ChaosCluster:
     def _create_proxies(self) -> None:
         ids = self.node_ids
         wanted = [self._link_wanted(a, b) for a in ids for b in ids if a < b]  # b (the larger id) dials a
-        wanted += [self._client_wanted(n) for n in ids]
+        wanted += [proxy for n in ids for proxy in self._client_wanted(n)]
         self._create(wanted)
 
     def _link_wanted(self, a: int, b: int) -> tuple[str, str, str, tuple[int, ...]]:
         return (f"link_{a}_{b}", "link", f"{HOST}:{self.cluster.nodes[a].peer_port}", (a, b))
 
-    def _client_wanted(self, n: int) -> tuple[str, str, str, tuple[int, ...]]:
-        return (f"http_n{n}", "client", f"{HOST}:{self.cluster.nodes[n].client_port}", (n,))
+    def _client_wanted(self, n: int) -> list[tuple[str, str, str, tuple[int, ...]]]:
+        """The proxies before broker ``n``'s client-facing ports: HTTP, and Kafka when it listens."""
+        node = self.cluster.nodes[n]
+        wanted: list[tuple[str, str, str, tuple[int, ...]]] = [
+            (f"http_n{n}", "client", f"{HOST}:{node.client_port}", (n,))]
+        if node.kafka_port:
+            wanted.append((f"kafka_n{n}", "kafka", f"{HOST}:{node.kafka_port}", (n,)))
+        return wanted
 
     def _create(self, wanted: list[tuple[str, str, str, tuple[int, ...]]]) -> None:
         """Create each proxy on a free port, and point its dialer (or the broker's advertised URL) at it."""
         assert self._client is not None
-        taken = {port for n in self.cluster.nodes.values() for port in (n.client_port, n.peer_port)}
+        taken = {port for n in self.cluster.nodes.values() for port in (n.client_port, n.peer_port, n.kafka_port)
+                 if port}
         taken |= {p.listen_port for p in self.proxies.values()}
         for name, kind, upstream, nodes in wanted:
             state = None
@@ -296,6 +312,8 @@ class ChaosCluster:
             if kind == "link":
                 acceptor, dialer = nodes
                 self.cluster.set_dial(dialer, acceptor, PeerAddress(HOST, info.listen_port))
+            elif kind == "kafka":
+                self.cluster.set_kafka_advertised(nodes[0], PeerAddress(HOST, info.listen_port))
             else:
                 self.cluster.set_advertised_url(nodes[0], f"http://{HOST}:{info.listen_port}")
 
@@ -431,7 +449,7 @@ class ChaosCluster:
         except TimeoutError:
             raise WiringError("wiring check failed: " + "; ".join(last)) from None
         report = {"links": {name: p.listen for name, p in self.proxies.items() if p.kind == "link"},
-                  "clients": {name: p.listen for name, p in self.proxies.items() if p.kind == "client"},
+                  "clients": {name: p.listen for name, p in self.proxies.items() if p.kind in ("client", "kafka")},
                   "socket_check": "skipped (no /proc)" if self.socket_leaks() is None else "ok"}
         self._record("verify-wiring", "cluster", report)
         return report
@@ -521,8 +539,9 @@ class ChaosCluster:
             return handle
 
     def isolate(self, node: int, mode: str = "refuse", *, clients: bool = False) -> FaultHandle:
-        """Cut every peer link of ``node`` (and its client proxy too if ``clients``)."""
-        proxies = self.links_of(node) + ([f"http_n{node}"] if clients else [])
+        """Cut every peer link of ``node`` (and its client proxies too, HTTP and Kafka, if ``clients``)."""
+        proxies = self.links_of(node) + ([name for name, p in self.proxies.items()
+                                          if p.kind in ("client", "kafka") and p.nodes == (node,)] if clients else [])
         return self._network_fault("isolate", f"n{node}", {"mode": mode, "clients": clients},
                                    lambda h: self._cut(h, proxies, mode))
 
@@ -688,12 +707,12 @@ class ChaosCluster:
 
     def add_broker(self, ready_timeout_s: float = limits.broker_ready_deadline_s) -> FaultHandle:
         """Start a new broker (id = highest + 1) wired like the others: a link proxy to every existing broker
-        (it has the larger id, so it dials) and a client proxy it advertises. Waits (bounded) until it is
+        (it has the larger id, so it dials) and the client proxies it advertises. Waits (bounded) until it is
         ready. Existing brokers' configs are not touched: it registers with the controller by heartbeat."""
         with self._lock:
             started = time.monotonic()
             new = self.cluster.add_node(start=False)
-            self._create([self._link_wanted(a, new) for a in self.node_ids if a != new] + [self._client_wanted(new)])
+            self._create([self._link_wanted(a, new) for a in self.node_ids if a != new] + self._client_wanted(new))
             self._mount(new)
             self.cluster.start([new])
             handle = self._new_handle("add-broker", f"n{new}")

@@ -224,3 +224,18 @@ group_commit_sample_s: Final = 0.5
 # every group_settle_poll_s).
 group_settle_deadline_s: Final = 30.0
 group_settle_poll_s: Final = 0.1
+
+# --- the workload with a Kafka client (chaos/kafka_producer.py, --client kafka) --------------------------
+# librdkafka's delivery reports are served by poll() on the sender's own thread; one poll waits at most this
+# long (seconds), so a stop is seen within it. It is not a pacing delay: poll returns as soon as a report is in.
+kafka_poll_s: Final = 0.05
+# librdkafka reconnects with a doubling backoff up to 10 s by default, which would keep a producer away from a
+# restarted broker for most of a fault step; these bound it like raftmq's client's retry backoff.
+kafka_reconnect_backoff_ms: Final = 50
+kafka_reconnect_backoff_max_ms: Final = 1_000
+kafka_retry_backoff_ms: Final = 50
+kafka_retry_backoff_max_ms: Final = 500
+# A connection to a black-holed or stopped broker gives up after this long (librdkafka default 30 s).
+kafka_connection_setup_timeout_ms: Final = 2_000
+# The sender's thread is joined within this after its final flush (which the delivery timeout bounds).
+kafka_sender_join_s: Final = 5.0

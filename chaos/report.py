@@ -216,6 +216,7 @@ def build_report(scenarios: Sequence[Scenario], acks_levels: Sequence[str], sett
                    "rate": settings.rate, "durability": settings.durability, "processes": settings.processes,
                    "request_timeout_ms": settings.request_timeout_ms,
                    "delivery_timeout_ms": settings.delivery_timeout_ms, "acks": list(acks_levels),
+                   "client": settings.client,
                    "scenarios": [s.name for s in scenarios],
                    "topic": {"partitions": limits.topic_partitions_default,
                              "replication_factor": limits.topic_replication_factor_default,
@@ -276,12 +277,16 @@ def _summary_head(report: dict[str, Any], results: Sequence[RunResult]) -> list[
     cfg = report["config"]
     topic = cfg["topic"]
     lines = ["# raftmq chaos report", ""]
+    client = cfg.get("client", "raftmq")
+    producers = "confluent-kafka producers on the Kafka listeners" if client == "kafka" else "producers"
     lines.append(f"Seed {cfg['seed']}, {cfg['duration_s']:g} s per run, {cfg['nodes']} brokers (durability "
-                 f"{cfg['durability']}), {cfg['rate']:g} sends/s from {cfg['processes']} producers (half idempotent), "
+                 f"{cfg['durability']}), {cfg['rate']:g} sends/s from {cfg['processes']} {producers} "
+                 f"(half idempotent), "
                  f"topic with {topic['partitions']} partitions x {topic['replication_factor']} replicas, "
                  f"min.insync.replicas {topic['min_insync_replicas']}. Reproduce: `raftmq chaos run "
                  f"{','.join(cfg['scenarios']) if len(cfg['scenarios']) < 4 else 'all'} --acks {','.join(cfg['acks'])} "
-                 f"--seed {cfg['seed']} --duration {cfg['duration_s']:g}s`.")
+                 f"--seed {cfg['seed']} --duration {cfg['duration_s']:g}s"
+                 f"{' --client kafka' if client == 'kafka' else ''}`.")
     lines += ["", f"**Overall verdict: {report['verdict']}** ({len(results)} runs)", "", "## Matrix", "",
               matrix_markdown(results), ""]
     lines += ["Expected behaviour: " + " ".join(_EXPECTED_NOTE[a] for a in ("all", "1", "0")), ""]

@@ -17,7 +17,12 @@ One run (``run_once``):
 5. ``chaos.checker.check(history, acks=..., majority_alive=True)`` (every shipped scenario brings a majority
    back before the drain, and durability "always" keeps logs across SIGKILL). Extra checks from the
    timeline: at most one leader per term per partition. Failover time for every step that takes the leader
-   away: from the fault to the first ok send on that partition acknowledged by a DIFFERENT leader.
+   away: from the fault to the first ok send on that partition acknowledged by a DIFFERENT leader (with
+   ``client="kafka"``, whose delivery reports do not name the broker: see ``compute_failovers``).
+
+``RunSettings.client``: the producers' client, raftmq's own (HTTP API) or ``"kafka"``: confluent-kafka on
+the brokers' Kafka-protocol listeners, which then sit behind fault proxies too and advertise them in Kafka
+Metadata (chaos/harness.py). Same history, same checker, same verdicts.
 
 ``run_matrix`` runs scenarios x ack levels and writes the report after every run (``chaos.report``).
 """
@@ -69,6 +74,7 @@ class RunSettings:
     request_timeout_ms: int = limits.request_timeout_ms_default
     delivery_timeout_ms: int = limits.delivery_timeout_ms_default
     proxy_executable: str | None = None
+    client: str = "raftmq"  # the producers' client: "raftmq" or "kafka" (chaos/workload.py)
 
 
 @dataclass
@@ -79,7 +85,7 @@ class Failover:
     old_leader: int
     old_term: int | None
     fault_ms: float
-    failover_ms: float | None  # to the first ok send acknowledged by another leader
+    failover_ms: float | None  # to the first ok send acknowledged by another leader (see compute_failovers)
     new_leader: int | None
     new_term: int | None
     election_ms: float | None  # to the first poll that showed another broker leading (informational)
@@ -102,6 +108,7 @@ class RunResult:
     duration_s: float
     schedule: list[Step]
     run_dir: Path
+    client: str = "raftmq"  # the producers' client (RunSettings.client)
     verdict: str = "ERROR"  # PASS | FAIL | ERROR
     check: CheckResult | None = None
     error: str | None = None
@@ -127,7 +134,7 @@ class RunResult:
 
     def to_json(self, *, with_check: bool = True) -> dict[str, Any]:
         return {"scenario": self.scenario, "acks": self.acks, "seed": self.seed, "duration_s": self.duration_s,
-                "verdict": self.verdict, "error": self.error, "run_dir": str(self.run_dir),
+                "client": self.client, "verdict": self.verdict, "error": self.error, "run_dir": str(self.run_dir),
                 "wall_s": round(self.wall_s, 1),
                 "summary": self.check.summary_row() if self.check else None,
                 "failover_max_ms": self.failover_max_ms, "placement": self.placement,
@@ -455,21 +462,34 @@ def run_dir_for(report_dir: Path, scenario: str, acks: str) -> Path:
 
 
 def compute_failovers(probes: list[dict[str, Any]], history: History,
-                      changes: list[dict[str, Any]]) -> list[Failover]:
+                      changes: list[dict[str, Any]], *, reports_name_leader: bool = True) -> list[Failover]:
+    """Per probe, the time from the fault to the first ok send on the partition acknowledged by another
+    leader. ``reports_name_leader=False`` (a Kafka client's delivery reports carry no broker id): to the first
+    ok send on the partition that started after the fault and was answered after the metadata poller first
+    saw another broker lead it (the election), whose leader and term it then names. The old leader may
+    still commit what reached its followers just before a cut took effect (seen: an ack 50 ms after an
+    isolation), but not once a majority has moved to a newer term, so such a send is the new leader's; the
+    poller's period (about 200 ms) can only make the figure later, never earlier."""
     result = []
     for probe in probes:
         p, old, fault_ms = probe["partition"], probe["old_leader"], probe["fault_ms"]
-        firsts = [op for op in history.sends
-                  if op.outcome == "ok" and op.partition == p and op.leader_id is not None
-                  and op.leader_id != old and op.end_ms >= fault_ms]
-        first = min(firsts, key=lambda op: op.end_ms) if firsts else None
         election = next((c for c in changes if c["partition"] == p and c["t_ms"] >= fault_ms
                          and c["leader"] is not None and c["leader"] != old), None)
+        if reports_name_leader:
+            firsts = [op for op in history.sends if op.outcome == "ok" and op.partition == p
+                      and op.end_ms >= fault_ms and op.leader_id is not None and op.leader_id != old]
+        else:
+            firsts = [op for op in history.sends if op.outcome == "ok" and op.partition == p
+                      and op.start_ms >= fault_ms and election is not None and op.end_ms >= election["t_ms"]]
+        first = min(firsts, key=lambda op: op.end_ms) if firsts else None
+        new_leader = None if first is None else first.leader_id
+        new_term = None if first is None else first.leader_epoch
+        if first is not None and not reports_name_leader and election is not None:
+            new_leader, new_term = election["leader"], election["term"]
         result.append(Failover(step=probe["step"], kind=probe["kind"], partition=p, old_leader=old,
                                old_term=probe["old_term"], fault_ms=fault_ms,
                                failover_ms=None if first is None else first.end_ms - fault_ms,
-                               new_leader=None if first is None else first.leader_id,
-                               new_term=None if first is None else first.leader_epoch,
+                               new_leader=new_leader, new_term=new_term,
                                election_ms=None if election is None else election["t_ms"] - fault_ms,
                                also_led=probe["also_led"]))
     return result
@@ -559,7 +579,8 @@ class _Run:
             shutil.rmtree(self.run_dir)
         self.run_dir.mkdir(parents=True)
         self.result = RunResult(scenario=scenario.name, acks=acks, seed=settings.seed,
-                                duration_s=settings.duration_s, schedule=schedule, run_dir=self.run_dir)
+                                duration_s=settings.duration_s, schedule=schedule, run_dir=self.run_dir,
+                                client=settings.client)
         self.wall_start = time.monotonic()
         self.status: dict[str, Any] = {"scenario": scenario.name, "acks": acks, "phase": "starting", "t_s": 0.0,
                                        "duration_s": settings.duration_s, "last_event": ""}
@@ -568,11 +589,12 @@ class _Run:
         liveness = liveness_of(scenario.liveness) if scenario.liveness else None
         self.harness = ChaosCluster(self.run_dir / "cluster", nodes=self.nodes, durability=settings.durability,
                                     seed=settings.seed, proxy_executable=settings.proxy_executable,
-                                    on_event=self._on_event, liveness=liveness, faultfs=scenario.needs_faultfs)
+                                    on_event=self._on_event, liveness=liveness, faultfs=scenario.needs_faultfs,
+                                    kafka=settings.client == "kafka")
         self.config = WorkloadConfig(acks=acks, rate=settings.rate, processes=settings.processes,
                                      partitions=scenario.partitions, replication_factor=scenario.replication_factor,
                                      seed=settings.seed, request_timeout_ms=settings.request_timeout_ms,
-                                     delivery_timeout_ms=settings.delivery_timeout_ms)
+                                     delivery_timeout_ms=settings.delivery_timeout_ms, client=settings.client)
         self.workload: Workload | None = None
         self.timeline: LeaderTimeline | None = None
         self.executor: NemesisExecutor | None = None
@@ -641,7 +663,8 @@ class _Run:
         wiring = await asyncio.to_thread(harness.verify_wiring)
         self.result.stats["wiring"] = wiring
         self.status["phase"] = "setup"
-        self.workload = workload = Workload(self.config, harness.client_urls, self.clock)
+        self.workload = workload = Workload(self.config, harness.client_urls, self.clock,
+                                            kafka_bootstrap=harness.kafka_bootstrap)
         await workload.create_topic()
         await asyncio.to_thread(harness.wait_converged, [self.config.topic],
                                 timeout_s=limits.topic_converge_deadline_s)
@@ -745,7 +768,8 @@ class _Run:
         checked = await asyncio.to_thread(check, history, acks=self.acks, majority_alive=True,
                                           loss_allowed=self._loss_allowed())
         result.check = checked
-        result.failovers = compute_failovers(executor.probes, history, timeline.changes)
+        result.failovers = compute_failovers(executor.probes, history, timeline.changes,
+                                             reports_name_leader=self.config.client != "kafka")
         result.placement = placement_times(timeline.placement, self._permanent_events(),
                                            replication_factor=self.config.replication_factor)
         result.stats["lost_by_ack"] = lost_by_ack(history)

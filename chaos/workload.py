@@ -12,6 +12,12 @@
   since the run started, outcome ok / fail / unknown exactly as the ``DeliveryReport`` says (``unknown`` is
   never turned into ``fail``), partition, offset (acks=all), acknowledging broker and term, error code.
   A ``send()`` that raises queued nothing: a definite ``fail``.
+* With ``client="kafka"`` the workers are confluent-kafka producers on the brokers' Kafka listeners (through
+  their proxies; chaos/kafka_producer.py), same keys, values, rate and bounds, idempotent as above. A delivery
+  report becomes a send as chaos/kafka_delivery.py says (no error: ``ok`` with its offset; an error: ``unknown``
+  unless the message never left the client). Kafka reports do not name the acknowledging broker or its term,
+  so those stay None (the runner times failover for such sends differently). The consumer and the final
+  drain are raftmq's own (HTTP API), whatever the producers' client.
 * A consumer polls every partition from offset 0 during the run (``PollOp`` per partition per poll).
 * After the faults (the runner heals and waits for convergence) ``drain`` reads every partition from its
   leader, offset 0 up to the high watermark (``ReadRecord``), and every replica's own copy with ``replica=any``
@@ -26,13 +32,15 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, cast
 from urllib.parse import quote
 
 from raftmq.chaos import limits
 from raftmq.chaos.history import Acks, History, HistoryBuilder, LogRecord, Outcome
+from raftmq.chaos.kafka_delivery import Delivery
+from raftmq.chaos.kafka_producer import KafkaWorker, producer_config
 from raftmq.client import Admin, Consumer, DeliveryReport, Producer
 from raftmq.cluster.errors import RaftMQError, TopicAlreadyExists
 from raftmq.cluster.routing import partition_for
@@ -61,6 +69,7 @@ class WorkloadConfig:
     linger_ms: float = limits.linger_ms_default
     consumer: bool = True
     seed: int = 0
+    client: str = "raftmq"  # the producers' client: "raftmq" (HTTP API) or "kafka" (confluent-kafka)
 
     @property
     def idempotent_processes(self) -> int:
@@ -91,9 +100,15 @@ def _text(data: bytes | str | None) -> str | None:
 class Workload:
     """Producers + consumer for one run. ``clock()`` gives monotonic ms since the run started."""
 
-    def __init__(self, config: WorkloadConfig, client_urls: list[str], clock: Callable[[], float]) -> None:
+    def __init__(self, config: WorkloadConfig, client_urls: list[str], clock: Callable[[], float], *,
+                 kafka_bootstrap: str = "") -> None:
+        if config.client not in ("raftmq", "kafka"):
+            raise ValueError(f"client {config.client!r} is not 'raftmq' or 'kafka'")
+        if config.client == "kafka" and not kafka_bootstrap:
+            raise ValueError("client 'kafka' needs the brokers' Kafka bootstrap servers")
         self.config = config
         self.urls = list(client_urls)
+        self.kafka_bootstrap = kafka_bootstrap
         self.clock = clock
         self.history = HistoryBuilder()
         self.keys = choose_keys(config.partitions, config.keys_per_partition)
@@ -140,8 +155,9 @@ class Workload:
         delivery timeout) until every send has its report."""
         end = time.monotonic() + duration_s
         idempotent = self.config.acks == "all"  # the producer refuses idempotence with acks 0 and 1
+        worker = self._kafka_producer if self.config.client == "kafka" else self._producer
         workers = [asyncio.create_task(
-            self._producer(w, idempotent and w < self.config.idempotent_processes, end, duration_s),
+            worker(w, idempotent and w < self.config.idempotent_processes, end, duration_s),
             name=f"chaos-producer-{w}") for w in range(self.config.processes)]
         try:
             await asyncio.gather(*workers)
@@ -163,47 +179,72 @@ class Workload:
 
     async def _producer(self, worker: int, idempotent: bool, end: float, duration_s: float) -> None:
         cfg = self.config
-        rng = random.Random(f"{cfg.seed}:{worker}")
         producer = Producer(self.urls, acks=cfg.acks, idempotent=idempotent, linger_ms=cfg.linger_ms,
                             request_timeout_ms=cfg.request_timeout_ms, delivery_timeout_ms=cfg.delivery_timeout_ms,
                             rng=random.Random(f"{cfg.seed}:{worker}:client"))
         if not await self._start_producer(producer, end):
             return
+
+        async def send(key: str, value: str, start_ms: float, release: Callable[[], None]) -> None:
+            try:
+                future = await producer.send(cfg.topic, value, key=key)
+            except RaftMQError as exc:  # nothing was queued: definitely not stored
+                release()
+                self._record(worker, idempotent, key, value, start_ms, None, exc)
+                return
+            future.add_done_callback(functools.partial(self._on_done, release, worker, idempotent, key, value,
+                                                       start_ms))
+
+        try:
+            await self._send_paced(worker, end, duration_s, send)
+        finally:
+            await producer.stop(timeout_s=cfg.delivery_timeout_ms / 1000 + limits.producer_stop_grace_s)
+
+    async def _kafka_producer(self, worker: int, idempotent: bool, end: float, duration_s: float) -> None:
+        """The same worker with a confluent-kafka producer (chaos/kafka_producer.py): one report per send."""
+        cfg = self.config
+        config = producer_config(self.kafka_bootstrap, acks=cfg.acks, idempotent=idempotent, linger_ms=cfg.linger_ms,
+                                 request_timeout_ms=cfg.request_timeout_ms,
+                                 delivery_timeout_ms=cfg.delivery_timeout_ms, client_id=f"chaos-kafka-{worker}")
+        sends = KafkaWorker(config, self.clock, functools.partial(self._record_delivery, worker, idempotent),
+                            name=f"chaos-kafka-{worker}", topic=cfg.topic)
+        try:
+            await self._send_paced(worker, end, duration_s, sends.send)
+        finally:
+            await sends.stop()
+            for name, count in sends.errors.items():
+                self.errors[f"kafka client: {name}"] += count
+
+    async def _send_paced(self, worker: int, end: float, duration_s: float,
+                          send: Callable[[str, str, float, Callable[[], None]], Awaitable[None]]) -> None:
+        """The worker's sends: unique values under seeded keys, paced at its share of the rate, bounded in count,
+        in time and in unresolved sends (``send`` gets a ``release`` to call when the send's outcome is in)."""
+        cfg = self.config
+        rng = random.Random(f"{cfg.seed}:{worker}")
         interval = cfg.processes / cfg.rate
         count_max = int(cfg.rate / cfg.processes * duration_s * limits.send_count_headroom) + limits.send_count_slack
         slots = asyncio.Semaphore(cfg.in_flight_max)
         next_at = time.monotonic()
-        try:
-            for n in range(count_max):
-                now = time.monotonic()
-                if now >= end or self._stop_producing.is_set():
-                    break
-                if next_at > now:
-                    await asyncio.sleep(next_at - now)  # rate pacing
-                next_at = max(next_at + interval, time.monotonic() - limits.send_catch_up_s_max)
-                try:
-                    async with asyncio.timeout(max(0.0, end - time.monotonic())):
-                        await slots.acquire()
-                except TimeoutError:
-                    break
-                key = self.keys[rng.randrange(len(self.keys))]
-                value = f"p{worker}-{n}"
-                start_ms = self.clock()
-                self.counts["sent"] += 1
-                try:
-                    future = await producer.send(cfg.topic, value, key=key)
-                except RaftMQError as exc:  # nothing was queued: definitely not stored
-                    slots.release()
-                    self._record(worker, idempotent, key, value, start_ms, None, exc)
-                    continue
-                future.add_done_callback(functools.partial(self._on_done, slots, worker, idempotent, key, value,
-                                                           start_ms))
-        finally:
-            await producer.stop(timeout_s=cfg.delivery_timeout_ms / 1000 + limits.producer_stop_grace_s)
+        for n in range(count_max):
+            now = time.monotonic()
+            if now >= end or self._stop_producing.is_set():
+                break
+            if next_at > now:
+                await asyncio.sleep(next_at - now)  # rate pacing
+            next_at = max(next_at + interval, time.monotonic() - limits.send_catch_up_s_max)
+            try:
+                async with asyncio.timeout(max(0.0, end - time.monotonic())):
+                    await slots.acquire()
+            except TimeoutError:
+                break
+            key = self.keys[rng.randrange(len(self.keys))]
+            value = f"p{worker}-{n}"
+            self.counts["sent"] += 1
+            await send(key, value, self.clock(), slots.release)
 
-    def _on_done(self, slots: asyncio.Semaphore, worker: int, idempotent: bool, key: str, value: str,
+    def _on_done(self, release: Callable[[], None], worker: int, idempotent: bool, key: str, value: str,
                  start_ms: float, future: asyncio.Future[DeliveryReport]) -> None:
-        slots.release()
+        release()
         self._on_report(worker, idempotent, key, value, start_ms, future)
 
     def _on_report(self, worker: int, idempotent: bool, key: str, value: str, start_ms: float,
@@ -221,7 +262,6 @@ class Workload:
     def _record(self, worker: int, idempotent: bool, key: str, value: str, start_ms: float,
                 report: DeliveryReport | None, raised: RaftMQError | None, unknown_reason: str | None = None) -> None:
         end_ms = max(self.clock(), start_ms)
-        cfg = self.config
         outcome: Outcome
         if report is None:
             outcome = "unknown" if unknown_reason else "fail"
@@ -232,6 +272,20 @@ class Workload:
             error = report.error.code if report.error is not None else None
             partition, offset = report.partition, report.offset
             leader_id, leader_epoch = report.leader_id, report.leader_epoch
+        self._record_send(worker, idempotent, key, value, start_ms, end_ms, outcome, partition, offset, leader_id,
+                          leader_epoch, error)
+
+    def _record_delivery(self, worker: int, idempotent: bool, key: str, value: str, start_ms: float,
+                         end_ms: float | None, outcome: Delivery) -> None:
+        """A Kafka client's send (no acknowledging broker or term: its reports do not say)."""
+        end_ms = max(self.clock() if end_ms is None else end_ms, start_ms)
+        self._record_send(worker, idempotent, key, value, start_ms, end_ms, outcome.outcome, outcome.partition,
+                          outcome.offset, None, None, outcome.error)
+
+    def _record_send(self, worker: int, idempotent: bool, key: str, value: str, start_ms: float, end_ms: float,
+                     outcome: Outcome, partition: int | None, offset: int | None, leader_id: int | None,
+                     leader_epoch: int | None, error: str | None) -> None:
+        cfg = self.config
         self.history.record_send(process=worker, idempotent=idempotent, acks=cast(Acks, cfg.acks), topic=cfg.topic,
                                  key=key,
                                  value=value, start_ms=start_ms, end_ms=end_ms, outcome=outcome,

@@ -103,6 +103,16 @@ class LocalNode:
     known: tuple[int, ...] = ()
     rack: str | None = None
     kafka_port: int | None = None  # its Kafka-protocol listener (None: none)
+    # What Kafka Metadata tells clients to dial for this broker (None: the listener itself). The chaos harness
+    # sets a fault proxy here, so that Kafka clients following the metadata stay behind the proxies.
+    kafka_advertised: PeerAddress | None = None
+
+    @property
+    def kafka_address(self) -> PeerAddress | None:
+        """Where Kafka clients reach this broker: its advertised address, else its listener (None: none)."""
+        if self.kafka_advertised is not None:
+            return self.kafka_advertised
+        return PeerAddress(HOST, self.kafka_port) if self.kafka_port else None
 
     @property
     def url(self) -> str:
@@ -210,6 +220,10 @@ class LocalCluster:
     def set_advertised_url(self, broker_id: int, url: str) -> None:
         self.nodes[broker_id].advertised_url = url
 
+    def set_kafka_advertised(self, broker_id: int, address: PeerAddress) -> None:
+        """Make ``broker_id`` advertise ``address`` (a proxy) as its Kafka address (node key kafka_advertised)."""
+        self.nodes[broker_id].kafka_advertised = address
+
     @property
     def secret_path(self) -> Path:
         return self.root / SECRET_FILE
@@ -229,7 +243,7 @@ class LocalCluster:
         listed = [self.nodes[b] for b in node.known if b in self.nodes] if node.known else self.nodes.values()
         brokers = tuple(BrokerEntry(broker_id=other.broker_id, peer=PeerAddress(HOST, other.peer_port),
                                     url=other.advertised_url, dial=node.dial.get(other.broker_id),
-                                    kafka=PeerAddress(HOST, other.kafka_port) if other.kafka_port else None)
+                                    kafka=other.kafka_address)
                         for other in listed)
         return NodeConfig(broker_id=broker_id, cluster_id=self.cluster_id, data_dir=node.data_dir,
                           client_listen=PeerAddress(HOST, node.client_port),
@@ -238,7 +252,8 @@ class LocalCluster:
                           log_level=self.log_level, leader_rebalance=self.leader_rebalance, timers=self.timers,
                           cluster_secret_file=self.secret_path if self.secure else None, rack=node.rack,
                           metadata_voters=self.metadata_voters, liveness=self.liveness,
-                          kafka_listen=PeerAddress(HOST, node.kafka_port) if node.kafka_port else None)
+                          kafka_listen=PeerAddress(HOST, node.kafka_port) if node.kafka_port else None,
+                          kafka_advertised=node.kafka_advertised if node.kafka_port else None)
 
     def write_configs(self) -> None:
         if self.secure:
@@ -255,8 +270,8 @@ class LocalCluster:
 
     @property
     def kafka_bootstrap(self) -> str:
-        """What Kafka clients take as bootstrap servers ("" without Kafka listeners)."""
-        return ",".join(f"{HOST}:{node.kafka_port}" for node in self.nodes.values() if node.kafka_port)
+        """What Kafka clients take as bootstrap servers: the advertised addresses ("" without Kafka listeners)."""
+        return ",".join(str(node.kafka_address) for node in self.nodes.values() if node.kafka_address is not None)
 
     def start(self, broker_ids: Iterable[int] | None = None) -> None:
         self.write_configs()

@@ -5,7 +5,7 @@ The run has the shape of raftmq's own (``bench.measure``): the same schedule (fl
 at ``t0 + i / rate``), latency from the scheduled send time to the delivery report, the same
 :class:`~raftmq.cli.bench.RunResult`. librdkafka sends from its own threads and runs delivery callbacks in
 ``poll()``/``flush()``, so the loop here is plain synchronous code that polls as it goes. confluent-kafka is
-only a test extra, so it is imported when this path runs, with a coded error when it is missing.
+an optional dependency (extra ``kafka``), imported when this path runs, with a coded error when it is missing.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def import_confluent_kafka() -> ModuleType:
         import confluent_kafka
     except ImportError:
         raise ConfigProblem("--client kafka needs the confluent-kafka package, which is not installed",
-                            "pip install confluent-kafka (a test extra of raftmq: make .venv/.installed-test "
-                            "installs it), or run with --client raftmq",
+                            "pip install 'raftmq[kafka]' (or confluent-kafka; make .venv/.installed-test installs "
+                            "it too), or run with --client raftmq",
                             code="DEPENDENCY_MISSING") from None
     return confluent_kafka
 

@@ -3,6 +3,7 @@
     raftmq chaos list                                   the shipped scenarios
     raftmq chaos show SCENARIO [--seed N --duration D]  the fault schedule a run would execute
     raftmq chaos run SCENARIO|all [--acks 0,1,all] [--seed N] [--duration 60s] [--report-dir DIR]
+                     [--client raftmq|kafka]
     raftmq chaos proxies --api URL                      the proxies and toxics of a running proxy server
     raftmq chaos heal --api URL                         POST /reset: every proxy up, every toxic removed
 
@@ -134,8 +135,11 @@ def show(scenario: str, seed: int, duration: str, nodes: int | None) -> None:
               help="Sends per second, all producers together.")
 @click.option("--durability", type=click.Choice(["always", "interval", "never"]), default="always",
               show_default=True, help="Broker fsync policy (the acks=all promise assumes 'always').")
+@click.option("--client", type=click.Choice(["raftmq", "kafka"]), default="raftmq", show_default=True,
+              help="The producers' client: raftmq's own (HTTP API), or confluent-kafka on the brokers' Kafka "
+                   "listeners, which then sit behind fault proxies too (pip install 'raftmq[kafka]').")
 def run(scenario: str, acks_text: str, seed: int, duration: str, report_dir: Path, nodes: int | None, rate: float,
-        durability: str) -> None:
+        durability: str, client: str) -> None:
     """Run SCENARIO (a name, several comma-separated, a .toml path, or 'all') once per ack level.
 
     Prints the matrix (scenario x ack level: attempted, acked, lost, duplicated, unknown, recovered,
@@ -149,6 +153,10 @@ def run(scenario: str, acks_text: str, seed: int, duration: str, report_dir: Pat
 
     seconds = parse_duration(duration)
     levels = parse_acks(acks_text)
+    if client == "kafka":
+        from raftmq.cli.bench_kafka import import_confluent_kafka
+
+        import_confluent_kafka()  # before a cluster is started: a missing package is a usage error
     scenarios = _load_scenarios(scenario)
     if not scenarios:
         raise ConfigProblem("no scenario named", "raftmq chaos list shows the scenarios")
@@ -157,13 +165,16 @@ def run(scenario: str, acks_text: str, seed: int, duration: str, report_dir: Pat
             generate(item, duration_s=seconds, seed=seed, nodes=nodes or item.nodes)
         except ScenarioError as exc:
             raise ConfigProblem(str(exc), "use a longer --duration", code="INVALID_SCENARIO") from None
-    settings = RunSettings(duration_s=seconds, seed=seed, nodes=nodes, rate=rate, durability=durability)
+    settings = RunSettings(duration_s=seconds, seed=seed, nodes=nodes, rate=rate, durability=durability,
+                           client=client)
     report_dir = report_dir.resolve()
     console = err()
     total = len(scenarios) * len(levels)
     brokers = nodes or "the scenario's"
+    producers = " from confluent-kafka producers (Kafka protocol)" if client == "kafka" else ""
     console.print(f"chaos: {len(scenarios)} scenario(s) x acks {','.join(levels)} = {total} run(s) of "
-                  f"{seconds:g} s, seed {seed}, {brokers} brokers, {rate:g} sends/s; report in {report_dir}")
+                  f"{seconds:g} s, seed {seed}, {brokers} brokers, {rate:g} sends/s{producers}; "
+                  f"report in {report_dir}")
     with LiveProgress(console, total_runs=total) as progress:
         results = asyncio.run(run_matrix(scenarios, levels, settings, report_dir, progress=progress))
     stdout = out()

@@ -181,11 +181,15 @@ def _nodes_table(local: Any, client_urls: Sequence[str]) -> Table:
     table = Table(title="brokers", title_justify="left")
     kafka = any(getattr(node, "kafka_port", None) for node in local.nodes.values())
     columns = ["broker", "client URL", *(["direct URL"] if proxied else []), *(["Kafka"] if kafka else []),
-               "peer address", "pid", "data dir", "log file"]
+               *(["direct Kafka"] if kafka and proxied else []), "peer address", "pid", "data dir", "log file"]
     for column in columns:
         table.add_column(column, justify="right" if column in ("broker", "pid") else "left")
     for (broker_id, node), url in zip(local.nodes.items(), client_urls, strict=True):
-        kafka_cell = [f"127.0.0.1:{node.kafka_port}" if node.kafka_port else "-"] if kafka else []
+        # What Kafka clients dial (with --chaos the broker's Kafka proxy), then, behind proxies, the listener.
+        advertised = getattr(node, "kafka_address", None) or (f"127.0.0.1:{node.kafka_port}" if node.kafka_port
+                                                             else "-")
+        listener = f"127.0.0.1:{node.kafka_port}" if node.kafka_port else "-"
+        kafka_cell = ([str(advertised)] if kafka else []) + ([listener] if kafka and proxied else [])
         table.add_row(str(broker_id), url, *([node.url] if proxied else []), *kafka_cell,
                       f"127.0.0.1:{node.peer_port}", str(node.pid or "-"), str(node.data_dir), str(node.log_path))
     return table
@@ -261,8 +265,6 @@ def up(nodes: int | None, directory: Path, base_port: int, kafka_base_port: int,
 
     While it runs, `raftmq cluster add-broker --dir DIR` starts one more broker under it."""
     previous, count = _check_layout(directory.resolve(), nodes)
-    if chaos:
-        kafka_base_port = 0  # the chaos harness puts proxies before HTTP ports only: no Kafka listeners there
     options = UpOptions(count, directory.resolve(), base_port, durability, chaos, ready_timeout, kafka_base_port)
     _check_ports(count, base_port, previous, kafka_base_port=kafka_base_port)
     local = _LocalRun.create(options)
@@ -302,7 +304,7 @@ class UpOptions:
         restart += f" --nodes {self.nodes}" if self.nodes != DEFAULT_NODES else ""
         restart += f" --base-port {self.base_port}" if self.base_port != DEFAULT_BASE_PORT else ""
         restart += (f" --kafka-base-port {self.kafka_base_port}"
-                    if self.kafka_base_port != DEFAULT_KAFKA_BASE_PORT and not self.chaos else "")
+                    if self.kafka_base_port != DEFAULT_KAFKA_BASE_PORT else "")
         restart += " --chaos" if self.chaos else ""
         return restart
 
@@ -328,8 +330,9 @@ class _LocalRun:
         except ImportError as exc:
             raise ConfigProblem(f"--chaos needs the chaos harness (chaos.harness): {exc}",
                                 "run without --chaos, or update your checkout") from None
+        # The Kafka listeners get fault proxies like the client ports, and advertise them in Kafka Metadata.
         harness = ChaosCluster(options.directory, nodes=options.nodes, base_port=options.base_port,
-                               durability=options.durability)
+                               durability=options.durability, kafka_base_port=options.kafka_base_port or None)
         return cls(harness.cluster, harness)
 
     @property
@@ -401,7 +404,7 @@ def _print_ready(local: _LocalRun, options: UpOptions, took_s: float) -> None:
     if harness is not None:
         stdout.print(_proxies_table(harness.toxiproxy_url, dict(getattr(harness, "proxies", {}))))
         extra = f"Fault proxy API: {harness.toxiproxy_url}  (raftmq chaos ... drives it)"
-    kafka = local.cluster.kafka_bootstrap if local.harness is None else ""
+    kafka = local.cluster.kafka_bootstrap  # the advertised addresses: with --chaos, the Kafka proxies
     stdout.print(_usage_panel(",".join(client_urls), options.directory, options.restart_command(), extra, kafka))
     sys.stdout.flush()
 

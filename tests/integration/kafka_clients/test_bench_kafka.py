@@ -52,7 +52,7 @@ def test_a_missing_confluent_kafka_is_a_coded_usage_error(monkeypatch: pytest.Mo
     result = CliRunner().invoke(cli, ["bench", "produce", "--client", "kafka", "--bootstrap", "http://127.0.0.1:1",
                                       "--kafka-bootstrap", "127.0.0.1:1"])
     assert result.exit_code == 2, result.output
-    assert "DEPENDENCY_MISSING" in result.output and "pip install confluent-kafka" in result.output
+    assert "DEPENDENCY_MISSING" in result.output and "raftmq[kafka]" in result.output
 
 
 @pytest.mark.parametrize(("args", "complaint"), [
