@@ -12,10 +12,15 @@ Semantics (docs/api.md "Exchanges"):
   ``destinations`` say per destination ``ok`` (appended and acknowledged), ``failed`` (certainly not
   appended: a definite error) or ``unknown`` (may or may not be appended: a timeout, a lost leader).
 * A retry names the destinations still to do (``destinations``): the broker appends only to those. So a
-  retry never appends again to a destination that acknowledged. The exact guarantee for the others:
-  ``failed`` ones get the records once; ``unknown`` ones get them at least once (possibly twice), the same
-  guarantee as retrying a plain non-idempotent produce. (Exactly once into ``unknown`` destinations would
-  need per-destination producer sequences kept by the routing broker across its own failure; not built.)
+  retry never appends again to a destination that acknowledged. A publish with a ``publish_id`` at
+  acks=all is idempotent: each destination's batch carries a producer id derived from the publish
+  (``publish_producer_id``: a hash of the publish id, exchange, routing key and the records' keys, values
+  and headers, in the range cluster/producer_state.py reserves for publishes) at sequence 0, so the
+  partition's idempotent-producer table answers a retry that reaches a destination which already stored
+  it (an ``unknown`` outcome that was in fact appended) with the original offset instead of storing it
+  twice. The window: each partition remembers its last ``publish_producers_per_partition_max`` idempotent
+  publishes. Without a ``publish_id`` (or at acks 0/1) a retry into an ``unknown`` destination may
+  duplicate, as retrying a plain non-idempotent produce may.
 * Unroutable (no binding matched, nor any alternate exchange's): ``mandatory`` publishes are refused
   with UNROUTABLE; others are answered ``routed: false`` and dropped, as AMQP does.
 
@@ -25,14 +30,17 @@ No I/O here.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 from raftmq.cluster import batch as batches
 from raftmq.cluster import limits
 from raftmq.cluster.errors import InvalidRequest, RaftMQError
 from raftmq.cluster.exchanges import routed_headers, validate_exchange_name, validate_routing_key
+from raftmq.cluster.producer_state import PUBLISH_PRODUCER_ID_MIN
 from raftmq.cluster.routing import partition_for
 from raftmq.cluster.wire import Acks, parse_acks, records_to_batch, require_int
 
@@ -55,6 +63,25 @@ class PublishRequest:
         so a multi-record publish is routed by its first record)."""
         _key, _value, headers, _ts = self.records[0]
         return {name: value.decode("utf-8", "replace") for name, value in headers if value is not None}
+
+    @property
+    def idempotent(self) -> bool:
+        """Appends are deduplicated per destination (see the module docstring): a publish id names the
+        publish, and acks=all lets the partition's verdict (append or duplicate) reach the answer."""
+        return self.publish_id is not None and self.acks is Acks.ALL
+
+
+def publish_producer_id(request: PublishRequest) -> int:
+    """The producer id of an idempotent publish's appends: the same for every retry of the same publish.
+
+    Record timestamps are left out: a record sent without one is stamped by the broker that receives the
+    request, so a retry's copy differs there. The records' content is in, so a publish id reused for a
+    different message is a different publish, not a duplicate. 62 bits of BLAKE2b: two different publishes
+    reaching one partition inside its window share an id with probability about window**2 / 2**63."""
+    identity = [request.publish_id, request.exchange, request.routing_key,
+                [[key, value, [list(h) for h in headers]] for key, value, headers, _ts in request.records]]
+    digest = hashlib.blake2b(msgpack.packb(identity, use_bin_type=True), digest_size=8).digest()
+    return PUBLISH_PRODUCER_ID_MIN | (int.from_bytes(digest, "big") & (PUBLISH_PRODUCER_ID_MIN - 1))
 
 
 def parse_publish(exchange: str, body: Any, now_ms: int) -> PublishRequest:
@@ -109,6 +136,9 @@ def plan_destinations(request: PublishRequest, topics: Sequence[str], partitions
     """One batch per (topic, partition) the publish appends to. ``pick`` chooses the unkeyed records'
     partition when there is no ``publish_id`` (the caller's random number)."""
     sticky = request.publish_id.encode() if request.publish_id is not None else None
+    # Every destination's batch is the first (sequence 0) and only one of a producer derived from the publish.
+    producer_id, base_sequence = (publish_producer_id(request), 0) if request.idempotent \
+        else (batches.NO_PRODUCER_ID, batches.NO_SEQUENCE)
     planned = []
     for topic in topics:
         count = partitions_of[topic]
@@ -120,7 +150,8 @@ def plan_destinations(request: PublishRequest, topics: Sequence[str], partitions
                 (key, value, routed_headers(request.exchange, request.routing_key, headers), timestamp))
         for partition, items in sorted(by_partition.items()):
             if request.destinations is None or (topic, partition) in request.destinations:
-                planned.append(Destination(topic, partition, batches.encode_batch(items)))
+                planned.append(Destination(topic, partition, batches.encode_batch(
+                    items, producer_id=producer_id, base_sequence=base_sequence)))
     return planned
 
 

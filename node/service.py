@@ -66,6 +66,7 @@ from raftmq.cluster.metadata import (
     majority,
     validate_topic_name,
 )
+from raftmq.cluster.producer_state import is_publish_producer_id
 from raftmq.cluster.routing import partition_for
 from raftmq.cluster.wire import Acks
 from raftmq.node import stages
@@ -195,7 +196,11 @@ class BrokerService:
     async def _check_producer(self, producer_id: int, timeout_s: float) -> None:
         """Refuse ids the cluster never allocated, and ids fenced by a newer instance of the same named
         producer. An id this replica's metadata has not learned yet may have just been allocated on the
-        metadata leader: wait for it, briefly."""
+        metadata leader: wait for it, briefly. Ids in the range reserved for exchange publishes are derived by
+        the routing broker from the publish (cluster/publish.py), never allocated: they pass (a client forging
+        one gains nothing: it can write records to the partition anyway)."""
+        if is_publish_producer_id(producer_id):
+            return
         deadline = time.monotonic() + min(timeout_s, limits.producer_metadata_wait_ms / 1000)
         while True:
             event = self.metadata.applied_event()

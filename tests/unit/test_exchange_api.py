@@ -74,12 +74,24 @@ async def test_fanout_admin_publish_partial_failure_and_retry(tmp_path: Path) ->
         assert outcome == {"orders": "ok", "audit": "unknown"}
         retry = answer["error"]["details"]["retry"]
         assert retry == [["audit", 0]]
-        # The retry names only the destinations left: orders does not get the record twice.
+        # The retry names only the destinations left: orders does not get the record twice. The publish is
+        # idempotent (a publish_id at acks=all): audit, which did store it, answers with the original offset.
         status, answer = await call(session, one, "POST", "/v1/exchanges/notify/publish",
                                     {**body, "destinations": retry})
         assert status == 200, answer
+        assert [(d["topic"], d["base_offset"]) for d in answer["destinations"]] == [("audit", 1)]
         assert [v for v, _ in records(cluster, "orders")] == [b"first", b"second"]
-        assert [v for v, _ in records(cluster, "audit")] == [b"first", b"second", b"second"]  # "unknown" = maybe
+        assert [v for v, _ in records(cluster, "audit")] == [b"first", b"second"]
+
+        # Without a publish_id the publish is not idempotent: an "unknown" destination may get it twice.
+        cluster.inject("produce", Fault("error", code="REQUEST_TIMED_OUT", apply=True, match=to_audit))
+        body = {"routing_key": "k", "records": [{"value": "again"}]}
+        status, answer = await call(session, one, "POST", "/v1/exchanges/notify/publish", body)
+        assert answer["error"]["details"]["retry"] == [["audit", 0]]
+        status, answer = await call(session, one, "POST", "/v1/exchanges/notify/publish",
+                                    {**body, "destinations": [["audit", 0]]})
+        assert status == 200, answer
+        assert [v for v, _ in records(cluster, "audit")][-2:] == [b"again", b"again"]
 
         # A definite failure is "failed": nothing was appended there.
         cluster.inject("produce", Fault("error", code="LEADER_NOT_AVAILABLE", match=to_audit))
@@ -87,7 +99,7 @@ async def test_fanout_admin_publish_partial_failure_and_retry(tmp_path: Path) ->
                                     {"records": [{"value": "third"}]})
         outcome = {d["topic"]: d["status"] for d in answer["error"]["details"]["destinations"]}
         assert outcome == {"orders": "ok", "audit": "failed"}
-        assert [v for v, _ in records(cluster, "audit")] == [b"first", b"second", b"second"]
+        assert [v for v, _ in records(cluster, "audit")] == [b"first", b"second", b"again", b"again"]
 
 
 async def test_unroutable_and_bad_requests_are_coded(tmp_path: Path) -> None:

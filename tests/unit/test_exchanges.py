@@ -38,11 +38,13 @@ from raftmq.cluster.exchanges import (
     topic_matches,
 )
 from raftmq.cluster.metadata import MetadataState
+from raftmq.cluster.producer_state import is_publish_producer_id
 from raftmq.cluster.publish import (
     DestinationOutcome,
     DestinationStatus,
     parse_publish,
     plan_destinations,
+    publish_producer_id,
     unfinished,
 )
 from raftmq.cluster.routing import partition_for
@@ -256,3 +258,23 @@ def test_outcomes_say_what_a_retry_must_do() -> None:
     assert [o.status for o in outcomes] == [DestinationStatus.OK, DestinationStatus.FAILED, DestinationStatus.UNKNOWN]
     assert unfinished(outcomes) == [["b", 0], ["c", 1]]
     assert outcomes[1].to_wire()["code"] == "LEADER_NOT_AVAILABLE"
+
+
+def test_an_idempotent_publish_derives_one_producer_id_per_publish() -> None:
+    """Every destination's batch of a publish with a publish_id at acks=all carries the same derived producer
+    id at sequence 0, stable across a retry (whose records the receiving broker stamps anew) and different
+    for different content under the same publish id; without a publish_id, or at acks=1, no producer id."""
+    def body(value: str, **extra: Any) -> dict[str, Any]:
+        return {"routing_key": "k", "publish_id": "p1", "records": [{"value": value}], **extra}
+
+    first, retry = parse_publish("x", body("a"), now_ms=1), parse_publish("x", body("a"), now_ms=99)
+    assert publish_producer_id(first) == publish_producer_id(retry)
+    assert is_publish_producer_id(publish_producer_id(first))
+    assert publish_producer_id(first) != publish_producer_id(parse_publish("x", body("b"), now_ms=1))
+    assert publish_producer_id(first) != publish_producer_id(parse_publish("y", body("a"), now_ms=1))
+    headers = [batches.parse_header(d.batch) for d in plan_destinations(first, ["a", "b"], {"a": 1, "b": 2}, pick=0)]
+    assert {(h.producer_id, h.base_sequence) for h in headers} == {(publish_producer_id(first), 0)}
+    for plain in (parse_publish("x", {"records": [{"value": "a"}], "publish_id": "p1", "acks": 1}, now_ms=1),
+                  parse_publish("x", {"records": [{"value": "a"}]}, now_ms=1)):
+        planned = plan_destinations(plain, ["a"], {"a": 1}, pick=0)
+        assert batches.parse_header(planned[0].batch).producer_id == batches.NO_PRODUCER_ID
