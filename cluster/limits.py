@@ -478,3 +478,8 @@ journal_probe_bytes: Final = 4 * KIB  # one page: what the smallest real append 
 # offset when fewer than this many other idempotent publishes reached that partition in between; past that
 # it is appended again. Each entry costs about 200 bytes of memory and 30 bytes of snapshot.
 publish_producers_per_partition_max: Final = 10_000
+
+# --- dead-letter exchanges of share groups and topics (cluster/dead_lettering.py, node/dead_lettering.py) -----
+
+# Share groups that name a dead-letter exchange (each entry travels in every metadata snapshot).
+group_dead_letters_max: Final = 10_000

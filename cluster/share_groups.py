@@ -24,7 +24,7 @@ No I/O here.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +159,13 @@ class SharesState:
                          "end_offset": share.end_offset, "acquired": states.count(RecordState.ACQUIRED),
                          "done_in_window": states.count(RecordState.ACKNOWLEDGED) + states.count(RecordState.ARCHIVED)})
         return rows
+
+    def delivery_counts(self, group_id: str, topic: str, partition: int, offsets: Iterable[int]) -> dict[int, int]:
+        """How many times each of ``offsets`` was delivered (offsets the window does not hold are left out)."""
+        share = self.partitions.get((group_id, topic, partition))
+        if share is None:
+            return {}
+        return {offset: share.records[offset].delivery_count for offset in offsets if offset in share.records}
 
     def to_wire(self) -> list[Any]:
         return [[g, t, p, share.to_wire()] for (g, t, p), share in sorted(self.partitions.items())]

@@ -20,6 +20,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from raftmq.cluster import batch as batches
 from raftmq.cluster import limits
 from raftmq.cluster.consumer_groups import validate_group_id
+from raftmq.cluster.dead_lettering import parse_group_dead_letter
 from raftmq.cluster.errors import (
     InternalError,
     InvalidRequest,
@@ -371,12 +372,20 @@ async def list_groups(request: web.Request) -> web.Response:
 
 async def share_acquire(request: web.Request) -> web.Response:
     acquire = parse_share_acquire(request.match_info["group"], await read_body(request))
-    return _respond(request, (await _service(request).share_acquire(acquire)).to_wire())
+    return _respond(request, (await _service(request).dead_letters.acquire(acquire)).to_wire())
 
 
 async def share_acknowledge(request: web.Request) -> web.Response:
     acknowledge = parse_share_acknowledge(request.match_info["group"], await read_body(request))
-    return _respond(request, (await _service(request).share_acknowledge(acknowledge)).to_wire())
+    return _respond(request, (await _service(request).dead_letters.acknowledge(acknowledge)).to_wire())
+
+
+async def share_group_dead_letter(request: web.Request) -> web.Response:
+    dead_letters = _service(request).dead_letters
+    if request.method == "GET":
+        return _respond(request, dead_letters.describe_group(_group_arg(request)))
+    payload = parse_group_dead_letter(request.match_info["group"], await read_body(request))
+    return _respond(request, await dead_letters.set_group(payload))
 
 
 async def describe_share_group(request: web.Request) -> web.Response:
@@ -465,6 +474,8 @@ def build_app(broker: Broker) -> web.Application:
     app.router.add_post("/v1/share-groups/{group}/acquire", share_acquire)
     app.router.add_post("/v1/share-groups/{group}/acknowledge", share_acknowledge)
     app.router.add_get("/v1/share-groups/{group}/push", share_push)
+    app.router.add_get("/v1/share-groups/{group}/dead-letter", share_group_dead_letter)
+    app.router.add_put("/v1/share-groups/{group}/dead-letter", share_group_dead_letter)
     app.router.add_get("/v1/exchanges", list_exchanges)
     app.router.add_post("/v1/exchanges", create_exchange)
     app.router.add_get("/v1/exchanges/{exchange}", describe_exchange)

@@ -72,6 +72,7 @@ from raftmq.cluster.wire import Acks
 from raftmq.node import stages
 from raftmq.node.config import NodeConfig
 from raftmq.node.controller import Call, Controller
+from raftmq.node.dead_lettering import DeadLetters
 from raftmq.node.exchanges import Exchanges
 from raftmq.node.group_coordinator import GroupCoordinator
 from raftmq.node.groups import AppendInfo, ReplicationEngine
@@ -92,6 +93,7 @@ from raftmq.node.operations import (
     TopicDescription,
 )
 from raftmq.node.partition import AppendResult
+from raftmq.node.partition_reader import PartitionReader
 from raftmq.node.push import PushSessions
 from raftmq.node.reassignment import perform_step
 from raftmq.node.replicas import PartitionHandle, ReplicaManager
@@ -118,7 +120,9 @@ class BrokerService:
         self.stage_times = StageTimes()  # acks=all produce requests led here (GET /v1/debug/stages)
         self.exchanges = Exchanges(metadata=metadata, propose=self._propose_metadata, produce_here=self.produce,
                                    call=call, wait_for=self._wait_for)
-        self.push = PushSessions(self, call)
+        self.reader = PartitionReader(self, call)
+        self.dead_letters = DeadLetters(self, self.reader, propose=self._propose_metadata, wait_for=self._wait_for)
+        self.push = PushSessions(self)
 
     # --- leadership -----------------------------------------------------------------------------
 
@@ -496,6 +500,9 @@ class BrokerService:
     async def share_acknowledge(self, request: ShareAcknowledge) -> ShareAcknowledged:
         return await self._coordinator().share_acknowledge(request)
 
+    async def share_delivery_counts(self, request: ShareAcknowledge) -> dict[int, int]:
+        return await self._coordinator().share_delivery_counts(request)
+
     async def describe_share_group(self, group_id: str) -> list[dict[str, Any]]:
         return await self._coordinator().describe_share_group(group_id)
 
@@ -641,7 +648,8 @@ class BrokerService:
 
 # Metadata commands a learner may ask the controller to propose (their payloads are built by brokers).
 _FORWARDABLE_OPS = frozenset({MetadataOp.DELETE_TOPIC, MetadataOp.ALLOCATE_PRODUCER_ID, MetadataOp.CREATE_EXCHANGE,
-                              MetadataOp.DELETE_EXCHANGE, MetadataOp.BIND_EXCHANGE, MetadataOp.UNBIND_EXCHANGE})
+                              MetadataOp.DELETE_EXCHANGE, MetadataOp.BIND_EXCHANGE, MetadataOp.UNBIND_EXCHANGE,
+                              MetadataOp.SET_GROUP_DEAD_LETTER})
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

@@ -20,8 +20,9 @@ from raftmq.client.admin import Admin
 from raftmq.client.publisher import ExchangePublisher
 from raftmq.client.push_consumer import PushConsumer, PushRecord
 from raftmq.cluster.batch import decode_records, iter_batches
+from raftmq.cluster.dead_lettering import DeathReason, parse_death
 from raftmq.cluster.errors import InvalidRequest, UnknownTopicOrPartition
-from raftmq.cluster.push import DeathReason, PrefetchWindow, parse_ack_frame, parse_death, parse_subscription
+from raftmq.cluster.push import PrefetchWindow, parse_ack_frame, parse_subscription
 
 from raftmq.cli import cli
 from tests.inprocess import InProcessCluster
