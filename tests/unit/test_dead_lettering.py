@@ -9,11 +9,13 @@ read the dead-letter topic's log; every wait is on a condition or a receive with
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from raftmq.client.admin import Admin
+from raftmq.client.consumer import Consumer
 from raftmq.client.push_consumer import PushConsumer
 from raftmq.client.share_consumer import ShareConsumer, ShareRecord
 from raftmq.cluster import limits
@@ -200,3 +202,27 @@ async def test_the_cli_names_dead_letter_exchanges(tmp_path: Path) -> None:
                                                              "--routing-key", "dead")
         assert "exchange dlx" in await run("group", "dead-letter", "pricing")
         assert "no dead-letter exchange" in await run("group", "dead-letter", "pricing", "--clear")
+
+
+@pytest.mark.asyncio
+async def test_expired_records_are_never_delivered_to_a_share_group_but_offset_reads_return_them(
+        tmp_path: Path) -> None:
+    """A topic with a message TTL: a pulling share consumer gets only the fresh record; the expired ones go to
+    the topic's dead-letter exchange (reason expired, delivery count 0). Reads by offset return all three."""
+    async with InProcessCluster(tmp_path, brokers=1) as cluster:
+        await cluster.create_topic("quotes", config={"message_ttl_ms": 60_000, "dead_letter_exchange": "stale"})
+        await cluster.create_topic("stale-quotes")
+        async with Admin(cluster.urls) as admin:
+            await admin.create_exchange("stale", "fanout")
+            await admin.bind("stale", "stale-quotes")
+        await cluster.append_records("quotes", 0, [b"old-1", b"old-2"], timestamp_ms=1_000)  # long expired
+        await cluster.append_records("quotes", 0, [b"fresh"], timestamp_ms=int(time.time() * 1000))
+        async with ShareConsumer(cluster.urls, "pricing", topics=["quotes"]) as consumer:
+            delivered = await poll_until(consumer, 1)
+            assert [item.record.value for item in delivered] == [b"fresh"]
+            consumer.acknowledge(delivered[0])
+            assert await consumer.poll(timeout_ms=200) == []
+        assert [(v, d["reason"], d["count"]) for v, d in dead_letters(cluster, "stale-quotes")] == \
+            [(b"old-1", "expired", "0"), (b"old-2", "expired", "0")]
+        async with Consumer(cluster.urls) as reader:
+            assert [r.value for r in await reader.read_records("quotes", 0, 0)] == [b"old-1", b"old-2", b"fresh"]
