@@ -168,3 +168,30 @@ async def test_publishes_acknowledged_across_a_leader_loss_are_in_every_topic(tm
             stored = [value for _offset, _key, value in cluster.stored(name, 0)]
             assert set(acknowledged) <= set(stored), (name, stored)
             assert all(stored.count(v) == 1 for v in acknowledged)
+
+
+async def test_a_mixed_batch_to_a_headers_exchange_is_split_per_destination(tmp_path: Path) -> None:
+    async with InProcessCluster(tmp_path, brokers=1) as cluster, aiohttp.ClientSession() as session:
+        url = cluster.urls[0]
+        for topic in ("pdf", "csv"):
+            await cluster.create_topic(topic)
+        assert (await call(session, url, "POST", "/v1/exchanges", {"name": "docs", "type": "headers"}))[0] == 201
+        for topic in ("pdf", "csv"):
+            status, _ = await call(session, url, "POST", "/v1/exchanges/docs/bindings",
+                                   {"topic": topic, "headers": {"format": topic}})
+            assert status == 201
+        records = [{"value": "a", "headers": [["format", "pdf"]]}, {"value": "b", "headers": [["format", "csv"]]},
+                   {"value": "c", "headers": [["format", "zip"]]}, {"value": "d", "headers": [["format", "pdf"]]}]
+        # mandatory: one unroutable record refuses the whole publish; nothing is appended anywhere.
+        status, answer = await call(session, url, "POST", "/v1/exchanges/docs/publish",
+                                    {"records": records, "mandatory": True})
+        assert (status, answer["error"]["code"], answer["error"]["details"]["records"]) == (422, "UNROUTABLE", [2])
+        assert records_of(cluster, "pdf") == records_of(cluster, "csv") == []
+        status, answer = await call(session, url, "POST", "/v1/exchanges/docs/publish", {"records": records})
+        assert status == 200, answer
+        assert (answer["routed"], answer["unroutable"], answer["route"]["topics"]) == (True, [2], ["csv", "pdf"])
+        assert records_of(cluster, "pdf") == [b"a", b"d"] and records_of(cluster, "csv") == [b"b"]
+
+
+def records_of(cluster: InProcessCluster, topic: str) -> list[bytes | None]:
+    return [value for value, _headers in records(cluster, topic)]
