@@ -41,7 +41,8 @@ class PushSubscription:
     dead_letter: DeadLetterTarget | None = None  # the subscription's own; else its group's, else its topic's
 
 
-def _query_int(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def query_int(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter in ``[low, high]`` (plain decimal digits), or ``default`` when absent."""
     text = query.get(name)
     if text is None:
         return default
@@ -50,20 +51,26 @@ def _query_int(query: Mapping[str, str], name: str, default: int, low: int, high
     return int(text)
 
 
-def parse_subscription(group_id: str, query: Mapping[str, str]) -> PushSubscription:
-    """The query string of ``GET /v1/share-groups/{group}/push``."""
-    unknown = sorted(set(query) - {"topics", "prefetch", "lock_ms", "max_deliveries", "dead_letter_exchange",
-                                   "dead_letter_routing_key"})
+def query_topics(query: Mapping[str, str], allowed: set[str]) -> tuple[str, ...]:
+    """A push subscription's ``topics`` (sorted, each once), after refusing parameters not in ``allowed``."""
+    unknown = sorted(set(query) - allowed)
     if unknown:
         raise InvalidRequest(f"unknown parameters: {', '.join(unknown)}", fields=unknown)
     topics = tuple(sorted({validate_topic_name(t) for t in (query.get("topics") or "").split(",") if t}))
     if not topics or len(topics) > limits.push_topics_max:
         raise InvalidRequest(f"topics: 1-{limits.push_topics_max} comma-separated topic names", field="topics")
+    return topics
+
+
+def parse_subscription(group_id: str, query: Mapping[str, str]) -> PushSubscription:
+    """The query string of ``GET /v1/share-groups/{group}/push``."""
+    topics = query_topics(query, {"topics", "prefetch", "lock_ms", "max_deliveries", "dead_letter_exchange",
+                                  "dead_letter_routing_key"})
     return PushSubscription(
         validate_group_id(group_id), topics,
-        _query_int(query, "prefetch", limits.push_prefetch_default, 1, limits.push_prefetch_max),
-        _query_int(query, "lock_ms", limits.share_lock_ms_default, limits.share_lock_ms_min, limits.share_lock_ms_max),
-        _query_int(query, "max_deliveries", limits.share_max_deliveries_default, 1, 1000),
+        query_int(query, "prefetch", limits.push_prefetch_default, 1, limits.push_prefetch_max),
+        query_int(query, "lock_ms", limits.share_lock_ms_default, limits.share_lock_ms_min, limits.share_lock_ms_max),
+        query_int(query, "max_deliveries", limits.share_max_deliveries_default, 1, 1000),
         parse_dead_letter_target(query.get("dead_letter_exchange"), query.get("dead_letter_routing_key")))
 
 
@@ -111,11 +118,13 @@ def ack_frame(acks: Iterable[tuple[Delivery, AckKind | str]]) -> bytes:
     return frame
 
 
-def delivery_frame(topic: str, partition: int, record: Record, delivery_count: int) -> bytes:
-    frame: bytes = msgpack.packb({"topic": topic, "partition": partition, "offset": record.offset,
-                                  "timestamp_ms": record.timestamp_ms, "key": record.key, "value": record.value,
-                                  "headers": [list(h) for h in record.headers], "delivery_count": delivery_count},
-                                 use_bin_type=True)
+def delivery_frame(topic: str, partition: int, record: Record, delivery_count: int | None) -> bytes:
+    """One record. ``delivery_count`` None (consumer-group push: a record is not counted) leaves it out."""
+    body = {"topic": topic, "partition": partition, "offset": record.offset, "timestamp_ms": record.timestamp_ms,
+            "key": record.key, "value": record.value, "headers": [list(h) for h in record.headers]}
+    if delivery_count is not None:
+        body["delivery_count"] = delivery_count
+    frame: bytes = msgpack.packb(body, use_bin_type=True)
     return frame
 
 

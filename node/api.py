@@ -32,6 +32,7 @@ from raftmq.cluster.errors import (
     RouteNotFound,
 )
 from raftmq.cluster.exchanges import parse_binding, parse_create_exchange
+from raftmq.cluster.group_push import parse_group_subscription
 from raftmq.cluster.group_requests import (
     parse_group_heartbeat,
     parse_offset_commit,
@@ -56,8 +57,10 @@ from raftmq.cluster.wire import (
 )
 from raftmq.node.broker import Broker
 from raftmq.node.forwarding import FORWARDED_HEADER
+from raftmq.node.group_push import GroupPushSession
 from raftmq.node.internal_api import check_token, internal_token, parse_heartbeat, parse_proposal, parse_step
 from raftmq.node.operations import FetchRequest, OffsetRequest, OffsetSpec, ProduceRequest
+from raftmq.node.push import PushSession, PushSessions, Session
 from raftmq.node.service import BrokerService
 from raftmq.node.stages import StageTrace
 
@@ -433,11 +436,24 @@ async def share_push(request: web.Request) -> web.StreamResponse:
     """A push consumer's WebSocket (node/push.py); every refusal happens before the upgrade, as a coded
     HTTP answer."""
     subscription = parse_subscription(request.match_info["group"], request.query)
+    return await _push(request, subscription.group_id, subscription.topics,
+                       lambda sessions, ws: PushSession(sessions, ws, subscription))
+
+
+async def group_push(request: web.Request) -> web.StreamResponse:
+    """A consumer-group push consumer's WebSocket (node/group_push.py); refusals come before the upgrade."""
+    subscription = parse_group_subscription(request.match_info["group"], request.query)
+    return await _push(request, subscription.group_id, subscription.topics,
+                       lambda sessions, ws: GroupPushSession(sessions, ws, subscription))
+
+
+async def _push(request: web.Request, group_id: str, topics: tuple[str, ...],
+                session: Callable[[PushSessions, web.WebSocketResponse], Session]) -> web.WebSocketResponse:
     service = _service(request)
-    await service.push.check(subscription)
+    await service.push.check(group_id, topics)
     ws = web.WebSocketResponse(heartbeat=limits.push_heartbeat_s, max_msg_size=limits.request_bytes_max)
     await ws.prepare(request)
-    await service.push.serve(ws, subscription)
+    await service.push.serve(session(service.push, ws))
     return ws
 
 
@@ -474,6 +490,7 @@ def build_app(broker: Broker) -> web.Application:
     app.router.add_post("/v1/share-groups/{group}/acquire", share_acquire)
     app.router.add_post("/v1/share-groups/{group}/acknowledge", share_acknowledge)
     app.router.add_get("/v1/share-groups/{group}/push", share_push)
+    app.router.add_get("/v1/groups/{group}/push", group_push)
     app.router.add_get("/v1/share-groups/{group}/dead-letter", share_group_dead_letter)
     app.router.add_put("/v1/share-groups/{group}/dead-letter", share_group_dead_letter)
     app.router.add_get("/v1/exchanges", list_exchanges)

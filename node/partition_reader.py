@@ -45,14 +45,18 @@ class PartitionReader:
             missing = sorted(wanted - set(found))
             if not missing:
                 break
-            data = await self._fetch(topic, partition, missing[0])
-            records = [r for _, chunk in batches.iter_batches(data) for r in batches.decode_records(chunk)]
+            records = await self.read_from(topic, partition, missing[0])
             if not records:
                 break
             found.update((r.offset, r) for r in records if r.offset in wanted)
-            if records[-1].offset < missing[0]:
-                break
         return found
+
+    async def read_from(self, topic: str, partition: int, offset: int) -> list[Record]:
+        """One fetch (at most ``fetch_bytes_max_default``): the records at or after ``offset``, in order;
+        empty at the log end. Raises OffsetOutOfRange below the log start."""
+        data = await self._fetch(topic, partition, offset)
+        return [r for _, chunk in batches.iter_batches(data) for r in batches.decode_records(chunk)
+                if r.offset >= offset]
 
     async def _fetch(self, topic: str, partition: int, offset: int) -> bytes:
         try:

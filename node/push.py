@@ -24,7 +24,8 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 from raftmq.cluster import limits
@@ -38,13 +39,22 @@ from raftmq.cluster.share_groups import AckKind
 log = logging.getLogger(__name__)
 
 
+class Session(Protocol):
+    """A push session: this module's PushSession (share groups) or node/group_push.py's (consumer groups)."""
+
+    @property
+    def records_held(self) -> int: ...
+
+    async def run(self) -> None: ...
+
+
 class PushSessions:
-    """Every push consumer this broker serves. ``service`` is the BrokerService (share groups, fetch,
-    offsets, exchanges, its partition reader and dead letters)."""
+    """Every push consumer this broker serves. ``service`` is the BrokerService (groups, fetch, offsets,
+    exchanges, its partition reader and dead letters)."""
 
     def __init__(self, service: Any) -> None:
         self.service = service
-        self.sessions: set[PushSession] = set()
+        self.sessions: set[Session] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # sessions and releases that outlive a cancelled handler
 
     @property
@@ -54,15 +64,15 @@ class PushSessions:
     @property
     def records_held(self) -> int:
         """Records held in memory for push consumers (each session at most its prefetch)."""
-        return sum(len(session.records) for session in self.sessions)
+        return sum(session.records_held for session in self.sessions)
 
-    async def check(self, subscription: PushSubscription) -> None:
+    async def check(self, group_id: str, topics: Iterable[str]) -> None:
         """Before the upgrade: refuse (as a coded HTTP answer) what the session could not serve."""
         if self.active >= limits.push_connections_max:
             raise TooManyConnections(f"this broker serves {limits.push_connections_max} push consumers already",
                                      push_connections_max=limits.push_connections_max)
-        await self.service.groups.check_coordinator(subscription.group_id)
-        for topic in subscription.topics:
+        await self.service.groups.check_coordinator(group_id)
+        for topic in topics:
             self.service.metadata.topic(topic)  # UNKNOWN_TOPIC_OR_PARTITION before the upgrade
 
     def keep(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
@@ -71,11 +81,10 @@ class PushSessions:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def serve(self, ws: web.WebSocketResponse, subscription: PushSubscription) -> None:
+    async def serve(self, session: Session) -> None:
         """Run one session to its end. aiohttp cancels the handler when the client goes away; the session
         runs as its own task so that a cancellation between an acquire's commit and its bookkeeping cannot
         leave records locked for nobody: it notices the closed socket itself and releases what it holds."""
-        session = PushSession(self, ws, subscription)
         self.sessions.add(session)
         task = self.keep(asyncio.get_running_loop().create_task(session.run()))
         task.add_done_callback(lambda _task: self.sessions.discard(session))
@@ -95,6 +104,10 @@ class PushSession:
         self.wake = asyncio.Event()
         self.seen_end: dict[tuple[str, int], int] = {}  # high watermark at the last acquire that found nothing
         self.scanned_at: dict[tuple[str, int], float] = {}
+
+    @property
+    def records_held(self) -> int:
+        return len(self.records)
 
     async def run(self) -> None:
         reader = asyncio.get_running_loop().create_task(self._read_acks())
