@@ -66,6 +66,9 @@ class GroupPushSession:
         self.member_id = ""
         self.member_epoch = _JOIN_EPOCH
         self.window = CommitWindow(subscription.prefetch)
+        # Assigned, start position not known yet (the committed offset or a watermark could not be read, say
+        # while a leader is elected): owned all the same, sent from once known.
+        self.starting: set[Partition] = set()
         self.wake = asyncio.Event()
         self.heartbeat_due = 0.0  # monotonic time of the next heartbeat
         self.commit_sequence = count(1)
@@ -109,7 +112,7 @@ class GroupPushSession:
         joining = self.member_epoch == _JOIN_EPOCH
         request = GroupHeartbeat(self.sub.group_id, self.member_id, self.member_epoch,
                                  client_id="push", subscription=Subscription(self.sub.topics) if joining else None,
-                                 owned=tuple(sorted(self.window.positions)),
+                                 owned=tuple(sorted(self.owned)),
                                  session_timeout_ms=self.sub.session_timeout_ms)
         try:
             answer = await self.service.group_heartbeat(request)
@@ -130,18 +133,35 @@ class GroupPushSession:
         self.heartbeat_due = time.monotonic() + answer.heartbeat_interval_ms / 1000
         await self._assign(set(answer.result.assignment), answer.result.member_epoch)
 
+    @property
+    def owned(self) -> set[Partition]:
+        return set(self.window.positions) | self.starting
+
     async def _assign(self, assignment: set[Partition], member_epoch: int) -> None:
-        owned = set(self.window.positions)
+        owned = self.owned
         self.member_epoch = member_epoch
         if assignment == owned:
             return
         for partition in owned - assignment:
             self.window.drop(partition)  # its uncommitted records go to its next owner
-        for partition in sorted(assignment - owned):
-            self.window.own(partition, await self._start_position(partition))
-        await self._send(assignment_frame(self.window.positions, member_epoch))
+            self.starting.discard(partition)
+        self.starting |= assignment - owned
+        await self._start()
+        await self._send(assignment_frame(self.owned, member_epoch))
         if owned - assignment:
             self.heartbeat_due = time.monotonic()  # report the release at once: the next owner waits for it
+
+    async def _start(self) -> None:
+        """Find where each partition in ``starting`` begins; those that cannot be read now wait for the
+        next pass."""
+        for partition in sorted(self.starting):
+            try:
+                position = await self._start_position(partition)
+            except RaftMQError as exc:
+                log.debug("group push %s: start of %s-%d unknown yet: %s", self.member_id, *partition, exc)
+                continue
+            self.starting.discard(partition)
+            self.window.own(partition, position)
 
     async def _start_position(self, partition: Partition) -> int:
         topic, number = partition
@@ -152,8 +172,9 @@ class GroupPushSession:
         return log_end if self.sub.reset is OffsetReset.LATEST else log_start
 
     async def _leave(self) -> None:
-        owned = tuple(sorted(self.window.positions))
+        owned = tuple(sorted(self.owned))
         self.window = CommitWindow(self.sub.prefetch)
+        self.starting = set()
         if not self.member_id:
             return
         with contextlib.suppress(RaftMQError):
@@ -166,16 +187,17 @@ class GroupPushSession:
         """Send records until the window is full or every owned partition is read to its end; True if any
         was sent. Partitions take turns (one read each per pass), so one busy partition cannot starve the
         others."""
+        if self.starting:
+            await self._start()
         sent = False
         for partition in sorted(self.window.positions):
             if self.window.room <= 0:
                 break
             try:
                 sent = await self._fill_from(partition) or sent
-            except OffsetOutOfRange:  # retention removed the position: start again at the log start
-                log_start, _end = await self.service.reader.watermarks(*partition)
-                if partition in self.window.positions:
-                    self.window.own(partition, log_start)
+            except OffsetOutOfRange:  # retention removed the position: find the start again
+                self.window.drop(partition)
+                self.starting.add(partition)
             except RaftMQError as exc:  # that partition's leader is moving: the next pass retries
                 log.debug("group push %s: %s-%d: %s", self.member_id, partition[0], partition[1], exc)
         return sent

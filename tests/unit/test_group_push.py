@@ -16,7 +16,7 @@ import msgpack
 import pytest
 from click.testing import CliRunner
 from raftmq.client.push_consumer import GroupPushConsumer, PushRecord
-from raftmq.cluster.errors import InvalidRequest, UnknownTopicOrPartition
+from raftmq.cluster.errors import InvalidRequest, LeaderNotAvailable, UnknownTopicOrPartition
 from raftmq.cluster.group_push import (
     CommitWindow,
     OffsetReset,
@@ -172,3 +172,27 @@ async def test_consume_push_ordered_prints_in_order_and_commits(tmp_path: Path) 
         assert await committed(cluster, "cli") == {("jobs", 0): 3}
         bad = await asyncio.to_thread(CliRunner().invoke, cli, ["consume", "jobs", "--ordered", "-b", cluster.urls[0]])
         assert bad.exit_code == 2 and "--ordered needs --push" in bad.output
+
+
+@pytest.mark.asyncio
+async def test_a_partition_whose_start_cannot_be_read_yet_is_started_later(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watermarks of an assigned partition cannot be read at first (its leader is being elected): the
+    session keeps the partition (the group sees it owned) and starts it on a later pass."""
+    async with InProcessCluster(tmp_path, brokers=1) as cluster:
+        await cluster.create_topic("jobs")
+        await cluster.append_records("jobs", 0, [b"a", b"b"])
+        reader = cluster.service(1).reader
+        real = reader.watermarks
+        failures = iter(range(3))
+
+        async def flaky(topic: str, partition: int) -> tuple[int, int]:
+            if next(failures, None) is not None:
+                raise LeaderNotAvailable("electing")
+            return await real(topic, partition)
+
+        monkeypatch.setattr(reader, "watermarks", flaky)
+        async with GroupPushConsumer(cluster.urls, "late", topics=["jobs"], prefetch=5) as consumer:
+            assert [r.value for r in await receive_all(consumer, 2)] == [b"a", b"b"]
+            assert consumer.assignment == {("jobs", 0)}
+        assert next(failures, None) is None  # the failures did happen
