@@ -35,6 +35,8 @@ from raftmq.cluster.errors import InvalidRequest, RaftMQError
 from raftmq.cluster.exchanges import ROUTING_KEY_HEADER, validate_exchange_name, validate_routing_key
 
 DEATH_HEADER_PREFIX = "x-death-"
+ORIGINAL_TIMESTAMP_HEADER = "x-death-original-timestamp-ms"  # the record's timestamp before its first death
+DEATH_PATH_HEADER = "x-death-path"  # topics of automatic deaths since the last rejection, comma-separated
 Item = tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]], int]  # key, value, headers, timestamp
 
 
@@ -55,7 +57,8 @@ def death_headers(reason: DeathReason, *, count: int, topic: str, partition: int
 
 
 def parse_death(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
-    """The ``x-death-*`` headers of a record, by field name."""
+    """The ``x-death-*`` headers of a record, by field name (``reason``, ``count``, ..., ``path``,
+    ``original-timestamp-ms``)."""
     return {name[len(DEATH_HEADER_PREFIX):]: (value or b"").decode("utf-8", "replace") for name, value in headers
             if name.startswith(DEATH_HEADER_PREFIX)}
 
@@ -114,14 +117,37 @@ def death_of(record: Record, *, over_limit: bool, ttl_ms: int, now_ms: int, park
     return None
 
 
+def _automatic_path(record: Record) -> list[str]:
+    """The topics this record died in automatically (expired, delivery limit) since its last rejection."""
+    raw = dict(record.headers).get(DEATH_PATH_HEADER)
+    return [t for t in (raw or b"").decode("utf-8", "replace").split(",") if t]
+
+
+def is_cycle(record: Record, topic: str, reason: DeathReason) -> bool:
+    """Dead-lettering ``record`` out of ``topic`` again would loop: it already died automatically in
+    ``topic`` with no rejection since (dead-letter exchanges routing back to where records expire), or it
+    passed ``dead_letter_path_topics_max`` automatic deaths. RabbitMQ drops such cycles; so does the caller
+    (the record is archived). A rejection is a consumer's decision each time, so it never counts as one."""
+    if reason is DeathReason.REJECTED:
+        return False
+    path = _automatic_path(record)
+    return topic in path or len(path) >= limits.dead_letter_path_topics_max
+
+
 def dead_letter_item(record: Record, reason: DeathReason, *, count: int, topic: str, partition: int,
                      time_ms: int) -> Item:
-    """The record published to the dead-letter exchange: its key, value and timestamp, its own headers (an
-    earlier death's ``x-death-*`` ones replaced), then this death's."""
+    """The record published to the dead-letter exchange: its key and value, its own headers (an earlier
+    death's ``x-death-*`` ones replaced), then this death's; its timestamp is the time of death, so a message
+    TTL of the topic it lands in counts from its arrival there, as a RabbitMQ queue's does (the original
+    timestamp is kept in ``x-death-original-timestamp-ms``). ``x-death-path`` lists the topics it died in
+    automatically since its last rejection (``is_cycle``)."""
     own = [(name, value) for name, value in record.headers if not name.startswith(DEATH_HEADER_PREFIX)]
+    path = [] if reason is DeathReason.REJECTED else [*_automatic_path(record), topic]
+    original = dict(record.headers).get(ORIGINAL_TIMESTAMP_HEADER) or str(record.timestamp_ms).encode()
     death = death_headers(reason, count=count, topic=topic, partition=partition, offset=record.offset,
                           time_ms=time_ms)
-    return record.key, record.value, [*own, *death], record.timestamp_ms
+    death += [(ORIGINAL_TIMESTAMP_HEADER, original), (DEATH_PATH_HEADER, ",".join(path).encode())]
+    return record.key, record.value, [*own, *death], time_ms
 
 
 @dataclass

@@ -483,3 +483,7 @@ publish_producers_per_partition_max: Final = 10_000
 
 # Share groups that name a dead-letter exchange (each entry travels in every metadata snapshot).
 group_dead_letters_max: Final = 10_000
+# Automatic deaths (expired, over the delivery limit) a record may go through without a rejection before a
+# further one archives it instead of dead-lettering it again: ends dead-letter chains that never reach a
+# consumer (cycles through the same topic end at once).
+dead_letter_path_topics_max: Final = 16

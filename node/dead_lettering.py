@@ -31,6 +31,7 @@ from raftmq.cluster.dead_lettering import (
     dead_letter_item,
     death_of,
     describe_group_dead_letter,
+    is_cycle,
 )
 from raftmq.cluster.errors import RaftMQError
 from raftmq.cluster.group_requests import ShareAcknowledge, ShareAcknowledged, ShareAcquire, ShareAcquired
@@ -67,6 +68,11 @@ class DeadLetters:
                       reason: DeathReason, count: int) -> AckKind:
         """Publish one dead record to ``target``; the ack that settles it (the module docstring)."""
         if target is None:
+            return AckKind.REJECT
+        if is_cycle(record, topic, reason):
+            log.warning("%s-%d@%d died (%s) in %s before with no rejection since: archived, not dead-lettered to "
+                        "%s again (a dead-letter cycle)", topic, partition, record.offset, reason.value, topic,
+                        target.exchange)
             return AckKind.REJECT
         item = dead_letter_item(record, reason, count=count, topic=topic, partition=partition,
                                 time_ms=int(time.time() * 1000))

@@ -28,6 +28,7 @@ from raftmq.cluster.dead_lettering import (
     choose_target,
     dead_letter_item,
     death_of,
+    is_cycle,
     parse_death,
     parse_group_dead_letter,
 )
@@ -64,10 +65,34 @@ def test_what_dies_and_how_it_is_published() -> None:
     twice = record(headers=(("a", b"1"), ("x-death-reason", b"rejected"), ("x-death-count", b"1")))
     key, value, headers, timestamp_ms = dead_letter_item(twice, DeathReason.EXPIRED, count=2, topic="t", partition=1,
                                                          time_ms=7)
-    assert (key, value, timestamp_ms) == (b"k", b"v", 1_000)
+    assert (key, value, timestamp_ms) == (b"k", b"v", 7)  # stamped with the time of death
     assert headers[0] == ("a", b"1")
     assert parse_death(headers) == {"reason": "expired", "count": "2", "topic": "t", "partition": "1",
-                                    "offset": "3", "time-ms": "7"}  # the earlier death's headers replaced
+                                    "offset": "3", "time-ms": "7", "original-timestamp-ms": "1000",
+                                    "path": "t"}  # the earlier death's headers replaced
+
+
+def test_dead_letter_cycles_without_a_rejection_end() -> None:
+    """A record that expires in t, is dead-lettered to u, expires there and is routed back to t would loop
+    forever: its second automatic death in t archives it. A rejection resets the path (a consumer decided)."""
+    def died(rec: Record, reason: DeathReason, topic: str) -> Record:
+        _key, _value, headers, timestamp_ms = dead_letter_item(rec, reason, count=0, topic=topic, partition=0,
+                                                               time_ms=rec.timestamp_ms + 10)
+        return Record(rec.offset + 1, timestamp_ms, rec.key, rec.value, tuple(headers))
+
+    once = died(record(), DeathReason.EXPIRED, "t")
+    assert not is_cycle(once, "u", DeathReason.EXPIRED)
+    twice = died(once, DeathReason.EXPIRED, "u")
+    assert parse_death(twice.headers)["path"] == "t,u"
+    assert parse_death(twice.headers)["original-timestamp-ms"] == "1000"  # the first death's, kept
+    assert is_cycle(twice, "t", DeathReason.EXPIRED) and is_cycle(twice, "t", DeathReason.DELIVERY_LIMIT)
+    assert not is_cycle(twice, "t", DeathReason.REJECTED)
+    rejected = died(twice, DeathReason.REJECTED, "t")
+    assert parse_death(rejected.headers)["path"] == "" and not is_cycle(rejected, "t", DeathReason.EXPIRED)
+    chain = record()
+    for hop in range(limits.dead_letter_path_topics_max):
+        chain = died(chain, DeathReason.DELIVERY_LIMIT, f"hop-{hop}")
+    assert is_cycle(chain, "elsewhere", DeathReason.DELIVERY_LIMIT)
 
 
 def test_topic_and_group_dead_letter_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,3 +251,27 @@ async def test_expired_records_are_never_delivered_to_a_share_group_but_offset_r
             [(b"old-1", "expired", "0"), (b"old-2", "expired", "0")]
         async with Consumer(cluster.urls) as reader:
             assert [r.value for r in await reader.read_records("quotes", 0, 0)] == [b"old-1", b"old-2", b"fresh"]
+
+
+@pytest.mark.asyncio
+async def test_a_dead_letter_cycle_through_the_same_topic_ends(tmp_path: Path) -> None:
+    """The topic's dead-letter exchange routes back into the topic and every record expires at once: the
+    expired record is dead-lettered once (back into the topic, stamped anew) and archived when it expires
+    again, instead of filling the log."""
+    async with InProcessCluster(tmp_path, brokers=1) as cluster:
+        await cluster.create_topic("quotes", config={"message_ttl_ms": 1, "dead_letter_exchange": "again"})
+        async with Admin(cluster.urls) as admin:
+            await admin.create_exchange("again", "fanout")
+            await admin.bind("again", "quotes")
+        await cluster.append_records("quotes", 0, [b"old"], timestamp_ms=1_000)
+        async with ShareConsumer(cluster.urls, "pricing", topics=["quotes"]) as consumer:
+            async def settled() -> bool:
+                assert await consumer.poll(timeout_ms=100) == []
+                rows = await cluster.service(1).describe_share_group("pricing")
+                return rows[0]["start_offset"] == 2
+
+            for _ in range(50):
+                if await settled():
+                    break
+            assert await settled()
+        assert [(v, d.get("path")) for v, d in dead_letters(cluster, "quotes")] == [(b"old", None), (b"old", "quotes")]
