@@ -160,12 +160,19 @@ class SharesState:
                          "done_in_window": states.count(RecordState.ACKNOWLEDGED) + states.count(RecordState.ARCHIVED)})
         return rows
 
-    def delivery_counts(self, group_id: str, topic: str, partition: int, offsets: Iterable[int]) -> dict[int, int]:
-        """How many times each of ``offsets`` was delivered (offsets the window does not hold are left out)."""
+    def locked_by(self, group_id: str, topic: str, partition: int, member_id: str, offsets: Iterable[int]
+                  ) -> dict[int, int]:
+        """The delivery counts of those of ``offsets`` that ``member_id`` holds locked (as of the last applied
+        entry: a lock may expire before the member's next acknowledgement applies)."""
         share = self.partitions.get((group_id, topic, partition))
         if share is None:
             return {}
-        return {offset: share.records[offset].delivery_count for offset in offsets if offset in share.records}
+        held = {}
+        for offset in offsets:
+            record = share.records.get(offset)
+            if record is not None and record.state is RecordState.ACQUIRED and record.member_id == member_id:
+                held[offset] = record.delivery_count
+        return held
 
     def to_wire(self) -> list[Any]:
         return [[g, t, p, share.to_wire()] for (g, t, p), share in sorted(self.partitions.items())]

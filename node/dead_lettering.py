@@ -143,20 +143,21 @@ class DeadLetters:
 
     async def acknowledge(self, request: ShareAcknowledge) -> ShareAcknowledged:
         """``POST /v1/share-groups/{group}/acknowledge``: rejects are dead-lettered first when the group or
-        topic names a dead-letter exchange (at least once: a reject by a member whose lock has just expired
-        is published, then refused)."""
+        topic names a dead-letter exchange. Only records the member holds are published (the others are
+        refused by the acknowledgement as usual); at least once all the same: a lock that expires between this
+        check and the acknowledgement's commit leaves the record published and refused."""
         target = self.target(request.group_id, request.topic)
-        rejected = [offset for offset, kind in request.acks if kind == AckKind.REJECT]
-        if target is None or not rejected:
+        if target is None or not any(kind == AckKind.REJECT for _offset, kind in request.acks):
             return await self.service.share_acknowledge(request)
-        records = await self.reader.read(request.topic, request.partition, rejected)
-        counts = await self.service.share_delivery_counts(request)
+        held = await self.service.share_locked(request)
+        rejected = [offset for offset, kind in request.acks if kind == AckKind.REJECT and offset in held]
+        records = await self.reader.read(request.topic, request.partition, rejected) if rejected else {}
         acks = []
         for offset, kind in request.acks:
             record = records.get(offset)
             if kind == AckKind.REJECT and record is not None:
                 kind = await self.publish(target, request.topic, request.partition, record, DeathReason.REJECTED,
-                                          counts.get(offset, 1))
+                                          held[offset])
             acks.append((offset, str(kind)))
         return await self.service.share_acknowledge(ShareAcknowledge(request.group_id, request.member_id,
                                                                      request.topic, request.partition, tuple(acks)))

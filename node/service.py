@@ -500,8 +500,8 @@ class BrokerService:
     async def share_acknowledge(self, request: ShareAcknowledge) -> ShareAcknowledged:
         return await self._coordinator().share_acknowledge(request)
 
-    async def share_delivery_counts(self, request: ShareAcknowledge) -> dict[int, int]:
-        return await self._coordinator().share_delivery_counts(request)
+    async def share_locked(self, request: ShareAcknowledge) -> dict[int, int]:
+        return await self._coordinator().share_locked(request)
 
     async def describe_share_group(self, group_id: str) -> list[dict[str, Any]]:
         return await self._coordinator().describe_share_group(group_id)

@@ -34,6 +34,7 @@ from raftmq.cluster.dead_lettering import (
 )
 from raftmq.cluster.errors import InvalidConfig, InvalidExchange, InvalidRequest, RaftMQError
 from raftmq.cluster.metadata import MetadataState, TopicConfig, parse_topic_config
+from raftmq.cluster.share_groups import SharesState
 
 from raftmq.cli import cli
 from tests.inprocess import InProcessCluster, wait_until
@@ -275,3 +276,14 @@ async def test_a_dead_letter_cycle_through_the_same_topic_ends(tmp_path: Path) -
                     break
             assert await settled()
         assert [(v, d.get("path")) for v, d in dead_letters(cluster, "quotes")] == [(b"old", None), (b"old", "quotes")]
+
+
+def test_only_records_a_member_holds_are_dead_lettered_for_its_rejects() -> None:
+    shares = SharesState()
+    acquire = {"group_id": "g", "topic": "t", "partition": 0, "log_end": 3, "log_start": 0, "max_records": 2,
+               "lock_ms": 1_000, "max_deliveries": 5}
+    shares.acquire(0, {**acquire, "member_id": "a"})
+    shares.acquire(0, {**acquire, "member_id": "b", "max_records": 1})
+    assert shares.locked_by("g", "t", 0, "a", [0, 1, 2, 7]) == {0: 1, 1: 1}
+    assert shares.locked_by("g", "t", 0, "b", [0, 1, 2]) == {2: 1}
+    assert shares.locked_by("g", "other", 0, "a", [0]) == {}
