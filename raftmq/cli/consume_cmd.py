@@ -101,7 +101,8 @@ def format_json(record: ConsumerRecord) -> str:
 @click.option("--prefetch", type=click.IntRange(1, limits.push_prefetch_max), default=limits.push_prefetch_default,
               show_default=True, help="With --push: records in flight before the broker waits for acks (commits).")
 @click.option("--dead-letter-exchange", default=None,
-              help="With --push: records over the delivery limit are published to this exchange.")
+              help="With --push (share group): rejected, over-the-limit and expired records are published to this "
+                   "exchange (before the group's and the topic's own).")
 @bootstrap_option()
 def consume(topic: str, partitions: tuple[int, ...], start: str | None, offset: int | None, follow: bool,
             max_records: int | None, output_format: str, any_replica: bool, timeout_s: float, group_id: str | None,
