@@ -4,7 +4,9 @@ window, and stores the consumer's offset commits. The rules are cluster/group_pu
 
 Bounds: the broker keeps no record for a session (records are read from the log when there is room and sent
 at once); the window caps what is sent and not committed; a consumer that stops reading its socket blocks
-the send and is disconnected after ``push_send_timeout_s``. An idle session reads its partitions'
+the send and is disconnected after ``push_send_timeout_s``. Heartbeats run in the same loop on purpose: a
+consumer that does not read for longer than its session timeout loses its partitions to the other members,
+as a Kafka consumer that stops polling does. An idle session reads its partitions'
 watermarks every ``push_idle_poll_s`` (no Raft entry); heartbeats are Raft entries only when something
 changed (the coordinator's rule for unchanged heartbeats).
 
