@@ -31,7 +31,7 @@ from raftmq.client.metadata import (
 )
 from raftmq.client.producer import Producer
 from raftmq.client.publisher import ExchangePublisher, PublishReceipt
-from raftmq.client.push_consumer import PushConsumer, PushRecord
+from raftmq.client.push_consumer import GroupPushConsumer, PushConsumer, PushRecord
 from raftmq.client.share_consumer import ShareConsumer, ShareRecord
 from raftmq.client.sync import SyncAdmin, SyncConsumer, SyncGroupConsumer, SyncProducer
 from raftmq.client.types import (
@@ -85,6 +85,7 @@ __all__ = [
     "PartitionInfo",
     "Producer",
     "PublishReceipt",
+    "GroupPushConsumer",
     "PushConsumer",
     "PushRecord",
     "ProducerClosed",

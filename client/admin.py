@@ -99,8 +99,9 @@ class Admin(AsyncLifecycle):
                            ) -> TopicInfo:
         """``POST /v1/topics``. ``replication_factor`` None = the number of brokers (broker default);
         ``config`` keys: ``retention_ms``, ``retention_bytes``, ``segment_bytes``, ``segment_ms``,
-        ``min_insync_replicas``. Returns the created topic as the broker reported it (its partitions may
-        not have leaders yet: see :meth:`wait_for_topic`).
+        ``min_insync_replicas``, ``message_ttl_ms``, ``dead_letter_exchange``, ``dead_letter_routing_key``.
+        Returns the created topic as the broker reported it (its partitions may not have leaders yet: see
+        :meth:`wait_for_topic`).
 
         Raises:
             TopicAlreadyExists, InvalidTopic, InvalidPartitions, InvalidReplicationFactor, InvalidConfig,
@@ -425,6 +426,21 @@ class Admin(AsyncLifecycle):
         """``DELETE /v1/exchanges/{name}``: the exchange and its bindings (the topics stay). Raises: UnknownExchange."""
         await self._controller_request("DELETE", f"/v1/exchanges/{quote(name, safe='')}", None,
                                        self._timeout(timeout_s))
+
+    async def set_share_group_dead_letter(self, group_id: str, exchange: str | None, routing_key: str = "", *,
+                                          timeout_s: float | None = None) -> dict[str, Any]:
+        """``PUT /v1/share-groups/{group}/dead-letter``: where the share group's rejected, over-delivered and
+        expired records are published (``exchange`` None: clear it). A push subscription's own exchange comes
+        before the group's, the topic's after (docs/api.md "Dead-letter exchanges"). Returns ``{"group_id",
+        "dead_letter_exchange", "dead_letter_routing_key"}``. Raises: InvalidExchange, InvalidGroupId."""
+        body = {"dead_letter_exchange": exchange, "dead_letter_routing_key": routing_key}
+        return await self._controller_request("PUT", f"/v1/share-groups/{quote(group_id, safe='')}/dead-letter",
+                                              body, self._timeout(timeout_s))
+
+    async def share_group_dead_letter(self, group_id: str, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """``GET /v1/share-groups/{group}/dead-letter`` (``dead_letter_exchange`` None: none named)."""
+        return await self._fetcher.any_broker_request(
+            "GET", f"/v1/share-groups/{quote(group_id, safe='')}/dead-letter", timeout_s=self._timeout(timeout_s))
 
     async def bind(self, exchange: str, topic: str, *, key: str = "", headers: Mapping[str, str] | None = None,
                    match: str = "all", unbind: bool = False, timeout_s: float | None = None) -> dict[str, Any]:

@@ -4,9 +4,12 @@ The broker routes the record to every bound topic and answers only when every de
 (at ``acks``). A partial failure comes back as PUBLISH_INCOMPLETE naming, per destination, ``ok``,
 ``failed`` or ``unknown``; this client then retries the same publish (same ``publish_id``, so unkeyed
 records land on the same partitions) naming only the destinations left, with backoff, until its deadline.
-So a destination that acknowledged never gets the record again; a ``failed`` one gets it once; an
-``unknown`` one (a timeout) at least once. A request whose whole answer was lost (ClientTimeout after it
-was sent) is raised as is, not retried: which destinations have it is unknown.
+So a destination that acknowledged never gets the record again and a ``failed`` one gets it once. At
+acks=all (the default) the publish is idempotent: an ``unknown`` one (a timeout) that did store it answers
+the retry with its original offset (cluster/publish.py), and a request whose whole answer was lost (a
+ClientTimeout or broken connection after it was sent) is retried too, with the same destinations. At acks
+0/1 an ``unknown`` destination gets the record at least once, and a lost answer is raised as is: which
+destinations have it is unknown.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from urllib.parse import quote
 from raftmq.client.connection import AsyncLifecycle, Connection, MetadataFetcher, backoff_s
 from raftmq.client.metadata import ClusterView
 from raftmq.cluster import limits
-from raftmq.cluster.errors import PublishIncomplete, UnexpectedResponse
+from raftmq.cluster.errors import ClientTimeout, ConnectionFailed, PublishIncomplete, UnexpectedResponse
+from raftmq.cluster.wire import Acks, parse_acks
 
 __all__ = ["ExchangePublisher", "PublishReceipt"]
 
@@ -74,6 +78,7 @@ class ExchangePublisher(AsyncLifecycle):
                                 "acks": acks, "publish_id": secrets.token_hex(8),
                                 "timeout_ms": max(1, min(int(timeout * 1000), limits.produce_timeout_ms_max))}
         path = f"/v1/exchanges/{quote(exchange, safe='')}/publish"
+        idempotent = parse_acks(acks) is Acks.ALL  # with the publish_id: the broker deduplicates retries
         done: list[tuple[str, int, int | None]] = []
         attempt = 0
         while True:
@@ -81,6 +86,14 @@ class ExchangePublisher(AsyncLifecycle):
             try:
                 answer = await self._fetcher.any_broker_request("POST", path, body=body,
                                                                 timeout_s=max(0.01, deadline - time.monotonic()))
+            except (ClientTimeout, ConnectionFailed):
+                # The answer was lost: only an idempotent publish can be sent again without duplicating.
+                pause = backoff_s(attempt, base_ms=self.retry_backoff_ms, max_ms=limits.client_retry_backoff_ms_max,
+                                  rng=self._rng)
+                if not idempotent or time.monotonic() + pause >= deadline:
+                    raise
+                await asyncio.sleep(pause)  # the retry's backoff
+                continue
             except PublishIncomplete as exc:
                 done.extend(_acknowledged(exc.details.get("destinations")))
                 retry = exc.details.get("retry")

@@ -45,6 +45,7 @@ class MetadataOp(enum.IntEnum):
     DELETE_EXCHANGE = 112
     BIND_EXCHANGE = 113         # exchange -> topic binding
     UNBIND_EXCHANGE = 114
+    SET_GROUP_DEAD_LETTER = 115  # a share group's dead-letter exchange (cluster/dead_lettering.py), or none
 
 
 class Command(NamedTuple):

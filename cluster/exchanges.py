@@ -343,10 +343,6 @@ class ExchangeTable:
         return cls({e.name: e for e in (Exchange.from_wire(d) for d in data)}, version)
 
 
-def describe_route(route_: Route) -> dict[str, Any]:
-    return {"topics": list(route_.topics), "exchanges": list(route_.exchanges)}
-
-
 def routed_headers(exchange: str, routing_key: str, headers: Sequence[tuple[str, bytes | None]]
                    ) -> list[tuple[str, bytes | None]]:
     """A routed record's headers: its own, then the exchange and routing key it was published with."""

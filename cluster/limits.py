@@ -478,3 +478,20 @@ kafka_classic_groups_max: Final = group_state_groups_max * group_state_partition
 # A replica taken out of its group by a failed write or fsync probes its disk at every housekeeping pass
 # (housekeeping_interval_s) by writing, fsyncing and deleting a file of this size next to its journal.
 journal_probe_bytes: Final = 4 * KIB  # one page: what the smallest real append needs
+
+# --- idempotent exchange publishes (cluster/publish.py, cluster/producer_state.py) ---------------------------
+
+# Per partition, the idempotent publishes remembered for duplicate detection (one entry per publish that
+# appended there, least recently active forgotten first). A retried publish is answered with its original
+# offset when fewer than this many other idempotent publishes reached that partition in between; past that
+# it is appended again. Each entry costs about 200 bytes of memory and 30 bytes of snapshot.
+publish_producers_per_partition_max: Final = 10_000
+
+# --- dead-letter exchanges of share groups and topics (cluster/dead_lettering.py, node/dead_lettering.py) -----
+
+# Share groups that name a dead-letter exchange (each entry travels in every metadata snapshot).
+group_dead_letters_max: Final = 10_000
+# Automatic deaths (expired, over the delivery limit) a record may go through without a rejection before a
+# further one archives it instead of dead-lettering it again: ends dead-letter chains that never reach a
+# consumer (cycles through the same topic end at once).
+dead_letter_path_topics_max: Final = 16

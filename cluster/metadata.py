@@ -22,6 +22,7 @@ from typing import Any
 import msgpack
 from raftmq.cluster import limits
 from raftmq.cluster.commands import MetadataOp
+from raftmq.cluster.dead_lettering import DeadLetterTarget, GroupDeadLetters, parse_dead_letter_target
 from raftmq.cluster.errors import (
     InvalidConfig,
     InvalidPartitions,
@@ -38,7 +39,8 @@ from raftmq.cluster.exchanges import ExchangeTable
 
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")  # used with fullmatch: "$" would accept a trailing newline
 _CONFIG_KEYS = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "min_insync_replicas",
-                "message_ttl_ms")
+                "message_ttl_ms")  # integers
+_TEXT_CONFIG_KEYS = ("dead_letter_exchange", "dead_letter_routing_key")
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,31 @@ class TopicConfig:
     segment_bytes: int = limits.segment_bytes_default
     segment_ms: int = limits.segment_ms_default
     min_insync_replicas: int = 1
-    # A record older than this (its timestamp) is not delivered to push consumers: it is dead-lettered with
-    # reason "expired" (RabbitMQ's per-queue message TTL). -1: records do not expire.
+    # A record older than this (its timestamp) is not delivered to share-group consumers (push or pull): it
+    # is dead-lettered with reason "expired" (RabbitMQ's per-queue message TTL). Reads by offset (fetch,
+    # consumer groups) still return it: the log keeps it until retention. -1: records do not expire.
     message_ttl_ms: int = -1
+    # Where this topic's dead records go when neither the push subscription nor the share group names an
+    # exchange (cluster/dead_lettering.py); "" routing key: the record's own.
+    dead_letter_exchange: str | None = None
+    dead_letter_routing_key: str = ""
 
-    def to_wire(self) -> dict[str, int]:
+    @property
+    def dead_letter(self) -> DeadLetterTarget | None:
+        if self.dead_letter_exchange is None:
+            return None
+        return DeadLetterTarget(self.dead_letter_exchange, self.dead_letter_routing_key)
+
+    def to_wire(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> TopicConfig:
+        values: dict[str, Any] = {k: int(v) for k, v in data.items() if k in _CONFIG_KEYS}
+        if data.get("dead_letter_exchange") is not None:
+            values["dead_letter_exchange"] = str(data["dead_letter_exchange"])
+            values["dead_letter_routing_key"] = str(data.get("dead_letter_routing_key") or "")
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -97,7 +118,7 @@ class Topic:
         return cls(name=data["name"], topic_id=int(data["topic_id"]), partitions=int(data["partitions"]),
                    replication_factor=int(data["replication_factor"]),
                    replicas=tuple(tuple(int(b) for b in r) for r in data["replicas"]),
-                   config=TopicConfig(**{k: int(v) for k, v in data["config"].items() if k in _CONFIG_KEYS}),
+                   config=TopicConfig.from_wire(data["config"]),
                    created_ms=int(data["created_ms"]),
                    targets=tuple(tuple(int(b) for b in t) if t is not None else None for t in targets),
                    move_reasons=tuple(data.get("move_reasons") or ()),
@@ -164,11 +185,17 @@ def parse_topic_config(raw: Any, replication_factor: int) -> TopicConfig:
         raw = {}
     if not isinstance(raw, Mapping):
         raise InvalidConfig("config must be an object")
-    unknown = sorted(set(raw) - set(_CONFIG_KEYS))
+    unknown = sorted(set(raw) - set(_CONFIG_KEYS) - set(_TEXT_CONFIG_KEYS))
     if unknown:
         raise InvalidConfig(f"unknown config keys: {', '.join(map(str, unknown))}", keys=unknown,
-                            known=list(_CONFIG_KEYS))
-    values: dict[str, int] = {}
+                            known=[*_CONFIG_KEYS, *_TEXT_CONFIG_KEYS])
+    values: dict[str, Any] = {}
+    try:
+        dead_letter = parse_dead_letter_target(raw.get("dead_letter_exchange"), raw.get("dead_letter_routing_key"))
+    except RaftMQError as exc:
+        raise InvalidConfig(exc.message, key=exc.details.get("field", "dead_letter_exchange")) from None
+    if dead_letter is not None:
+        values.update(dead_letter_exchange=dead_letter.exchange, dead_letter_routing_key=dead_letter.routing_key)
     for key in _CONFIG_KEYS:
         if key in raw:
             value = raw[key]
@@ -310,6 +337,7 @@ class MetadataState:
     brokers: dict[int, BrokerRecord] = field(default_factory=dict)
     brokers_version: int = 0  # bumped on every broker change
     exchanges: ExchangeTable = field(default_factory=ExchangeTable)  # cluster/exchanges.py
+    group_dead_letters: GroupDeadLetters = field(default_factory=GroupDeadLetters)  # cluster/dead_lettering.py
 
     def apply(self, index: int, op: int, time_ms: int, payload: Mapping[str, Any]) -> Any:
         if op == MetadataOp.CREATE_TOPIC:
@@ -339,6 +367,8 @@ class MetadataState:
             return self.exchanges.bind(payload, self.topics.__contains__)
         if op == MetadataOp.UNBIND_EXCHANGE:
             return self.exchanges.unbind(payload)
+        if op == MetadataOp.SET_GROUP_DEAD_LETTER:
+            return self.group_dead_letters.set(payload)
         return InvalidRequest(f"unknown metadata operation {op}")
 
     # --- brokers --------------------------------------------------------------------------------
@@ -440,7 +470,7 @@ class MetadataState:
         topic = Topic(name=name, topic_id=index, partitions=int(payload["partitions"]),
                       replication_factor=int(payload["replication_factor"]),
                       replicas=tuple(tuple(int(b) for b in r) for r in payload["replicas"]),
-                      config=TopicConfig(**payload["config"]), created_ms=time_ms)
+                      config=TopicConfig.from_wire(payload["config"]), created_ms=time_ms)
         self.topics[name] = topic
         self.topics_version += 1
         return topic
@@ -453,7 +483,9 @@ class MetadataState:
                               "topics_version": self.topics_version,
                               "producer_names": [[name, ids[0], ids[1]] for name, ids in self.producer_names.items()],
                               "fenced_producer_ids": list(self.fenced_producer_ids),
-                              "exchanges": self.exchanges.to_wire(), "exchanges_version": self.exchanges.version},
+                              "exchanges": self.exchanges.to_wire(), "exchanges_version": self.exchanges.version,
+                              "group_dead_letters": self.group_dead_letters.to_wire(),
+                              "group_dead_letters_version": self.group_dead_letters.version},
                              use_bin_type=True)
         return data
 
@@ -467,7 +499,9 @@ class MetadataState:
         return cls(topics=topics, next_producer_id=int(raw["next_producer_id"]),
                    topics_version=int(raw.get("topics_version", 0)), producer_names=names,
                    fenced_producer_ids=fenced, brokers=brokers, brokers_version=int(raw.get("brokers_version", 0)),
-                   exchanges=ExchangeTable.from_wire(raw.get("exchanges", ()), int(raw.get("exchanges_version", 0))))
+                   exchanges=ExchangeTable.from_wire(raw.get("exchanges", ()), int(raw.get("exchanges_version", 0))),
+                   group_dead_letters=GroupDeadLetters.from_wire(raw.get("group_dead_letters", ()),
+                                                                 int(raw.get("group_dead_letters_version", 0))))
 
 
 _PARTITION_OPS = frozenset({MetadataOp.CREATE_PARTITIONS, MetadataOp.SET_REPLICATION_FACTOR,

@@ -11,6 +11,12 @@ least-recently-active order past ``producers_per_partition_max``, and when idle 
 than ``producer_idle_ms_max``; a forgotten producer that continues mid-sequence gets UNKNOWN_PRODUCER_ID
 and starts a new session.
 
+Exchange publishes (cluster/publish.py) make their per-destination appends idempotent with ids from a
+reserved range (``PUBLISH_PRODUCER_ID_MIN`` and up, never allocated by the metadata group): each idempotent
+publish is a one-batch "producer" whose id is derived from the publish, sequence 0. They are remembered in
+their own least-recently-active table of ``publish_producers_per_partition_max`` entries, so a stream of
+publishes never pushes a real producer's state out.
+
 No I/O here.
 """
 
@@ -18,9 +24,17 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict, deque
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from raftmq.cluster import limits
+
+# Producer ids at or above this are derived from exchange publishes (63-bit ids whose top bit is set); the
+# metadata group allocates ids counting up from 1, which stays far below it.
+PUBLISH_PRODUCER_ID_MIN: Final = 1 << 62
+
+
+def is_publish_producer_id(producer_id: int) -> bool:
+    return producer_id >= PUBLISH_PRODUCER_ID_MIN
 
 
 class Verdict(enum.Enum):
@@ -53,18 +67,24 @@ class _Producer:
 
 class ProducerTable:
     def __init__(self, *, producers_max: int = limits.producers_per_partition_max,
-                 idle_ms_max: int = limits.producer_idle_ms_max) -> None:
+                 idle_ms_max: int = limits.producer_idle_ms_max,
+                 publishes_max: int = limits.publish_producers_per_partition_max) -> None:
         self.producers_max = producers_max
+        self.publishes_max = publishes_max
         self.idle_ms_max = idle_ms_max
-        # Least recently active first.
+        # Least recently active first: real producers, and the ids derived from exchange publishes.
         self._producers: OrderedDict[int, _Producer] = OrderedDict()
+        self._publishes: OrderedDict[int, _Producer] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._producers)
+        return len(self._producers) + len(self._publishes)
+
+    def _table(self, producer_id: int) -> OrderedDict[int, _Producer]:
+        return self._publishes if is_publish_producer_id(producer_id) else self._producers
 
     def check(self, producer_id: int, base_sequence: int, record_count: int) -> Decision:
         """What to do with a batch from an idempotent producer (producer_id >= 0)."""
-        producer = self._producers.get(producer_id)
+        producer = self._table(producer_id).get(producer_id)
         last_sequence = base_sequence + record_count - 1
         if producer is None or not producer.batches:
             if base_sequence == 0:
@@ -83,26 +103,29 @@ class ProducerTable:
     def record(self, producer_id: int, base_sequence: int, record_count: int, base_offset: int,
                append_time_ms: int) -> None:
         """A batch of this producer was appended at ``base_offset`` (log order, every replica alike)."""
-        producer = self._producers.pop(producer_id, None) or _Producer()
+        table = self._table(producer_id)
+        producer = table.pop(producer_id, None) or _Producer()
         producer.batches.append(BatchMark(base_sequence, base_sequence + record_count - 1, base_offset))
         producer.last_append_time_ms = max(producer.last_append_time_ms, append_time_ms)
-        self._producers[producer_id] = producer  # most recently active last
-        self._expire(append_time_ms)
+        table[producer_id] = producer  # most recently active last
+        self._expire(self._producers, self.producers_max, append_time_ms)
+        self._expire(self._publishes, self.publishes_max, append_time_ms)
 
-    def _expire(self, now_ms: int) -> None:
-        while len(self._producers) > self.producers_max:
-            self._producers.popitem(last=False)
+    def _expire(self, table: OrderedDict[int, _Producer], count_max: int, now_ms: int) -> None:
+        while len(table) > count_max:
+            table.popitem(last=False)
         horizon = now_ms - self.idle_ms_max
-        while self._producers:
-            oldest_id = next(iter(self._producers))
-            if self._producers[oldest_id].last_append_time_ms >= horizon:
+        while table:
+            oldest_id = next(iter(table))
+            if table[oldest_id].last_append_time_ms >= horizon:
                 break
-            del self._producers[oldest_id]
+            del table[oldest_id]
 
     def to_state(self) -> list[Any]:
-        """Plain data (msgpack-able), in activity order."""
+        """Plain data (msgpack-able), in activity order (real producers, then publishes: ``from_state`` sorts
+        them back into their tables by id)."""
         return [[producer_id, producer.last_append_time_ms, [list(mark) for mark in producer.batches]]
-                for producer_id, producer in self._producers.items()]
+                for table in (self._producers, self._publishes) for producer_id, producer in table.items()]
 
     @classmethod
     def from_state(cls, state: list[Any], **kwargs: Any) -> ProducerTable:
@@ -112,5 +135,5 @@ class ProducerTable:
             producer.last_append_time_ms = int(last_append_time_ms)
             for first_sequence, last_sequence, base_offset in marks:
                 producer.batches.append(BatchMark(int(first_sequence), int(last_sequence), int(base_offset)))
-            table._producers[int(producer_id)] = producer
+            table._table(int(producer_id))[int(producer_id)] = producer
         return table

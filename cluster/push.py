@@ -1,21 +1,20 @@
-"""Push consumers of share groups, the pure part: the subscription, the prefetch window, the frames on the
-WebSocket, and the ``x-death`` headers of a dead-lettered record.
+"""Push consumers of share groups, the pure part: the subscription, the prefetch window and the frames on the
+WebSocket.
 
 A push consumer opens one WebSocket to its share group's coordinator (``GET /v1/share-groups/{group}/push``,
 docs/api.md "Push consumers"). The broker locks records for it (share-group acquire, as a pulling share
 consumer would) and sends each as one binary frame, never more than ``prefetch`` unacknowledged at once: a
 consumer that stops acknowledging stops receiving, and the broker holds at most ``prefetch`` records for it.
 The consumer answers with ack frames: ``accept`` (done), ``release`` (a nack that requeues) or ``reject``
-(a nack that dead-letters: published to the subscription's dead-letter exchange when it names one, then
-archived). Records delivered ``max_deliveries`` times are dead-lettered the same way, reason
-``delivery_limit``, instead of being sent again.
+(a nack that dead-letters: cluster/dead_lettering.py says where to). Records delivered ``max_deliveries``
+times and records older than the topic's ``message_ttl_ms`` are dead-lettered the same way, reasons
+``delivery_limit`` and ``expired``, instead of being sent.
 
 No I/O here.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,34 +23,12 @@ import msgpack
 from raftmq.cluster import limits
 from raftmq.cluster.batch import Record
 from raftmq.cluster.consumer_groups import validate_group_id
+from raftmq.cluster.dead_lettering import DeadLetterTarget, parse_dead_letter_target
 from raftmq.cluster.errors import InvalidRequest
-from raftmq.cluster.exchanges import validate_exchange_name, validate_routing_key
 from raftmq.cluster.metadata import validate_topic_name
 from raftmq.cluster.share_groups import AckKind
 
 Delivery = tuple[str, int, int]  # topic, partition, offset
-
-
-class DeathReason(enum.StrEnum):
-    """Why a record was dead-lettered (RabbitMQ's x-death reasons, plus the delivery limit)."""
-
-    REJECTED = "rejected"
-    DELIVERY_LIMIT = "delivery_limit"
-    EXPIRED = "expired"
-
-
-def death_headers(reason: DeathReason, *, count: int, topic: str, partition: int, offset: int,
-                  time_ms: int) -> list[tuple[str, bytes | None]]:
-    """The headers a dead-lettered record carries after its own (values UTF-8 text, numbers in decimal)."""
-    fields = (("reason", reason.value), ("count", str(count)), ("topic", topic), ("partition", str(partition)),
-              ("offset", str(offset)), ("time-ms", str(time_ms)))
-    return [(f"x-death-{name}", value.encode()) for name, value in fields]
-
-
-def parse_death(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
-    """The ``x-death-*`` headers of a record, by field name."""
-    return {name[len("x-death-"):]: (value or b"").decode("utf-8", "replace") for name, value in headers
-            if name.startswith("x-death-")}
 
 
 @dataclass(frozen=True)
@@ -61,11 +38,11 @@ class PushSubscription:
     prefetch: int
     lock_ms: int
     max_deliveries: int
-    dead_letter_exchange: str | None = None
-    dead_letter_routing_key: str = ""
+    dead_letter: DeadLetterTarget | None = None  # the subscription's own; else its group's, else its topic's
 
 
-def _query_int(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def query_int(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter in ``[low, high]`` (plain decimal digits), or ``default`` when absent."""
     text = query.get(name)
     if text is None:
         return default
@@ -74,24 +51,27 @@ def _query_int(query: Mapping[str, str], name: str, default: int, low: int, high
     return int(text)
 
 
-def parse_subscription(group_id: str, query: Mapping[str, str]) -> PushSubscription:
-    """The query string of ``GET /v1/share-groups/{group}/push``."""
-    unknown = sorted(set(query) - {"topics", "prefetch", "lock_ms", "max_deliveries", "dead_letter_exchange",
-                                   "dead_letter_routing_key"})
+def query_topics(query: Mapping[str, str], allowed: set[str]) -> tuple[str, ...]:
+    """A push subscription's ``topics`` (sorted, each once), after refusing parameters not in ``allowed``."""
+    unknown = sorted(set(query) - allowed)
     if unknown:
         raise InvalidRequest(f"unknown parameters: {', '.join(unknown)}", fields=unknown)
     topics = tuple(sorted({validate_topic_name(t) for t in (query.get("topics") or "").split(",") if t}))
     if not topics or len(topics) > limits.push_topics_max:
         raise InvalidRequest(f"topics: 1-{limits.push_topics_max} comma-separated topic names", field="topics")
-    dead_letter_exchange = query.get("dead_letter_exchange")
-    if dead_letter_exchange is not None:
-        validate_exchange_name(dead_letter_exchange)
+    return topics
+
+
+def parse_subscription(group_id: str, query: Mapping[str, str]) -> PushSubscription:
+    """The query string of ``GET /v1/share-groups/{group}/push``."""
+    topics = query_topics(query, {"topics", "prefetch", "lock_ms", "max_deliveries", "dead_letter_exchange",
+                                  "dead_letter_routing_key"})
     return PushSubscription(
         validate_group_id(group_id), topics,
-        _query_int(query, "prefetch", limits.push_prefetch_default, 1, limits.push_prefetch_max),
-        _query_int(query, "lock_ms", limits.share_lock_ms_default, limits.share_lock_ms_min, limits.share_lock_ms_max),
-        _query_int(query, "max_deliveries", limits.share_max_deliveries_default, 1, 1000),
-        dead_letter_exchange, validate_routing_key(query.get("dead_letter_routing_key"), "dead_letter_routing_key"))
+        query_int(query, "prefetch", limits.push_prefetch_default, 1, limits.push_prefetch_max),
+        query_int(query, "lock_ms", limits.share_lock_ms_default, limits.share_lock_ms_min, limits.share_lock_ms_max),
+        query_int(query, "max_deliveries", limits.share_max_deliveries_default, 1, 1000),
+        parse_dead_letter_target(query.get("dead_letter_exchange"), query.get("dead_letter_routing_key")))
 
 
 @dataclass
@@ -138,11 +118,13 @@ def ack_frame(acks: Iterable[tuple[Delivery, AckKind | str]]) -> bytes:
     return frame
 
 
-def delivery_frame(topic: str, partition: int, record: Record, delivery_count: int) -> bytes:
-    frame: bytes = msgpack.packb({"topic": topic, "partition": partition, "offset": record.offset,
-                                  "timestamp_ms": record.timestamp_ms, "key": record.key, "value": record.value,
-                                  "headers": [list(h) for h in record.headers], "delivery_count": delivery_count},
-                                 use_bin_type=True)
+def delivery_frame(topic: str, partition: int, record: Record, delivery_count: int | None) -> bytes:
+    """One record. ``delivery_count`` None (consumer-group push: a record is not counted) leaves it out."""
+    body = {"topic": topic, "partition": partition, "offset": record.offset, "timestamp_ms": record.timestamp_ms,
+            "key": record.key, "value": record.value, "headers": [list(h) for h in record.headers]}
+    if delivery_count is not None:
+        body["delivery_count"] = delivery_count
+    frame: bytes = msgpack.packb(body, use_bin_type=True)
     return frame
 
 

@@ -24,7 +24,7 @@ No I/O here.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +159,20 @@ class SharesState:
                          "end_offset": share.end_offset, "acquired": states.count(RecordState.ACQUIRED),
                          "done_in_window": states.count(RecordState.ACKNOWLEDGED) + states.count(RecordState.ARCHIVED)})
         return rows
+
+    def locked_by(self, group_id: str, topic: str, partition: int, member_id: str, offsets: Iterable[int]
+                  ) -> dict[int, int]:
+        """The delivery counts of those of ``offsets`` that ``member_id`` holds locked (as of the last applied
+        entry: a lock may expire before the member's next acknowledgement applies)."""
+        share = self.partitions.get((group_id, topic, partition))
+        if share is None:
+            return {}
+        held = {}
+        for offset in offsets:
+            record = share.records.get(offset)
+            if record is not None and record.state is RecordState.ACQUIRED and record.member_id == member_id:
+                held[offset] = record.delivery_count
+        return held
 
     def to_wire(self) -> list[Any]:
         return [[g, t, p, share.to_wire()] for (g, t, p), share in sorted(self.partitions.items())]

@@ -20,6 +20,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from raftmq.cluster import batch as batches
 from raftmq.cluster import limits
 from raftmq.cluster.consumer_groups import validate_group_id
+from raftmq.cluster.dead_lettering import parse_group_dead_letter
 from raftmq.cluster.errors import (
     InternalError,
     InvalidRequest,
@@ -31,6 +32,7 @@ from raftmq.cluster.errors import (
     RouteNotFound,
 )
 from raftmq.cluster.exchanges import parse_binding, parse_create_exchange
+from raftmq.cluster.group_push import parse_group_subscription
 from raftmq.cluster.group_requests import (
     parse_group_heartbeat,
     parse_offset_commit,
@@ -55,8 +57,10 @@ from raftmq.cluster.wire import (
 )
 from raftmq.node.broker import Broker
 from raftmq.node.forwarding import FORWARDED_HEADER
+from raftmq.node.group_push import GroupPushSession
 from raftmq.node.internal_api import check_token, internal_token, parse_heartbeat, parse_proposal, parse_step
 from raftmq.node.operations import FetchRequest, OffsetRequest, OffsetSpec, ProduceRequest
+from raftmq.node.push import PushSession, PushSessions, Session
 from raftmq.node.service import BrokerService
 from raftmq.node.stages import StageTrace
 
@@ -371,12 +375,20 @@ async def list_groups(request: web.Request) -> web.Response:
 
 async def share_acquire(request: web.Request) -> web.Response:
     acquire = parse_share_acquire(request.match_info["group"], await read_body(request))
-    return _respond(request, (await _service(request).share_acquire(acquire)).to_wire())
+    return _respond(request, (await _service(request).dead_letters.acquire(acquire)).to_wire())
 
 
 async def share_acknowledge(request: web.Request) -> web.Response:
     acknowledge = parse_share_acknowledge(request.match_info["group"], await read_body(request))
-    return _respond(request, (await _service(request).share_acknowledge(acknowledge)).to_wire())
+    return _respond(request, (await _service(request).dead_letters.acknowledge(acknowledge)).to_wire())
+
+
+async def share_group_dead_letter(request: web.Request) -> web.Response:
+    dead_letters = _service(request).dead_letters
+    if request.method == "GET":
+        return _respond(request, dead_letters.describe_group(_group_arg(request)))
+    payload = parse_group_dead_letter(request.match_info["group"], await read_body(request))
+    return _respond(request, await dead_letters.set_group(payload))
 
 
 async def describe_share_group(request: web.Request) -> web.Response:
@@ -424,11 +436,24 @@ async def share_push(request: web.Request) -> web.StreamResponse:
     """A push consumer's WebSocket (node/push.py); every refusal happens before the upgrade, as a coded
     HTTP answer."""
     subscription = parse_subscription(request.match_info["group"], request.query)
+    return await _push(request, subscription.group_id, subscription.topics,
+                       lambda sessions, ws: PushSession(sessions, ws, subscription))
+
+
+async def group_push(request: web.Request) -> web.StreamResponse:
+    """A consumer-group push consumer's WebSocket (node/group_push.py); refusals come before the upgrade."""
+    subscription = parse_group_subscription(request.match_info["group"], request.query)
+    return await _push(request, subscription.group_id, subscription.topics,
+                       lambda sessions, ws: GroupPushSession(sessions, ws, subscription))
+
+
+async def _push(request: web.Request, group_id: str, topics: tuple[str, ...],
+                session: Callable[[PushSessions, web.WebSocketResponse], Session]) -> web.WebSocketResponse:
     service = _service(request)
-    await service.push.check(subscription)
+    await service.push.check(group_id, topics)
     ws = web.WebSocketResponse(heartbeat=limits.push_heartbeat_s, max_msg_size=limits.request_bytes_max)
     await ws.prepare(request)
-    await service.push.serve(ws, subscription)
+    await service.push.serve(session(service.push, ws))
     return ws
 
 
@@ -465,6 +490,9 @@ def build_app(broker: Broker) -> web.Application:
     app.router.add_post("/v1/share-groups/{group}/acquire", share_acquire)
     app.router.add_post("/v1/share-groups/{group}/acknowledge", share_acknowledge)
     app.router.add_get("/v1/share-groups/{group}/push", share_push)
+    app.router.add_get("/v1/groups/{group}/push", group_push)
+    app.router.add_get("/v1/share-groups/{group}/dead-letter", share_group_dead_letter)
+    app.router.add_put("/v1/share-groups/{group}/dead-letter", share_group_dead_letter)
     app.router.add_get("/v1/exchanges", list_exchanges)
     app.router.add_post("/v1/exchanges", create_exchange)
     app.router.add_get("/v1/exchanges/{exchange}", describe_exchange)

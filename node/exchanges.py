@@ -29,13 +29,14 @@ from raftmq.cluster.errors import (
     UnknownExchange,
     Unroutable,
 )
-from raftmq.cluster.exchanges import Binding, Exchange, describe_route, route, validate_exchange_name
+from raftmq.cluster.exchanges import Binding, Exchange, validate_exchange_name
 from raftmq.cluster.publish import (
     Destination,
     DestinationOutcome,
     DestinationStatus,
     PublishRequest,
     plan_destinations,
+    route_publish,
     unfinished,
 )
 from raftmq.node.metadata import MetadataGroup
@@ -101,16 +102,19 @@ class Exchanges:
     # --- publish --------------------------------------------------------------------------------
 
     async def publish(self, request: PublishRequest) -> dict[str, Any]:
-        routed = route(self.metadata.exchanges, request.exchange, request.routing_key, request.headers_of_first())
+        routed = route_publish(self.metadata.exchanges, request)
+        unroutable = routed.unroutable
+        if unroutable and request.mandatory:
+            raise Unroutable(f"no binding of {' -> '.join(routed.exchanges)} matched routing key "
+                             f"{request.routing_key!r} for {len(unroutable)} of {len(request.records)} record(s); "
+                             "nothing was appended", exchange=request.exchange, routing_key=request.routing_key,
+                             records=unroutable[:limits.batch_records_max])
         if not routed.topics:
-            if request.mandatory:
-                raise Unroutable(f"no binding of {' -> '.join(routed.exchanges)} matched routing key "
-                                 f"{request.routing_key!r}; nothing was appended", exchange=request.exchange,
-                                 routing_key=request.routing_key)
-            return {"routed": False, "route": describe_route(routed), "destinations": []}
+            return {"routed": False, "route": routed.describe(), "destinations": [], "unroutable": unroutable}
         view = self.metadata.view
-        present = [t for t in routed.topics if t in view]  # a topic deleted since: its bindings go with it
-        planned = plan_destinations(request, present, {t: view[t].partitions for t in present},
+        # A topic deleted since is skipped: its bindings go with it.
+        partitions_of = {t: view[t].partitions for t in routed.topics if t in view}
+        planned = plan_destinations(request, routed.topics_of, partitions_of,
                                     self.rng.randrange(limits.partitions_per_topic_max))
         slots = asyncio.Semaphore(limits.publish_destinations_parallel_max)
         deadline = time.monotonic() + request.timeout_ms / 1000
@@ -127,7 +131,7 @@ class Exchanges:
             raise PublishIncomplete(
                 f"{len(outcomes) - failed - unknown} of {len(outcomes)} destinations acknowledged; {failed} failed, "
                 f"{unknown} unknown", destinations=wire, retry=unfinished(outcomes))
-        return {"routed": True, "route": describe_route(routed), "destinations": wire}
+        return {"routed": True, "route": routed.describe(), "destinations": wire, "unroutable": unroutable}
 
     async def _append(self, destination: Destination, request: PublishRequest, deadline: float
                       ) -> DestinationOutcome:

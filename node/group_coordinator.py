@@ -296,6 +296,13 @@ class GroupCoordinator:
         return ShareAcknowledged(tuple(int(o) for o in result["done"]),
                                  tuple((int(o), str(why)) for o, why in result["refused"]), int(result["start_offset"]))
 
+    async def share_locked(self, request: ShareAcknowledge) -> dict[int, int]:
+        """Of the offsets ``request`` acknowledges, those its member holds locked, with their delivery counts."""
+        _handle, state_machine = await self._coordinator(request.group_id, create=False)
+        with state_machine.lock:
+            return state_machine.groups.shares.locked_by(request.group_id, request.topic, request.partition,
+                                                         request.member_id, [offset for offset, _kind in request.acks])
+
     async def describe_share_group(self, group_id: str) -> list[dict[str, Any]]:
         _handle, state_machine = await self._coordinator(group_id, create=False)
         with state_machine.lock:

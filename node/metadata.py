@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 from raftmq.cluster import commands, limits
 from raftmq.cluster.commands import MetadataOp
+from raftmq.cluster.dead_lettering import DeadLetterTarget
 from raftmq.cluster.errors import LeaderNotAvailable, RaftMQError, RequestTimedOut, UnknownTopicOrPartition
 from raftmq.cluster.exchanges import Exchange
 from raftmq.cluster.metadata import BrokerRecord, ProducerCheck, Topic
@@ -124,6 +125,11 @@ class MetadataGroup:
     @property
     def exchanges(self) -> Mapping[str, Exchange]:
         return self.state_machine.exchanges
+
+    @property
+    def group_dead_letters(self) -> Mapping[str, DeadLetterTarget]:
+        """Share groups' dead-letter exchanges (cluster/dead_lettering.py), by group id."""
+        return self.state_machine.group_dead_letters
 
     def topic(self, name: str) -> Topic:
         topic = self.state_machine.view.get(name)

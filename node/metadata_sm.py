@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 import msgpack
 from raftmq.cluster import commands
+from raftmq.cluster.dead_lettering import DeadLetterTarget
 from raftmq.cluster.errors import InternalError
 from raftmq.cluster.exchanges import Exchange
 from raftmq.cluster.metadata import BrokerRecord, MetadataState, Topic
@@ -31,6 +32,7 @@ class MetadataStateMachine:
         self.view: Mapping[str, Topic] = MappingProxyType({})
         self.brokers: Mapping[int, BrokerRecord] = MappingProxyType({})
         self.exchanges: Mapping[str, Exchange] = MappingProxyType({})
+        self.group_dead_letters: Mapping[str, DeadLetterTarget] = MappingProxyType({})
         self.on_topics_changed: Callable[[], None] | None = None
         self._announced_version = -1
         self._announced_index = -1
@@ -53,13 +55,15 @@ class MetadataStateMachine:
             self._publish()
         return result
 
-    def _versions(self) -> tuple[int, int, int]:
-        return self.state.topics_version, self.state.brokers_version, self.state.exchanges.version
+    def _versions(self) -> tuple[int, int, int, int]:
+        return (self.state.topics_version, self.state.brokers_version, self.state.exchanges.version,
+                self.state.group_dead_letters.version)
 
     def _publish(self) -> None:
         self.view = MappingProxyType(dict(self.state.topics))
         self.brokers = MappingProxyType(dict(self.state.brokers))
         self.exchanges = MappingProxyType(dict(self.state.exchanges.exchanges))
+        self.group_dead_letters = MappingProxyType(dict(self.state.group_dead_letters.targets))
 
     def restore(self, state: bytes | None) -> None:
         if state is None:

@@ -13,8 +13,8 @@ The rules are cluster/push.py's. What this module adds is the I/O and its bounds
   (to pick up records other consumers released or whose locks expired); it reads watermarks meanwhile.
 * The end: when the socket closes, every record still in flight is released to the group at once.
 
-Records and watermarks are read locally when this broker leads the data partition, else from its leader
-over the broker-to-broker client (``node/forwarding.py``).
+Records and watermarks are read through node/partition_reader.py; dead letters go through
+node/dead_lettering.py (shared with the pull API).
 """
 
 from __future__ import annotations
@@ -24,44 +24,37 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
-from urllib.parse import quote
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
-from raftmq.cluster import batch as batches
 from raftmq.cluster import limits
 from raftmq.cluster.batch import Record
-from raftmq.cluster.errors import NotLeader, RaftMQError, TooManyConnections
-from raftmq.cluster.exchanges import ROUTING_KEY_HEADER
+from raftmq.cluster.dead_lettering import DeathReason
+from raftmq.cluster.errors import RaftMQError, TooManyConnections
 from raftmq.cluster.group_requests import ShareAcknowledge, ShareAcquire
-from raftmq.cluster.publish import PublishRequest
-from raftmq.cluster.push import (
-    DeathReason,
-    Delivery,
-    PrefetchWindow,
-    PushSubscription,
-    death_headers,
-    delivery_frame,
-    parse_ack_frame,
-)
+from raftmq.cluster.push import Delivery, PrefetchWindow, PushSubscription, delivery_frame, parse_ack_frame
 from raftmq.cluster.share_groups import AckKind
-from raftmq.cluster.wire import Acks
-from raftmq.node.operations import FetchRequest, OffsetRequest
 
 log = logging.getLogger(__name__)
 
-Call = Callable[[str, str, str, Any, float], Awaitable[Any]]
+
+class Session(Protocol):
+    """A push session: this module's PushSession (share groups) or node/group_push.py's (consumer groups)."""
+
+    @property
+    def records_held(self) -> int: ...
+
+    async def run(self) -> None: ...
 
 
 class PushSessions:
-    """Every push consumer this broker serves. ``service`` is the BrokerService (share groups, fetch,
-    offsets, exchanges); ``call`` reaches other brokers."""
+    """Every push consumer this broker serves. ``service`` is the BrokerService (groups, fetch, offsets,
+    exchanges, its partition reader and dead letters)."""
 
-    def __init__(self, service: Any, call: Call | None) -> None:
+    def __init__(self, service: Any) -> None:
         self.service = service
-        self.call = call
-        self.sessions: set[PushSession] = set()
+        self.sessions: set[Session] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # sessions and releases that outlive a cancelled handler
 
     @property
@@ -71,15 +64,15 @@ class PushSessions:
     @property
     def records_held(self) -> int:
         """Records held in memory for push consumers (each session at most its prefetch)."""
-        return sum(len(session.records) for session in self.sessions)
+        return sum(session.records_held for session in self.sessions)
 
-    async def check(self, subscription: PushSubscription) -> None:
+    async def check(self, group_id: str, topics: Iterable[str]) -> None:
         """Before the upgrade: refuse (as a coded HTTP answer) what the session could not serve."""
         if self.active >= limits.push_connections_max:
             raise TooManyConnections(f"this broker serves {limits.push_connections_max} push consumers already",
                                      push_connections_max=limits.push_connections_max)
-        await self.service.groups.check_coordinator(subscription.group_id)
-        for topic in subscription.topics:
+        await self.service.groups.check_coordinator(group_id)
+        for topic in topics:
             self.service.metadata.topic(topic)  # UNKNOWN_TOPIC_OR_PARTITION before the upgrade
 
     def keep(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
@@ -88,11 +81,10 @@ class PushSessions:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def serve(self, ws: web.WebSocketResponse, subscription: PushSubscription) -> None:
+    async def serve(self, session: Session) -> None:
         """Run one session to its end. aiohttp cancels the handler when the client goes away; the session
         runs as its own task so that a cancellation between an acquire's commit and its bookkeeping cannot
         leave records locked for nobody: it notices the closed socket itself and releases what it holds."""
-        session = PushSession(self, ws, subscription)
         self.sessions.add(session)
         task = self.keep(asyncio.get_running_loop().create_task(session.run()))
         task.add_done_callback(lambda _task: self.sessions.discard(session))
@@ -112,6 +104,10 @@ class PushSession:
         self.wake = asyncio.Event()
         self.seen_end: dict[tuple[str, int], int] = {}  # high watermark at the last acquire that found nothing
         self.scanned_at: dict[tuple[str, int], float] = {}
+
+    @property
+    def records_held(self) -> int:
+        return len(self.records)
 
     async def run(self) -> None:
         reader = asyncio.get_running_loop().create_task(self._read_acks())
@@ -155,68 +151,42 @@ class PushSession:
 
     async def _fill_from(self, topic: str, partition: int) -> bool:
         key = (topic, partition)
-        log_start, log_end = await self._watermarks(topic, partition)
+        log_start, log_end = await self.service.reader.watermarks(topic, partition)
         now = time.monotonic()
         if self.seen_end.get(key) == log_end and now - self.scanned_at.get(key, 0.0) < limits.push_rescan_s:
             return False
         self.scanned_at[key] = now
-        acquired = await self.service.share_acquire(ShareAcquire(
-            self.sub.group_id, self.member_id, topic, partition, log_end, log_start,
-            min(self.window.room, limits.share_acquire_records_max), self.sub.lock_ms, self.sub.max_deliveries))
+        request = ShareAcquire(self.sub.group_id, self.member_id, topic, partition, log_end, log_start,
+                               min(self.window.room, limits.share_acquire_records_max), self.sub.lock_ms,
+                               self.sub.max_deliveries)
+        acquired = await self.service.share_acquire(request)
         if not acquired.acquired:
             self.seen_end[key] = log_end
             return False
         self.seen_end.pop(key, None)
         self.pending.update((topic, partition, o) for o, _n, _d in acquired.acquired)
-        records = await self._read(topic, partition, sorted(o for o, _n, _d in acquired.acquired))
-        dead: list[tuple[int, AckKind]] = []
+        # Expired and over-limit records are dead-lettered (and settled) there instead of being sent.
+        kept, records = await self.service.dead_letters.screen(request, acquired.acquired,
+                                                               subscription=self.sub.dead_letter, park_over_limit=True)
+        kept_offsets = {offset for offset, _count, _over in kept}
+        self.pending.difference_update((topic, partition, o) for o, _n, _d in acquired.acquired
+                                       if o not in kept_offsets)
+        if kept and not records:
+            records = await self.service.reader.read(topic, partition, sorted(kept_offsets))
         frames = []
-        ttl_ms = self.service.metadata.topic(topic).config.message_ttl_ms
-        now_ms = int(time.time() * 1000)
-        for offset, count, over_limit in acquired.acquired:
+        for offset, count, _over in kept:
             record = records.get(offset)
             self.pending.discard((topic, partition, offset))
             if record is None:
                 continue  # gone (retention); its lock expires
-            if over_limit or 0 < ttl_ms < now_ms - record.timestamp_ms:
-                reason = DeathReason.DELIVERY_LIMIT if over_limit else DeathReason.EXPIRED
-                dead.append((offset, await self._dead_letter(topic, partition, record, reason, count - 1)))
-                continue
             # Into the window before the first send: if the connection breaks mid-way, run() releases them all.
             self.window.deliver((topic, partition, offset), count)
             self.records[(topic, partition, offset)] = record
             frames.append(delivery_frame(topic, partition, record, count))
-        if dead:
-            await self.service.share_acknowledge(ShareAcknowledge(self.sub.group_id, self.member_id, topic,
-                                                                  partition, tuple(dead)))
         for frame in frames:
             async with asyncio.timeout(limits.push_send_timeout_s):
                 await self.ws.send_bytes(frame)
         return bool(frames)
-
-    async def _dead_letter(self, topic: str, partition: int, record: Record, reason: DeathReason,
-                           count: int) -> AckKind:
-        """Publish to the dead-letter exchange (when the subscription names one); the ack that follows:
-        accept once it is there, release when it could not be published (so it is not lost), reject
-        (archive) without an exchange."""
-        if self.sub.dead_letter_exchange is None:
-            return AckKind.REJECT
-        headers = dict(record.headers)
-        original_key = (headers.get(ROUTING_KEY_HEADER) or b"").decode("utf-8", "replace")
-        routing_key = self.sub.dead_letter_routing_key or original_key
-        letter = death_headers(reason, count=count, topic=topic, partition=partition, offset=record.offset,
-                               time_ms=int(time.time() * 1000))
-        own = [(k, v) for k, v in record.headers if not k.startswith("x-death-")]
-        request = PublishRequest(self.sub.dead_letter_exchange, routing_key,
-                                 ((record.key, record.value, [*own, *letter], record.timestamp_ms),),
-                                 Acks.ALL, limits.produce_timeout_ms_default)
-        try:
-            await self.service.exchanges.publish(request)
-        except RaftMQError as exc:
-            log.warning("push %s: %s-%d@%d could not be dead-lettered to %s (%s); released instead", self.member_id,
-                        topic, partition, record.offset, self.sub.dead_letter_exchange, exc)
-            return AckKind.RELEASE
-        return AckKind.ACCEPT
 
     # --- acknowledgements -------------------------------------------------------------------------
 
@@ -241,7 +211,9 @@ class PushSession:
                 continue  # not in flight here (acknowledged twice, or never sent): nothing to do
             topic, partition, offset = delivery
             if kind is AckKind.REJECT:
-                kind = await self._dead_letter(topic, partition, record, DeathReason.REJECTED, count)
+                target = self.service.dead_letters.target(self.sub.group_id, topic, self.sub.dead_letter)
+                kind = await self.service.dead_letters.publish(target, topic, partition, record,
+                                                               DeathReason.REJECTED, count)
             by_partition.setdefault((topic, partition), []).append((offset, kind))
         for (topic, partition), done in by_partition.items():
             try:
@@ -262,47 +234,3 @@ class PushSession:
             for (topic, partition), released in by_partition.items():
                 await self.service.share_acknowledge(ShareAcknowledge(self.sub.group_id, self.member_id, topic,
                                                                       partition, tuple(released)))
-
-    # --- reading the data partitions --------------------------------------------------------------
-
-    async def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
-        try:
-            result = await self.service.list_offset(OffsetRequest(topic, partition, "latest"))
-            return result.log_start_offset, result.high_watermark
-        except NotLeader as exc:
-            answer = await self._at_leader(exc, f"/v1/topics/{quote(topic, safe='')}/partitions/{partition}/offsets"
-                                                "?at=latest")
-            return int(answer["log_start_offset"]), int(answer["high_watermark"])
-
-    async def _read(self, topic: str, partition: int, offsets: list[int]) -> dict[int, Record]:
-        wanted = set(offsets)
-        found: dict[int, Record] = {}
-        for _ in range(limits.push_prefetch_max):  # each read returns at least one record at or after `missing`
-            missing = sorted(wanted - set(found))
-            if not missing:
-                break
-            data = await self._fetch(topic, partition, missing[0])
-            records = [r for _, chunk in batches.iter_batches(data) for r in batches.decode_records(chunk)]
-            if not records:
-                break
-            found.update((r.offset, r) for r in records if r.offset in wanted)
-            if records[-1].offset < missing[0]:
-                break
-        return found
-
-    async def _fetch(self, topic: str, partition: int, offset: int) -> bytes:
-        try:
-            result = await self.service.fetch(FetchRequest(topic, partition, offset,
-                                                           limits.fetch_bytes_max_default, 0))
-            return bytes(result.batches)
-        except NotLeader as exc:
-            answer = await self._at_leader(exc, f"/v1/topics/{quote(topic, safe='')}/partitions/{partition}/records"
-                                                f"?offset={offset}&max_bytes={limits.fetch_bytes_max_default}")
-            return bytes(answer.get("batches") or b"")
-
-    async def _at_leader(self, exc: NotLeader, path: str) -> dict[str, Any]:
-        url = exc.details.get("leader_url")
-        if not isinstance(url, str) or self.sessions.call is None:
-            raise exc
-        answer: dict[str, Any] = await self.sessions.call(url, "GET", path, None, limits.push_read_timeout_s)
-        return answer

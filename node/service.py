@@ -66,11 +66,13 @@ from raftmq.cluster.metadata import (
     majority,
     validate_topic_name,
 )
+from raftmq.cluster.producer_state import is_publish_producer_id
 from raftmq.cluster.routing import partition_for
 from raftmq.cluster.wire import Acks
 from raftmq.node import stages
 from raftmq.node.config import NodeConfig
 from raftmq.node.controller import Call, Controller
+from raftmq.node.dead_lettering import DeadLetters
 from raftmq.node.exchanges import Exchanges
 from raftmq.node.group_coordinator import GroupCoordinator
 from raftmq.node.groups import AppendInfo, ReplicationEngine
@@ -91,6 +93,7 @@ from raftmq.node.operations import (
     TopicDescription,
 )
 from raftmq.node.partition import AppendResult
+from raftmq.node.partition_reader import PartitionReader
 from raftmq.node.push import PushSessions
 from raftmq.node.reassignment import perform_step
 from raftmq.node.replicas import PartitionHandle, ReplicaManager
@@ -117,7 +120,9 @@ class BrokerService:
         self.stage_times = StageTimes()  # acks=all produce requests led here (GET /v1/debug/stages)
         self.exchanges = Exchanges(metadata=metadata, propose=self._propose_metadata, produce_here=self.produce,
                                    call=call, wait_for=self._wait_for)
-        self.push = PushSessions(self, call)
+        self.reader = PartitionReader(self, call)
+        self.dead_letters = DeadLetters(self, self.reader, propose=self._propose_metadata, wait_for=self._wait_for)
+        self.push = PushSessions(self)
 
     # --- leadership -----------------------------------------------------------------------------
 
@@ -195,7 +200,11 @@ class BrokerService:
     async def _check_producer(self, producer_id: int, timeout_s: float) -> None:
         """Refuse ids the cluster never allocated, and ids fenced by a newer instance of the same named
         producer. An id this replica's metadata has not learned yet may have just been allocated on the
-        metadata leader: wait for it, briefly."""
+        metadata leader: wait for it, briefly. Ids in the range reserved for exchange publishes are derived by
+        the routing broker from the publish (cluster/publish.py), never allocated: they pass (a client forging
+        one gains nothing: it can write records to the partition anyway)."""
+        if is_publish_producer_id(producer_id):
+            return
         deadline = time.monotonic() + min(timeout_s, limits.producer_metadata_wait_ms / 1000)
         while True:
             event = self.metadata.applied_event()
@@ -491,6 +500,9 @@ class BrokerService:
     async def share_acknowledge(self, request: ShareAcknowledge) -> ShareAcknowledged:
         return await self._coordinator().share_acknowledge(request)
 
+    async def share_locked(self, request: ShareAcknowledge) -> dict[int, int]:
+        return await self._coordinator().share_locked(request)
+
     async def describe_share_group(self, group_id: str) -> list[dict[str, Any]]:
         return await self._coordinator().describe_share_group(group_id)
 
@@ -636,7 +648,8 @@ class BrokerService:
 
 # Metadata commands a learner may ask the controller to propose (their payloads are built by brokers).
 _FORWARDABLE_OPS = frozenset({MetadataOp.DELETE_TOPIC, MetadataOp.ALLOCATE_PRODUCER_ID, MetadataOp.CREATE_EXCHANGE,
-                              MetadataOp.DELETE_EXCHANGE, MetadataOp.BIND_EXCHANGE, MetadataOp.UNBIND_EXCHANGE})
+                              MetadataOp.DELETE_EXCHANGE, MetadataOp.BIND_EXCHANGE, MetadataOp.UNBIND_EXCHANGE,
+                              MetadataOp.SET_GROUP_DEAD_LETTER})
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

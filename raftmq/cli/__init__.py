@@ -30,6 +30,7 @@ from raftmq.cli.bench import bench
 from raftmq.cli.bench_consume import consume as bench_consume
 from raftmq.cli.bench_failover import failover
 from raftmq.cli.bench_idle import idle
+from raftmq.cli.bench_publish import publish as bench_publish
 from raftmq.cli.cluster_cmd import cluster
 from raftmq.cli.common import RaftMQGroup
 from raftmq.cli.consume_cmd import consume
@@ -68,6 +69,7 @@ def cli() -> None:
 bench.add_command(idle)
 bench.add_command(failover)
 bench.add_command(bench_consume)
+bench.add_command(bench_publish)
 for _command in (cluster, topic, exchange, produce, consume, group, dlt, node, bench, demo):
     cli.add_command(_command)
 

@@ -19,7 +19,7 @@ from raftmq.cli.common import CommandFailed, bootstrap_option, err, stop_on_sign
 from raftmq.client.admin import Admin
 from raftmq.client.consumer import Consumer
 from raftmq.client.group_consumer import GroupConsumer
-from raftmq.client.push_consumer import PushConsumer
+from raftmq.client.push_consumer import GroupPushConsumer, PushConsumer
 from raftmq.client.types import ConsumerRecord, TopicPartition
 from raftmq.cluster import limits
 from raftmq.cluster.errors import ClientTimeout, UnknownTopicOrPartition
@@ -95,14 +95,18 @@ def format_json(record: ConsumerRecord) -> str:
 @click.option("--push", is_flag=True,
               help="With --group: a push consumer of that share group (queue mode); the broker streams records, at "
                    "most --prefetch unacknowledged; each is acknowledged once printed.")
+@click.option("--ordered", is_flag=True,
+              help="With --push: stream as a member of consumer group --group instead (each partition in offset "
+                   "order, from the group's committed offsets); what was printed is committed.")
 @click.option("--prefetch", type=click.IntRange(1, limits.push_prefetch_max), default=limits.push_prefetch_default,
-              show_default=True, help="With --push: records in flight before the broker waits for acks.")
+              show_default=True, help="With --push: records in flight before the broker waits for acks (commits).")
 @click.option("--dead-letter-exchange", default=None,
-              help="With --push: records over the delivery limit are published to this exchange.")
+              help="With --push (share group): rejected, over-the-limit and expired records are published to this "
+                   "exchange (before the group's and the topic's own).")
 @bootstrap_option()
 def consume(topic: str, partitions: tuple[int, ...], start: str | None, offset: int | None, follow: bool,
             max_records: int | None, output_format: str, any_replica: bool, timeout_s: float, group_id: str | None,
-            push: bool, prefetch: int, dead_letter_exchange: str | None, bootstrap: list[str]) -> None:
+            push: bool, ordered: bool, prefetch: int, dead_letter_exchange: str | None, bootstrap: list[str]) -> None:
     """Print the records of TOPIC."""
     if offset is not None and start is not None:
         raise click.UsageError("use --offset or --from-beginning/--from-end, not both")
@@ -110,10 +114,15 @@ def consume(topic: str, partitions: tuple[int, ...], start: str | None, offset: 
         if group_id is None or partitions or offset is not None or any_replica or start is not None:
             raise click.UsageError("--push needs --group (a share group) and takes no --partition, --offset, "
                                    "--from-* or --any-replica")
+        if ordered and dead_letter_exchange is not None:
+            raise click.UsageError("--dead-letter-exchange is for share groups: a consumer group commits offsets")
         printed = asyncio.run(_consume_push(topic, group_id, bootstrap, prefetch, dead_letter_exchange, follow,
-                                            max_records, output_format, timeout_s))
-        err().print(f"[dim]{printed:,} record(s) pushed from {topic} to share group {group_id}[/]")
+                                            max_records, output_format, timeout_s, ordered))
+        kind = "consumer group" if ordered else "share group"
+        err().print(f"[dim]{printed:,} record(s) pushed from {topic} to {kind} {group_id}[/]")
         return
+    if ordered:
+        raise click.UsageError("--ordered needs --push")
     if group_id is not None:
         if partitions or offset is not None or any_replica:
             raise click.UsageError("--group takes its partitions and offsets from the group: no --partition, "
@@ -216,13 +225,17 @@ async def _consume_group(topic: str, group_id: str, bootstrap: list[str], start:
 
 async def _consume_push(topic: str, group_id: str, bootstrap: list[str], prefetch: int,
                         dead_letter_exchange: str | None, follow: bool, max_records: int | None, output_format: str,
-                        timeout_s: float) -> int:
-    """Print each pushed record, then acknowledge it; stops on Ctrl-C, --max, or (without --follow) when no
-    record arrived for --timeout."""
+                        timeout_s: float, ordered: bool) -> int:
+    """Print each pushed record, then acknowledge it (``ordered``: commit it); stops on Ctrl-C, --max, or
+    (without --follow) when no record arrived for --timeout."""
     fmt = format_json if output_format == "json" else format_text
     printed = 0
-    consumer = PushConsumer(bootstrap, group_id, topics=[topic], prefetch=prefetch,
-                            dead_letter_exchange=dead_letter_exchange)
+    consumer: PushConsumer | GroupPushConsumer
+    if ordered:
+        consumer = GroupPushConsumer(bootstrap, group_id, topics=[topic], prefetch=prefetch)
+    else:
+        consumer = PushConsumer(bootstrap, group_id, topics=[topic], prefetch=prefetch,
+                                dead_letter_exchange=dead_letter_exchange)
     async with consumer, stop_on_signals() as interrupted:
         last_progress = time.monotonic()
         while not interrupted.is_set() and (max_records is None or printed < max_records):
@@ -237,7 +250,10 @@ async def _consume_push(topic: str, group_id: str, bootstrap: list[str], prefetc
                 sys.stdout.flush()
             except BrokenPipeError:
                 break  # not acknowledged: released to the group when the connection closes
-            await consumer.ack(record)
+            if isinstance(consumer, GroupPushConsumer):
+                await consumer.commit(record)
+            else:
+                await consumer.ack(record)
             printed += 1
     return printed
 

@@ -161,3 +161,30 @@ def reset_offsets(group_id: str, topic: str, to: str | None, offset: int | None,
     for tp in sorted(wanted):
         table.add_row(str(tp.partition), str(current.get(tp, "-")), f"{wanted[tp]:,}")
     out().print(table)
+
+
+@group.command("dead-letter")
+@click.argument("group_id")
+@click.option("--exchange", default=None, help="Publish the share group's dead records to this exchange.")
+@click.option("--routing-key", default="", help="Routing key of those publishes [the record's own].")
+@click.option("--clear", is_flag=True, help="Name no dead-letter exchange for the group any more.")
+@bootstrap_option()
+def dead_letter(group_id: str, exchange: str | None, routing_key: str, clear: bool, bootstrap: list[str]) -> None:
+    """Show, set (--exchange) or clear (--clear) the dead-letter exchange of share group GROUP_ID: where its
+    rejected records, records over the delivery limit and expired records are published."""
+    if clear and exchange is not None:
+        raise click.UsageError("give --exchange or --clear, not both")
+
+    async def run() -> dict[str, Any]:
+        async with Admin(bootstrap) as admin:
+            if exchange is None and not clear:
+                return await admin.share_group_dead_letter(group_id)
+            return await admin.set_share_group_dead_letter(group_id, exchange, routing_key)
+
+    answer = asyncio.run(run())
+    if answer.get("dead_letter_exchange") is None:
+        out().print(f"share group {safe(group_id)}: no dead-letter exchange")
+        return
+    key = answer.get("dead_letter_routing_key") or "(the record's own)"
+    out().print(f"share group {safe(group_id)}: dead letters to exchange {safe(answer['dead_letter_exchange'])}, "
+                f"routing key {safe(key)}")

@@ -44,18 +44,22 @@ def topic() -> None:
 
 def _config_rows(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
-    for key in ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "min_insync_replicas"):
-        if key in config:
+    unset = {k for k, v in config.items() if v is None or v == ""}  # no dead-letter exchange, say
+    for key in ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "min_insync_replicas",
+                "message_ttl_ms", "dead_letter_exchange", "dead_letter_routing_key"):
+        if key in config and key not in unset:
             value = config[key]
-            if key.endswith("_ms"):
+            if key == "message_ttl_ms" and value == -1:
+                shown = "never (-1)"
+            elif key.endswith("_ms"):
                 shown = f"{fmt_duration_ms(value)} ({value})"
             elif key.endswith("_bytes"):
                 shown = f"{fmt_bytes(value)} ({value})"
             else:
-                shown = str(value)
+                shown = safe(str(value))
             rows.append((key, shown))
-    for key in sorted(set(config) - {k for k, _ in rows}):
-        rows.append((key, str(config[key])))
+    for key in sorted(set(config) - {k for k, _ in rows} - unset):
+        rows.append((safe(key), safe(str(config[key]))))
     return rows
 
 
@@ -72,17 +76,26 @@ def _config_rows(config: Mapping[str, Any]) -> list[tuple[str, str]]:
 @click.option("--segment-ms", type=click.IntRange(1), default=None, help="Roll log segments after this long.")
 @click.option("--min-insync-replicas", type=click.IntRange(1), default=None,
               help="acks=all needs this many in-sync replicas [broker default: 2].")
+@click.option("--message-ttl-ms", type=click.IntRange(1), default=None,
+              help="Share-group consumers do not get records older than this; they are dead-lettered [never].")
+@click.option("--dead-letter-exchange", default=None,
+              help="Exchange this topic's rejected, over-delivered and expired records are published to.")
+@click.option("--dead-letter-routing-key", default=None,
+              help="Routing key of those publishes [the record's own].")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait until every partition has a leader.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(1, 300), default=20.0, show_default=True)
 @bootstrap_option()
 def create(name: str, partitions: int, replication_factor: int | None, retention_ms: int | None,
            retention_bytes: int | None, segment_bytes: int | None, segment_ms: int | None,
-           min_insync_replicas: int | None, wait: bool, timeout_s: float, bootstrap: list[str]) -> None:
+           min_insync_replicas: int | None, message_ttl_ms: int | None, dead_letter_exchange: str | None,
+           dead_letter_routing_key: str | None, wait: bool, timeout_s: float, bootstrap: list[str]) -> None:
     """Create topic NAME."""
     config = {k: v for k, v in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes),
                                 ("segment_bytes", segment_bytes), ("segment_ms", segment_ms),
-                                ("min_insync_replicas", min_insync_replicas)) if v is not None}
+                                ("min_insync_replicas", min_insync_replicas), ("message_ttl_ms", message_ttl_ms),
+                                ("dead_letter_exchange", dead_letter_exchange),
+                                ("dead_letter_routing_key", dead_letter_routing_key)) if v is not None}
 
     async def run() -> TopicInfo:
         async with Admin(bootstrap) as admin:

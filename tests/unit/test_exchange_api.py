@@ -74,12 +74,24 @@ async def test_fanout_admin_publish_partial_failure_and_retry(tmp_path: Path) ->
         assert outcome == {"orders": "ok", "audit": "unknown"}
         retry = answer["error"]["details"]["retry"]
         assert retry == [["audit", 0]]
-        # The retry names only the destinations left: orders does not get the record twice.
+        # The retry names only the destinations left: orders does not get the record twice. The publish is
+        # idempotent (a publish_id at acks=all): audit, which did store it, answers with the original offset.
         status, answer = await call(session, one, "POST", "/v1/exchanges/notify/publish",
                                     {**body, "destinations": retry})
         assert status == 200, answer
+        assert [(d["topic"], d["base_offset"]) for d in answer["destinations"]] == [("audit", 1)]
         assert [v for v, _ in records(cluster, "orders")] == [b"first", b"second"]
-        assert [v for v, _ in records(cluster, "audit")] == [b"first", b"second", b"second"]  # "unknown" = maybe
+        assert [v for v, _ in records(cluster, "audit")] == [b"first", b"second"]
+
+        # Without a publish_id the publish is not idempotent: an "unknown" destination may get it twice.
+        cluster.inject("produce", Fault("error", code="REQUEST_TIMED_OUT", apply=True, match=to_audit))
+        body = {"routing_key": "k", "records": [{"value": "again"}]}
+        status, answer = await call(session, one, "POST", "/v1/exchanges/notify/publish", body)
+        assert answer["error"]["details"]["retry"] == [["audit", 0]]
+        status, answer = await call(session, one, "POST", "/v1/exchanges/notify/publish",
+                                    {**body, "destinations": [["audit", 0]]})
+        assert status == 200, answer
+        assert [v for v, _ in records(cluster, "audit")][-2:] == [b"again", b"again"]
 
         # A definite failure is "failed": nothing was appended there.
         cluster.inject("produce", Fault("error", code="LEADER_NOT_AVAILABLE", match=to_audit))
@@ -87,7 +99,7 @@ async def test_fanout_admin_publish_partial_failure_and_retry(tmp_path: Path) ->
                                     {"records": [{"value": "third"}]})
         outcome = {d["topic"]: d["status"] for d in answer["error"]["details"]["destinations"]}
         assert outcome == {"orders": "ok", "audit": "failed"}
-        assert [v for v, _ in records(cluster, "audit")] == [b"first", b"second", b"second"]
+        assert [v for v, _ in records(cluster, "audit")] == [b"first", b"second", b"again", b"again"]
 
 
 async def test_unroutable_and_bad_requests_are_coded(tmp_path: Path) -> None:
@@ -156,3 +168,30 @@ async def test_publishes_acknowledged_across_a_leader_loss_are_in_every_topic(tm
             stored = [value for _offset, _key, value in cluster.stored(name, 0)]
             assert set(acknowledged) <= set(stored), (name, stored)
             assert all(stored.count(v) == 1 for v in acknowledged)
+
+
+async def test_a_mixed_batch_to_a_headers_exchange_is_split_per_destination(tmp_path: Path) -> None:
+    async with InProcessCluster(tmp_path, brokers=1) as cluster, aiohttp.ClientSession() as session:
+        url = cluster.urls[0]
+        for topic in ("pdf", "csv"):
+            await cluster.create_topic(topic)
+        assert (await call(session, url, "POST", "/v1/exchanges", {"name": "docs", "type": "headers"}))[0] == 201
+        for topic in ("pdf", "csv"):
+            status, _ = await call(session, url, "POST", "/v1/exchanges/docs/bindings",
+                                   {"topic": topic, "headers": {"format": topic}})
+            assert status == 201
+        records = [{"value": "a", "headers": [["format", "pdf"]]}, {"value": "b", "headers": [["format", "csv"]]},
+                   {"value": "c", "headers": [["format", "zip"]]}, {"value": "d", "headers": [["format", "pdf"]]}]
+        # mandatory: one unroutable record refuses the whole publish; nothing is appended anywhere.
+        status, answer = await call(session, url, "POST", "/v1/exchanges/docs/publish",
+                                    {"records": records, "mandatory": True})
+        assert (status, answer["error"]["code"], answer["error"]["details"]["records"]) == (422, "UNROUTABLE", [2])
+        assert records_of(cluster, "pdf") == records_of(cluster, "csv") == []
+        status, answer = await call(session, url, "POST", "/v1/exchanges/docs/publish", {"records": records})
+        assert status == 200, answer
+        assert (answer["routed"], answer["unroutable"], answer["route"]["topics"]) == (True, [2], ["csv", "pdf"])
+        assert records_of(cluster, "pdf") == [b"a", b"d"] and records_of(cluster, "csv") == [b"b"]
+
+
+def records_of(cluster: InProcessCluster, topic: str) -> list[bytes | None]:
+    return [value for value, _headers in records(cluster, topic)]

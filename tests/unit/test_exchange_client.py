@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from raftmq.client.admin import Admin
 from raftmq.client.publisher import ExchangePublisher
 from raftmq.cluster.batch import decode_records, iter_batches
-from raftmq.cluster.errors import InvalidBinding, UnknownExchange, Unroutable
+from raftmq.cluster.errors import ClientTimeout, ConnectionFailed, InvalidBinding, UnknownExchange, Unroutable
 
 from raftmq.cli import cli
-from tests.inprocess import InProcessCluster, wait_until
+from tests.inprocess import Fault, InProcessCluster, RequestLog, wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -108,3 +108,31 @@ async def test_the_cli_manages_exchanges_and_produces_to_them(tmp_path: Path) ->
         await run("produce", "--exchange", "shop", "--routing-key", "order.deleted", "--count", "1", "--size", "3")
         assert len(values(cluster, "orders")) == 3 and len(values(cluster, "audit")) == 2
         assert "deleted exchange shop" in await run("exchange", "delete", "shop")
+
+
+async def test_a_publish_whose_answer_was_lost_is_retried_without_duplicates(tmp_path: Path) -> None:
+    """The broker publishes to both topics but the connection drops before the answer: at acks=all the
+    client sends the same publish again and every topic answers with the original offset; at acks=1 the
+    loss is raised (which destinations have it is unknown)."""
+    async with InProcessCluster(tmp_path, brokers=1) as cluster:
+        await cluster.create_topic("orders")
+        await cluster.create_topic("audit")
+        async with Admin(cluster.urls) as admin, ExchangePublisher(cluster.urls, retry_backoff_ms=1) as publisher:
+            await admin.create_exchange("fan", "fanout")
+            for topic in ("orders", "audit"):
+                await admin.bind("fan", topic)
+            await publisher.publish("fan", b"zero")
+
+            def to_publish(entry: RequestLog) -> bool:
+                return entry.path.endswith("/publish")
+
+            cluster.inject("topics", Fault("drop", apply=True, match=to_publish))
+            receipt = await publisher.publish("fan", b"one", timeout_s=10.0)
+            assert receipt.attempts == 2
+            assert sorted(receipt.destinations) == [("audit", 0, 1), ("orders", 0, 1)]
+            assert values(cluster, "orders") == values(cluster, "audit") == [b"zero", b"one"]
+
+            cluster.inject("topics", Fault("drop", apply=True, match=to_publish))
+            with pytest.raises((ClientTimeout, ConnectionFailed)):
+                await publisher.publish("fan", b"two", acks=1, timeout_s=10.0)
+            assert values(cluster, "orders") == values(cluster, "audit") == [b"zero", b"one", b"two"]

@@ -38,11 +38,14 @@ from raftmq.cluster.exchanges import (
     topic_matches,
 )
 from raftmq.cluster.metadata import MetadataState
+from raftmq.cluster.producer_state import is_publish_producer_id
 from raftmq.cluster.publish import (
     DestinationOutcome,
     DestinationStatus,
     parse_publish,
     plan_destinations,
+    publish_producer_id,
+    route_publish,
     unfinished,
 )
 from raftmq.cluster.routing import partition_for
@@ -234,7 +237,7 @@ def test_bad_bindings(body: dict[str, Any]) -> None:
 def test_a_publish_is_planned_per_destination_with_routing_headers() -> None:
     request = parse_publish("orders-x", {"routing_key": "order.created", "publish_id": "p1", "records": [
         {"key": "customer-1", "value": "a"}, {"key": "customer-2", "value": "b"}, {"value": "c"}]}, now_ms=1)
-    planned = plan_destinations(request, ["audit", "orders"], {"audit": 1, "orders": 4}, pick=0)
+    planned = plan_destinations(request, [["audit", "orders"]] * 3, {"audit": 1, "orders": 4}, pick=0)
     unkeyed = partition_for(b"p1", 4)
     expected = sorted({partition_for(b"customer-1", 4), partition_for(b"customer-2", 4), unkeyed})
     assert [(d.topic, d.partition) for d in planned] == [("audit", 0)] + [("orders", p) for p in expected]
@@ -244,7 +247,7 @@ def test_a_publish_is_planned_per_destination_with_routing_headers() -> None:
     # A retry names what is left: only those destinations get the records again.
     retry = parse_publish("orders-x", {"routing_key": "order.created", "publish_id": "p1",
                                        "records": [{"value": "c"}], "destinations": [["orders", unkeyed]]}, now_ms=1)
-    assert [(d.topic, d.partition) for d in plan_destinations(retry, ["audit", "orders"],
+    assert [(d.topic, d.partition) for d in plan_destinations(retry, [["audit", "orders"]],
                                                               {"audit": 1, "orders": 4}, pick=3)] == \
         [("orders", unkeyed)]
 
@@ -256,3 +259,69 @@ def test_outcomes_say_what_a_retry_must_do() -> None:
     assert [o.status for o in outcomes] == [DestinationStatus.OK, DestinationStatus.FAILED, DestinationStatus.UNKNOWN]
     assert unfinished(outcomes) == [["b", 0], ["c", 1]]
     assert outcomes[1].to_wire()["code"] == "LEADER_NOT_AVAILABLE"
+
+
+def test_an_idempotent_publish_derives_one_producer_id_per_publish() -> None:
+    """Every destination's batch of a publish with a publish_id at acks=all carries the same derived producer
+    id at sequence 0, stable across a retry (whose records the receiving broker stamps anew) and different
+    for different content under the same publish id; without a publish_id, or at acks=1, no producer id."""
+    def body(value: str, **extra: Any) -> dict[str, Any]:
+        return {"routing_key": "k", "publish_id": "p1", "records": [{"value": value}], **extra}
+
+    first, retry = parse_publish("x", body("a"), now_ms=1), parse_publish("x", body("a"), now_ms=99)
+    assert publish_producer_id(first) == publish_producer_id(retry)
+    assert is_publish_producer_id(publish_producer_id(first))
+    assert publish_producer_id(first) != publish_producer_id(parse_publish("x", body("b"), now_ms=1))
+    assert publish_producer_id(first) != publish_producer_id(parse_publish("y", body("a"), now_ms=1))
+    headers = [batches.parse_header(d.batch) for d in plan_destinations(first, [["a", "b"]], {"a": 1, "b": 2}, pick=0)]
+    assert {(h.producer_id, h.base_sequence) for h in headers} == {(publish_producer_id(first), 0)}
+    for plain in (parse_publish("x", {"records": [{"value": "a"}], "publish_id": "p1", "acks": 1}, now_ms=1),
+                  parse_publish("x", {"records": [{"value": "a"}]}, now_ms=1)):
+        planned = plan_destinations(plain, [["a"]], {"a": 1}, pick=0)
+        assert batches.parse_header(planned[0].batch).producer_id == batches.NO_PRODUCER_ID
+
+
+def test_a_headers_exchange_routes_each_record_by_its_own_headers() -> None:
+    """A batch whose records route differently is split: each destination gets exactly the records routed
+    to it, in publish order; a record nothing matched falls to the alternate exchange, one matching
+    nothing at all is listed unroutable."""
+    state = _table(_topic("pdf"), _topic("csv"), _topic("everything"), _topic("rest"),
+                   _exchange("rest-x", "fanout"), _bind("rest-x", topic="rest"),
+                   _exchange("hdr", "headers", alternate="rest-x"),
+                   _bind("hdr", topic="pdf", headers={"format": "pdf"}),
+                   _bind("hdr", topic="csv", headers={"format": "csv"}),
+                   _bind("hdr", topic="everything", headers={"format": "pdf", "lang": "en"}, match="any"),
+                   _exchange("strict", "headers"), _bind("strict", topic="pdf", headers={"format": "pdf"}))
+    table = state.exchanges.exchanges
+    records = [{"value": "a", "headers": [["format", "pdf"]]}, {"value": "b", "headers": [["format", "csv"]]},
+               {"value": "c", "headers": [["lang", "en"]]}, {"value": "d"},
+               {"value": "e", "headers": [["format", "pdf"]]}]
+    request = parse_publish("hdr", {"records": records}, now_ms=1)
+    routed = route_publish(table, request)
+    assert routed.topics_of == (("everything", "pdf"), ("csv",), ("everything",), ("rest",), ("everything", "pdf"))
+    assert routed.exchanges == ("hdr", "rest-x") and routed.unroutable == []
+    planned = plan_destinations(request, routed.topics_of, dict.fromkeys(routed.topics, 1), pick=0)
+    got = {d.topic: [r.value for r in batches.decode_records(d.batch)] for d in planned}
+    assert got == {"csv": [b"b"], "everything": [b"a", b"c", b"e"], "pdf": [b"a", b"e"], "rest": [b"d"]}
+    strict = route_publish(table, parse_publish("strict", {"records": records}, now_ms=1))
+    assert strict.unroutable == [1, 2, 3] and strict.topics == ("pdf",)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from(["pdf", "csv", "txt", None]), min_size=1, max_size=20))
+def test_per_record_routing_puts_every_record_exactly_where_it_routes_alone(formats: list[str | None]) -> None:
+    """Splitting changes nothing about where a record goes: publishing the records together stores each in
+    exactly the topics a publish of it alone would."""
+    state = _table(_topic("pdf"), _topic("csv"), _exchange("hdr", "headers"),
+                   _bind("hdr", topic="pdf", headers={"format": "pdf"}),
+                   _bind("hdr", topic="csv", headers={"format": "csv"}))
+    table = state.exchanges.exchanges
+    records = [{"value": str(i), **({"headers": [["format", f]]} if f else {})} for i, f in enumerate(formats)]
+    together = route_publish(table, parse_publish("hdr", {"records": records}, now_ms=1))
+    alone = [route_publish(table, parse_publish("hdr", {"records": [r]}, now_ms=1)).topics_of[0] for r in records]
+    assert list(together.topics_of) == alone
+    planned = plan_destinations(parse_publish("hdr", {"records": records}, now_ms=1), together.topics_of,
+                                {"pdf": 1, "csv": 1}, pick=0)
+    stored = {d.topic: [int(r.value or b"") for r in batches.decode_records(d.batch)] for d in planned}
+    for topic in ("pdf", "csv"):
+        assert stored.get(topic, []) == [i for i, topics in enumerate(alone) if topic in topics]

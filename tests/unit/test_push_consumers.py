@@ -18,16 +18,18 @@ import pytest
 from click.testing import CliRunner
 from raftmq.client.admin import Admin
 from raftmq.client.publisher import ExchangePublisher
-from raftmq.client.push_consumer import PushConsumer, PushRecord
+from raftmq.client.push_consumer import GroupPushConsumer, PushConsumer, PushRecord
 from raftmq.cluster.batch import decode_records, iter_batches
+from raftmq.cluster.dead_lettering import DeathReason, parse_death
 from raftmq.cluster.errors import InvalidRequest, UnknownTopicOrPartition
-from raftmq.cluster.push import DeathReason, PrefetchWindow, parse_ack_frame, parse_death, parse_subscription
+from raftmq.cluster.push import PrefetchWindow, parse_ack_frame, parse_subscription
 
 from raftmq.cli import cli
 from tests.inprocess import InProcessCluster
 
 
-async def receive_all(consumer: PushConsumer, count: int, timeout_s: float = 5.0) -> list[PushRecord]:
+async def receive_all(consumer: PushConsumer | GroupPushConsumer, count: int, timeout_s: float = 5.0
+                      ) -> list[PushRecord]:
     got = []
     while len(got) < count:
         record = await consumer.receive(timeout_s)

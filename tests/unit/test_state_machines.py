@@ -28,7 +28,7 @@ from raftmq.cluster.metadata import (
     parse_producer_name,
 )
 from raftmq.cluster.placement import assign_replicas, plan_create_topic
-from raftmq.cluster.producer_state import ProducerTable, Verdict
+from raftmq.cluster.producer_state import PUBLISH_PRODUCER_ID_MIN, ProducerTable, Verdict
 
 
 def test_producer_verdicts() -> None:
@@ -57,6 +57,22 @@ def test_producers_are_forgotten_by_count_and_idle_time() -> None:
     assert len(table) == 3 and table.check(0, 1, 1).verdict is Verdict.UNKNOWN_PRODUCER
     table.record(9, 0, 1, base_offset=9, append_time_ms=5000)  # the others are now idle for > 1000 ms
     assert len(table) == 1
+
+
+def test_publishes_have_their_own_table_and_never_push_producers_out() -> None:
+    """Idempotent exchange publishes are one-batch producers with derived ids: many of them must not evict
+    a real producer's state (its next batch would be refused UNKNOWN_PRODUCER_ID)."""
+    table = ProducerTable(producers_max=2, publishes_max=3, idle_ms_max=1000)
+    table.record(7, 0, 1, base_offset=0, append_time_ms=10)
+    for n in range(5):
+        table.record(PUBLISH_PRODUCER_ID_MIN + n, 0, 2, base_offset=1 + 2 * n, append_time_ms=10)
+    assert table.check(7, 1, 1).verdict is Verdict.APPEND
+    assert table.check(PUBLISH_PRODUCER_ID_MIN + 4, 0, 2) == (Verdict.DUPLICATE, 9, None)
+    assert table.check(PUBLISH_PRODUCER_ID_MIN + 1, 0, 2).verdict is Verdict.APPEND  # left the window of 3
+    assert len(table) == 1 + 3
+    restored = ProducerTable.from_state(table.to_state(), producers_max=2, publishes_max=3, idle_ms_max=1000)
+    assert restored.to_state() == table.to_state()
+    assert restored.check(PUBLISH_PRODUCER_ID_MIN + 4, 0, 2).verdict is Verdict.DUPLICATE
 
 
 @settings(max_examples=50, deadline=None)
