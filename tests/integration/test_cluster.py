@@ -43,6 +43,12 @@ async def _restart_and_catch_up(session: aiohttp.ClientSession, cluster: LocalCl
     await asyncio.to_thread(cluster.wait_ready, [broker_id], timeout_s=30)
 
     async def caught_up() -> bool:
+        # Ready means serving clients; the replica itself opens once the broker has the metadata naming it.
+        url = f"{cluster.nodes[broker_id].url}/v1/topics/{topic}/partitions/0/records?offset=0&replica=any"
+        async with session.get(url, headers={"Accept": "application/msgpack"}) as response:
+            body = msgpack.unpackb(await response.read())
+            if response.status == 503 and body["error"]["code"] == "BROKER_NOT_READY":
+                return False
         _, replica_end = await _fetch_raw(session, cluster.nodes[broker_id].url, topic, 0)
         return replica_end == end
 
@@ -68,7 +74,7 @@ async def _fetch_raw(session: aiohttp.ClientSession, url: str, topic: str, parti
         if not chunks:
             return stored, high_watermark
         for header, chunk in chunks:
-            batches.verify_stored(chunk)
+            batches.check_batch_crc(chunk, header)
             stored.append(bytes(chunk))
             offset = header.next_offset
 
