@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from raftmq.cluster import batch as batches
 from raftmq.cluster import compression, limits
-from raftmq.cluster.errors import CorruptBatch, RecordTooLarge, UnsupportedCompression
+from raftmq.cluster.errors import BatchTooLarge, CorruptBatch, RecordTooLarge, UnsupportedCompression
 
 RecordTuple = tuple[int, bytes | None, bytes | None, tuple[tuple[str, bytes | None], ...]]
 
@@ -213,3 +213,21 @@ def test_stored_and_served_batches_split_back_to_back() -> None:
             list(batches.iter_stored(stored[:cut]))
     with pytest.raises(CorruptBatch):
         list(batches.iter_batches(served[:-1]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), codec=st.sampled_from(compression.CODECS))
+def test_any_damage_under_a_valid_crc_is_refused_with_a_coded_error_or_decodes(data: st.DataObject,
+                                                                              codec: int) -> None:
+    """A buggy client can write any bytes under a correct CRC: the leader's check never crashes, and what it
+    lets through every reader decodes."""
+    produced = bytearray(_client_batch([(1, b"k", b"value", (("h", b"x"),)), (2, None, b"v" * 40, ())], codec))
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(batches.BATCH_HEADER_BYTES - 4, len(produced) - 1))
+        produced[position] = data.draw(st.integers(0, 255))
+    struct.pack_into(">I", produced, 17, crc32c.crc32c(bytes(produced[21:])))
+    try:
+        header = batches.validate_produced(bytes(produced))
+    except (CorruptBatch, RecordTooLarge, UnsupportedCompression, BatchTooLarge):
+        return
+    assert len(batches.decode_records(batches.served(_stamp(bytes(produced))))) == header.record_count
