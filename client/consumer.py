@@ -12,7 +12,7 @@ Model (Kafka's, minus groups and committed offsets):
   ``poll()`` drains the buffer, rotating over partitions for fairness; a batch's bytes are released once
   all its records were returned.
 * A fetch returns whole batches from the one holding the requested offset, so records below the position
-  are skipped. With ``check_crcs`` every batch's header and body CRCs are verified (``verify_stored``).
+  are skipped. With ``check_crcs`` every batch's CRC-32C is verified (``check_batch_crc``).
 * ``NOT_LEADER`` re-routes to the leader its details name; errors flagged ``refresh_metadata`` refresh the
   cluster view; other retriable errors back off (capped exponential, jitter) and retry, indefinitely:
   a consumer waits for the cluster rather than giving up.
@@ -54,7 +54,7 @@ from raftmq.client.connection import AsyncLifecycle, ByteBudget, Connection, Met
 from raftmq.client.metadata import ClusterView
 from raftmq.client.types import ConsumerRecord, OffsetInfo, TopicPartition
 from raftmq.cluster import limits
-from raftmq.cluster.batch import BatchHeader, Record, decode_records, iter_batches, verify_stored
+from raftmq.cluster.batch import BatchHeader, Record, check_batch_crc, decode_records, iter_batches
 from raftmq.cluster.errors import (
     ClientTimeout,
     CorruptBatch,
@@ -416,7 +416,7 @@ class Consumer(AsyncLifecycle):
         records: list[ConsumerRecord] = []
         for header, view in iter_batches(bytes(data)):
             if self.check_crcs:
-                verify_stored(view)
+                check_batch_crc(view, header)
             records.extend(ConsumerRecord(topic, partition, *r) for r in decode_records(view, header)
                            if r.offset >= offset)
         return records
@@ -803,7 +803,7 @@ class Consumer(AsyncLifecycle):
         try:
             for header, view in iter_batches(data):
                 if self.check_crcs:
-                    verify_stored(view)
+                    check_batch_crc(view, header)
                 if header.next_offset <= next_offset:
                     continue  # entirely below the position
                 chunks.append(_Chunk(header, view))

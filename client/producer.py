@@ -95,7 +95,7 @@ from raftmq.client.connection import (
 from raftmq.client.metadata import ClusterView
 from raftmq.client.types import AcksSetting, DeliveryReport, ProducerCounters
 from raftmq.cluster import limits
-from raftmq.cluster.batch import HEADER_BYTES, encode_batch
+from raftmq.cluster.batch import BATCH_HEADER_BYTES, encode_batch
 from raftmq.cluster.errors import (
     BufferExhausted,
     ClientTimeout,
@@ -120,12 +120,12 @@ __all__ = ["Producer", "DeliveryReport", "ProducerCounters"]
 log = logging.getLogger("raftmq.client.producer")
 
 _SEQUENCE_MAX: Final = 2**31 - 1
-# Upper bound of the msgpack overhead of one record in a batch body: fixarray(1) + int delta(9) + key and
-# value bin headers (5 + 5) + headers array header (5); each header adds fixarray(1) + str(5) + bin(5).
-_RECORD_OVERHEAD_BYTES: Final = 25
-_HEADER_OVERHEAD_BYTES: Final = 11
-# Batch body array header (5) + fixed batch header.
-_BATCH_OVERHEAD_BYTES: Final = HEADER_BYTES + 5
+# Upper bound of the overhead of one record in a RecordBatch v2 body: varint length (5) + attributes (1) +
+# timestamp delta varlong (10) + offset delta varint (5) + key and value lengths (5 + 5) + header count (5);
+# each header adds its key and value lengths (5 + 5).
+_RECORD_OVERHEAD_BYTES: Final = 36
+_HEADER_OVERHEAD_BYTES: Final = 10
+_BATCH_OVERHEAD_BYTES: Final = BATCH_HEADER_BYTES
 
 HeadersArg = Mapping[str, bytes | str | None] | Iterable[tuple[str, bytes | str | None]] | None
 _Record = tuple[bytes | None, bytes | None, tuple[tuple[str, bytes | None], ...], int]

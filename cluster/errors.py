@@ -253,6 +253,16 @@ class CorruptBatch(RaftMQError):
     http_status = 400
 
 
+@_register
+class UnsupportedCompression(RaftMQError):
+    """A record batch is compressed with a codec this broker does not serve (Kafka's
+    UNSUPPORTED_COMPRESSION_TYPE)."""
+
+    code = "UNSUPPORTED_COMPRESSION_TYPE"
+    http_status = 400
+    hint = "produce with compression none, gzip, snappy, lz4 or zstd"
+
+
 # --- leadership and replication -----------------------------------------------------------------
 
 
@@ -461,6 +471,16 @@ class StorageError(RaftMQError):
     http_status = 500
     retriable = True
     refresh_metadata = True
+
+
+@_register
+class UnsupportedStorageFormat(RaftMQError):
+    """A data directory was written in a storage format this broker does not read (details: found, expected)."""
+
+    code = "UNSUPPORTED_STORAGE_FORMAT"
+    http_status = 500
+    hint = ("move the directory away and start the broker on an empty one: it receives its replicas from the "
+            "other brokers (or read the data with the raftmq version that wrote it)")
 
 
 @_register

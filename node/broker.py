@@ -25,7 +25,7 @@ from typing import Any
 
 from raftmq.cluster import limits
 from raftmq.cluster.consumer_groups import GROUP_STATE_TOPIC
-from raftmq.cluster.errors import InvalidConfig, RaftMQError
+from raftmq.cluster.errors import InvalidConfig, RaftMQError, UnsupportedStorageFormat
 from raftmq.cluster.metadata import Topic
 from raftmq.node.config import NodeConfig, PeerAddress
 from raftmq.node.controller import Controller
@@ -47,6 +47,10 @@ from raftmq.node.session import BrokerSession
 log = logging.getLogger(__name__)
 
 _NODE_FILE = "node.json"
+# The on-disk format of everything under a data directory, recorded in node.json. 2: record batches are
+# Kafka RecordBatch v2 behind a 20-byte broker prefix (cluster/batch.py), in segments and in the Raft
+# journal alike. 1 (raftmq's own earlier batch format: msgpack records, CRC-32) is refused, never misread.
+STORAGE_FORMAT = 2
 EngineFactory = Callable[[NodeConfig, asyncio.AbstractEventLoop], ReplicationEngine]
 
 
@@ -228,8 +232,8 @@ class Broker:
 
     def _check_identity(self) -> None:
         identity_path = self.data_dir / _NODE_FILE
-        identity: dict[str, Any] = {"broker_id": self.broker_id, "cluster_id": self.config.cluster_id, "format": 1,
-                                    "incarnation": 1}
+        identity: dict[str, Any] = {"broker_id": self.broker_id, "cluster_id": self.config.cluster_id,
+                                    "format": STORAGE_FORMAT, "incarnation": 1}
         if not identity_path.exists():
             write_file_atomically(identity_path, (json.dumps(identity) + "\n").encode(), durable=True)
             self.incarnation = 1
@@ -246,6 +250,11 @@ class Broker:
                 f"data_dir {self.data_dir} belongs to broker {found.get('broker_id')} of cluster "
                 f"{found.get('cluster_id')!r}, not broker {self.broker_id} of {self.config.cluster_id!r}; "
                 "point data_dir elsewhere", key="data_dir")
+        if found.get("format") != STORAGE_FORMAT:
+            raise UnsupportedStorageFormat(
+                f"data_dir {self.data_dir} holds storage format {found.get('format')!r}; this broker reads format "
+                f"{STORAGE_FORMAT} (Kafka RecordBatch v2 batches) only", key="data_dir", found=found.get("format"),
+                expected=STORAGE_FORMAT)
         # Every start is a new incarnation: the controller refuses an older copy of this broker id.
         previous = found.get("incarnation")
         self.incarnation = (previous if type(previous) is int and previous > 0 else 0) + 1

@@ -123,7 +123,7 @@ class GroupPartitionStateMachine(PartitionStateMachine):
         offset = start
         while offset < self.log.log_end_offset:
             chunk = self.log.read(offset, _READ_CHUNK_BYTES)
-            for header, stored in batches.iter_batches(chunk):
+            for header, stored in batches.iter_stored(chunk):
                 for record in batches.decode_records(stored, header):
                     if record.offset < offset or record.value is None:
                         continue

@@ -3,8 +3,9 @@
 are ``node/kafka_listener.py``'s, the wire formats ``cluster/kafka_*.py``'s.
 
 Per-partition failures are raftmq's coded errors, turned into Kafka codes by the one table in
-``cluster/kafka_errors.py``. Records cross the edge converted (``cluster/kafka_records.py``): a produced
-RecordBatch v2 becomes one raftmq batch, a stored raftmq batch is served as one v2 batch.
+``cluster/kafka_errors.py``. Records cross the edge unchanged: raftmq's batch format is RecordBatch v2, so a
+produced batch is validated and proposed byte for byte (compressed ones included) and a fetch serves the
+stored batches as they are (``cluster/batch.py``, ``cluster/kafka_records.py``).
 
 What is served and how it differs from a Kafka broker:
 
@@ -25,11 +26,9 @@ What is served and how it differs from a Kafka broker:
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from raftmq.cluster import kafka_records, limits
 from raftmq.cluster.errors import InvalidConfig, InvalidRequest, RaftMQError, TopicAlreadyExists
@@ -58,7 +57,6 @@ _TOPIC_CONFIGS = {"retention.ms": "retention_ms", "retention.bytes": "retention_
                   "segment.bytes": "segment_bytes", "segment.ms": "segment_ms",
                   "min.insync.replicas": "min_insync_replicas"}
 Body = dict[str, Any]
-T = TypeVar("T")
 
 
 def _error(error: RaftMQError) -> int:
@@ -186,9 +184,7 @@ class KafkaApi:
             if not records:
                 raise InvalidRequest("a Produce partition without records")
             for index, data in enumerate(kafka_records.split_batches(records)):
-                batch = await _convert(len(data), kafka_records.to_raftmq_batch, data,
-                                       now_ms=int(time.time() * 1000))
-                result = await self.service.produce(ProduceRequest(topic, partition, batch, acks, timeout_ms))
+                result = await self.service.produce(ProduceRequest(topic, partition, bytes(data), acks, timeout_ms))
                 if index == 0 and result.base_offset is not None:
                     base_offset = result.base_offset
         except RaftMQError as error:
@@ -219,8 +215,7 @@ class KafkaApi:
                     waiting.cancel()
                 await asyncio.gather(*waits, return_exceptions=True)
             results = await self._fetch_all(wanted, 0)
-        fetched = sum(len(r.batches) for r in results if isinstance(r, FetchResult))
-        return {"responses": await _convert(fetched, self._fetch_responses, wanted, results, budget)}
+        return {"responses": self._fetch_responses(wanted, results, budget)}
 
     async def _fetch_all(self, wanted: list[tuple[str, int, int, int]], wait_ms: int
                          ) -> list[FetchResult | RaftMQError]:
@@ -245,8 +240,7 @@ class KafkaApi:
             else:
                 # Whole batches only, at least one in the whole response (a consumer must always progress).
                 remaining = min(max_bytes, budget - used)
-                records = b"" if used and remaining <= 0 else kafka_records.from_raftmq_batches(
-                    result.batches, byte_budget=remaining)
+                records = b"" if used and remaining <= 0 else kafka_records.within_budget(result.batches, remaining)
                 used += len(records)
                 answer = {"partition_index": partition, "error_code": 0, "high_watermark": result.high_watermark,
                           "last_stable_offset": result.high_watermark, "log_start_offset": result.log_start_offset,
@@ -321,13 +315,6 @@ class KafkaApi:
             except RaftMQError as error:
                 answers.append({"name": name, "error_code": _error(error)})
         return {"responses": answers}
-
-
-async def _convert(size: int, convert: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a batch conversion in place when small, on the I/O pool when large (limits.py says why)."""
-    if size <= limits.kafka_convert_inline_bytes_max:
-        return convert(*args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(convert, *args, **kwargs))
 
 
 def _create_request(topic: Body) -> CreateTopicRequest:

@@ -138,7 +138,7 @@ def _read_whole_batches(pieces: list[tuple[int, int, int]], max_bytes: int, dire
 
 
 def _first_batch_size(fd: int, start: int, stop: int, directory: Path) -> int:
-    prefix = pread_exact(fd, min(batches.LENGTH_PREFIX_BYTES, stop - start), start, directory)
+    prefix = pread_exact(fd, min(batches.STORED_LENGTH_BYTES, stop - start), start, directory)
     size = batches.batch_length_at(prefix)
     return size if size is not None else stop - start
 

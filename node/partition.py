@@ -126,7 +126,7 @@ class PartitionStateMachine:
 
     def _append(self, index: int, term: int, batch: bytes, time_ms: int) -> AppendResult | RaftMQError:
         try:
-            header = batches.parse_header(batch)
+            header = batches.parse_batch_header(batch)
         except CorruptBatch as exc:
             return exc  # the leader validated it; this only guards against a foreign entry
         if header.producer_id != batches.NO_PRODUCER_ID:
@@ -195,12 +195,13 @@ class PartitionStateMachine:
         first = True
         appended = 0
         while True:
-            prefix = payload.read(batches.LENGTH_PREFIX_BYTES)
+            prefix = payload.read(batches.STORED_LENGTH_BYTES)
             if not prefix:
                 break
             size = batches.batch_length_at(prefix)
-            invariant(size is not None and size >= batches.HEADER_BYTES, "snapshot stream: bad batch prefix")
-            rest = payload.read(size - batches.LENGTH_PREFIX_BYTES)  # type: ignore[operator]
+            invariant(size is not None and size >= batches.STORED_HEADER_BYTES,
+                      "snapshot stream: bad batch prefix")
+            rest = payload.read(size - batches.STORED_LENGTH_BYTES)  # type: ignore[operator]
             stored = prefix + rest
             header = batches.verify_stored(stored)  # raises CorruptBatch: the install fails, Raft retries
             if first:

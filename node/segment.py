@@ -8,7 +8,8 @@ under its lock and decides which segments keep a file descriptor open.
 
 Files (integers big-endian)::
 
-    .log        stored batches back to back, exactly the bytes cluster.batch.stamp() returned
+    .log        stored batches back to back, exactly the bytes cluster.batch.stamp() returned: a 20-byte
+                broker prefix (CRC, Raft index, append time), then the Kafka RecordBatch v2 bytes
     .index      8-byte entries  (u32 batch base_offset - segment base_offset, u32 file position)
     .timeindex  12-byte entries (i64 max_timestamp_ms so far, u32 relative base offset of the batch that
                 first reached it)
@@ -296,12 +297,12 @@ class _BatchWalker:
         """Yields ``(position, header)``; advances ``position``/``next_offset`` past each sound batch."""
         while self.position < self._end:
             remaining = self._end - self.position
-            if remaining < batches.LENGTH_PREFIX_BYTES:
+            if remaining < batches.STORED_LENGTH_BYTES:
                 self.problem = f"torn write: {remaining} trailing bytes"
                 return
-            size = batches.batch_length_at(self._view(self.position, batches.LENGTH_PREFIX_BYTES))
+            size = batches.batch_length_at(self._view(self.position, batches.STORED_LENGTH_BYTES))
             assert size is not None
-            if not batches.HEADER_BYTES <= size <= limits.batch_bytes_max:
+            if not batches.STORED_HEADER_BYTES <= size <= batches.STORED_BATCH_BYTES_MAX:
                 self.problem = f"batch length field is nonsense ({size} bytes)"
                 return
             if size > remaining:
@@ -314,7 +315,7 @@ class _BatchWalker:
                     self.problem = exc.message
                     return
             else:
-                header = batches.parse_header(self._view(self.position, batches.HEADER_BYTES))
+                header = batches.parse_header(self._view(self.position, batches.STORED_HEADER_BYTES))
                 if header.magic != batches.MAGIC:
                     self.problem = f"unknown batch magic {header.magic}"
                     return
@@ -650,7 +651,7 @@ class Segment:
 
     def read_header(self, position: int) -> BatchHeader:
         invariant(0 <= position < self.size_bytes, f"position {position} outside {self.name}")
-        data = pread_exact(self._log_fd(), batches.HEADER_BYTES, position, self.log_path)
+        data = pread_exact(self._log_fd(), batches.STORED_HEADER_BYTES, position, self.log_path)
         return batches.parse_header(data)
 
     def iter_headers(self, position: int, offset: int) -> Iterator[tuple[int, BatchHeader]]:
@@ -675,7 +676,7 @@ class Segment:
             size = batches.batch_length_at(data, end)
             if size is None or end + size > len(data):
                 break
-            if size < batches.HEADER_BYTES:
+            if size < batches.STORED_HEADER_BYTES:
                 raise StorageError(f"batch length {size} at position {position + end} in {self.log_path}",
                                    path=str(self.log_path))
             end += size
@@ -683,9 +684,9 @@ class Segment:
             return data[:end]
         if not at_least_one:
             return b""
-        size = batches.batch_length_at(pread_exact(fd, batches.LENGTH_PREFIX_BYTES, position, self.log_path))
+        size = batches.batch_length_at(pread_exact(fd, batches.STORED_LENGTH_BYTES, position, self.log_path))
         assert size is not None
-        if not batches.HEADER_BYTES <= size <= available:
+        if not batches.STORED_HEADER_BYTES <= size <= available:
             raise StorageError(f"batch length {size} at position {position} in {self.log_path}",
                                path=str(self.log_path))
         return pread_exact(fd, size, position, self.log_path)
@@ -724,9 +725,9 @@ class Segment:
             return problem
         if len(index) and not len(time_index):
             return f"{self.time_index_path.name} is empty but {self.index_path.name} is not"
-        if self.size_bytes < batches.HEADER_BYTES:
+        if self.size_bytes < batches.STORED_HEADER_BYTES:
             return f"the segment holds {self.size_bytes} bytes but is not the last one"
-        first = batches.parse_header(os.pread(self._log_fd(), batches.HEADER_BYTES, 0))
+        first = batches.parse_header(os.pread(self._log_fd(), batches.STORED_HEADER_BYTES, 0))
         if first.base_offset != self.base_offset:
             return f"its first batch has base_offset {first.base_offset}"
         self._reset_summary()

@@ -26,6 +26,7 @@ from typing import Any
 from raftmq.cluster import batch as batches
 from raftmq.cluster import commands, limits
 from raftmq.cluster.commands import MetadataOp, PartitionOp
+from raftmq.cluster.compression import CODEC_NONE
 from raftmq.cluster.consumer_groups import GROUP_STATE_TOPIC
 from raftmq.cluster.errors import (
     BrokerShuttingDown,
@@ -76,6 +77,7 @@ from raftmq.node.dead_lettering import DeadLetters
 from raftmq.node.exchanges import Exchanges
 from raftmq.node.group_coordinator import GroupCoordinator
 from raftmq.node.groups import AppendInfo, ReplicationEngine
+from raftmq.node.log import PartitionLog
 from raftmq.node.metadata import MetadataGroup
 from raftmq.node.operations import (
     BrokerDescription,
@@ -100,6 +102,12 @@ from raftmq.node.replicas import PartitionHandle, ReplicaManager
 from raftmq.node.stages import StageTimes, StageTrace
 
 log = logging.getLogger(__name__)
+
+
+def _read_served(partition_log: PartitionLog, offset: int, max_bytes: int) -> bytes:
+    """What a fetch serves from ``offset``: the stored batches read (on the I/O pool) as bare RecordBatch v2
+    batches, the broker's prefixes dropped."""
+    return batches.served(partition_log.read(offset, max_bytes))
 
 
 class BrokerService:
@@ -166,7 +174,11 @@ class BrokerService:
                                topic=request.topic)
         handle = self._handle(request.topic, request.partition)
         self._leader_with_quorum(handle)
-        header = batches.validate_produced(request.batch)
+        header = batches.validate_produced(request.batch, check_records=False)
+        if header.codec != CODEC_NONE and len(request.batch) > limits.compressed_batch_check_inline_bytes_max:
+            await asyncio.get_running_loop().run_in_executor(None, batches.check_records_of, request.batch, header)
+        else:
+            batches.check_records_of(request.batch, header)
         if header.producer_id != batches.NO_PRODUCER_ID:
             if request.acks is not Acks.ALL:
                 # The append/duplicate/gap decision is made at apply time, after commit: an acks=0/1 answer
@@ -316,7 +328,7 @@ class BrokerService:
                 raise OffsetOutOfRange(f"offset {offset} is outside [{start}, {end}]", offset=offset,
                                        log_start_offset=start, log_end_offset=end)
             if offset < end:
-                data = await asyncio.get_running_loop().run_in_executor(None, partition_log.read, offset,
+                data = await asyncio.get_running_loop().run_in_executor(None, _read_served, partition_log, offset,
                                                                         request.max_bytes)
                 return self._fetched(request, handle, data)
             remaining = deadline - time.monotonic()

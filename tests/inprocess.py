@@ -209,9 +209,10 @@ class InProcessCluster:
         """(offset, key, value) of every record in the leader's log."""
         log = self.leader(topic, partition).state_machine.log
         data = log.read(log.log_start_offset, 1 << 30) if log.log_end_offset > log.log_start_offset else b""
-        from raftmq.cluster.batch import iter_batches
+        from raftmq.cluster.batch import iter_stored
 
-        return [(r.offset, r.key, r.value) for _, chunk in iter_batches(data) for r in decode_records(chunk)]
+        return [(r.offset, r.key, r.value) for header, chunk in iter_stored(data)
+                for r in decode_records(chunk, header)]
 
     def produce_requests(self, topic: str | None = None) -> list[RequestLog]:
         return [r for r in self.requests if r.method == "POST" and r.path.endswith("/records")

@@ -83,7 +83,7 @@ async def _fetch_raw(session: aiohttp.ClientSession, url: str, topic: str, parti
         if not chunks:
             return stored, high_watermark
         for header, chunk in chunks:
-            batches.verify_stored(chunk)
+            batches.check_batch_crc(chunk, header)
             stored.append(bytes(chunk))
             offset = header.next_offset
 

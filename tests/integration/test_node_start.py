@@ -1,7 +1,8 @@
 """`raftmq node start` with a config it cannot use exits 2 with INVALID_CONFIG naming the key, no traceback.
 
 Method: a real `python -m raftmq.node` process per case (a port in use, data_dir a regular file, a port of 70000, a
-config that is not UTF-8, a reachable peer port without a secret), each stopped by its own exit.
+config that is not UTF-8, a reachable peer port without a secret, a data_dir of the earlier storage format), each
+stopped by its own exit.
 """
 
 from __future__ import annotations
@@ -100,3 +101,19 @@ def test_config_that_is_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(text)
     result = _run(path)
     assert result.returncode == 2 and "UTF-8" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_data_dir_of_the_earlier_batch_format_is_refused_untouched(tmp_path: Path) -> None:
+    client_port, peer_port = find_free_ports(2)
+    config = _config(tmp_path, client_port, peer_port)
+    # What a broker of storage format 1 (raftmq's own msgpack batches) left behind: never to be misread as v2.
+    identity = '{"broker_id": 1, "cluster_id": "start-test", "format": 1, "incarnation": 3}\n'
+    segment = config.data_dir / "partitions" / "orders-0" / f"{0:020d}.log"
+    segment.parent.mkdir(parents=True)
+    segment.write_bytes(bytes(79))
+    (config.data_dir / "node.json").write_text(identity)
+    result = _run(_write(tmp_path, render_config(config)))
+    assert result.returncode == 2, result.stderr
+    assert "UNSUPPORTED_STORAGE_FORMAT" in result.stderr and "what to do: move the directory away" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert (config.data_dir / "node.json").read_text() == identity and segment.read_bytes() == bytes(79)

@@ -132,12 +132,12 @@ async def test_corrupt_batch_raises_and_pauses_until_seek(cluster: InProcessClus
 
 
 async def test_check_crcs_off_skips_verification(cluster: InProcessCluster) -> None:
-    # Flip a byte of the first batch's header CRC: decoding still works, only verification objects.
-    cluster.inject("fetch", Fault("corrupt", corrupt_index=36))
+    # Flip a byte of the first batch's MaxTimestamp: decoding still works, only the CRC-32C check objects.
+    cluster.inject("fetch", Fault("corrupt", corrupt_index=40))
     async with consumer(cluster, check_crcs=False) as c:
         c.assign([("t", 0)])
         assert [r.offset for r in await poll_n(c, 6)] == list(range(6))
-    cluster.inject("fetch", Fault("corrupt", corrupt_index=36))
+    cluster.inject("fetch", Fault("corrupt", corrupt_index=40))
     async with consumer(cluster, check_crcs=True) as c:
         c.assign([("t", 0)])
         with pytest.raises(CorruptBatch):
@@ -298,3 +298,29 @@ async def test_no_long_poll_does_not_spin(cluster: InProcessCluster) -> None:
         before = fetches()
         assert await c.poll(timeout_ms=200) == []
         assert fetches() - before <= 10  # backed off between empty answers (25-50 ms each), no spinning
+
+
+@pytest.mark.parametrize("codec", [1, 3, 4])  # gzip, lz4, zstd: as a Kafka client compresses
+async def test_a_compressed_client_batch_is_served_as_sent_and_read_by_the_consumer(
+        cluster: InProcessCluster, codec: int) -> None:
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from raftmq.cluster.batch import iter_batches
+    from raftmq.node.operations import Acks, FetchRequest, ProduceRequest
+
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=codec, is_transactional=0, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    for i in range(50):
+        builder.append(i, timestamp=5000 + i, key=b"k%d" % i, value=b"v%d" % i * 20, headers=[("h", b"x")])
+    produced = bytes(builder.build())
+    leader = next(n for n in cluster.running() if n.broker.replicas.partitions.get(("t", 1)) is cluster.leader("t", 1))
+    service = cluster.service(leader.broker_id)
+    result = await service.produce(ProduceRequest("t", 1, produced, Acks.ALL, 5000))
+    assert result.base_offset == 0
+    fetched = (await service.fetch(FetchRequest("t", 1, 0, 1 << 20, 0))).batches
+    [(header, served)] = list(iter_batches(fetched))
+    assert header.codec == codec and bytes(served[16:]) == produced[16:], "stored and served as the client sent it"
+    async with consumer(cluster) as c:
+        c.assign([("t", 1)])
+        records = await poll_n(c, 50)
+    assert [(r.offset, r.timestamp_ms, r.key, r.value, r.headers) for r in records] == \
+        [(i, 5000 + i, b"k%d" % i, b"v%d" % i * 20, (("h", b"x"),)) for i in range(50)]

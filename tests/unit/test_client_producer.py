@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from raftmq.client import DeliveryReport, Producer
-from raftmq.cluster.batch import decode_records, iter_batches, parse_header
+from raftmq.cluster.batch import decode_records, iter_stored, parse_batch_header
 from raftmq.cluster.errors import (
     BufferExhausted,
     ClientTimeout,
@@ -51,7 +51,7 @@ def producer(cluster: InProcessCluster, **options: Any) -> Producer:
 
 
 def headers_of(cluster: InProcessCluster) -> list[Any]:
-    return [parse_header(r.body["batch"]) for r in cluster.produce_requests()]
+    return [parse_batch_header(r.body["batch"]) for r in cluster.produce_requests()]
 
 
 async def gather(futures: list[asyncio.Future[DeliveryReport]],
@@ -135,7 +135,7 @@ async def test_headers_and_timestamps_are_stored(cluster: InProcessCluster) -> N
         f2 = await p.send("t", b"y", partition=0, timestamp_ms=50)
         await gather([f1, f2])
     log = cluster.leader("t", 0).state_machine.log
-    records = [r for _, chunk in iter_batches(log.read(0, 1 << 20)) for r in decode_records(chunk)]
+    records = [r for h, chunk in iter_stored(log.read(0, 1 << 20)) for r in decode_records(chunk, h)]
     assert records[0].headers == (("a", b"1"), ("b", None)) and records[0].value == "é".encode()
     assert [r.timestamp_ms for r in records] == [5, 100, 50]
 
@@ -188,7 +188,7 @@ async def test_retry_after_outcome_unknown_resends_same_bytes_and_dedups(cluster
     assert [r.offset for r in reports] == [0, 1, 2, 3, 4]
     assert all(r.status == "ok" and r.duplicate for r in reports)
     assert len(cluster.stored("t", 0)) == 5  # stored once
-    header = parse_header(requests[0].body["batch"])
+    header = parse_batch_header(requests[0].body["batch"])
     assert header.producer_id == p.producer_id and header.base_sequence == 0
 
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from raftmq.cluster.batch import decode_records, encode_batch, iter_batches
+from raftmq.cluster.batch import decode_records, encode_batch, iter_stored
 from raftmq.cluster.errors import RaftMQError
 from raftmq.cluster.metadata import AlterTopicRequest, BrokerState
 from raftmq.cluster.wire import Acks
@@ -78,7 +78,7 @@ def values_on_every_replica(cluster: InProcessCluster, topic: str, partition: in
     for handle in cluster.handles(topic, partition):
         log = handle.state_machine.log
         data = log.read(log.log_start_offset, 1 << 30) if log.log_end_offset > log.log_start_offset else b""
-        out.append({r.value for _, chunk in iter_batches(data) for r in decode_records(chunk) if r.value})
+        out.append({r.value for h, chunk in iter_stored(data) for r in decode_records(chunk, h) if r.value})
     return out
 
 

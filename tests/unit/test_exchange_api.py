@@ -18,7 +18,7 @@ import pytest
 from raftmq.client.admin import Admin
 from raftmq.client.publisher import ExchangePublisher
 from raftmq.cluster import limits
-from raftmq.cluster.batch import decode_records, iter_batches
+from raftmq.cluster.batch import decode_records, iter_stored
 from raftmq.cluster.errors import PublishIncomplete
 
 from tests.inprocess import Fault, InProcessCluster, RequestLog, wait_until
@@ -37,7 +37,7 @@ async def call(session: aiohttp.ClientSession, url: str, method: str, path: str,
 def records(cluster: InProcessCluster, topic: str) -> list[tuple[bytes | None, dict[str, bytes | None]]]:
     log = cluster.leader(topic, 0).state_machine.log
     data = log.read(log.log_start_offset, 1 << 30)
-    return [(r.value, dict(r.headers)) for _, chunk in iter_batches(data) for r in decode_records(chunk)]
+    return [(r.value, dict(r.headers)) for h, chunk in iter_stored(data) for r in decode_records(chunk, h)]
 
 
 async def test_fanout_admin_publish_partial_failure_and_retry(tmp_path: Path) -> None:

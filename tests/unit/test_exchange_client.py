@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from raftmq.client.admin import Admin
 from raftmq.client.publisher import ExchangePublisher
-from raftmq.cluster.batch import decode_records, iter_batches
+from raftmq.cluster.batch import decode_records, iter_stored
 from raftmq.cluster.errors import ClientTimeout, ConnectionFailed, InvalidBinding, UnknownExchange, Unroutable
 
 from raftmq.cli import cli
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.asyncio
 def values(cluster: InProcessCluster, topic: str) -> list[bytes | None]:
     log = cluster.leader(topic, 0).state_machine.log
     data = log.read(log.log_start_offset, 1 << 30)
-    return [r.value for _, chunk in iter_batches(data) for r in decode_records(chunk)]
+    return [r.value for h, chunk in iter_stored(data) for r in decode_records(chunk, h)]
 
 
 async def test_the_seed_examples_route_as_amqp_says(tmp_path: Path) -> None:

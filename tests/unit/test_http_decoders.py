@@ -102,21 +102,14 @@ def test_topic_names_with_a_trailing_newline() -> None:
 def test_one_record_above_the_limit_is_record_too_large() -> None:
     good = batches.encode_batch([(None, b"x" * limits.record_bytes_max, (), 1)])
     batches.validate_produced(good)
-    # Build the oversized record by hand: the client refuses to encode it.
-    body = msgpack.packb([[0, None, b"x" * (limits.record_bytes_max + 1), []]], use_bin_type=True)
-    oversized = _forge_batch(body)
+    # Build the oversized record with a Kafka client's encoder: raftmq's refuses to encode it.
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 22)
+    builder.append(0, timestamp=1, key=None, value=b"x" * (limits.record_bytes_max + 1), headers=[])
     with pytest.raises(RecordTooLarge):
-        batches.validate_produced(oversized)
-
-
-def _forge_batch(body: bytes) -> bytes:
-    import struct
-    import zlib
-
-    tail = struct.pack(">Iqqqi", 1, 1, 1, -1, -1) + body
-    total = batches.HEADER_BYTES + len(body)
-    head = struct.pack(">QIQQq", 0, total - batches.LENGTH_PREFIX_BYTES, 0, 0, 0) + struct.pack(">I", 0)
-    return head + struct.pack(">BHI", batches.MAGIC, 0, zlib.crc32(tail)) + tail
+        batches.validate_produced(bytes(builder.build()))
 
 
 # --- property tests -------------------------------------------------------------------------------------

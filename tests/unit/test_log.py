@@ -27,7 +27,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from raftmq.cluster import limits
-from raftmq.cluster.batch import BatchHeader, iter_batches, parse_header, verify_stored
+from raftmq.cluster.batch import STORED_HEADER_BYTES, BatchHeader, iter_stored, parse_header, verify_stored
 from raftmq.cluster.errors import CorruptBatch, InvalidConfig, InvariantViolation, OffsetOutOfRange, StorageError
 from raftmq.node.log import RECOVERY_POINT_FILE, LogConfig, LogStream, PartitionLog
 
@@ -155,7 +155,7 @@ def test_append_and_read(opened: Opener, make_batch: MakeBatch) -> None:
         with pytest.raises(OffsetOutOfRange) as caught:
             log.read(offset, 100)
         assert caught.value.details == {"offset": offset, "log_start_offset": 0, "log_end_offset": 20}
-    for _, chunk in iter_batches(log.read(0, 10**6)):
+    for _, chunk in iter_stored(log.read(0, 10**6)):
         verify_stored(chunk)
 
 
@@ -200,7 +200,7 @@ def test_rolls_by_size(opened: Opener, make_batch: MakeBatch, log_dir: Path) -> 
     assert all(f.stat().st_size <= SMALL.segment_bytes for f in files)
     assert all(f.stat().st_size + len(stored[0]) > SMALL.segment_bytes for f in files[:-1])  # each one full
     for f in files:  # named by the base offset of its first batch
-        assert parse_header(f.read_bytes()[:79]).base_offset == int(f.name[:20])
+        assert parse_header(f.read_bytes()[:STORED_HEADER_BYTES]).base_offset == int(f.name[:20])
     assert_consistent(log, stored)
 
 
@@ -571,14 +571,16 @@ def test_recovery_cuts_a_flipped_byte_in_the_last_batch_body(
     log = damaged_reopen(opened, log_dir,
                          lambda d: flip(last_log_file(d), last_log_file(d).stat().st_size - 10))
     assert log.recovery_report.truncated_bytes == len(stored[-1])
-    check_cut(log, stored, len(stored) - 1, make_batch, "batch CRC mismatch")
+    check_cut(log, stored, len(stored) - 1, make_batch, "batch CRC-32C mismatch")
 
 
 @pytest.mark.parametrize(("field_position", "reason"), [
-    (30, "header CRC mismatch"),  # append_time_ms
-    (2, "header CRC mismatch"),  # base_offset
-    (60, "batch CRC mismatch"),  # max_timestamp_ms, covered by the producer's CRC
-    (8, "length field is nonsense"),  # batch_length: 256 MiB more
+    (16, "prefix CRC mismatch"),  # append_time_ms (the broker's prefix)
+    (4, "prefix CRC mismatch"),  # raft_index (the broker's prefix)
+    (22, "prefix CRC mismatch"),  # BaseOffset: outside the v2 CRC, under the prefix's
+    (33, "prefix CRC mismatch"),  # PartitionLeaderEpoch: outside the v2 CRC, under the prefix's
+    (58, "batch CRC-32C mismatch"),  # MaxTimestamp, covered by the producer's CRC
+    (28, "length field is nonsense"),  # BatchLength: 256 MiB more
 ])
 def test_recovery_cuts_a_flipped_byte_in_the_last_batch_header(
         opened: Opener, make_batch: MakeBatch, log_dir: Path,
@@ -666,7 +668,7 @@ def test_recovery_checks_everything_after_a_stale_recovery_point(
     crashed = damaged_reopen(opened, log_dir, lambda d: flip(d / second.name, position + 200))
     assert crashed.recovery_report.batches_checked == victim  # validated from the first segment on
     assert not (log_dir.parent / "crashed" / segment_files(log_dir)[2].name).exists()  # later segment deleted
-    check_cut(crashed, stored, victim, make_batch, "batch CRC mismatch")
+    check_cut(crashed, stored, victim, make_batch, "batch CRC-32C mismatch")
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage\n", b"1 99999999 00000000\n", None])
@@ -699,7 +701,7 @@ def test_recovery_point_beyond_the_end_still_checks_the_last_segment(
         flip(path, path.stat().st_size - 3)
 
     log = damaged_reopen(opened, log_dir, damage)
-    check_cut(log, stored, len(stored) - 1, make_batch, "batch CRC mismatch")
+    check_cut(log, stored, len(stored) - 1, make_batch, "batch CRC-32C mismatch")
     assert log.recovery_point_offset == log.log_end_offset - 2  # rewritten after recovery (+ 2 appends)
 
 
@@ -751,7 +753,7 @@ def test_crash_after_truncate_and_append_revalidates_the_rewritten_range(
     victim = next(i for i, b in enumerate(rewritten) if parse_header(b).base_offset == second_base) + 1
     crashed = damaged_reopen(opened, log_dir,
                              lambda d: flip(d / second.name, len(rewritten[victim - 1]) + 150))
-    check_cut(crashed, rewritten, victim, make_batch, "batch CRC mismatch")
+    check_cut(crashed, rewritten, victim, make_batch, "batch CRC-32C mismatch")
 
 
 def test_flush_persists_the_recovery_point(opened: Opener, make_batch: MakeBatch,
@@ -790,7 +792,7 @@ def test_sigkill_while_appending_loses_nothing_flushed(log_dir: Path, make_batch
     with PartitionLog.open(log_dir, SMALL) as log:
         assert log.log_end_offset >= acked[-1] and log.segment_count >= 3
         offset = 0
-        for header, chunk in iter_batches(log.read(0, 1 << 30)):
+        for header, chunk in iter_stored(log.read(0, 1 << 30)):
             assert verify_stored(chunk).base_offset == header.base_offset == offset
             offset = header.next_offset
         assert offset == log.log_end_offset
@@ -852,7 +854,7 @@ def test_reads_are_consistent_while_another_thread_appends(opened: Opener,
         end = log.log_end_offset
         offset = reads % (end + 1)
         data = log.read(offset, 9000)
-        for header, chunk in iter_batches(data):
+        for header, chunk in iter_stored(data):
             verify_stored(chunk)
             assert chunk == batches_to_write[header.base_offset]
         reads += 1

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from raftmq.client.admin import Admin
 from raftmq.client.publisher import ExchangePublisher
 from raftmq.client.push_consumer import GroupPushConsumer, PushConsumer, PushRecord
-from raftmq.cluster.batch import decode_records, iter_batches
+from raftmq.cluster.batch import decode_records, iter_stored
 from raftmq.cluster.dead_lettering import DeathReason, parse_death
 from raftmq.cluster.errors import InvalidRequest, UnknownTopicOrPartition
 from raftmq.cluster.push import PrefetchWindow, parse_ack_frame, parse_subscription
@@ -131,7 +131,7 @@ async def test_a_dead_letter_exchange_collects_rejected_records(tmp_path: Path) 
                     break
         assert (b"good", 1) in handled and (b"flaky", 2) in handled
         dead = cluster.leader("payments-dead", 0).state_machine.log
-        letters = [r for _, chunk in iter_batches(dead.read(0, 1 << 20)) for r in decode_records(chunk)]
+        letters = [r for h, chunk in iter_stored(dead.read(0, 1 << 20)) for r in decode_records(chunk, h)]
         by_value = {r.value: parse_death(r.headers) for r in letters}
         assert set(by_value) == {b"bad", b"flaky"}
         assert by_value[b"bad"]["reason"] == DeathReason.REJECTED
@@ -205,7 +205,7 @@ async def test_expired_records_go_to_the_dead_letter_exchange(tmp_path: Path) ->
         letters = cluster.stored("stale", 0)
         assert [value for _offset, _key, value in letters] == [b"old-1", b"old-2"]
         log = cluster.leader("stale", 0).state_machine.log
-        deaths = [parse_death(r.headers) for _, chunk in iter_batches(log.read(0, 1 << 20))
-                  for r in decode_records(chunk)]
+        deaths = [parse_death(r.headers) for h, chunk in iter_stored(log.read(0, 1 << 20))
+                  for r in decode_records(chunk, h)]
         assert [(d["reason"], d["offset"], d["count"]) for d in deaths] == [("expired", "0", "0"),
                                                                             ("expired", "1", "0")]

@@ -217,7 +217,7 @@ def test_recover_cuts_at_the_first_bad_batch(tmp_path: Path, make_batch: MakeBat
     assert result.truncated_at_offset == 8
     assert result.truncated_bytes == len(stored[4]) + len(stored[5])
     assert result.batches_checked == 4
-    assert result.reason is not None and "CRC mismatch at offset 8" in result.reason
+    assert result.reason is not None and "CRC-32C mismatch at offset 8" in result.reason
     # Equal timestamps: the time index only holds its first entry, which survives the cut.
     assert result.indexes_rebuilt == (recovered.index_path.name,)
     assert recovered.log_path.stat().st_size == bad_position

@@ -45,7 +45,7 @@ def test_batch_round_trip(records: list, idempotent: bool, base_offset: int) -> 
     stored = batches.stamp(data, base_offset=base_offset, leader_epoch=4, raft_index=99, append_time_ms=123)
     stored_header = batches.verify_stored(stored)
     assert (stored_header.base_offset, stored_header.leader_epoch, stored_header.raft_index) == (base_offset, 4, 99)
-    decoded = batches.decode_records(stored)
+    decoded = batches.decode_records(stored, stored_header)
     for index, (record, original) in enumerate(zip(decoded, records, strict=True)):
         key, value, headers, timestamp = original
         assert record.offset == base_offset + index
@@ -73,20 +73,20 @@ def test_produced_batch_checks() -> None:
         batches.validate_produced(bytes(bad_crc))
     with pytest.raises(CorruptBatch):
         batches.validate_produced(good[:50])
-    with pytest.raises(CorruptBatch, match="batch_length"):
+    with pytest.raises(CorruptBatch, match="BatchLength"):
         batches.validate_produced(good + b"x")
     with pytest.raises(BatchTooLarge):
         batches.validate_produced(b"\x00" * (limits.batch_bytes_max + 1))
-    # A body with the wrong record count but a valid CRC (a buggy client) is refused too.
-    body = msgpack.packb([[0, None, b"a", []], [0, None, b"b", []]])
-    forged = good[:79] + body
+    # A RecordsCount that disagrees with the records, under a valid CRC (a buggy client), is refused too.
     import struct
-    import zlib
 
-    forged = bytearray(forged)
-    struct.pack_into(">I", forged, 8, len(forged) - 12)
-    struct.pack_into(">I", forged, 43, zlib.crc32(bytes(forged[47:])))
-    with pytest.raises(CorruptBatch, match="record_count"):
+    import crc32c
+
+    forged = bytearray(batches.encode_batch([(None, b"a", [], 5), (None, b"b", [], 5)]))
+    struct.pack_into(">ii", forged, 23, 0, 1)  # LastOffsetDelta, then RecordsCount at 57: both say one record
+    struct.pack_into(">i", forged, 57, 1)
+    struct.pack_into(">I", forged, 17, crc32c.crc32c(bytes(forged[21:])))
+    with pytest.raises(CorruptBatch, match="records do not decode"):
         batches.validate_produced(bytes(forged))
 
 
@@ -103,9 +103,12 @@ def test_iter_batches_splits_and_detects_truncation() -> None:
     stored = [batches.stamp(batches.encode_batch([(None, b"%d" % i, [], 0)]), base_offset=i, leader_epoch=1,
                             raft_index=i + 1, append_time_ms=0) for i in range(4)]
     joined = b"".join(stored)
-    assert [h.base_offset for h, _ in batches.iter_batches(joined)] == [0, 1, 2, 3]
+    assert [h.base_offset for h, _ in batches.iter_stored(joined)] == [0, 1, 2, 3]
+    assert [h.base_offset for h, _ in batches.iter_batches(batches.served(joined))] == [0, 1, 2, 3]
     with pytest.raises(CorruptBatch):
-        list(batches.iter_batches(joined[:-3]))
+        list(batches.iter_stored(joined[:-3]))
+    with pytest.raises(CorruptBatch):
+        list(batches.iter_batches(batches.served(joined)[:-3]))
 
 
 def test_error_codes_are_unique_and_round_trip() -> None:
@@ -168,7 +171,7 @@ def test_query_int() -> None:
 def test_records_to_batch() -> None:
     data = records_to_batch([{"key": "k", "value": "v", "headers": {"h": "x"}, "timestamp_ms": 10},
                              {"value": b"raw", "timestamp_ms": 5}], now_ms=1_000)
-    records = batches.decode_records(batches.stamp(data, base_offset=0, leader_epoch=1, raft_index=1, append_time_ms=0))
+    records = batches.decode_records(data)
     assert records[0].key == b"k" and records[0].headers == (("h", b"x"),)
     assert records[1].value == b"raw" and records[1].timestamp_ms == 5  # out-of-order timestamps are kept
     for bad in [[], "x", [1], [{"value": 5}], [{"headers": 5}], [{"timestamp_ms": -1}], [{"headers": [["a"]]}]]:

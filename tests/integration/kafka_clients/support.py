@@ -9,7 +9,10 @@ import time
 import uuid
 from pathlib import Path
 
+import msgpack
+import requests
 from raftmq.client import SyncAdmin, SyncConsumer, SyncProducer
+from raftmq.cluster.batch import iter_batches
 from raftmq.deploy.local_cluster import LocalCluster
 
 # Every client wait in these tests is bounded by this (seconds).
@@ -49,6 +52,21 @@ def read_over_http(cluster: LocalCluster, topic: str, partitions: int, count: in
         while len(got) < count and time.monotonic() < deadline:
             got += [(r.partition, r.offset, r.key, r.value) for r in consumer.poll(timeout_ms=500)]
     return sorted(got)
+
+
+def stored_codecs(cluster: LocalCluster, topic: str, partitions: int) -> list[int]:
+    """The codec of every batch of ``topic`` as its leaders store and serve it (one fetch per partition)."""
+    codecs: list[int] = []
+    for partition in range(partitions):
+        leader = cluster.leader_of(topic, partition)
+        assert leader is not None, f"{topic}-{partition} has no leader"
+        response = requests.get(f"{cluster.nodes[leader].url}/v1/topics/{topic}/partitions/{partition}/records",
+                                params={"offset": 0, "max_bytes": 8 << 20}, headers={"Accept": "application/msgpack"},
+                                timeout=CLIENT_TIMEOUT_S)
+        body = msgpack.unpackb(response.content)
+        assert response.status_code == 200, body
+        codecs += [header.codec for header, _ in iter_batches(body["batches"])]
+    return codecs
 
 
 def produce_over_http(cluster: LocalCluster, topic: str, records: list[tuple[bytes, bytes]]) -> None:

@@ -20,6 +20,7 @@ from tests.integration.kafka_clients.support import (
     create_topic,
     produce_over_http,
     read_over_http,
+    stored_codecs,
     unique,
 )
 
@@ -86,6 +87,8 @@ def test_every_codec_is_really_used_and_reads_back(kafka_cluster: LocalCluster) 
         assert "MsgVersion 2, MsgId" in produced.stderr and f", {codec})" in produced.stderr, produced.stderr
         expected += [(codec.encode(), f"{codec}-value-{i}".encode()) for i in range(20)]
     check_read_back(kafka_cluster, topic, expected)
+    # Stored and served as sent: every batch keeps its codec (1-4: gzip, snappy, lz4, zstd).
+    assert set(stored_codecs(kafka_cluster, topic, 3)) == {1, 2, 3, 4}
 
 
 def test_consume_from_an_offset_inside_a_batch_starts_exactly_there(kafka_cluster: LocalCluster) -> None:

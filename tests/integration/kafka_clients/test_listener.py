@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from raftmq.cluster import kafka_records
+from raftmq.cluster import batch as batches
 from raftmq.cluster.kafka_errors import KafkaError
 from raftmq.cluster.kafka_messages import ADVERTISED, SCHEMAS, ApiKey, decode_response, encode_request
 from raftmq.deploy.local_cluster import LocalCluster
@@ -136,8 +136,8 @@ def test_an_idempotent_retry_answers_the_original_offset_and_is_stored_once(kafk
         pid = identity["producer_id"]
 
         def batch(sequence: int, value: bytes) -> bytes:
-            return kafka_records.encode_batch([kafka_records.KafkaRecord(0, 1_700_000_000_000, None, value, ())],
-                                              producer_id=pid, producer_epoch=0, base_sequence=sequence)
+            return batches.encode_batch([(None, value, (), 1_700_000_000_000)], producer_id=pid,
+                                        base_sequence=sequence)
 
         first = partition_answer(call(sock, ApiKey.PRODUCE, produce_body(topic, batch(0, b"a"))))
         second = partition_answer(call(sock, ApiKey.PRODUCE, produce_body(topic, batch(1, b"b")), 2))
@@ -155,7 +155,7 @@ def test_per_partition_errors_carry_the_codes_clients_act_on(kafka_cluster: Loca
     create_topic(kafka_cluster, topic, partitions=1)
     leader = leader_of(kafka_cluster, topic, 0)
     follower = next(b for b in kafka_cluster.nodes if b != leader)
-    record = kafka_records.encode_batch([kafka_records.KafkaRecord(0, 1, None, b"x", ())])
+    record = batches.encode_batch([(None, b"x", (), 1)])
     with connect(kafka_cluster, follower) as sock:
         answer = partition_answer(call(sock, ApiKey.PRODUCE, produce_body(topic, record)))
         assert answer["error_code"] == KafkaError.NOT_LEADER_OR_FOLLOWER
