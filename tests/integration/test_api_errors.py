@@ -16,6 +16,8 @@ from raftmq.cluster import batch as batches
 from raftmq.cluster import limits
 from raftmq.deploy.local_cluster import LocalCluster
 
+from tests.conftest import wait_for_condition
+
 pytestmark = pytest.mark.cluster
 TOPIC = "errors"
 
@@ -77,6 +79,14 @@ async def test_bad_input_is_rejected_with_stable_codes(api: tuple[Api, Api, Loca
     produce = f"/v1/topics/{TOPIC}/partitions/0/records"
     status, body = await leader.call("POST", produce, json_body={"acks": "all", "records": [{"value": "before"}]})
     assert status == 200, body
+
+    async def replicas_agree() -> bool:
+        # acks=all answers once a majority has the record; a follower learns the new high watermark with the
+        # leader's next message, so the baseline waits until every replica shows the same one.
+        ends = await _log_ends(cluster)
+        return all(len({end for _, p, end in ends if p == partition}) == 1 for partition in (0, 1))
+
+    await wait_for_condition(replicas_agree, timeout_s=10, what="every replica's high watermark to agree")
     cluster_ends = await _log_ends(cluster)
 
     # routes and methods

@@ -19,7 +19,7 @@ from raftmq.client.consumer import Consumer
 from raftmq.client.push_consumer import PushConsumer
 from raftmq.client.share_consumer import ShareConsumer, ShareRecord
 from raftmq.cluster import limits
-from raftmq.cluster.batch import Record, decode_records, iter_batches
+from raftmq.cluster.batch import Record, decode_records, iter_stored
 from raftmq.cluster.commands import MetadataOp
 from raftmq.cluster.dead_lettering import (
     DeadLetterTarget,
@@ -127,8 +127,8 @@ def test_topic_and_group_dead_letter_configuration(monkeypatch: pytest.MonkeyPat
 
 def dead_letters(cluster: InProcessCluster, topic: str) -> list[tuple[bytes | None, dict[str, str]]]:
     log = cluster.leader(topic, 0).state_machine.log
-    return [(r.value, parse_death(r.headers)) for _, chunk in iter_batches(log.read(log.log_start_offset, 1 << 20))
-            for r in decode_records(chunk)]
+    return [(r.value, parse_death(r.headers)) for h, chunk in iter_stored(log.read(log.log_start_offset, 1 << 20))
+            for r in decode_records(chunk, h)]
 
 
 async def poll_until(consumer: ShareConsumer, count: int) -> list[ShareRecord]:

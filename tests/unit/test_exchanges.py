@@ -273,12 +273,13 @@ def test_an_idempotent_publish_derives_one_producer_id_per_publish() -> None:
     assert is_publish_producer_id(publish_producer_id(first))
     assert publish_producer_id(first) != publish_producer_id(parse_publish("x", body("b"), now_ms=1))
     assert publish_producer_id(first) != publish_producer_id(parse_publish("y", body("a"), now_ms=1))
-    headers = [batches.parse_header(d.batch) for d in plan_destinations(first, [["a", "b"]], {"a": 1, "b": 2}, pick=0)]
+    planned_first = plan_destinations(first, [["a", "b"]], {"a": 1, "b": 2}, pick=0)
+    headers = [batches.parse_batch_header(d.batch) for d in planned_first]
     assert {(h.producer_id, h.base_sequence) for h in headers} == {(publish_producer_id(first), 0)}
     for plain in (parse_publish("x", {"records": [{"value": "a"}], "publish_id": "p1", "acks": 1}, now_ms=1),
                   parse_publish("x", {"records": [{"value": "a"}]}, now_ms=1)):
         planned = plan_destinations(plain, [["a"]], {"a": 1}, pick=0)
-        assert batches.parse_header(planned[0].batch).producer_id == batches.NO_PRODUCER_ID
+        assert batches.parse_batch_header(planned[0].batch).producer_id == batches.NO_PRODUCER_ID
 
 
 def test_a_headers_exchange_routes_each_record_by_its_own_headers() -> None:

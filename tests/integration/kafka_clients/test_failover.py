@@ -115,7 +115,10 @@ def test_a_group_consumer_resumes_from_its_commits_when_the_coordinator_is_kille
             != coordinator
     finally:
         member.close()
-    checker = KafkaConsumer(bootstrap_servers=cluster.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    # Bootstrapped from the live brokers only: kafka-python's committed() raises at once when the bootstrap
+    # server it picks refuses the connection, instead of trying another.
+    live = ",".join(str(node.kafka_address) for b, node in cluster.nodes.items() if b != coordinator)
+    checker = KafkaConsumer(bootstrap_servers=live, group_id=group, enable_auto_commit=False)
     try:
         assert sum(checker.committed(TopicPartition(topic, p)) or 0 for p in range(3)) == 42
     finally:
