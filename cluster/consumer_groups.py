@@ -82,6 +82,7 @@ class GroupOp(enum.IntEnum):
     DELETE_OFFSETS = 205  # an empty group's offsets (reset-offsets, delete)
     SHARE_ACQUIRE = 206   # share groups (cluster/share_groups.py): lock available records for a member
     SHARE_ACKNOWLEDGE = 207  # accept / release / reject locked records
+    EXPIRE_GROUP = 208   # an empty group's retention ran out: the group and its committed offsets go
 
 
 def group_partition_for(group_id: str, partition_count: int) -> int:
@@ -204,6 +205,14 @@ class Group:
     offsets: dict[Partition, CommittedOffset] = field(default_factory=dict)
     created_ms: int = 0
     target_epoch: int = -1  # the group epoch the target was computed (or installed) for
+    empty_since_ms: int | None = None  # when its last member left (None: it has members, or never had any)
+
+    def idle_since_ms(self) -> int:
+        """What the offsets' retention counts from while the group has no members: the later of its last
+        member leaving and its last commit (a group that only commits, e.g. offsets set by an operator or a
+        consumer without group management, is kept as long as it commits)."""
+        last_commit = max((c.commit_time_ms for c in self.offsets.values()), default=self.created_ms)
+        return max(self.empty_since_ms if self.empty_since_ms is not None else self.created_ms, last_commit)
 
     def owner_of(self, partition: Partition) -> str | None:
         for member in self.members.values():
@@ -224,7 +233,7 @@ class Group:
                 "topics": dict(self.topics),
                 "offsets": [[t, p, c.offset, c.metadata, c.commit_time_ms, c.member_epoch]
                             for (t, p), c in sorted(self.offsets.items())],
-                "target_epoch": self.target_epoch}
+                "target_epoch": self.target_epoch, "empty_since_ms": self.empty_since_ms}
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> Group:
@@ -233,7 +242,7 @@ class Group:
                    {member: frozenset(_partitions(parts)) for member, parts in d["target"].items()},
                    dict(d["topics"]),
                    {(t, p): CommittedOffset(o, meta, when, epoch) for t, p, o, meta, when, epoch in d["offsets"]},
-                   d["created_ms"], d["target_epoch"])
+                   d["created_ms"], d["target_epoch"], d.get("empty_since_ms"))  # absent in older snapshots
 
 
 @dataclass(frozen=True)
@@ -294,6 +303,8 @@ class GroupsState:
                 return self.shares.acquire(time_ms, payload)
             if op == GroupOp.SHARE_ACKNOWLEDGE:
                 return self.shares.acknowledge(time_ms, payload)
+            if op == GroupOp.EXPIRE_GROUP:
+                return self._expire_group(time_ms, payload)
         except (KeyError, TypeError, ValueError) as exc:
             # Payloads are validated before they are proposed; this guards against a foreign entry.
             return InternalError(f"malformed group command {op}: {exc!r}")
@@ -394,7 +405,7 @@ class GroupsState:
         if epoch == STATIC_LEAVE_EPOCH and member.instance_id is not None:
             member.left_static = True  # the session timer removes it if the instance does not come back
             return HeartbeatResult(group_id, member_id, STATIC_LEAVE_EPOCH, (), group.group_epoch)
-        self._remove(group, member_id)
+        self._remove(group, member_id, time_ms)
         return HeartbeatResult(group_id, member_id, LEAVE_EPOCH, (), group.group_epoch)
 
     def _current_member(self, group: Group | None, group_id: str, member_id: str, epoch: int) -> Member | RaftMQError:
@@ -418,13 +429,15 @@ class GroupsState:
             # The coordinator decided on an older view (the member heartbeated or changed since): keep it.
             return StaleMemberEpoch("the member changed since the expiry was decided", group_id=group.group_id,
                                     member_id=member.member_id, member_epoch=member.member_epoch)
-        self._remove(group, member.member_id)
+        self._remove(group, member.member_id, time_ms)
         return {"expired": member.member_id, "reason": p.get("reason", "session")}
 
-    def _remove(self, group: Group, member_id: str) -> None:
+    def _remove(self, group: Group, member_id: str, time_ms: int) -> None:
         del group.members[member_id]
         group.target.pop(member_id, None)
         group.group_epoch += 1
+        if not group.members:
+            group.empty_since_ms = time_ms  # the offsets' retention starts counting
         self._ensure_target(group)  # the others pick up what it owned on their next heartbeats
         self._forget_if_unused(group)
 
@@ -585,6 +598,23 @@ class GroupsState:
         deleted = [tp for tp in wanted if group.offsets.pop(tp, None) is not None]
         self._forget_if_unused(group)
         return {"deleted": len(deleted)}
+
+    def _expire_group(self, time_ms: int, p: Mapping[str, Any]) -> dict[str, Any]:
+        """Drop a group that has had no members and no commit for ``retention_ms`` (Kafka's
+        offsets.retention.minutes): its offsets would only ever be read by a consumer that returns after
+        that long. The coordinator decides from its view; this re-checks it in log order, so a member that
+        joined or a commit that landed in between keeps the group."""
+        group = self.groups.get(p["group_id"])
+        retention_ms = int(p["retention_ms"])
+        if group is None or group.members or group.idle_since_ms() + retention_ms > time_ms:
+            return {"expired": None}
+        del self.groups[group.group_id]
+        return {"expired": group.group_id, "offsets": len(group.offsets)}
+
+    def expired_groups(self, now_ms: int, retention_ms: int) -> list[str]:
+        """Groups with no members whose retention ran out by ``now_ms`` (the coordinator proposes their expiry)."""
+        return [g.group_id for g in self.groups.values()
+                if not g.members and g.idle_since_ms() + retention_ms <= now_ms]
 
     # --- reads (the coordinator, between entries) -------------------------------------------------
 

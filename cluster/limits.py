@@ -390,6 +390,13 @@ group_rebalance_timeout_ms_max: Final = 600_000
 group_heartbeats_per_session: Final = 3
 # How often the coordinator looks for expired sessions and revocations that took too long.
 group_session_check_interval_s: Final = 0.05
+# A group with no members is deleted, with its committed offsets, once it has had no member and no commit for
+# this long (Kafka's offsets.retention.minutes, 7 days): otherwise every group ever used would be kept forever
+# (up to group_state_groups_max per group-state partition, after which new groups are refused). A consumer that
+# comes back later starts from auto_offset_reset, as in Kafka.
+group_offsets_retention_ms: Final = 7 * 24 * 3600 * 1000
+# How often the coordinator looks for such groups (cheap: one pass over the groups it leads).
+group_offsets_expiry_check_interval_s: Final = 60.0
 # A group request waits at most this long for its Raft entry to commit.
 group_request_timeout_ms: Final = 5_000
 # The client's auto-commit interval (Kafka auto.commit.interval.ms).

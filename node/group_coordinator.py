@@ -337,12 +337,40 @@ class GroupCoordinator:
     # --- session and revocation timers ------------------------------------------------------------------
 
     async def _expire_forever(self) -> None:
+        next_group_check = time.monotonic() + limits.group_offsets_expiry_check_interval_s
         while True:
             await asyncio.sleep(limits.group_session_check_interval_s)  # a periodic timer check, not a wait
             try:
                 await self.expire_due(time.monotonic(), int(time.time() * 1000))
+                if time.monotonic() >= next_group_check:
+                    next_group_check = time.monotonic() + limits.group_offsets_expiry_check_interval_s
+                    await self.expire_idle_groups(int(time.time() * 1000))
             except Exception:  # noqa: BLE001 - retried on the next round; must not kill the timer loop
                 log.exception("group session check failed; retrying")
+
+    async def expire_idle_groups(self, now_ms: int,
+                                 retention_ms: int = limits.group_offsets_retention_ms) -> list[str]:
+        """Delete every group led here that has had no member and no commit for ``retention_ms``, with its
+        committed offsets (Kafka's offsets retention); returns the groups deleted."""
+        topic = self.metadata.state_machine.view.get(GROUP_STATE_TOPIC)
+        if topic is None:
+            return []
+        deleted = []
+        for handle, state_machine in self._led(topic):
+            with state_machine.lock:
+                due = state_machine.groups.expired_groups(now_ms, retention_ms)
+            for group_id in due:
+                try:
+                    result = await self._propose(handle, GroupOp.EXPIRE_GROUP,
+                                                 {"group_id": group_id, "retention_ms": retention_ms})
+                except RaftMQError as exc:
+                    log.info("group %s: deleting it after its retention failed: %s", group_id, exc)
+                    continue
+                if result.get("expired") == group_id:
+                    log.info("group %s: deleted with its %d committed offsets (no member and no commit for "
+                             "%.1f days)", group_id, result.get("offsets", 0), retention_ms / 86_400_000)
+                    deleted.append(group_id)
+        return deleted
 
     async def expire_due(self, now: float, now_ms: int) -> list[tuple[str, str, str]]:
         """Expire every member led here whose session or revocation ran out; returns (group, member, why)."""

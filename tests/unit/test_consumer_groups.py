@@ -273,6 +273,48 @@ def test_offsets_of_an_empty_group_can_be_reset_and_state_survives_a_snapshot() 
     assert set(state.committed(G)) == {("orders", 1)}
 
 
+def test_an_empty_group_expires_with_its_offsets_once_its_retention_ran_out() -> None:
+    """Kafka's offsets retention: counted from the last member leaving or the last commit, whichever is later;
+    re-checked in log order, so a member that joined (or a commit that landed) in between keeps the group."""
+    day = 86_400_000
+    state = GroupsState()
+    join(state, "a", now=0)
+    settled = settle(state)["a"]
+    assert commit(state, "a", settled.member_epoch, [("orders", 0)]) == {"committed": 1}
+    assert state.expired_groups(100 * day, day) == []  # it has a member
+    state.apply(GroupOp.HEARTBEAT, 5 * day, {"group_id": G, "member_id": "a", "member_epoch": -1})
+    assert state.groups[G].empty_since_ms == 5 * day
+    expire = {"group_id": G, "retention_ms": 7 * day}
+    assert state.expired_groups(12 * day - 1, 7 * day) == []
+    assert state.apply(GroupOp.EXPIRE_GROUP, 12 * day - 1, expire) == {"expired": None}
+    # A snapshot keeps when it became empty.
+    assert GroupsState.from_bytes(state.to_bytes()).expired_groups(12 * day, 7 * day) == [G]
+    # Decided while empty, applied after someone joined: kept.
+    join(state, "b", now=12 * day)
+    assert state.expired_groups(12 * day, 7 * day) == []
+    assert state.apply(GroupOp.EXPIRE_GROUP, 12 * day, expire) == {"expired": None} and G in state.groups
+    state.apply(GroupOp.HEARTBEAT, 13 * day, {"group_id": G, "member_id": "b", "member_epoch": -1})
+    assert state.apply(GroupOp.EXPIRE_GROUP, 20 * day - 1, expire) == {"expired": None}
+    assert state.apply(GroupOp.EXPIRE_GROUP, 20 * day, expire) == {"expired": G, "offsets": 1}
+    assert G not in state.groups and state.committed(G) == {}
+
+
+def test_a_group_that_only_commits_is_kept_while_it_commits() -> None:
+    day = 86_400_000
+    state = GroupsState()
+    state.apply(GroupOp.COMMIT_OFFSETS, 0, {"group_id": G, "member_id": "", "member_epoch": -1,
+                                            "offsets": [["orders", 0, 3, ""]]})
+    state.apply(GroupOp.COMMIT_OFFSETS, 6 * day, {"group_id": G, "member_id": "", "member_epoch": -1,
+                                                  "offsets": [["orders", 1, 4, ""]]})
+    assert state.expired_groups(8 * day, 7 * day) == []
+    assert state.expired_groups(13 * day, 7 * day) == [G]
+    # Groups written by an older version (no empty_since_ms) count from their last commit.
+    wire = state.groups[G].to_wire()
+    del wire["empty_since_ms"]
+    from raftmq.cluster.consumer_groups import Group
+    assert Group.from_wire(wire).idle_since_ms() == 6 * day
+
+
 def test_a_client_side_assignment_can_be_installed() -> None:
     state = GroupsState()
     join(state, "a")

@@ -135,6 +135,28 @@ async def test_sessions_expire_and_fenced_members_cannot_commit(tmp_path: Path) 
         assert await at_coordinator(cluster, lambda s: s.fetch_offsets(GROUP, None)) == ()
 
 
+async def test_a_group_idle_past_its_retention_is_deleted_with_its_offsets(tmp_path: Path) -> None:
+    """The coordinator's sweep (run here directly, with a retention the test controls) deletes a group with no
+    members once its retention ran out, through the group's Raft entry, and keeps one that still has members."""
+    async with InProcessCluster(tmp_path, brokers=3) as cluster:
+        await cluster.create_topic("orders", partitions=2)
+        a = await at_coordinator(cluster, lambda s: s.group_heartbeat(join()))
+        await at_coordinator(cluster, lambda s: s.commit_offsets(
+            OffsetCommit(GROUP, a.result.member_id, a.result.member_epoch, (("orders", 0, 7, ""),))))
+        coordinator_id = coordinator_of(cluster, GROUP)
+        assert coordinator_id is not None
+        coordinator = cluster.nodes[coordinator_id].broker.groups
+        assert coordinator is not None
+        assert await coordinator.expire_idle_groups(int(time.time() * 1000), retention_ms=0) == []  # a member
+        await at_coordinator(cluster, lambda s: s.group_heartbeat(
+            GroupHeartbeat(GROUP, a.result.member_id, -1, session_timeout_ms=500)))
+        assert await coordinator.expire_idle_groups(int(time.time() * 1000), retention_ms=3_600_000) == []
+        assert len(await at_coordinator(cluster, lambda s: s.fetch_offsets(GROUP, None))) == 1
+        assert await coordinator.expire_idle_groups(int(time.time() * 1000), retention_ms=0) == [GROUP]
+        assert await at_coordinator(cluster, lambda s: s.fetch_offsets(GROUP, None)) == ()
+        assert GROUP not in {group_id for group_id, _, _ in coordinator.list_groups().groups}
+
+
 async def test_group_state_is_rebuilt_from_snapshot_and_log(tmp_path: Path) -> None:
     async with InProcessCluster(tmp_path, brokers=3) as cluster:
         await cluster.create_topic("orders", partitions=2)
