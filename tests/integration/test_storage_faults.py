@@ -45,7 +45,7 @@ def _copies(three: Trio) -> list[list[Any]]:
 
 
 async def _write(group: RaftGroup, count: int, first_id: int) -> None:
-    await asyncio.wait_for(asyncio.gather(*[_submit(group, b"w%d" % i, first_id + i) for i in range(count)]), 10)
+    await asyncio.wait_for(asyncio.gather(*[_submit(group, b"w%d" % i, first_id + i) for i in range(count)]), 30)
 
 
 async def test_a_leader_whose_disk_is_full_refuses_writes_stays_up_and_recovers(
@@ -63,7 +63,7 @@ async def test_a_leader_whose_disk_is_full_refuses_writes_stays_up_and_recovers(
     with pytest.raises((OutcomeUnknown, StorageError)):
         await asyncio.wait_for(_submit(group, b"refused", 1), 10)
     assert group.storage_fault is not None and disk.refused >= 1
-    refusal = await asyncio.wait_for(asyncio.gather(_submit(group, b"again", 2), return_exceptions=True), 1)
+    refusal = await asyncio.wait_for(asyncio.gather(_submit(group, b"again", 2), return_exceptions=True), 10)
     assert isinstance(refusal[0], StorageError) and refusal[0].definite and refusal[0].retriable, refusal
     assert not group.status.is_leader and group.status.leader_id is None
     # A healthy replica leads now (the old leader asked its most caught-up follower to campaign at once).
@@ -75,10 +75,10 @@ async def test_a_leader_whose_disk_is_full_refuses_writes_stays_up_and_recovers(
     assert group.journal.last_index == last_before  # nothing half-written or counted while the disk was full
     assert leader.replication is not None and leader.replication.failure is None  # the broker stays up
     disk.full = False  # space returns
-    await wait_for_condition(lambda: group.storage_fault is None, timeout_s=5, what="the replica rejoining")
+    await wait_for_condition(lambda: group.storage_fault is None, timeout_s=20, what="the replica rejoining")
     await _write(new_leader.groups["g"], 5, 300)
     await wait_for_condition(lambda: len({len(c) for c in _copies(three)}) == 1 and len(_copies(three)[0]) >= 35,
-                             timeout_s=10, what="the old leader caught up")
+                             timeout_s=30, what="the old leader caught up")
     copies = _copies(three)
     assert copies[0] == copies[1] == copies[2]
     assert b"again" not in copies[0]
@@ -96,20 +96,20 @@ async def test_a_follower_whose_fsync_fails_never_acknowledges_and_rejoins(
     # (Its own count of synced entries can drop below this later without any harm: pysyncobj deletes and
     # re-appends the identical entries of an overlapping AppendEntries, and the re-append is unsynced.)
     last = leader.groups["g"].status.last_index
-    await wait_for_condition(lambda: group.journal.last_index == last and not group.journal.unsynced, timeout_s=5,
+    await wait_for_condition(lambda: group.journal.last_index == last and not group.journal.unsynced, timeout_s=20,
                              what="the follower synced the first writes")
     synced_last = last
     disk = faulty_disk(group)
     disk.failing_fsync = True
     await _write(leader.groups["g"], 30, 200)  # commits with the leader and the other follower
-    await wait_for_condition(lambda: group.storage_fault is not None, timeout_s=5, what="the follower fenced")
+    await wait_for_condition(lambda: group.storage_fault is not None, timeout_s=20, what="the follower fenced")
     await _write(leader.groups["g"], 10, 300)
     # The leader never heard an acknowledgement for an entry the follower could not fsync.
     assert leader.groups["g"].status.match_index.get(follower.broker_id, 0) <= synced_last
     disk.failing_fsync = False
-    await wait_for_condition(lambda: group.storage_fault is None, timeout_s=5, what="the follower rejoining")
+    await wait_for_condition(lambda: group.storage_fault is None, timeout_s=20, what="the follower rejoining")
     await wait_for_condition(lambda: len({len(c) for c in _copies(three)}) == 1 and len(_copies(three)[0]) >= 45,
-                             timeout_s=10, what="the follower caught up")
+                             timeout_s=30, what="the follower caught up")
     copies = _copies(three)
     assert copies[0] == copies[1] == copies[2]
 
