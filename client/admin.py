@@ -143,11 +143,12 @@ class Admin(AsyncLifecycle):
                                                           timeout_s=self._timeout(timeout_s))
         return parse_topic(response.get("topic"))
 
-    async def wait_for_topic(self, name: str, *, timeout_s: float = 10.0,
-                             preferred_leaders: bool = False) -> TopicInfo:
+    async def wait_for_topic(self, name: str, *, timeout_s: float = 10.0, preferred_leaders: bool = False,
+                             on_progress: Callable[[int, int], None] | None = None) -> TopicInfo:
         """Poll ``/v1/metadata`` (with backoff) until ``name`` exists and every partition has a leader whose
         URL is known; with ``preferred_leaders``, until every leader is also its partition's preferred (first)
         replica, i.e. the brokers' leader balancing has settled. Returns the topic as last seen.
+        ``on_progress(led, partitions)`` is called after every poll that found the topic.
 
         Raises:
             ClientTimeout: not ready within ``timeout_s`` (the last error is chained).
@@ -164,6 +165,9 @@ class Admin(AsyncLifecycle):
             try:
                 await self._fetcher.refresh(timeout_s=min(remaining, self.request_timeout_s))
                 info = self._view.topic(name)
+                if info is not None and on_progress is not None:
+                    on_progress(sum(1 for p in info.partitions if self._view.leader_url(name, p.partition)),
+                                len(info.partitions))
                 if info is not None and info.partitions and all(
                         self._view.leader_url(name, p.partition) is not None for p in info.partitions):
                     if not preferred_leaders or all(

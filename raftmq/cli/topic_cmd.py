@@ -33,6 +33,11 @@ from raftmq.client.metadata import ClusterMetadata, TopicInfo
 from raftmq.cluster import limits
 from raftmq.cluster.errors import ClientTimeout, ConnectionFailed, UnknownTopicOrPartition
 
+# `topic create --wait`: at least this long, longer for big topics; and a row per partition up to this many.
+_CREATE_WAIT_S_MIN = 20.0
+_CREATE_WAIT_S_PER_PARTITION = 0.1
+_PARTITION_ROWS_MAX = 64
+
 # How often `topic alter --wait` asks the controller (a poll interval; tests lower it).
 POLL_INTERVAL_S = 0.5
 
@@ -84,13 +89,20 @@ def _config_rows(config: Mapping[str, Any]) -> list[tuple[str, str]]:
               help="Routing key of those publishes [the record's own].")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait until every partition has a leader.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(1, 300), default=20.0, show_default=True)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(1, 3600), default=None,
+              help=f"Seconds to wait for the leaders [{_CREATE_WAIT_S_MIN:g}, or "
+                   f"{_CREATE_WAIT_S_PER_PARTITION:g} per partition if more].")
 @bootstrap_option()
 def create(name: str, partitions: int, replication_factor: int | None, retention_ms: int | None,
            retention_bytes: int | None, segment_bytes: int | None, segment_ms: int | None,
            min_insync_replicas: int | None, message_ttl_ms: int | None, dead_letter_exchange: str | None,
-           dead_letter_routing_key: str | None, wait: bool, timeout_s: float, bootstrap: list[str]) -> None:
+           dead_letter_routing_key: str | None, wait: bool, timeout_s: float | None, bootstrap: list[str]) -> None:
     """Create topic NAME."""
+    if timeout_s is None:
+        # Each broker opens its replicas one after another (a few hundred a minute on a small machine), so a
+        # topic of thousands of partitions takes minutes to have every leader.
+        timeout_s = max(_CREATE_WAIT_S_MIN, _CREATE_WAIT_S_PER_PARTITION * partitions)
+    wait_s = timeout_s
     config = {k: v for k, v in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes),
                                 ("segment_bytes", segment_bytes), ("segment_ms", segment_ms),
                                 ("min_insync_replicas", min_insync_replicas), ("message_ttl_ms", message_ttl_ms),
@@ -99,10 +111,17 @@ def create(name: str, partitions: int, replication_factor: int | None, retention
 
     async def run() -> TopicInfo:
         async with Admin(bootstrap) as admin:
-            info = await admin.create_topic(name, partitions, replication_factor, config, timeout_s=timeout_s)
+            info = await admin.create_topic(name, partitions, replication_factor, config, timeout_s=wait_s)
             if wait:
-                with err().status(f"waiting for leaders of {partitions} partition(s) ..."):
-                    info = await admin.wait_for_topic(name, timeout_s=timeout_s)
+                started = time.monotonic()
+                with err().status(f"waiting for leaders of {partitions} partition(s) ...") as status:
+
+                    def progress(led: int, total: int) -> None:
+                        status.update(f"waiting for leaders: {led:,} of {total:,} partition(s) led "
+                                      f"[dim]({fmt_seconds(time.monotonic() - started)} of at most "
+                                      f"{fmt_timeout(wait_s)})[/]")
+
+                    info = await admin.wait_for_topic(name, timeout_s=wait_s, on_progress=progress)
             return info
 
     info = asyncio.run(run())
@@ -112,7 +131,9 @@ def create(name: str, partitions: int, replication_factor: int | None, retention
     console.print(_partition_summary(info))
 
 
-def _partition_summary(info: TopicInfo) -> Table:
+def _partition_summary(info: TopicInfo) -> Table | Group:
+    if len(info.partitions) > _PARTITION_ROWS_MAX:
+        return _leader_summary(info)
     table = Table(title_justify="left")
     table.add_column("partition", justify="right")
     table.add_column("leader")
@@ -121,6 +142,22 @@ def _partition_summary(info: TopicInfo) -> Table:
         leader = str(part.leader_id) if part.leader_id is not None else "[yellow]electing[/]"
         table.add_row(str(part.partition), leader, ",".join(map(str, part.replicas)))
     return table
+
+
+def _leader_summary(info: TopicInfo) -> Group:
+    """Too many partitions for a row each: how many each broker leads and hosts (`cluster status` lists them)."""
+    table = Table()
+    for column in ("broker", "leads", "hosts"):
+        table.add_column(column, justify="right")
+    brokers = sorted({b for p in info.partitions for b in p.replicas})
+    for broker in brokers:
+        table.add_row(str(broker), f"{sum(1 for p in info.partitions if p.leader_id == broker):,}",
+                      f"{sum(1 for p in info.partitions if broker in p.replicas):,}")
+    electing = sum(1 for p in info.partitions if p.leader_id is None)
+    if electing:
+        table.add_row("[yellow]electing[/]", f"{electing:,}", "")
+    return Group(f"{len(info.partitions):,} partitions, by broker (`raftmq cluster status` lists each partition):",
+                 table)
 
 
 @topic.command("list")
