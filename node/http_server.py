@@ -75,6 +75,9 @@ class GuardedRequestHandler(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_count = 0
         self.last_activity = 0.0
+        # aiohttp forgets the transport when it closes it, but a close waits for buffered output to drain:
+        # the port's cleanup aborts what a peer that stopped reading would otherwise keep open forever.
+        self.raw_transport: asyncio.BaseTransport | None = None
 
     @property
     def busy(self) -> bool:
@@ -87,6 +90,7 @@ class GuardedRequestHandler(RequestHandler):
             # Accepted just as the port shut down: aiohttp no longer tracks it, so nobody else would close it.
             transport.close()
             return
+        self.raw_transport = transport
         super().connection_made(transport)
         if not self._guard.admit(self):
             transport.write(_refusal())  # type: ignore[attr-defined]
@@ -156,15 +160,17 @@ class GuardedAppRunner(web.AppRunner):
         return guarded
 
     async def cleanup(self) -> None:
-        """aiohttp's shutdown, then close any connection it did not (one accepted while the port was closing)."""
+        """aiohttp's shutdown, then abort every connection still open: one accepted while the port was closing
+        (aiohttp no longer tracks it), or one whose close waits for a peer that stopped reading to take the
+        buffered output (a push consumer that went silent)."""
         self.guard.closed = True
         try:
             await super().cleanup()
         finally:
             for handler in list(self.guard.open):
                 self.guard.open.discard(handler)
-                if handler.transport is not None:
-                    handler.transport.close()
+                if handler.raw_transport is not None:
+                    handler.raw_transport.abort()  # type: ignore[attr-defined]
 
 
 __all__ = ["ConnectionGuard", "GuardedAppRunner", "GuardedRequestHandler"]

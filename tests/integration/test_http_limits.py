@@ -176,3 +176,41 @@ async def test_a_body_that_is_not_what_its_encoding_says(server: Server, content
     assert 400 <= status < 500, head
     writer.close()
 
+
+
+async def test_shutdown_releases_a_connection_whose_peer_stopped_reading() -> None:
+    """A response streamed to a client that stopped reading fills the socket buffers; closing such a transport
+    would wait for the buffered output forever. The port's cleanup aborts it: its socket is released at once."""
+    flooding = asyncio.Event()
+
+    async def flood(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        chunk = b"x" * 65_536
+        for _ in range(1_000):  # 64 MiB at most: far more than the socket buffers hold
+            flooding.set()
+            await response.write(chunk)  # blocks in drain once the peer's buffers are full
+        return response
+
+    app = web.Application()
+    app.router.add_get("/flood", flood)
+    runner = GuardedAppRunner(app, access_log=None, shutdown_timeout=0.2)
+    await runner.setup()
+    port = find_free_ports(1)[0]
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1024)
+    try:
+        writer.write(b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await asyncio.wait_for(flooding.wait(), 10)
+        (handler,) = runner.guard.open
+        transport = handler.raw_transport
+        assert transport is not None
+        await wait_for_condition(lambda: transport.get_write_buffer_size() > 0, timeout_s=10,  # type: ignore[attr-defined]
+                                 what="output buffered for a peer that does not read")
+        await asyncio.wait_for(runner.cleanup(), 10)
+        await wait_for_condition(lambda: transport.get_extra_info("socket") is None or
+                                 transport.get_extra_info("socket").fileno() == -1, timeout_s=5,
+                                 what="the server's socket released")
+    finally:
+        writer.close()
